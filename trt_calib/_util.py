@@ -1,0 +1,49 @@
+"""Small helpers shared by modules: atomic writes and lazy optional imports."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import tempfile
+from pathlib import Path
+from types import ModuleType
+
+from .errors import MissingDependencyError
+
+__all__ = ["atomic_write", "require"]
+
+
+def atomic_write(path: str | os.PathLike, data: bytes | str) -> Path:
+    """Write `data` to `path` through a temporary file in the same folder, renamed into place.
+
+    A reader never sees a half-written file and a failure leaves any previous file untouched.
+    """
+    path = Path(path)
+    payload = data.encode("utf-8") if isinstance(data, str) else bytes(data)
+    folder = path.parent if str(path.parent) else Path(".")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(payload)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    return path
+
+
+def require(module: str, *, extra: str | None = None, purpose: str = "") -> ModuleType:
+    """Import an optional dependency, or raise `MissingDependencyError` saying how to get it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        hint = f'pip install "trt-calib[{extra}]"' if extra else f"pip install {module.split('.')[0]}"
+        what = f" for {purpose}" if purpose else ""
+        raise MissingDependencyError(
+            f"{module} is needed{what} but cannot be imported ({exc}). Hint: {hint}"
+        ) from exc

@@ -1,0 +1,38 @@
+"""The one family of errors a user can cause; the CLI prints them as one line."""
+
+from __future__ import annotations
+
+__all__ = [
+    "TrtCalibError",
+    "CacheFormatError",
+    "DataError",
+    "ModelError",
+    "CalibrationError",
+    "MissingDependencyError",
+]
+
+
+class TrtCalibError(Exception):
+    """Base of every error caused by input, files or environment (not by a bug in trt-calib)."""
+
+    exit_code = 2
+
+
+class CacheFormatError(TrtCalibError):
+    """A calibration cache that does not follow TensorRT's format; the message names file and line."""
+
+
+class DataError(TrtCalibError):
+    """Calibration data that is missing, empty, or does not match the model's inputs."""
+
+
+class ModelError(TrtCalibError):
+    """An ONNX model that cannot be loaded or run."""
+
+
+class CalibrationError(TrtCalibError):
+    """Calibration itself failed (a failing batch, NaN inputs, a TensorRT callback error)."""
+
+
+class MissingDependencyError(TrtCalibError):
+    """An optional dependency (tensorrt, pycuda, ...) is needed for this feature and is not installed."""
