@@ -23,6 +23,9 @@ def atomic_write(path: str | os.PathLike, data: bytes | str) -> Path:
     folder = path.parent if str(path.parent) else Path(".")
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
     try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes 0600 files; outputs should get the usual permissions
         with os.fdopen(fd, "wb") as f:
             f.write(payload)
             f.flush()

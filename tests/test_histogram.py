@@ -1,0 +1,226 @@
+"""AbsHistogram: TensorRT's first-batch range, power-of-two growth, non-finite values, merging and state."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from trt_calib.histogram import AbsHistogram, load_histograms, save_histograms
+
+F32_MAX = np.finfo(np.float32).max
+
+
+def reference_counts(values: np.ndarray, rng: float, num_bins: int = 2048) -> np.ndarray:
+    """bin = min(floor(|x| / w), num_bins - 1) with w = float32(rng / num_bins), one value at a time."""
+    w = np.float32(np.float32(rng) / np.float32(num_bins))
+    counts = np.zeros(num_bins, dtype=np.int64)
+    for v in np.abs(np.asarray(values, dtype=np.float32)):
+        counts[min(int(np.float32(v) / w), num_bins - 1)] += 1
+    return counts
+
+
+def test_first_batch_sets_range_to_its_float32_max_abs():
+    h = AbsHistogram()
+    x = np.array([0.5, -3.0, 1.25, 2.0], dtype=np.float32)
+    h.update(x)
+    assert h.range == 3.0
+    assert h.bin_width == np.float32(3.0 / 2048)
+    assert h.num_values == 4
+    np.testing.assert_array_equal(h.counts, reference_counts(x, 3.0))
+    assert h.counts[-1] == 1  # |x| == range clamps into the last bin
+
+
+def test_smaller_later_batch_keeps_range():
+    h = AbsHistogram()
+    h.update(np.array([4.0, 1.0], np.float32))
+    h.update(np.array([3.9, 0.1], np.float32))
+    assert h.range == 4.0
+    np.testing.assert_array_equal(h.counts, reference_counts([4.0, 1.0, 3.9, 0.1], 4.0))
+
+
+def test_larger_batch_doubles_range_and_merges_bin_pairs():
+    h = AbsHistogram(num_bins=8)
+    h.update(np.array([0.0, 0.3, 0.55, 0.8, 1.0], np.float32))  # range 1, w = 0.125
+    before = h.counts.copy()
+    h.update(np.array([3.5], np.float32))  # needs range 4: two doublings
+    assert h.range == 4.0
+    once = before.reshape(-1, 2).sum(axis=1)
+    twice = np.concatenate([once, np.zeros(4, np.int64)]).reshape(-1, 2).sum(axis=1)
+    expected = np.concatenate([twice, np.zeros(4, np.int64)])
+    expected[int(3.5 / 0.5)] += 1
+    np.testing.assert_array_equal(h.counts, expected)
+    assert h.counts.sum() == 6
+
+
+def test_growth_is_a_power_of_two_of_the_first_max_not_the_new_max():
+    h = AbsHistogram()
+    h.update(np.array([1.5], np.float32))
+    h.update(np.array([5.0], np.float32))
+    assert h.range == 6.0  # 1.5 * 2**2, not 5.0
+    assert h.abs_max == 5.0
+
+
+def test_batch_order_changes_the_histogram_as_in_tensorrt():
+    a, b = np.array([1.0, 0.9], np.float32), np.array([3.0, 0.2], np.float32)
+    h1, h2 = AbsHistogram(), AbsHistogram()
+    h1.update(a), h1.update(b)
+    h2.update(b), h2.update(a)
+    assert h1.range == 4.0 and h2.range == 3.0
+    assert not np.array_equal(h1.counts, h2.counts)
+
+
+def test_nan_and_inf_are_counted_not_binned():
+    h = AbsHistogram()
+    h.update(np.array([1.0, np.nan, np.inf, -np.inf, -2.0, np.nan], np.float32))
+    assert (h.num_nan, h.num_inf, h.num_values) == (2, 2, 2)
+    assert h.counts.sum() == 2
+    assert h.range == 2.0
+
+
+def test_all_zero_tensor_has_range_zero():
+    h = AbsHistogram()
+    h.update(np.zeros((3, 4), np.float32))
+    assert h.range == 0.0 and h.bin_width == 0.0
+    assert h.counts[0] == 12 and h.num_values == 12
+
+
+def test_zero_batch_then_values_starts_the_range_at_the_first_non_zero_max():
+    h = AbsHistogram()
+    h.update(np.zeros(5, np.float32))
+    h.update(np.array([0.5, 2.0], np.float32))
+    assert h.range == 2.0
+    assert h.counts[0] == 5 + 0  # the zeros stay in bin 0; 0.5 lands in bin 512
+    assert h.counts[512] == 1 and h.counts[2047] == 1
+
+
+def test_flt_max_makes_an_infinite_width_after_overflowing_growth():
+    h = AbsHistogram()
+    h.update(np.array([1.0], np.float32))
+    h.update(np.array([-F32_MAX], np.float32))
+    assert h.range == np.inf
+    assert h.counts.sum() == 2 and h.counts[0] == 2
+
+
+def test_update_accepts_float64_and_integers_and_leaves_input_untouched():
+    x = np.array([[-1.5, 2.25], [0.0, 3.0]], dtype=np.float64)
+    copy = x.copy()
+    h = AbsHistogram()
+    h.update(x)
+    h.update(np.array([1, -2], dtype=np.int32))
+    np.testing.assert_array_equal(x, copy)
+    assert h.range == 3.0 and h.num_values == 6
+    assert h.num_negative == 2
+    assert (h.min, h.max) == (-2.0, 3.0)
+
+
+def test_empty_batch_changes_nothing():
+    h = AbsHistogram()
+    h.update(np.array([], np.float32))
+    assert h.is_empty and h.num_batches == 0 and h.range == 0.0
+
+
+def test_non_numeric_input_is_refused():
+    with pytest.raises(TypeError, match="numeric"):
+        AbsHistogram().update(np.array(["a", "b"]))
+
+
+@pytest.mark.parametrize("bins", [0, 3, 7])
+def test_bad_bin_counts_are_refused(bins):
+    with pytest.raises(ValueError, match="num_bins"):
+        AbsHistogram(bins)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.lists(st.floats(-1e4, 1e4, width=32), min_size=1, max_size=40),
+        min_size=1,
+        max_size=5,
+    )
+)
+def test_counts_match_a_value_by_value_reference(batches):
+    """Blocked, vectorised binning equals binning one value at a time (single batch, no growth involved)."""
+    x = np.concatenate([np.asarray(b, np.float32) for b in batches])
+    h = AbsHistogram()
+    h.update(x)
+    if h.range == 0:
+        assert h.counts[0] == x.size
+    else:
+        np.testing.assert_array_equal(h.counts, reference_counts(x, h.range))
+    assert h.counts.sum() == x.size
+
+
+def test_large_batch_crosses_block_boundaries():
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal(200_003).astype(np.float32)
+    h = AbsHistogram()
+    h.update(x)
+    w = np.float32(h.range / np.float32(2048))
+    idx = np.minimum((np.abs(x) / w).astype(np.int64), 2047)
+    np.testing.assert_array_equal(h.counts, np.bincount(idx, minlength=2048))
+
+
+def test_fixed_range_histograms_merge_exactly():
+    rng = np.random.default_rng(0)
+    parts = [rng.normal(0, s, 1000).astype(np.float32) for s in (0.5, 1.0, 2.0)]
+    whole = AbsHistogram(range=8.0)
+    for p in parts:
+        whole.update(p)
+    shards = [AbsHistogram(range=8.0) for _ in parts]
+    for s, p in zip(shards, parts):
+        s.update(p)
+    merged = shards[2].merge(shards[0]).merge(shards[1])
+    np.testing.assert_array_equal(merged.counts, whole.counts)
+    assert merged.num_values == whole.num_values and merged.abs_max == whole.abs_max
+    assert merged.range == 8.0
+
+
+def test_fixed_range_clamps_values_above_the_range():
+    h = AbsHistogram(range=1.0)
+    h.update(np.array([0.5, 5.0], np.float32))
+    assert h.range == 1.0 and h.counts[-1] == 1 and h.abs_max == 5.0
+
+
+def test_merge_refuses_different_fixed_ranges():
+    with pytest.raises(ValueError, match="fixed ranges differ"):
+        AbsHistogram(range=1.0).merge(AbsHistogram(range=2.0))
+
+
+def test_growing_histograms_merge_a_power_of_two_apart():
+    a, b = AbsHistogram(), AbsHistogram()
+    a.update(np.array([1.0, 0.3], np.float32))
+    b.update(np.array([2.0, 0.7], np.float32))
+    expected = AbsHistogram()
+    expected.update(np.array([1.0, 0.3], np.float32))
+    expected.update(np.array([2.0, 0.7], np.float32))
+    a.merge(b)
+    np.testing.assert_array_equal(a.counts, expected.counts)
+    assert a.range == 2.0
+    with pytest.raises(ValueError, match="power of two"):
+        c = AbsHistogram()
+        c.update(np.array([3.0], np.float32))
+        a.merge(c)
+
+
+def test_state_round_trips_through_dict_and_npz(tmp_path):
+    h = AbsHistogram()
+    h.update(np.array([1.0, -0.25, np.nan, np.inf], np.float32))
+    h.update(np.array([3.0], np.float32))
+    again = AbsHistogram.from_dict(h.to_dict())
+    assert again == h
+    again.update(np.array([0.1], np.float32))
+    assert again != h  # independent copy
+    path = tmp_path / "hists.npz"
+    save_histograms(path, {"a": h, "b:0 (x)": again})
+    loaded = load_histograms(path)
+    assert list(loaded) == ["a", "b:0 (x)"]
+    assert loaded["a"] == h and loaded["b:0 (x)"] == again
+
+
+def test_from_dict_refuses_inconsistent_state():
+    state = AbsHistogram().to_dict()
+    state["counts"] = np.zeros(10, np.int64)
+    with pytest.raises(ValueError, match="10 counts for 2048 bins"):
+        AbsHistogram.from_dict(state)
