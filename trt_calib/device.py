@@ -190,9 +190,19 @@ class DeviceBuffers:
 
 class HostBuffers(DeviceBuffers):
     """Host memory posing as device memory: pointers to numpy buffers kept alive. For dry runs and tests only;
-    TensorRT would read these addresses as device addresses."""
+    TensorRT would read these addresses as device addresses. GPU arrays are copied to the host first."""
 
     name = "host"
+
+    def upload(self, name: str, array: Any) -> int:
+        if is_device_array(array):
+            if hasattr(array, "detach"):  # torch
+                array = array.detach().cpu().numpy()
+            elif hasattr(array, "get"):  # CuPy
+                array = array.get()
+            else:
+                raise CalibrationError(f"input {name!r}: cannot copy a {type(array).__name__} to the host")
+        return super().upload(name, array)
 
     def _allocate(self, nbytes: int) -> np.ndarray:
         return np.empty(nbytes, dtype=np.uint8)
