@@ -1,0 +1,315 @@
+"""Build an INT8 TensorRT engine (TensorRT 8.6 and 10.x) from ONNX, with a calibrator or with dynamic ranges.
+
+The build can take minutes, so what can be checked first is checked first: a calibrator or ranges given, the
+calibrator attached and of the right kind, its first batch producible and matching the calibration shapes.
+After the build, a failure inside a calibrator callback is re-raised before any engine is written.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from ._util import atomic_write
+from .calibrator import CalibratorCore, import_tensorrt, quiet_trt_deprecations
+from .errors import CalibrationError, DataError, MissingDependencyError, ModelError
+
+__all__ = ["BuildResult", "build_engine", "explicit_batch_flags", "parse_shapes"]
+
+logger = logging.getLogger(__name__)
+
+Shape = tuple[int, ...]
+
+
+@dataclass
+class BuildResult:
+    """A serialized engine and what went into it."""
+
+    plan: bytes
+    engine_path: Path | None
+    calibration_shapes: dict[str, Shape] = field(default_factory=dict)
+    profile_shapes: dict[str, tuple[Shape, Shape, Shape]] = field(default_factory=dict)
+    batches_fed: int | None = None
+    ranges_report: Any = None
+    trt_version: str = ""
+    log: list[str] = field(default_factory=list)
+
+
+def parse_shapes(text: str) -> dict[str, tuple[Shape, Shape, Shape]]:
+    """Parse ``name:1x3x224x224[,8x3x224x224,16x3x224x224][;name2:...]`` into name -> (min, opt, max).
+
+    One shape means min = opt = max; three give the optimisation profile's min, opt and max.
+    """
+    out: dict[str, tuple[Shape, Shape, Shape]] = {}
+    for part in filter(None, (p.strip() for p in text.split(";"))):
+        name, sep, dims = part.rpartition(":")
+        if not sep or not name:
+            raise DataError(f"--shapes entry {part!r}: expected NAME:DxDxD[,DxDxD,DxDxD]")
+        try:
+            shapes = [tuple(int(d) for d in s.strip().lower().split("x")) for s in dims.split(",")]
+        except ValueError:
+            raise DataError(f"--shapes entry {part!r}: dims must be integers joined by 'x' (e.g. 1x3x224x224)") from None
+        if len(shapes) == 1:
+            shapes = shapes * 3
+        if len(shapes) != 3:
+            raise DataError(f"--shapes entry {part!r}: give one shape or three (min,opt,max), not {len(shapes)}")
+        out[name] = (shapes[0], shapes[1], shapes[2])
+    if not out:
+        raise DataError(f"--shapes {text!r}: no shapes given")
+    return out
+
+
+def explicit_batch_flags(trt: Any, builder: Any) -> int:
+    """Network creation flags: EXPLICIT_BATCH on TensorRT 8.x; 0 on 10.x, where networks are always explicit batch.
+
+    Detected by the builder's implicit-batch-era `build_engine`, which TensorRT 10.0 removed together with
+    implicit batch (the flag is deprecated and ignored there, and gone in 11).
+    """
+    flag = getattr(getattr(trt, "NetworkDefinitionCreationFlag", None), "EXPLICIT_BATCH", None)
+    if flag is None or not hasattr(builder, "build_engine"):
+        return 0
+    return 1 << int(flag)
+
+
+def _make_logger(trt: Any, verbose: bool) -> Any:
+    """A TensorRT logger that forwards to Python logging and keeps the errors for our exception messages."""
+    severity = trt.ILogger.Severity
+
+    class _Logger(trt.ILogger):
+        def __init__(self) -> None:
+            trt.ILogger.__init__(self)
+            self.errors: list[str] = []
+            self.lines: list[str] = []
+
+        def log(self, level: Any, msg: str) -> None:
+            if int(level) <= int(severity.ERROR):
+                self.errors.append(msg)
+                logger.error("TensorRT: %s", msg)
+            elif int(level) == int(severity.WARNING):
+                logger.warning("TensorRT: %s", msg)
+            elif int(level) == int(severity.INFO):
+                (logger.info if verbose else logger.debug)("TensorRT: %s", msg)
+            else:
+                logger.debug("TensorRT: %s", msg)
+            self.lines.append(msg)
+
+    return _Logger()
+
+
+def _parse_onnx(trt: Any, network: Any, trt_logger: Any, onnx_path: Path) -> Any:
+    parser = trt.OnnxParser(network, trt_logger)
+    if hasattr(parser, "parse_from_file"):
+        ok = parser.parse_from_file(str(onnx_path))
+    else:
+        ok = parser.parse(onnx_path.read_bytes())
+    if ok:
+        return parser
+    errors = []
+    for i in range(parser.num_errors):
+        err = parser.get_error(i)
+        node = err.node()
+        name = err.node_name() if hasattr(err, "node_name") else ""
+        op = err.node_operator() if hasattr(err, "node_operator") else ""
+        where = f"node {node}" + (f" {name!r}" if name else "") + (f" ({op})" if op else "")
+        errors.append(f"{where}: {err.desc()}")
+    details = "\n  ".join(errors) if errors else "no details from the parser"
+    raise ModelError(f"{onnx_path}: TensorRT's ONNX parser failed:\n  {details}")
+
+
+def _network_inputs(network: Any) -> list[tuple[str, Shape, str]]:
+    out = []
+    for i in range(network.num_inputs):
+        t = network.get_input(i)
+        dtype = getattr(t.dtype, "name", None) or str(t.dtype).rpartition(".")[2]
+        out.append((t.name, tuple(int(d) for d in t.shape), str(dtype).upper()))
+    return out
+
+
+def _check_profile_shape(name: str, declared: Shape, shapes: tuple[Shape, Shape, Shape]) -> None:
+    for label, shape in zip(("min", "opt", "max"), shapes):
+        if len(shape) != len(declared):
+            raise DataError(f"shapes[{name!r}] {label} {shape} has rank {len(shape)}, the input has {len(declared)}")
+        for axis, (want, got) in enumerate(zip(declared, shape)):
+            if want >= 0 and want != got:
+                raise DataError(f"shapes[{name!r}] {label} {shape}: dim {axis} is fixed to {want} by the model")
+    lo, opt, hi = (np.array(s) for s in shapes)
+    if not (np.all(lo <= opt) and np.all(opt <= hi) and np.all(lo >= 1)):
+        raise DataError(f"shapes[{name!r}] needs 1 <= min <= opt <= max in every dim, got {shapes}")
+
+
+_FLOAT_TYPES = frozenset({"FLOAT", "HALF", "BF16"})
+_NUMPY_OF_TRT = {"INT32": np.int32, "INT64": np.int64, "INT8": np.int8, "UINT8": np.uint8, "BOOL": np.bool_}
+
+
+def _preflight_calibrator(trt: Any, calibrator: Any, inputs: list[tuple[str, Shape, str]],
+                          calib_shapes: Mapping[str, Shape]) -> None:
+    """Before the long build: the calibrator is a TensorRT calibrator and its first batch fits the network."""
+    if not isinstance(calibrator, trt.IInt8Calibrator):
+        raise CalibrationError(
+            f"calibrator is a {type(calibrator).__name__}, not a tensorrt.IInt8Calibrator. "
+            "Hint: use trt_calib.calibrator.EntropyCalibrator2 (or make_calibrator)"
+        )
+    core = getattr(calibrator, "_core", None)
+    if not isinstance(core, CalibratorCore):
+        logger.info("calibrator is not a trt-calib calibrator: skipping the first-batch preflight")
+        return
+    if core.cache_file is not None:
+        cached = core.read_calibration_cache()
+        core.raise_if_failed()  # a cache of another algorithm: say so now, not after the build
+        if cached is not None:
+            logger.info("calibration cache %s matches: TensorRT will use it and ask for no batches", core.cache_file)
+            return
+    names = [name for name, _, _ in inputs]
+    batch = core.peek(names)  # raises DataError naming the input and batch
+    for name, _, dtype in inputs:
+        shape = tuple(int(d) for d in batch[name].shape)
+        want = calib_shapes[name]
+        if shape != want:
+            raise DataError(
+                f"calibration batch 0: input {name!r} has shape {shape} but TensorRT calibrates at {want} "
+                "(the calibration profile's OPT shape, or the static shape). Hint: make the batches that shape, "
+                "or set the OPT shape with shapes={name: (min, opt, max)}"
+            )
+        got = np.dtype(str(getattr(batch[name], "dtype", "float32")).rpartition(".")[2])
+        if dtype in _FLOAT_TYPES:
+            if got != np.float32:
+                raise DataError(f"calibration batch 0: input {name!r} is {got}; TensorRT reads float32 for {dtype}")
+        elif dtype in _NUMPY_OF_TRT and got != np.dtype(_NUMPY_OF_TRT[dtype]):
+            raise DataError(f"calibration batch 0: input {name!r} is {got}; the network input is {dtype}")
+
+
+def build_engine(
+    onnx_path: str | os.PathLike,
+    *,
+    calibrator: Any = None,
+    ranges: Any = None,
+    engine_path: str | os.PathLike | None = None,
+    fp16: bool = True,
+    workspace: int = 4 << 30,
+    shapes: Mapping[str, tuple[Sequence[int], Sequence[int], Sequence[int]]] | None = None,
+    range_policy: str = "symmetric",
+    verbose: bool = False,
+) -> BuildResult:
+    """Build an INT8 engine from `onnx_path` with `calibrator` (a TensorRT calibrator) or `ranges` (a cache, a
+    mapping name -> amax or a CalibrationResult, applied with set_dynamic_range), for TensorRT 8.6 and 10.x.
+
+    Dynamic inputs need `shapes` name -> (min, opt, max); calibration runs at OPT. Without `shapes`, dynamic
+    inputs take the calibrator's first batch shape for min, opt and max (logged). FP16 is enabled too (`fp16`) so
+    layers TensorRT keeps out of INT8 need not fall back to FP32. The plan is written atomically to `engine_path`.
+    """
+    onnx_path = Path(onnx_path)
+    if calibrator is None and ranges is None:
+        raise CalibrationError("an INT8 build needs a calibrator or ranges (set_dynamic_range); got neither")
+    if calibrator is not None and ranges is not None:
+        raise CalibrationError(
+            "pass a calibrator or ranges, not both: which one TensorRT prefers for a tensor is not documented"
+        )
+    if not onnx_path.is_file():
+        raise ModelError(f"{onnx_path}: no such ONNX model")
+    trt = import_tensorrt("building an INT8 engine")
+    if not hasattr(getattr(trt, "BuilderFlag", None), "INT8"):
+        raise MissingDependencyError(
+            f"TensorRT {getattr(trt, '__version__', '?')} has no BuilderFlag.INT8: TensorRT 11 removed implicit INT8 "
+            "(calibrators and dynamic ranges). Hint: run `trt-calib quantize` for a Q/DQ ONNX model and build it "
+            "strongly typed"
+        )
+    if calibrator is not None and not hasattr(trt, "IInt8Calibrator"):
+        raise MissingDependencyError(f"TensorRT {trt.__version__} has no calibrators. Hint: use `trt-calib quantize`")
+
+    trt_logger = _make_logger(trt, verbose)
+    builder = trt.Builder(trt_logger)
+    network = builder.create_network(explicit_batch_flags(trt, builder))
+    parser = _parse_onnx(trt, network, trt_logger, onnx_path)  # noqa: F841  (the network references it)
+    inputs = _network_inputs(network)
+    input_names = {name for name, _, _ in inputs}
+    shapes = {k: tuple(tuple(int(d) for d in s) for s in v) for k, v in (shapes or {}).items()}
+    unknown = sorted(set(shapes) - input_names)
+    if unknown:
+        raise DataError(f"shapes name {unknown}, which are not network inputs {sorted(input_names)}")
+
+    config = builder.create_builder_config()
+    if hasattr(config, "set_memory_pool_limit"):
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace))
+    else:
+        config.max_workspace_size = int(workspace)
+    with quiet_trt_deprecations():
+        if not getattr(builder, "platform_has_fast_int8", True):
+            logger.warning("this GPU has no fast INT8: the engine may run slower than FP16")
+        config.set_flag(trt.BuilderFlag.INT8)
+        if fp16:
+            config.set_flag(trt.BuilderFlag.FP16)
+
+    profile_shapes: dict[str, tuple[Shape, Shape, Shape]] = {}
+    calib_shapes: dict[str, Shape] = {}
+    dynamic = [(n, s) for n, s, _ in inputs if any(d < 0 for d in s)]
+    for name, declared in dynamic:
+        if name in shapes:
+            chosen = shapes[name]
+        else:
+            core = getattr(calibrator, "_core", None)
+            if not isinstance(core, CalibratorCore):
+                raise DataError(
+                    f"input {name!r} has dynamic shape {declared}; pass shapes={{{name!r}: (min, opt, max)}}"
+                )
+            first = tuple(int(d) for d in core.peek([n for n, _, _ in inputs])[name].shape)
+            chosen = (first, first, first)
+            logger.warning(
+                "input %r has dynamic shape %s and no shapes were given: building for the calibration batch shape "
+                "%s only. Hint: pass shapes={name: (min, opt, max)}", name, declared, first,
+            )
+        _check_profile_shape(name, declared, chosen)
+        profile_shapes[name] = chosen
+    for name, declared, _ in inputs:
+        calib_shapes[name] = profile_shapes[name][1] if name in profile_shapes else declared
+    if profile_shapes:
+        profile = builder.create_optimization_profile()
+        for name, (lo, opt, hi) in profile_shapes.items():
+            profile.set_shape(name, lo, opt, hi)
+        config.add_optimization_profile(profile)
+        if calibrator is not None:
+            with quiet_trt_deprecations():
+                config.set_calibration_profile(profile)  # calibration runs at OPT
+
+    ranges_report = None
+    if calibrator is not None:
+        _preflight_calibrator(trt, calibrator, inputs, calib_shapes)
+        with quiet_trt_deprecations():
+            config.int8_calibrator = calibrator
+            attached = config.int8_calibrator
+        if attached is None:
+            raise CalibrationError("the calibrator did not attach to the builder config (config.int8_calibrator)")
+    else:
+        from .ranges import apply_dynamic_ranges
+
+        ranges_report = apply_dynamic_ranges(network, ranges, policy=range_policy)
+
+    with quiet_trt_deprecations():
+        if not config.get_flag(trt.BuilderFlag.INT8):
+            raise CalibrationError("the INT8 builder flag did not stick (config.get_flag(BuilderFlag.INT8) is False)")
+    logger.info("building the INT8 engine for %s (TensorRT %s); this can take minutes", onnx_path, trt.__version__)
+    plan = builder.build_serialized_network(network, config)
+    if calibrator is not None and hasattr(calibrator, "raise_if_failed"):
+        calibrator.raise_if_failed()  # before anything is written: the engine may come from partial data
+    if plan is None:
+        errors = "\n  ".join(trt_logger.errors[-10:]) or "(TensorRT logged no error)"
+        raise CalibrationError(f"TensorRT could not build the engine for {onnx_path}. TensorRT said:\n  {errors}")
+    data = memoryview(plan).tobytes()
+    result = BuildResult(
+        plan=data,
+        engine_path=None,
+        calibration_shapes=calib_shapes,
+        profile_shapes=profile_shapes,
+        batches_fed=getattr(getattr(calibrator, "_core", None), "batches_fed", None),
+        ranges_report=ranges_report,
+        trt_version=str(getattr(trt, "__version__", "")),
+        log=list(trt_logger.lines),
+    )
+    if engine_path is not None:
+        result.engine_path = atomic_write(engine_path, data)
+        logger.info("wrote %s (%d bytes)", result.engine_path, len(data))
+    return result
