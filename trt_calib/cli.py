@@ -11,7 +11,7 @@ import json
 import logging
 import math
 import sys
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 from . import __version__
 from .errors import TrtCalibError
@@ -67,6 +67,175 @@ def _run_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------------------------- calibrate
+def add_data_arguments(p: argparse.ArgumentParser, *, required: bool = True) -> None:
+    """The data options shared by every command that reads calibration data."""
+    g = p.add_argument_group("data")
+    g.add_argument(
+        "--data",
+        required=required,
+        metavar="PATH",
+        help=".npy (single input), .npz (keys = input names), a folder of images (see --preprocess), "
+        "or a Python file with a generator of {input_name: batch} (FILE.py or FILE.py:function, default load_data)",
+    )
+    g.add_argument("--batch-size", type=int, default=None, help="samples per calibration batch (default: the "
+                   "model's static batch dim, else 8). TensorRT updates histograms once per batch, so it matters")
+    g.add_argument("--last-batch", choices=("drop", "keep", "pad"), default=None,
+                   help="what to do with a short last batch (default drop, with a warning)")
+    g.add_argument("--shuffle", action="store_true", help="shuffle samples before batching (seed recorded)")
+    g.add_argument("--seed", type=int, default=None, help="seed for --shuffle")
+    g.add_argument("--offset", type=int, default=None, help="skip this many samples first")
+    g.add_argument("--limit", type=int, default=None, help="use at most this many samples")
+    g.add_argument("--preprocess", default=None, metavar="SPEC",
+                   help="image preprocessing, e.g. size=224,resize=256,mean=0.485/0.456/0.406,"
+                   "std=0.229/0.224/0.225,scale=1/255,layout=NCHW,order=RGB")
+
+
+def open_data(args: argparse.Namespace, inputs: list) -> Any:
+    """A `BatchSource` from the data options; only options the user gave are passed (data scripts refuse others)."""
+    from .data import Preprocess, open_source
+
+    kwargs: dict[str, Any] = {}
+    if args.batch_size is not None:
+        kwargs["batch_size"] = args.batch_size
+    elif not str(args.data).split(":")[0].endswith(".py"):
+        first = inputs[0].shape[0] if inputs and inputs[0].shape else None
+        kwargs["batch_size"] = first if isinstance(first, int) and first > 0 else 8
+    for key in ("last_batch", "seed", "offset", "limit"):
+        if getattr(args, key) is not None:
+            kwargs[key] = getattr(args, key)
+    if args.shuffle:
+        kwargs["shuffle"] = True
+    if args.preprocess:
+        kwargs["preprocess"] = Preprocess.parse(args.preprocess)
+    return open_source(args.data, inputs, **kwargs)
+
+
+def _add_calibrate(sub: argparse._SubParsersAction) -> None:
+    from .collect import ALGORITHM_HEADERS
+    from .cache import DEFAULT_TRT_VERSION
+
+    p = sub.add_parser(
+        "calibrate",
+        help="calibrate an ONNX model on the CPU and write a TensorRT calibration cache",
+        description="Run MODEL with onnxruntime on the CPU over the calibration data, build TensorRT's |x| "
+        "histogram of every tensor TensorRT calibrates, and write the cache TensorRT would write. "
+        "Algorithms: entropy2 (TensorRT IInt8EntropyCalibrator2, header EntropyCalibration2), minmax "
+        "(IInt8MinMaxCalibrator, header MinMaxCalibration), percentile and mse (not TensorRT calibrators: "
+        "written under the EntropyCalibration2 header, the one trtexec --calib and EntropyCalibrator2 read, so "
+        "TensorRT uses the scales as they are instead of recalibrating).",
+    )
+    p.add_argument("model", help="ONNX model")
+    add_data_arguments(p)
+    p.add_argument("--cache", required=True, metavar="OUT", help="calibration cache to write (also OUT.json "
+                   "provenance next to it)")
+    p.add_argument("--algorithm", choices=list(ALGORITHM_HEADERS), default="entropy2", help="default entropy2")
+    p.add_argument("--percentile", type=float, default=99.99, help="for --algorithm percentile (default 99.99)")
+    p.add_argument("--trt-version", default=DEFAULT_TRT_VERSION,
+                   help=f"TensorRT version to write the header for and to emulate (default {DEFAULT_TRT_VERSION}); "
+                   "<= 8.0 also ties Concat inputs to the output's scale")
+    p.add_argument("--json", metavar="OUT.json", help="also write per-tensor details (amax, index, ranges) as JSON")
+    p.add_argument("--save-histograms", metavar="H.npz", help="also save every histogram (for reports, re-runs)")
+    p.add_argument("--compare", metavar="REF.cache", help="print our table next to a reference cache "
+                   "(e.g. TensorRT's) with the difference of each entry in float32 ULP")
+    p.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads (default: all cores)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(handler=_run_calibrate)
+
+
+def print_comparison(comparison: Any, *, ours_label: str = "ours", ref_label: str = "reference") -> None:
+    """Our table next to a reference, one line per tensor, with the ULP difference and the verdict."""
+    rows = comparison.rows
+    width = max([len(r.name) for r in rows] + [6])
+    print(f"{'tensor':<{width}}  {ref_label:>10}  {ours_label:>10}  {'ULP':>5}  {'index':>11}  verdict")
+    from .cache import amax_to_scale, scale_to_hex
+
+    def hx(v: float | None) -> str:
+        return "-" if v is None else scale_to_hex(amax_to_scale(v))
+
+    for r in rows:
+        ulps = "-" if r.ulps is None else str(r.ulps)
+        if r.reference_index is not None and r.our_index is not None:
+            index = f"{r.reference_index:.2f}/{r.our_index}"
+        else:
+            index = "-"
+        print(f"{r.name:<{width}}  {hx(r.reference_amax):>10}  {hx(r.our_amax):>10}  {ulps:>5}  {index:>11}  {r.verdict}")
+    print(comparison.summary())
+
+
+def _run_calibrate(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .cache import CalibrationCache, make_header
+    from .collect import ALGORITHM_HEADERS, calibrate, load_model, model_inputs
+    from .provenance import make_provenance, sidecar_path, write_provenance
+    from ._util import atomic_write
+
+    model = load_model(args.model)
+    inputs = model_inputs(model)
+    source = open_data(args, inputs)
+    reference = CalibrationCache.load(args.compare) if args.compare else None
+    for out in (args.cache, args.json, args.save_histograms):
+        if out and not Path(out).resolve().parent.is_dir():
+            raise TrtCalibError(f"{out}: the folder to write it in does not exist")
+
+    bar = None
+    if not args.no_progress and not args.quiet:
+        from tqdm import tqdm
+
+        total = len(source) if source.kind != "generator" else None
+        bar = tqdm(total=total, unit="batch", desc="calibrating", file=sys.stderr, leave=False)
+    try:
+        result = calibrate(
+            model,
+            source,
+            algorithm=args.algorithm,
+            trt_version=args.trt_version,
+            percentile=args.percentile,
+            progress=bar.update if bar is not None else None,
+            threads=args.threads,
+        )
+    finally:
+        if bar is not None:
+            bar.close()
+
+    cache = result.cache
+    cache.save(args.cache)
+    manifest = source.manifest()
+    write_provenance(
+        args.cache,
+        make_provenance(
+            model_path=args.model,
+            inputs=[{"name": s.name, "shape": list(s.shape), "dtype": s.dtype.name} for s in inputs],
+            data_manifest=manifest,
+            algorithm=args.algorithm,
+            header=make_header(ALGORITHM_HEADERS[args.algorithm], args.trt_version),
+            trt_version=args.trt_version,
+            options={"percentile": args.percentile} if args.algorithm == "percentile" else {},
+        ),
+    )
+    if args.json:
+        atomic_write(args.json, json.dumps(result.to_json(), indent=2) + "\n")
+    if args.save_histograms:
+        from .histogram import save_histograms
+
+        save_histograms(args.save_histograms, result.histograms)
+
+    log.info(
+        "calibrated %d tensors on %d batches (%d samples) in %.2f s, peak memory %.0f MB",
+        len(result.amax), result.num_batches, manifest.get("num_samples", 0), result.seconds, result.peak_rss_mb,
+    )
+    log.info("wrote %s (%s) and %s", args.cache, cache.header, sidecar_path(args.cache))
+    if reference is None:
+        return 0
+    from .compare import compare
+
+    comparison = compare(reference, result)
+    print(f"ours ({cache.header}) against {args.compare} ({reference.header}):")
+    print_comparison(comparison, ours_label="ours", ref_label="reference")
+    return 0 if comparison.consistent else 1
+
+
 # ---------------------------------------------------------------------------------------------- parser
 _EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = []
 
@@ -84,6 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     _add_inspect(sub)
+    _add_calibrate(sub)
     for add in _EXTRA_COMMANDS:
         add(sub)
     return parser

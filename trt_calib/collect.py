@@ -1,0 +1,378 @@
+"""Calibrate an ONNX model on the CPU: run it with onnxruntime, stream per-tensor histograms, tie scales.
+
+Every floating-point tensor TensorRT's ONNX parser calibrates (network inputs and node outputs; not initializers,
+Constant outputs, integer or bool tensors, unused outputs) becomes an extra output of an in-memory copy of the
+graph. Each batch's activations update one `AbsHistogram` per tensor and are dropped before the next batch runs,
+so memory is one batch's activations plus the histograms, whatever the dataset size.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import resource
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from .cache import DEFAULT_TRT_VERSION, CalibrationCache, make_header
+from .data import InputSpec, iter_batches
+from .errors import CalibrationError, ModelError
+from .histogram import AbsHistogram
+from .thresholds import compute_amax, entropy_search
+
+__all__ = [
+    "ALGORITHM_HEADERS",
+    "CalibrationResult",
+    "load_model",
+    "model_inputs",
+    "calibrated_tensors",
+    "collect_histograms",
+    "amax_from_histograms",
+    "tie_scales",
+    "calibrate",
+]
+
+log = logging.getLogger(__name__)
+
+# The cache header each algorithm is written with. TensorRT reads a cache only when the header names the calibrator
+# reading it; percentile and MSE are not TensorRT calibrators, so their scales go out under EntropyCalibration2,
+# the calibrator trtexec --calib and most build scripts read caches with.
+ALGORITHM_HEADERS = {
+    "entropy2": "EntropyCalibration2",
+    "minmax": "MinMaxCalibration",
+    "percentile": "EntropyCalibration2",
+    "mse": "EntropyCalibration2",
+}
+
+_POOL_OPS = ("MaxPool", "AveragePool")
+
+
+@dataclass
+class CalibrationResult:
+    """The outcome of a CPU calibration: per-tensor amax (TensorRT order), the histograms and the cache."""
+
+    amax: dict[str, float]
+    histograms: dict[str, AbsHistogram]
+    algorithm: str
+    trt_version: str
+    tied: dict[str, str] = field(default_factory=dict)  # tensor -> tensor whose scale it took
+    entropy_index: dict[str, int] = field(default_factory=dict)  # entropy2: the chosen bin count per tensor
+    num_batches: int = 0
+    seconds: float = 0.0
+    peak_rss_mb: float = 0.0
+
+    @property
+    def cache(self) -> CalibrationCache:
+        """The TensorRT calibration cache these thresholds make."""
+        return CalibrationCache.from_amax(
+            self.amax, algorithm=ALGORITHM_HEADERS[self.algorithm], trt_version=self.trt_version
+        )
+
+    def source_of(self, name: str) -> str:
+        """The tensor whose histogram decided `name`'s scale (itself unless tied)."""
+        return self.tied.get(name, name)
+
+    def to_json(self) -> dict[str, Any]:
+        """Per-tensor details as JSON-able values (inf/nan as strings)."""
+        from .cache import amax_to_scale, scale_to_hex
+
+        def num(v: float) -> float | str:
+            return v if np.isfinite(v) else str(v)
+
+        tensors = []
+        for name, amax in self.amax.items():
+            h = self.histograms.get(name)
+            row: dict[str, Any] = {
+                "name": name,
+                "amax": num(amax),
+                "scale": num(amax_to_scale(amax)),
+                "hex": scale_to_hex(amax_to_scale(amax)),
+            }
+            if name in self.tied:
+                row["tied_to"] = self.tied[name]
+            if name in self.entropy_index:
+                row["entropy_index"] = self.entropy_index[name]
+            if h is not None:
+                row.update(
+                    range=num(h.range),
+                    abs_max=num(float(h.abs_max)),
+                    min=num(float(h.min)) if h.num_values else None,
+                    max=num(float(h.max)) if h.num_values else None,
+                    num_values=h.num_values,
+                    num_negative=h.num_negative,
+                    num_nan=h.num_nan,
+                    num_inf=h.num_inf,
+                )
+            tensors.append(row)
+        return {
+            "algorithm": self.algorithm,
+            "header": make_header(ALGORITHM_HEADERS[self.algorithm], self.trt_version),
+            "trt_version": self.trt_version,
+            "num_batches": self.num_batches,
+            "seconds": round(self.seconds, 3),
+            "peak_rss_mb": round(self.peak_rss_mb, 1),
+            "tensors": tensors,
+        }
+
+
+# ---------------------------------------------------------------------------------------------- the graph
+def load_model(model: Any) -> Any:
+    """An `onnx.ModelProto` from a path or a proto; errors name the file."""
+    import onnx
+
+    if isinstance(model, onnx.ModelProto):
+        return model
+    path = Path(model)
+    if not path.is_file():
+        raise ModelError(f"{path}: no such ONNX model")
+    try:
+        return onnx.load(str(path))
+    except Exception as exc:  # protobuf raises DecodeError, a plain Exception subclass
+        raise ModelError(f"{path}: not a readable ONNX model ({exc})") from None
+
+
+def _np_dtype(elem_type: int) -> np.dtype:
+    from onnx import helper
+
+    return np.dtype(helper.tensor_dtype_to_np_dtype(elem_type))
+
+
+def model_inputs(model: Any) -> list[InputSpec]:
+    """The inputs the model must be fed (graph inputs that are not initializers), as `InputSpec`s."""
+    model = load_model(model)
+    initializers = {t.name for t in model.graph.initializer}
+    specs = []
+    for vi in model.graph.input:
+        if vi.name in initializers:
+            continue
+        tt = vi.type.tensor_type
+        dims: list[int | str | None] = []
+        for d in tt.shape.dim:
+            if d.HasField("dim_value") and d.dim_value > 0:
+                dims.append(int(d.dim_value))
+            else:
+                dims.append(d.dim_param or None)
+        specs.append(InputSpec(vi.name, tuple(dims), _np_dtype(tt.elem_type)))
+    return specs
+
+
+@functools.lru_cache(maxsize=1)
+def _float_types() -> frozenset[int]:
+    from onnx import TensorProto
+
+    return frozenset({TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE, TensorProto.BFLOAT16})
+
+
+def _tensor_types(model: Any) -> dict[str, int]:
+    """Element type of every tensor that shape inference (or the graph itself) can type."""
+    import onnx
+
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
+    except Exception as exc:  # inference is best effort; untyped tensors are reported below
+        log.warning("ONNX shape inference failed (%s); only tensors typed in the graph are calibrated", exc)
+        inferred = model
+    types: dict[str, int] = {}
+    for vi in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output):
+        if vi.type.HasField("tensor_type") and vi.type.tensor_type.elem_type:
+            types[vi.name] = vi.type.tensor_type.elem_type
+    return types
+
+
+def calibrated_tensors(model: Any) -> list[str]:
+    """Names of the tensors TensorRT gives a calibration entry, in graph order (inputs first, then node outputs)."""
+    model = load_model(model)
+    graph = model.graph
+    types = _tensor_types(model)
+    initializers = {t.name for t in graph.initializer}
+    consumed = {name for node in graph.node for name in node.input}
+    graph_outputs = {o.name for o in graph.output}
+    floats = _float_types()
+    names = [spec.name for spec in model_inputs(model) if types.get(spec.name) in floats]
+    untyped = []
+    for node in graph.node:
+        if node.op_type == "Constant" or node.domain not in ("", "ai.onnx"):
+            if node.domain not in ("", "ai.onnx"):
+                log.warning("node %r has custom op %s.%s; its outputs are not calibrated", node.name, node.domain, node.op_type)
+            continue
+        for out in node.output:
+            if not out or out in initializers or (out not in consumed and out not in graph_outputs):
+                continue
+            if out not in types:
+                untyped.append(out)
+            elif types[out] in floats:
+                names.append(out)
+    if untyped:
+        log.warning("%d tensor(s) have no inferred type and are not calibrated: %s", len(untyped), ", ".join(untyped[:10]))
+    return list(dict.fromkeys(names))
+
+
+def _session(model: Any, outputs: Sequence[str], types: Mapping[str, int], threads: int | None) -> Any:
+    """An onnxruntime CPU session over a copy of `model` that returns every tensor in `outputs`."""
+    import onnx
+    import onnxruntime as ort
+
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    existing = {o.name for o in copy.graph.output}
+    for name in outputs:
+        if name not in existing:
+            copy.graph.output.append(onnx.helper.make_tensor_value_info(name, types[name], None))
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    options.log_severity_level = 3
+    if threads:
+        options.intra_op_num_threads = threads
+    try:
+        return ort.InferenceSession(copy.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        raise ModelError(f"onnxruntime cannot load the model: {exc}") from None
+
+
+# ---------------------------------------------------------------------------------------------- collection
+def collect_histograms(
+    model: Any,
+    batches: Iterable[Any],
+    *,
+    tensors: Sequence[str] | None = None,
+    num_bins: int = 2048,
+    progress: Callable[[int], None] | None = None,
+    threads: int | None = None,
+) -> tuple[dict[str, AbsHistogram], int]:
+    """One histogram per calibrated tensor, updated once per batch in batch order; returns (histograms, batches).
+
+    `progress`, if given, is called with 1 after each batch.
+    """
+    model = load_model(model)
+    specs = model_inputs(model)
+    names = list(tensors) if tensors is not None else calibrated_tensors(model)
+    types = _tensor_types(model)
+    missing = [n for n in names if n not in types]
+    if missing:
+        raise ModelError(f"cannot calibrate tensors of unknown type: {', '.join(missing[:10])}")
+    input_names = {s.name for s in specs}
+    run_names = [n for n in names if n not in input_names]
+    session = _session(model, run_names, types, threads)
+    histograms = {n: AbsHistogram(num_bins) for n in names}
+    count = 0
+    for batch in iter_batches(batches, specs):
+        try:
+            outputs = session.run(run_names, batch)
+        except Exception as exc:
+            raise CalibrationError(f"onnxruntime failed on batch {count}: {exc}") from None
+        for name in names:
+            if name in input_names:
+                histograms[name].update(batch[name])
+        for name, value in zip(run_names, outputs):
+            histograms[name].update(value)
+        del outputs
+        count += 1
+        if progress is not None:
+            progress(1)
+    return histograms, count
+
+
+def amax_from_histograms(
+    histograms: Mapping[str, AbsHistogram], algorithm: str = "entropy2", **options: float
+) -> tuple[dict[str, float], dict[str, int]]:
+    """amax per tensor by `algorithm`; for entropy2 also the chosen bin count per tensor."""
+    if algorithm not in ALGORITHM_HEADERS:
+        raise ValueError(f"unknown algorithm {algorithm!r}; choose one of {', '.join(ALGORITHM_HEADERS)}")
+    amax: dict[str, float] = {}
+    index: dict[str, int] = {}
+    for name, h in histograms.items():
+        if algorithm == "entropy2":
+            result = entropy_search(h)
+            amax[name], index[name] = result.amax, result.index
+        else:
+            amax[name] = compute_amax(h, algorithm, **options)
+    return amax, index
+
+
+def _version_tuple(version: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(p) for p in version.split("."))
+    except ValueError:
+        raise ValueError(f"not a TensorRT version: {version!r} (expected e.g. 10.16.1)") from None
+
+
+def tie_scales(model: Any, amax: Mapping[str, float], *, trt_version: str = DEFAULT_TRT_VERSION) -> tuple[dict[str, float], dict[str, str]]:
+    """Apply TensorRT's scale ties: pool outputs take their input's scale; Concat inputs take the output's (<= 8.0).
+
+    Returns the tied amax mapping (same order) and which tensor each tied tensor took its scale from.
+    """
+    model = load_model(model)
+    out = dict(amax)
+    tied: dict[str, str] = {}
+
+    def source(name: str) -> str:
+        return tied.get(name, name)
+
+    for node in model.graph.node:
+        if node.op_type in _POOL_OPS and node.input and node.output:
+            src, dst = node.input[0], node.output[0]
+            if src in out and dst in out:
+                out[dst] = out[src]
+                tied[dst] = source(src)
+    if _version_tuple(trt_version)[:2] <= (8, 0):
+        for node in model.graph.node:
+            if node.op_type == "Concat" and node.output and node.output[0] in out:
+                dst = node.output[0]
+                for src in node.input:
+                    if src in out:
+                        out[src] = out[dst]
+                        tied[src] = source(dst)
+    return out, tied
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def calibrate(
+    model: Any,
+    batches: Iterable[Any],
+    *,
+    algorithm: str = "entropy2",
+    trt_version: str = DEFAULT_TRT_VERSION,
+    percentile: float = 99.99,
+    num_bins: int = 2048,
+    progress: Callable[[int], None] | None = None,
+    threads: int | None = None,
+) -> CalibrationResult:
+    """Calibrate `model` on `batches` as TensorRT `trt_version` would with `algorithm`; nothing is written."""
+    if algorithm not in ALGORITHM_HEADERS:
+        raise ValueError(f"unknown algorithm {algorithm!r}; choose one of {', '.join(ALGORITHM_HEADERS)}")
+    _version_tuple(trt_version)
+    started = time.perf_counter()
+    model = load_model(model)
+    histograms, count = collect_histograms(model, batches, num_bins=num_bins, progress=progress, threads=threads)
+    input_names = {s.name for s in model_inputs(model)}
+    bad_inputs = [n for n in input_names if n in histograms and histograms[n].num_nan]
+    if bad_inputs:
+        raise CalibrationError(f"input(s) {', '.join(sorted(bad_inputs))} hold NaN values")
+    nonfinite = [n for n, h in histograms.items() if h.num_nan or h.num_inf]
+    if nonfinite:
+        log.warning(
+            "%d tensor(s) hold NaN or Inf values (their scale is inf or unreliable): %s",
+            len(nonfinite),
+            ", ".join(f"{n} ({histograms[n].num_nan} NaN, {histograms[n].num_inf} Inf)" for n in nonfinite[:10]),
+        )
+    options = {"percentile": percentile} if algorithm == "percentile" else {}
+    raw, index = amax_from_histograms(histograms, algorithm, **options)
+    amax, tied = tie_scales(model, raw, trt_version=trt_version)
+    return CalibrationResult(
+        amax=amax,
+        histograms=histograms,
+        algorithm=algorithm,
+        trt_version=trt_version,
+        tied=tied,
+        entropy_index=index,
+        num_batches=count,
+        seconds=time.perf_counter() - started,
+        peak_rss_mb=_peak_rss_mb(),
+    )
