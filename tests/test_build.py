@@ -220,3 +220,87 @@ def test_parse_shapes():
         parse_shapes("x:1x4,2x4")
     with pytest.raises(DataError, match="dims must be integers"):
         parse_shapes("x:1xNx4")
+
+
+# ---------------------------------------------------------------------------------------------------- CLI, samples
+
+import argparse  # noqa: E402
+import importlib.util  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
+from trt_calib.cli_build import add_build_parser, run_build  # noqa: E402
+
+SAMPLES = trt_standin.repo_root() / "samples"
+
+
+def build_args(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="trt-calib")
+    add_build_parser(parser.add_subparsers(dest="command"))
+    return parser.parse_args(["build", *argv])
+
+
+def npz_data(path, n=8, seed=0):
+    x = np.random.default_rng(seed).normal(size=(n, 4)).astype(np.float32)
+    np.savez(path, x=x)
+    return path
+
+
+def test_cli_build_dry_run_needs_no_tensorrt(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    model = tiny_model(tmp_path / "m.onnx")
+    args = build_args(str(model), "--data", str(npz_data(tmp_path / "d.npz")), "--batch-size", "2", "--dry-run")
+    assert args.handler is run_build
+    assert run_build(args) == 0
+    out = capsys.readouterr().out
+    assert "4 batch(es) of 2" in out and "input 'x': (2, 4) float32" in out and "nothing was built" in out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.npz", "m.onnx"]  # nothing written
+
+
+def test_cli_build_builds_with_the_standin(trt, tmp_path, capsys):
+    model = tiny_model(tmp_path / "m.onnx", batch=2)
+    args = build_args(str(model), "--data", str(npz_data(tmp_path / "d.npz")), "--batch-size", "2",
+                      "--engine", str(tmp_path / "m.plan"), "--cache", str(tmp_path / "m.cache"))
+    args.device = "host"  # the stand-in reads host memory; the CLI offers GPU backends only
+    assert run_build(args) == 0
+    assert (tmp_path / "m.plan").is_file() and (tmp_path / "m.cache").is_file()
+    assert "from 4 calibration batch(es)" in capsys.readouterr().out
+
+
+def test_cli_build_needs_an_engine_path(tmp_path):
+    model = tiny_model(tmp_path / "m.onnx", batch=2)
+    with pytest.raises(DataError, match="--engine"):
+        run_build(build_args(str(model), "--data", str(npz_data(tmp_path / "d.npz"))))
+
+
+@pytest.mark.parametrize("sample", ["build_int8_engine.py", "build_with_dynamic_ranges.py"])
+def test_samples_answer_help_without_tensorrt(sample):
+    done = subprocess.run([sys.executable, str(SAMPLES / sample), "--help"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"usage: {sample}") and "--engine" in done.stdout
+
+
+def load_sample(name: str):
+    spec = importlib.util.spec_from_file_location(name.removesuffix(".py"), SAMPLES / name)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_dynamic_ranges_sample_builds_from_a_cpu_calibration_with_the_standin(trt, tmp_path, capsys):
+    model = tiny_model(tmp_path / "m.onnx", batch=2)
+    sample = load_sample("build_with_dynamic_ranges.py")
+    code = sample.main([str(model), "--data", str(npz_data(tmp_path / "d.npz")), "--batch-size", "2",
+                        "--policy", "sign-aware", "--engine", str(tmp_path / "m.plan")])
+    assert code == 0 and (tmp_path / "m.plan").is_file()
+    out = capsys.readouterr().out
+    assert "dynamic ranges (sign-aware): 3 tensor(s) set, 0 without a range" in out
+
+
+def test_int8_sample_dry_run(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    model = tiny_model(tmp_path / "m.onnx")
+    sample = load_sample("build_int8_engine.py")
+    assert sample.main([str(model), "--data", str(npz_data(tmp_path / "d.npz")), "--batch-size", "4",
+                        "--dry-run"]) == 0
+    assert "2 batch(es) of 4" in capsys.readouterr().out

@@ -53,7 +53,7 @@ def no_temp_files(folder: Path) -> bool:
 def test_importing_the_modules_needs_no_tensorrt_pycuda_or_torch():
     code = (
         "import sys\n"
-        "import trt_calib.calibrator, trt_calib.device\n"
+        "import trt_calib.calibrator, trt_calib.device, trt_calib.build, trt_calib.ranges, trt_calib.cli_build\n"
         "bad = [m for m in ('tensorrt', 'pycuda', 'torch', 'cupy', 'cuda') if m in sys.modules]\n"
         "assert not bad, bad\n"
     )
@@ -449,6 +449,14 @@ def test_a_malformed_cache_is_a_failure_naming_the_line(trt, tmp_path):
         calib.raise_if_failed()
 
 
+def test_a_malformed_cache_is_overwritten_with_cache_mismatch_recalibrate(trt, tmp_path):
+    cache_file = tmp_path / "c.cache"
+    cache_file.write_text("calibration table v1\n")
+    calib = make_calibrator(two_input_batches(2), cache_file=cache_file, device="host", cache_mismatch="recalibrate")
+    result = trt_standin.drive(calib, INPUTS)
+    assert len(result.pointers) == 2 and cache_file.read_bytes() == result.cache_written
+
+
 def test_the_cache_from_a_successful_calibration_is_reused_by_the_next_build(trt):
     calib = make_calibrator(two_input_batches(2), device="host")  # no cache file: kept in memory
     first = trt_standin.drive(calib, INPUTS)
@@ -569,3 +577,59 @@ def test_peek_does_not_consume_and_validates(trt):
     with pytest.raises(DataError, match="batch 0: input 'a' has dtype float64"):
         bad.peek(["a", "b"])
     assert not bad.failed  # peek raises to its caller; nothing recorded
+
+
+# ---------------------------------------------------------------------------------------------------- cross-check
+
+
+def relu_sigmoid_model(path: Path) -> Path:
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Sigmoid", ["r"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4])],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def single_input_batches(n=4, seed=0):
+    rng = np.random.default_rng(seed)
+    return [{"x": rng.normal(size=(2, 4)).astype(np.float32)} for _ in range(n)]
+
+
+def test_cross_check_agrees_when_the_cache_comes_from_the_same_batches(trt, tmp_path):
+    model = relu_sigmoid_model(tmp_path / "m.onnx")
+    calib = make_calibrator(single_input_batches(), cache_file=tmp_path / "m.cache", device="host",
+                            cross_check=model)
+    # the stand-in computes its cache with our CPU calibration of the bytes it read behind the pointers
+    trt_standin.drive(calib, {"x": ((2, 4), np.float32)}, model=model)
+    comparison = calib.cross_check_result
+    assert comparison is not None and comparison.consistent
+    assert comparison.counts() == {"exact": 3}
+    assert [row.name for row in comparison.rows] == ["x", "r", "y"]
+
+
+def test_cross_check_reports_disagreement(trt, tmp_path, caplog):
+    model = relu_sigmoid_model(tmp_path / "m.onnx")
+    calib = make_calibrator(single_input_batches(), device="host", cross_check=model)
+    with caplog.at_level("WARNING", logger="trt_calib.calibrator"):
+        trt_standin.drive(calib, {"x": ((2, 4), np.float32)})  # stand-in cache: max|x| of the input only
+    comparison = calib.cross_check_result
+    assert not comparison.consistent
+    assert comparison.counts()["only-ours"] == 2
+    assert comparison.rows[0].name == "x" and comparison.rows[0].verdict == "differs"
+    assert "cross-check against the CPU calibration (4 batches)" in caplog.text
+    assert not calib.failed  # a disagreement is a finding, not a failure
+
+
+def test_cross_check_is_skipped_when_the_cache_file_is_used(trt, tmp_path):
+    model = relu_sigmoid_model(tmp_path / "m.onnx")
+    cache_file = tmp_path / "m.cache"
+    trt_standin.drive(make_calibrator(single_input_batches(), cache_file=cache_file, device="host"),
+                      {"x": ((2, 4), np.float32)}, model=model)
+    calib = make_calibrator(single_input_batches(), cache_file=cache_file, device="host", cross_check=model)
+    result = trt_standin.drive(calib, {"x": ((2, 4), np.float32)})
+    assert result.cache_read is not None and calib.cross_check_result is None

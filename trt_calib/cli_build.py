@@ -1,0 +1,123 @@
+"""`trt-calib build` and the calibrator dry run, as helpers the CLI wires in.
+
+`add_build_parser(subparsers)` adds the `build` command (handler `run_build`); `add_calibrator_dry_run(parser)`
+adds `--dry-run` to another command, and `calibrator_dry_run(...)` runs it. TensorRT is imported only when an
+engine is really built.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from .errors import DataError
+
+__all__ = ["add_build_parser", "run_build", "add_calibrator_dry_run", "calibrator_dry_run", "DEVICE_CHOICES"]
+
+DEVICE_CHOICES = ("auto", "pycuda", "cuda-python", "cupy", "torch")
+
+
+def add_build_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add `trt-calib build MODEL.onnx --data D --engine OUT.plan [...]`; its handler is `run_build`."""
+    from .calibrator import ALGORITHMS
+
+    p = subparsers.add_parser(
+        "build",
+        help="build an INT8 TensorRT engine (TensorRT 8.6-10.x) with a calibrator fed from your data",
+        description="Build an INT8 TensorRT engine from an ONNX model with trt-calib's calibrator: checks the first "
+        "batch before the long build, and fails loudly (no engine, no cache) if any batch fails. "
+        "--dry-run drives the calibrator on the CPU and builds nothing (no TensorRT, no GPU needed).",
+    )
+    p.add_argument("model", help="ONNX model (MODEL.onnx)")
+    p.add_argument("--data", help="calibration data: .npy, .npz keyed by input name, a folder of images, "
+                   "or a data script.py[:function]")
+    p.add_argument("--engine", help="where to write the serialized engine (required unless --dry-run)")
+    p.add_argument("--cache", help="calibration cache: used if it exists and matches the algorithm, else written")
+    p.add_argument("--algorithm", choices=list(ALGORITHMS), default="entropy2",
+                   help="TensorRT calibrator (default: entropy2 = IInt8EntropyCalibrator2)")
+    p.add_argument("--batch-size", type=int, default=1, help="calibration batch size (default: 1)")
+    p.add_argument("--max-batches", type=int, help="stop calibration after this many batches")
+    p.add_argument("--device", choices=DEVICE_CHOICES, default="auto",
+                   help="GPU library for device buffers (default: auto = the first that works)")
+    p.add_argument("--shapes", help="shapes for dynamic inputs: NAME:MINxDIMS,OPTxDIMS,MAXxDIMS[;NAME2:...]; "
+                   "calibration runs at OPT")
+    p.add_argument("--no-fp16", action="store_true", help="do not enable FP16 for layers that stay out of INT8")
+    p.add_argument("--workspace", type=float, default=4.0, help="builder workspace in GiB (default: 4)")
+    p.add_argument("--cross-check", action="store_true",
+                   help="recompute the calibration on the CPU from the same batches and compare per tensor")
+    p.add_argument("--dry-run", action="store_true",
+                   help="drive the calibrator on the CPU (host memory) to check the data; build nothing")
+    p.set_defaults(handler=run_build)
+    return p
+
+
+def add_calibrator_dry_run(parser: argparse.ArgumentParser) -> None:
+    """Add `--dry-run` to a command that reads a model and --data: check the data through the calibrator's contract."""
+    parser.add_argument(
+        "--dry-run", action="store_true",
+        help="feed the data through the TensorRT calibrator's callbacks on the CPU (no TensorRT, no GPU) and "
+        "report batches, shapes, dtypes and time per batch; writes nothing",
+    )
+
+
+def _model_inputs(model: Path) -> list[Any]:
+    from .collect import model_inputs
+
+    return list(model_inputs(model))  # ModelError names a missing or unreadable file
+
+
+def calibrator_dry_run(
+    source: Any,
+    inputs: Sequence[Any],
+    *,
+    algorithm: str = "entropy2",
+    cache: str | None = None,
+    max_batches: int | None = None,
+    out: Callable[[str], None] = print,
+) -> int:
+    """Drive a calibrator over `source` on the CPU, print the summary with `out`, return the exit code (0)."""
+    from .calibrator import CalibratorCore, dry_run
+
+    core = CalibratorCore(source, cache, "host", algorithm=algorithm, input_specs=inputs)
+    summary = dry_run(core, names=[s.name for s in inputs], max_batches=max_batches)
+    out(str(summary))
+    out("dry run: nothing was built or written")
+    return 0
+
+
+def run_build(args: argparse.Namespace) -> int:
+    """The `build` command: returns the exit code; user errors raise TrtCalibError (printed by the CLI)."""
+    from .build import build_engine, parse_shapes
+    from .calibrator import make_calibrator
+    from .data import open_source
+
+    model = Path(args.model)
+    if args.dry_run and args.data is None:
+        raise DataError("--dry-run checks the calibration data: pass --data")
+    if not args.dry_run and not args.engine:
+        raise DataError("build needs --engine OUT.plan (or --dry-run to only check the data)")
+    if args.data is None and not (args.cache and Path(args.cache).is_file()):
+        raise DataError("build needs --data (or an existing --cache to reuse). Hint: --data calib.npz")
+    shapes = parse_shapes(args.shapes) if args.shapes else None
+    inputs = _model_inputs(model)
+    source = open_source(args.data, inputs, batch_size=args.batch_size) if args.data is not None else []
+    if args.dry_run:
+        return calibrator_dry_run(source, inputs, algorithm=args.algorithm, cache=args.cache,
+                                  max_batches=args.max_batches)
+    calibrator = make_calibrator(
+        source, args.algorithm, cache_file=args.cache, device=args.device, input_specs=inputs,
+        max_batches=args.max_batches, cross_check=model if args.cross_check else None,
+    )
+    with calibrator:
+        result = build_engine(
+            model, calibrator=calibrator, engine_path=args.engine, fp16=not args.no_fp16,
+            workspace=int(args.workspace * (1 << 30)), shapes=shapes,
+        )
+    fed = "a cache (no batches)" if calibrator.cache_used else f"{result.batches_fed} calibration batch(es)"
+    print(f"wrote {result.engine_path} ({len(result.plan)} bytes, TensorRT {result.trt_version}) from {fed}")
+    if args.cache and not calibrator.cache_used:
+        print(f"wrote calibration cache {args.cache}")
+    if calibrator.cross_check_result is not None:
+        print(calibrator.cross_check_result.summary())
+    return 0
