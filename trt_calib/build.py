@@ -224,7 +224,7 @@ def build_engine(
     trt_logger = _make_logger(trt, verbose)
     builder = trt.Builder(trt_logger)
     network = builder.create_network(explicit_batch_flags(trt, builder))
-    parser = _parse_onnx(trt, network, trt_logger, onnx_path)  # noqa: F841  (the network references it)
+    parser = _parse_onnx(trt, network, trt_logger, onnx_path)  # noqa: F841  owns the weights: keep it until built
     inputs = _network_inputs(network)
     input_names = {name for name, _, _ in inputs}
     shapes = {k: tuple(tuple(int(d) for d in s) for s in v) for k, v in (shapes or {}).items()}

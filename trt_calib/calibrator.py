@@ -30,7 +30,7 @@ from typing import Any, Iterator, Mapping, Sequence
 import numpy as np
 
 from ._util import atomic_write, require
-from .errors import CalibrationError, DataError, MissingDependencyError, TrtCalibError
+from .errors import CalibrationError, DataError, MissingDependencyError
 from .device import DeviceBuffers, HostBuffers, is_device_array, select_backend
 
 __all__ = [
