@@ -1,0 +1,411 @@
+"""evaluate: FP32 vs Q/DQ metrics against numpy formulas, LeNet end to end, errors, JSON and the CLI command."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from trt_calib.collect import model_inputs
+from trt_calib.data import from_arrays
+from trt_calib.errors import DataError, ModelError
+from trt_calib.evaluate import (
+    evaluate,
+    fake_quantize,
+    kl_divergence,
+    log_probabilities,
+    log_softmax,
+    looks_like_probabilities,
+    sqnr_db,
+    threshold_sqnr,
+    top2_margin,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+LENET = REPO / "data" / "lenet"
+
+
+# ---------------------------------------------------------------------------------------------- tiny models
+def _model(nodes, inputs, outputs, inits=(), opset=13):
+    graph = helper.make_graph(nodes, "g", inputs, outputs, list(inits))
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+def _vi(name, shape, elem=TensorProto.FLOAT):
+    return helper.make_tensor_value_info(name, elem, shape)
+
+
+def _scale(name, amax):
+    return [numpy_helper.from_array(np.float32(amax / 127), name), numpy_helper.from_array(np.int8(0), name + "_zp")]
+
+
+def _qdq(src, dst, scale):
+    return [
+        helper.make_node("QuantizeLinear", [src, scale, scale + "_zp"], [dst + "_q"]),
+        helper.make_node("DequantizeLinear", [dst + "_q", scale, scale + "_zp"], [dst]),
+    ]
+
+
+def _logit_pair(amax: float, *, softmax: bool = False):
+    """FP32: h = 2x, y = h/2 (optionally softmax); INT8: the same on x quantised at `amax`."""
+    consts = [numpy_helper.from_array(np.float32(2), "two"), numpy_helper.from_array(np.float32(0.5), "half")]
+    tail = [helper.make_node("Mul", ["h", "half"], ["z" if softmax else "y"])]
+    if softmax:
+        tail.append(helper.make_node("Softmax", ["z"], ["y"], axis=1))
+    fp32 = _model([helper.make_node("Mul", ["x", "two"], ["h"]), *tail], [_vi("x", ["N", 10])], [_vi("y", ["N", 10])],
+                  consts)
+    int8 = _model([*_qdq("x", "xd", "s"), helper.make_node("Mul", ["xd", "two"], ["h"]), *tail],
+                  [_vi("x", ["N", 10])], [_vi("y", ["N", 10])], consts + _scale("s", amax))
+    return fp32, int8
+
+
+def _batches(model, x, batch_size=16):
+    return from_arrays(x, model_inputs(model), batch_size=batch_size, last_batch="keep")
+
+
+def _numpy_kl(a, b):
+    p = np.exp(a - a.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    q = np.exp(b - b.max(1, keepdims=True))
+    q /= q.sum(1, keepdims=True)
+    return (p * np.log(p / q)).sum(1)
+
+
+# ---------------------------------------------------------------------------------------------- formulas
+def test_kl_matches_the_definition_and_is_zero_only_for_equal_rows():
+    rng = np.random.default_rng(1)
+    a, b = rng.normal(size=(5, 7)) * 3, rng.normal(size=(5, 7)) * 3
+    np.testing.assert_allclose(kl_divergence(log_softmax(a), log_softmax(b)), _numpy_kl(a, b), rtol=1e-12)
+    np.testing.assert_allclose(kl_divergence(log_softmax(a), log_softmax(a + 5.0)), 0.0, atol=1e-14)
+    assert not np.allclose(kl_divergence(log_softmax(a), log_softmax(b)), kl_divergence(log_softmax(b), log_softmax(a)))
+
+
+def test_log_softmax_is_stable_for_huge_logits():
+    out = log_softmax(np.array([[1000.0, 0.0, -1000.0]]))
+    np.testing.assert_allclose(out, [[0.0, -1000.0, -2000.0]], atol=1e-12)
+
+
+def test_probability_rows_are_recognised_and_zero_mass_is_floored():
+    p = np.array([[0.7, 0.3, 0.0], [0.2, 0.2, 0.6]])
+    assert looks_like_probabilities(p)
+    assert not looks_like_probabilities(p * 1.01)  # rows sum to 1.01
+    assert not looks_like_probabilities(np.array([[1.5, -0.5]]))  # sums to 1 but negative
+    q = np.array([[0.5, 0.0, 0.5], [0.2, 0.2, 0.6]])
+    kl = kl_divergence(log_probabilities(p, "probabilities"), log_probabilities(q, "probabilities"))
+    # Row 0: 0.7 log(0.7/0.5) + 0.3 log(0.3/1e-12); the zero of P contributes nothing.
+    assert kl[0] == pytest.approx(0.7 * math.log(0.7 / 0.5) + 0.3 * math.log(0.3 / 1e-12), rel=1e-9)
+    assert kl[1] == pytest.approx(0.0, abs=1e-15)
+
+
+def test_top2_margin_is_the_gap_between_the_two_largest():
+    x = np.array([[1.0, 5.0, 3.0, 4.5], [2.0, 2.0, 0.0, 1.0]])
+    np.testing.assert_allclose(top2_margin(x), [0.5, 0.0])
+    # Softmax shifts every logit of a row by the same amount, so the margin of log-probabilities is the logit margin.
+    np.testing.assert_allclose(top2_margin(log_softmax(x)), [0.5, 0.0], atol=1e-12)
+
+
+def test_sqnr_db_edge_cases():
+    assert sqnr_db(100.0, 1.0) == pytest.approx(20.0)
+    assert sqnr_db(1.0, 0.0) == math.inf
+    assert sqnr_db(0.0, 1.0) == -math.inf
+    assert math.isnan(sqnr_db(0.0, 0.0))
+
+
+def test_fake_quantize_is_bit_exact_with_onnxruntime_qdq():
+    rng = np.random.default_rng(2)
+    x = (rng.normal(size=(4, 10)) * 3).astype(np.float32)
+    x[0, :4] = [0.5 * 3 / 127, 1.5 * 3 / 127, 10.0, -10.0]  # ties at half steps round to even; +-10 clip
+    _, int8 = _logit_pair(3.0)
+    sess = ort.InferenceSession(int8.SerializeToString(), providers=["CPUExecutionProvider"])
+    expected = sess.run(["y"], {"x": x})[0]
+    np.testing.assert_array_equal(fake_quantize(x, 3.0), expected)
+    # Saturation is asymmetric, as ONNX defines it: +amax but -128 steps.
+    assert fake_quantize(x, 3.0)[0, 2] == np.float32(3.0)
+    assert fake_quantize(x, 3.0)[0, 3] == np.float32(-128) * np.float32(np.float32(3.0) / np.float32(127))
+
+
+# ---------------------------------------------------------------------------------------------- evaluate, tiny
+def test_agreement_margin_kl_and_errors_match_numpy_on_handmade_logits():
+    rng = np.random.default_rng(3)
+    x = (rng.normal(size=(70, 10)) * 2.0).astype(np.float32)
+    fp32, int8 = _logit_pair(3.0)  # clipping at 3 ties the top classes of many samples
+    report = evaluate(fp32, int8, _batches(fp32, x), worst=5)
+
+    xq = fake_quantize(x, 3.0)
+    agree = x.argmax(1) == xq.argmax(1)
+    top = np.sort(x.astype(np.float64), axis=1)
+    confident = (top[:, -1] - top[:, -2]) > 1.0
+    out = report.output("y")
+    assert 0 < agree.sum() < 70 and 0 < confident.sum() < 70  # the data exercises both branches
+    assert out.kind == "logits" and out.num_samples == 70 and report.num_batches == 5
+    assert out.num_agree == int(agree.sum())
+    assert out.num_confident == int(confident.sum())
+    assert out.num_confident_agree == int((agree & confident).sum())
+    assert out.mean_kl == pytest.approx(float(_numpy_kl(x.astype(np.float64), xq.astype(np.float64)).mean()), rel=1e-9)
+    diff = np.abs(x.astype(np.float64) - xq)
+    assert out.max_abs_error == pytest.approx(float(diff.max()), rel=1e-12)
+    assert out.mean_abs_error == pytest.approx(float(diff.mean()), rel=1e-9)
+    np.testing.assert_array_equal(out.samples["top1_int8"], xq.argmax(1))
+
+
+def test_sqnr_of_shared_tensors_matches_the_formula_and_worst_come_first():
+    rng = np.random.default_rng(4)
+    x = (rng.normal(size=(40, 10)) * 2.0).astype(np.float32)
+    fp32, int8 = _logit_pair(3.0)
+    report = evaluate(fp32, int8, _batches(fp32, x, batch_size=8))
+    h, hq = 2.0 * x.astype(np.float64), 2.0 * fake_quantize(x, 3.0).astype(np.float64)
+    expected = 10 * math.log10((h**2).sum() / ((h - hq) ** 2).sum())
+    names = [t.name for t in report.worst]
+    assert sorted(names) == ["h", "y"] and report.num_compared == 2  # "x" is an input: identical in both
+    by_name = {t.name: t for t in report.worst}
+    assert by_name["h"].sqnr_db == pytest.approx(expected, rel=1e-9)
+    assert by_name["h"].num_values == 400
+    assert by_name["y"].sqnr_db == pytest.approx(expected, rel=1e-9)  # y = h / 2 exactly
+    assert report.worst[0].sqnr_db <= report.worst[1].sqnr_db
+    assert evaluate(fp32, int8, _batches(fp32, x), worst=1).worst[0].name in ("h", "y")
+    assert evaluate(fp32, int8, _batches(fp32, x), worst=0).num_compared == 0
+
+
+def test_probability_outputs_are_used_as_they_are():
+    rng = np.random.default_rng(5)
+    x = (rng.normal(size=(32, 10)) * 2.0).astype(np.float32)
+    fp32, int8 = _logit_pair(2.0, softmax=True)
+    out = evaluate(fp32, int8, _batches(fp32, x)).output("y")
+    assert out.kind == "probabilities"
+    # KL of the two softmax outputs themselves, not of a softmax applied to them again.
+    assert out.mean_kl == pytest.approx(float(_numpy_kl(x.astype(np.float64), fake_quantize(x, 2.0)).mean()), rel=1e-4)
+    assert out.mean_kl > 1.5 * float(_numpy_kl(_softmax(x), _softmax(fake_quantize(x, 2.0))).mean())
+
+
+def _softmax(x):
+    e = np.exp(x - x.max(1, keepdims=True))
+    return e / e.sum(1, keepdims=True)
+
+
+def _conv_pair():
+    """FP32: y = Conv(x, W, B); INT8: Q/DQ on x, then the same Conv with *float* W and B, then Q/DQ on y."""
+    rng = np.random.default_rng(6)
+    w = rng.normal(size=(8, 3, 3, 3)).astype(np.float32) * np.float32([1, 10, 0.1, 1, 1, 1, 1, 5])[:, None, None, None]
+    b = rng.normal(size=8).astype(np.float32)
+    consts = [numpy_helper.from_array(w, "W"), numpy_helper.from_array(b, "B")]
+    conv = helper.make_node("Conv", ["xd", "W", "B"], ["y"], pads=[1, 1, 1, 1])
+    fp32 = _model([helper.make_node("Conv", ["x", "W", "B"], ["y"], pads=[1, 1, 1, 1]),
+                   helper.make_node("Identity", ["y"], ["out"])],
+                  [_vi("x", ["N", 3, 8, 8])], [_vi("out", ["N", 8, 8, 8])], consts)
+    int8 = _model([*_qdq("x", "xd", "s1"), conv, *_qdq("y", "out", "s2")], [_vi("x", ["N", 3, 8, 8])],
+                  [_vi("out", ["N", 8, 8, 8])], consts + _scale("s1", 2.54) + _scale("s2", 12.7))
+    return fp32, int8, w, b
+
+
+def _numpy_conv(x, w, b):
+    xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (1, 1), (1, 1)))
+    win = np.lib.stride_tricks.sliding_window_view(xp, (3, 3), axis=(2, 3))  # N, C, H, W, 3, 3
+    return np.einsum("nchwij,ocij->nohw", win, w.astype(np.float64)) + b[None, :, None, None]
+
+
+def test_qdq_graph_runs_as_written_without_weight_requantisation():
+    fp32, int8, w, b = _conv_pair()
+    x = np.random.default_rng(7).normal(size=(6, 3, 8, 8)).astype(np.float32)
+    report = evaluate(fp32, int8, _batches(fp32, x, batch_size=3))
+    y = _numpy_conv(x, w, b)
+    yq = _numpy_conv(fake_quantize(x, 2.54), w, b)  # float weights, as the graph says
+    expected = 10 * math.log10((y**2).sum() / ((y - yq) ** 2).sum())
+    assert {t.name: t.sqnr_db for t in report.worst}["y"] == pytest.approx(expected, rel=1e-4)
+
+    # The premise: with onnxruntime's basic optimisation the same graph computes something else (its
+    # WeightBiasQuantization pass rounds W to int8 per tensor), which the evaluation must not measure.
+    model = onnx.ModelProto()
+    model.CopyFrom(int8)
+    model.graph.output.append(_vi("y", None))
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    opts.log_severity_level = 3
+    basic = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    y_basic = basic.run(["y"], {"x": x})[0].astype(np.float64)
+
+    def channel_sqnr(other):  # channel 2 has weights 100x smaller than channel 1: per-tensor int8 wipes them out
+        return 10 * math.log10((y[:, 2] ** 2).sum() / ((y[:, 2] - other[:, 2]) ** 2).sum())
+
+    assert channel_sqnr(y_basic) < channel_sqnr(yq) - 20.0
+    assert "ORT_DISABLE_ALL" in report.session
+
+
+def test_non_classifier_outputs_get_errors_only():
+    fp32, int8, _, _ = _conv_pair()
+    x = np.random.default_rng(8).normal(size=(4, 3, 8, 8)).astype(np.float32)
+    out = evaluate(fp32, int8, _batches(fp32, x, batch_size=2)).output("out")
+    assert out.kind is None and out.agreement is None and out.mean_kl is None
+    assert out.sample_shape == (8, 8, 8) and out.max_abs_error > 0
+    assert "not a (N, C) classifier output" in evaluate(fp32, int8, _batches(fp32, x, batch_size=2)).format()
+
+
+def test_threshold_sqnr_scores_each_candidate_on_real_activations():
+    fp32, _ = _logit_pair(3.0)
+    x = (np.random.default_rng(9).normal(size=(24, 10)) * 2.0).astype(np.float32)
+    got = threshold_sqnr(fp32, _batches(fp32, x, batch_size=8), {"h": {"tight": 2.0, "max": float(np.abs(2 * x).max())}})
+    h = 2.0 * x
+    for label, amax in (("tight", 2.0), ("max", float(np.abs(h).max()))):
+        hq = fake_quantize(h, amax).astype(np.float64)
+        expected = 10 * math.log10((h.astype(np.float64) ** 2).sum() / ((h - hq) ** 2).sum())
+        assert got["h"][label] == pytest.approx(expected, rel=1e-9)
+    assert got["h"]["max"] > got["h"]["tight"]  # clipping at 2 hurts a tensor of |h| up to ~15
+    with pytest.raises(ModelError, match="no such tensor"):
+        threshold_sqnr(fp32, _batches(fp32, x), {"nope": {"a": 1.0}})
+
+
+# ---------------------------------------------------------------------------------------------- mismatches
+def test_models_with_different_inputs_or_outputs_are_refused():
+    fp32, int8 = _logit_pair(3.0)
+    x = np.zeros((4, 10), np.float32)
+    renamed = onnx.ModelProto()
+    renamed.CopyFrom(int8)
+    renamed.graph.input[0].name = "pixels"
+    renamed.graph.node[0].input[0] = "pixels"
+    with pytest.raises(ModelError, match=r"different inputs: FP32 model has \['x'\], INT8 model has \['pixels'\]"):
+        evaluate(fp32, renamed, _batches(fp32, x))
+    other_out = onnx.ModelProto()
+    other_out.CopyFrom(int8)
+    other_out.graph.output[0].name = "h"
+    with pytest.raises(ModelError, match=r"different outputs: .*\['y'\].*\['h'\]"):
+        evaluate(fp32, other_out, _batches(fp32, x))
+    wider = onnx.ModelProto()
+    wider.CopyFrom(int8)
+    wider.graph.input[0].type.tensor_type.shape.dim[1].dim_value = 12
+    with pytest.raises(ModelError, match=r"input 'x' is \(N, 10\) in FP32 model but \(N, 12\) in INT8 model"):
+        evaluate(fp32, wider, _batches(fp32, x))
+
+
+def test_a_missing_model_file_is_named(tmp_path):
+    fp32, _ = _logit_pair(3.0)
+    with pytest.raises(ModelError, match="no_such.onnx"):
+        evaluate(fp32, tmp_path / "no_such.onnx", [{"x": np.zeros((1, 10), np.float32)}])
+
+
+# ---------------------------------------------------------------------------------------------- LeNet
+@pytest.fixture(scope="module")
+def lenet_qdq(tmp_path_factory):
+    """LeNet quantised by onnxruntime's quantize_static (QDQ, per-channel, symmetric) on sampleINT8's images 50..549."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    images = np.load(LENET / "mnist_train_images_0_599.npy")
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.it = iter(
+                {"data": (images[i : i + 50].astype(np.float32) / 255).reshape(-1, 1, 28, 28)} for i in range(50, 550, 50)
+            )
+
+        def get_next(self):
+            return next(self.it, None)
+
+    out = tmp_path_factory.mktemp("lenet") / "lenet_qdq.onnx"
+    quantize_static(
+        str(LENET / "lenet.onnx"), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+        extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
+    )
+    return out
+
+
+@pytest.fixture(scope="module")
+def mnist():
+    x = np.load(LENET / "mnist_train_images_0_599.npy").astype(np.float32).reshape(-1, 1, 28, 28) / np.float32(255)
+    return x, np.load(LENET / "mnist_train_labels_0_599.npy")
+
+
+def _predictions(model_path, x):
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    sess = ort.InferenceSession(str(model_path), opts, providers=["CPUExecutionProvider"])
+    return sess.run(["prob"], {"data": x})[0].argmax(1)
+
+
+def test_qdq_lenet_end_to_end_with_labels(lenet_qdq, mnist):
+    x, labels = mnist
+    source = from_arrays(x, model_inputs(LENET / "lenet.onnx"), batch_size=64, last_batch="pad")
+    report = evaluate(LENET / "lenet.onnx", lenet_qdq, source, labels=labels)
+    out = report.primary
+    assert report.num_samples == 600 and source.num_padded == 40  # the 40 padded rows are not counted
+    assert out.name == "prob" and out.kind == "probabilities" and report.labels_output == "prob"
+    assert out.agreement >= 0.99 and out.mean_kl < 0.02
+    fp32_pred, int8_pred = _predictions(LENET / "lenet.onnx", x), _predictions(lenet_qdq, x)
+    assert out.num_correct_fp32 == int((fp32_pred == labels).sum())
+    assert out.num_correct_int8 == int((int8_pred == labels).sum())
+    assert out.num_agree == int((fp32_pred == int8_pred).sum())
+    assert {"conv1", "conv2", "ip1", "ip2"} <= {t.name for t in report.tensors}
+    assert all(20 < t.sqnr_db < 60 for t in report.tensors)  # 8 bits: ~48 dB at best, degraded by each layer
+
+
+def test_labels_must_fit_the_samples(lenet_qdq, mnist):
+    x, labels = mnist
+    batches = from_arrays(x[:100], model_inputs(LENET / "lenet.onnx"), batch_size=50)
+    with pytest.raises(DataError, match="99 labels for 100 evaluated samples"):
+        evaluate(LENET / "lenet.onnx", lenet_qdq, batches, labels=labels[:99])
+    bad = labels[:100].copy()
+    bad[7] = 10
+    with pytest.raises(DataError, match=r"1 label\(s\) outside 0..9 .* e.g. 10 at sample 7"):
+        evaluate(LENET / "lenet.onnx", lenet_qdq, batches, labels=bad)
+    with pytest.raises(DataError, match="one class index per sample"):
+        evaluate(LENET / "lenet.onnx", lenet_qdq, batches, labels=np.eye(10)[labels[:100]])
+
+
+def test_report_json_is_strict_json_with_the_measured_values():
+    fp32, int8 = _logit_pair(3.0)
+    x = (np.random.default_rng(10).normal(size=(20, 10)) * 2.0).astype(np.float32)
+    report = evaluate(fp32, fp32, _batches(fp32, x))  # the same model twice: no error anywhere
+    data = json.loads(json.dumps(report.to_json(), allow_nan=False))
+    assert data["outputs"][0]["agreement"] == 1.0 and data["outputs"][0]["mean_kl"] == pytest.approx(0.0, abs=1e-12)
+    assert data["worst_tensors"][0]["sqnr_db"] == "inf"
+    assert "approximates TensorRT" in data["note"] and "ORT_DISABLE_ALL" in data["session"]
+    q = json.loads(json.dumps(evaluate(fp32, int8, _batches(fp32, x)).to_json(), allow_nan=False))
+    assert q["outputs"][0]["max_abs_error"] == pytest.approx(float(np.abs(x - fake_quantize(x, 3.0)).max()), rel=1e-6)
+    assert q["num_samples"] == 20 and q["worst_tensors"][0]["num_values"] == 200
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+def _cli(argv):
+    from trt_calib.cli_evaluate import register
+
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers()
+    register(sub)
+    args = parser.parse_args(argv)
+    return args.handler(args)
+
+
+def test_cli_evaluate_prints_the_report_and_writes_json(lenet_qdq, mnist, tmp_path, capsys):
+    x, labels = mnist
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "labels.npy", labels)
+    out = tmp_path / "report.json"
+    rc = _cli(["evaluate", str(LENET / "lenet.onnx"), str(lenet_qdq), "--data", str(tmp_path / "x.npy"),
+               "--labels", str(tmp_path / "labels.npy"), "--offset", "100", "--batch-size", "64",
+               "--json", str(out), "--no-progress", "--worst", "3"])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "approximates TensorRT" in text and "ORT_DISABLE_ALL" in text and "top-1 accuracy (500 labels)" in text
+    data = json.loads(out.read_text())
+    assert data["num_samples"] == 500 and len(data["worst_tensors"]) == 3
+    pred = _predictions(LENET / "lenet.onnx", x[100:])
+    assert data["outputs"][0]["accuracy_fp32"] == pytest.approx(float((pred == labels[100:]).mean()))
+    assert data["data"]["offset"] == 100
+
+
+def test_cli_labels_of_the_wrong_length_name_the_file(lenet_qdq, mnist, tmp_path):
+    x, labels = mnist
+    np.save(tmp_path / "x.npy", x[:64])
+    np.save(tmp_path / "labels.npy", labels[:60])
+    with pytest.raises(DataError, match=r"labels.npy: 60 labels but the data holds 64 samples"):
+        _cli(["evaluate", str(LENET / "lenet.onnx"), str(lenet_qdq), "--data", str(tmp_path / "x.npy"),
+              "--labels", str(tmp_path / "labels.npy"), "--no-progress"])
+    assert not list(tmp_path.glob("*.json"))
