@@ -224,3 +224,57 @@ def test_from_dict_refuses_inconsistent_state():
     state["counts"] = np.zeros(10, np.int64)
     with pytest.raises(ValueError, match="10 counts for 2048 bins"):
         AbsHistogram.from_dict(state)
+
+
+def _parts(x: np.ndarray, cuts: list[int]) -> list[np.ndarray]:
+    points = sorted({min(max(c, 0), x.size) for c in cuts})
+    return np.split(x, points)
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.lists(st.sampled_from([0.0, 0.5, -0.5, 1.0, -1.0, 2.0, 3.0, 4.0, -4.0, 7.9, 8.0, 1e-3, 100.0]),
+                     min_size=1, max_size=30),
+            st.lists(st.integers(0, 30), max_size=4),
+            st.booleans(),
+        ),
+        min_size=1,
+        max_size=5,
+    )
+)
+def test_a_batch_in_parts_equals_the_whole_batch(batches):
+    """begin_batch/add_part/end_batch gives the same histogram as update(), growth and |x| == range included."""
+    whole, parted = AbsHistogram(num_bins=16), AbsHistogram(num_bins=16)
+    for values, cuts, tell_max in batches:
+        x = np.asarray(values, np.float32)
+        whole.update(x)
+        parted.begin_batch(float(np.abs(x).max()) if tell_max else None)
+        for part in _parts(x, cuts):
+            parted.add_part(part)
+        parted.end_batch()
+    assert parted == whole
+
+
+def test_parts_hold_back_only_values_above_the_range():
+    h = AbsHistogram()
+    h.update(np.array([1.0, 0.5], np.float32))
+    h.begin_batch()
+    h.add_part(np.array([0.25, 1.0], np.float32))
+    assert h._held == [] or all(p.size == 0 for p in h._held)
+    h.add_part(np.array([3.0, 0.75], np.float32))
+    assert [p.tolist() for p in h._held if p.size] == [[3.0]]
+    h.end_batch()
+    assert h.range == 4.0 and h.counts.sum() == 6
+
+
+def test_batch_protocol_misuse_is_an_error():
+    h = AbsHistogram()
+    with pytest.raises(RuntimeError, match="outside begin_batch"):
+        h.add_part(np.ones(2))
+    with pytest.raises(RuntimeError, match="without begin_batch"):
+        h.end_batch()
+    h.begin_batch()
+    with pytest.raises(RuntimeError, match="before end_batch"):
+        h.begin_batch()

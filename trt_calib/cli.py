@@ -139,6 +139,9 @@ def _add_calibrate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--compare", metavar="REF.cache", help="print our table next to a reference cache "
                    "(e.g. TensorRT's) with the difference of each entry in float32 ULP")
     p.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads (default: all cores)")
+    p.add_argument("--max-activation-mb", type=float, default=256,
+                   help="run a batch in parts when its activations exceed this (default 256); the histograms "
+                   "stay those of whole batches")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(handler=_run_calibrate)
 
@@ -194,6 +197,7 @@ def _run_calibrate(args: argparse.Namespace) -> int:
             percentile=args.percentile,
             progress=bar.update if bar is not None else None,
             threads=args.threads,
+            max_activation_mb=args.max_activation_mb,
         )
     finally:
         if bar is not None:

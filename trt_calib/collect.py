@@ -21,7 +21,7 @@ import numpy as np
 from .cache import DEFAULT_TRT_VERSION, CalibrationCache, make_header
 from .data import InputSpec, iter_batches
 from .errors import CalibrationError, ModelError
-from .histogram import AbsHistogram
+from .histogram import AbsHistogram, finite_abs_max
 from .thresholds import compute_amax, entropy_search
 
 __all__ = [
@@ -234,6 +234,60 @@ def _session(model: Any, outputs: Sequence[str], types: Mapping[str, int], threa
 
 
 # ---------------------------------------------------------------------------------------------- collection
+def _split(batch: Mapping[str, np.ndarray], specs: Sequence[InputSpec], size: int) -> list[dict[str, np.ndarray]]:
+    """The batch cut into parts of `size` samples along the batch dim (whole when it cannot be cut)."""
+    n = {v.shape[0] if v.ndim else -1 for v in batch.values()}
+    splittable = len(n) == 1 and all(s.shape and not isinstance(s.shape[0], int) for s in specs)
+    count = n.pop() if len(n) == 1 else -1
+    if not splittable or size >= count:
+        return [dict(batch)]
+    return [{k: v[i : i + size] for k, v in batch.items()} for i in range(0, count, size)]
+
+
+class _Runner:
+    """Runs the session on one calibration batch, in parts small enough for the activation-memory budget."""
+
+    def __init__(self, session: Any, names: Sequence[str], specs: Sequence[InputSpec], budget_bytes: int) -> None:
+        self.session = session
+        self.input_names = {s.name for s in specs}
+        self.run_names = [n for n in names if n not in self.input_names]
+        self.names = list(names)
+        self.specs = specs
+        self.budget = budget_bytes
+        self.part_size: int | None = None  # samples per part, fixed from the first batch
+
+    def parts(self, batch: Mapping[str, np.ndarray]) -> Iterable[dict[str, np.ndarray]]:
+        """(name -> activation) for every calibrated tensor, one part of the batch at a time."""
+        for part in _split(batch, self.specs, self.part_size or 1 << 62):
+            try:
+                outputs = self.session.run(self.run_names, part)
+            except Exception as exc:
+                raise CalibrationError(f"onnxruntime failed: {exc}") from None
+            values = dict(zip(self.run_names, outputs))
+            del outputs
+            values.update({n: part[n] for n in self.names if n in self.input_names})
+            yield values
+
+    def size_parts(self, batch: Mapping[str, np.ndarray]) -> dict[str, float] | None:
+        """Decide the part size from one sample's activations; if the batch must be cut, return its max|x| per
+        tensor (measured in a first pass, so the first batch's range is known before any part is binned)."""
+        one = _split(batch, self.specs, 1)
+        if len(one) == 1:
+            self.part_size = None
+            return None
+        sample = next(iter(self.parts(one[0])))
+        per_sample = max(1, sum(v.nbytes for v in sample.values()))
+        self.part_size = max(1, self.budget // per_sample)
+        if self.part_size >= len(one):
+            return None
+        log.info("activations take %.0f MB per sample: running batches in parts of %d", per_sample / 2**20, self.part_size)
+        maxima = {n: 0.0 for n in self.names}
+        for values in self.parts(batch):
+            for n, v in values.items():
+                maxima[n] = max(maxima[n], finite_abs_max(v))
+        return maxima
+
+
 def collect_histograms(
     model: Any,
     batches: Iterable[Any],
@@ -242,10 +296,13 @@ def collect_histograms(
     num_bins: int = 2048,
     progress: Callable[[int], None] | None = None,
     threads: int | None = None,
+    max_activation_mb: float = 256,
 ) -> tuple[dict[str, AbsHistogram], int]:
     """One histogram per calibrated tensor, updated once per batch in batch order; returns (histograms, batches).
 
-    `progress`, if given, is called with 1 after each batch.
+    A batch whose activations exceed `max_activation_mb` runs in parts; the histograms are exactly those of whole
+    batches (the first batch costs one extra forward pass to learn its ranges). `progress` is called with 1 after
+    each batch.
     """
     model = load_model(model)
     specs = model_inputs(model)
@@ -254,22 +311,20 @@ def collect_histograms(
     missing = [n for n in names if n not in types]
     if missing:
         raise ModelError(f"cannot calibrate tensors of unknown type: {', '.join(missing[:10])}")
-    input_names = {s.name for s in specs}
-    run_names = [n for n in names if n not in input_names]
-    session = _session(model, run_names, types, threads)
+    runner = _Runner(None, names, specs, int(max_activation_mb * 2**20))
+    runner.session = _session(model, runner.run_names, types, threads)
     histograms = {n: AbsHistogram(num_bins) for n in names}
     count = 0
     for batch in iter_batches(batches, specs):
-        try:
-            outputs = session.run(run_names, batch)
-        except Exception as exc:
-            raise CalibrationError(f"onnxruntime failed on batch {count}: {exc}") from None
-        for name in names:
-            if name in input_names:
-                histograms[name].update(batch[name])
-        for name, value in zip(run_names, outputs):
-            histograms[name].update(value)
-        del outputs
+        maxima = runner.size_parts(batch) if count == 0 else None
+        for name, h in histograms.items():
+            h.begin_batch(maxima[name] if maxima else None)
+        for values in runner.parts(batch):
+            for name, value in values.items():
+                histograms[name].add_part(value)
+            del values
+        for h in histograms.values():
+            h.end_batch()
         count += 1
         if progress is not None:
             progress(1)
@@ -343,6 +398,7 @@ def calibrate(
     num_bins: int = 2048,
     progress: Callable[[int], None] | None = None,
     threads: int | None = None,
+    max_activation_mb: float = 256,
 ) -> CalibrationResult:
     """Calibrate `model` on `batches` as TensorRT `trt_version` would with `algorithm`; nothing is written."""
     if algorithm not in ALGORITHM_HEADERS:
@@ -350,7 +406,9 @@ def calibrate(
     _version_tuple(trt_version)
     started = time.perf_counter()
     model = load_model(model)
-    histograms, count = collect_histograms(model, batches, num_bins=num_bins, progress=progress, threads=threads)
+    histograms, count = collect_histograms(
+        model, batches, num_bins=num_bins, progress=progress, threads=threads, max_activation_mb=max_activation_mb
+    )
     input_names = {s.name for s in model_inputs(model)}
     bad_inputs = [n for n in input_names if n in histograms and histograms[n].num_nan]
     if bad_inputs:

@@ -15,11 +15,12 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["AbsHistogram", "DEFAULT_NUM_BINS", "save_histograms", "load_histograms"]
+__all__ = ["AbsHistogram", "DEFAULT_NUM_BINS", "finite_abs_max", "save_histograms", "load_histograms"]
 
 DEFAULT_NUM_BINS = 2048
 _BLOCK = 1 << 16  # values per block: keeps the temporaries in cache (numpy's histogram does the same)
 _FORMAT_VERSION = 1
+_TINY = np.finfo(np.float32).tiny
 
 
 class AbsHistogram:
@@ -47,6 +48,9 @@ class AbsHistogram:
         self.abs_max = np.float32(0.0)
         self.min = np.float32(np.inf)
         self.max = np.float32(-np.inf)
+        self._pending: np.ndarray | None = None  # counts of the batch in progress (begin_batch .. end_batch)
+        self._held: list[np.ndarray] = []  # |x| above the range, binned when the batch ends
+        self._batch_size = 0
 
     # ------------------------------------------------------------------ properties
     @property
@@ -77,6 +81,28 @@ class AbsHistogram:
     # ------------------------------------------------------------------ updates
     def update(self, x: Any) -> None:
         """Fold one calibration batch into the histogram (one pass over the data, in blocks)."""
+        self.begin_batch()
+        self.add_part(x)
+        self.end_batch()
+
+    def begin_batch(self, abs_max: float | None = None) -> None:
+        """Start a calibration batch that arrives in parts (`add_part`), ended by `end_batch`.
+
+        The result equals one `update` with the whole batch. If the batch's finite max|x| is known, passing it sets
+        (first batch) or grows the range before binning, so no part has to be held back until `end_batch`.
+        """
+        if self._pending is not None:
+            raise RuntimeError("begin_batch() called again before end_batch()")
+        if abs_max is not None and np.isfinite(abs_max) and abs_max > 0:
+            self._fit(np.float32(abs_max))
+        self._pending = np.zeros(self.num_bins + 1, dtype=np.int64)  # one extra bin: |x| == range exactly
+        self._held = []
+        self._batch_size = 0
+
+    def add_part(self, x: Any) -> None:
+        """Add part of the current batch. Values above the current range wait for `end_batch` (they grow it)."""
+        if self._pending is None:
+            raise RuntimeError("add_part() called outside begin_batch() ... end_batch()")
         a = np.asarray(x)
         if a.dtype != np.float32:
             if not (np.issubdtype(a.dtype, np.number) or a.dtype == np.bool_):
@@ -85,6 +111,7 @@ class AbsHistogram:
         a = a.reshape(-1)
         if a.size == 0:
             return
+        self._batch_size += a.size
         lo, hi = a.min(), a.max()
         if not (np.isfinite(lo) and np.isfinite(hi)):
             finite = np.isfinite(a)
@@ -93,17 +120,55 @@ class AbsHistogram:
             self.num_inf += int(a.size - nan - np.count_nonzero(finite))
             a = a[finite]
             if a.size == 0:
-                self.num_batches += 1
                 return
             lo, hi = a.min(), a.max()
-        self.num_batches += 1
         self.min = min(self.min, lo)
         self.max = max(self.max, hi)
-        batch_max = np.float32(max(-lo, hi))
-        self.abs_max = max(self.abs_max, batch_max)
-        self._fit(batch_max)
+        part_max = np.float32(max(-lo, hi))
+        self.abs_max = max(self.abs_max, part_max)
         self.num_values += int(a.size)
-        self._bin(a)
+        nonneg = lo >= 0
+        if not nonneg:
+            self.num_negative += int(np.count_nonzero(a < 0))
+        if self.fixed:
+            self._bin_into(self._pending, a, nonneg, clip=self.num_bins - 1)
+        elif self._range is None or self._range == 0 or part_max > self._range:
+            if self._range is None or self._range == 0:
+                self._held.append(a if nonneg else np.abs(a))
+            else:
+                mag = a if nonneg else np.abs(a)
+                above = mag > self._range
+                self._held.append(mag[above])
+                self._bin_into(self._pending, mag[~above], True)
+        else:
+            self._bin_into(self._pending, a, nonneg)
+
+    def end_batch(self) -> None:
+        """Finish the batch: grow the range if held values need it (merging bin pairs), then add its counts."""
+        if self._pending is None:
+            raise RuntimeError("end_batch() called without begin_batch()")
+        pending, held = self._pending, self._held
+        self._pending, self._held = None, []
+        if self._batch_size == 0:
+            return
+        self.num_batches += 1
+        if held:
+            mags = np.concatenate(held) if len(held) > 1 else held[0]
+            if mags.size:
+                first = self._range is None or self._range == 0
+                if first:
+                    zeros = int(np.count_nonzero(mags == 0))
+                    pending[0] += zeros
+                    mags = mags[mags > 0] if zeros else mags
+                if mags.size:
+                    before = self._range
+                    self._fit(mags.max())
+                    if not first and self._range != before:
+                        k = int(round(np.log2(float(self._range) / float(before)))) if np.isfinite(self._range) else 64
+                        pending = _shift_bins(pending, k)
+                    self._bin_into(pending, mags, True)
+        pending[self.num_bins - 1] += pending[self.num_bins]
+        self.counts += pending[: self.num_bins]
 
     def _fit(self, batch_max: np.float32) -> None:
         """Set the range from the first non-zero batch, or double it until `batch_max` fits."""
@@ -111,7 +176,7 @@ class AbsHistogram:
             return  # fixed ranges never move: larger values clamp into the last bin
         if self._range is None or self._range == 0:
             # Zeros seen so far sit in bin 0 whatever the range, so starting the range here loses nothing.
-            self._range = batch_max
+            self._range = np.float32(batch_max)
             return
         k = 0
         grown = self._range
@@ -122,27 +187,32 @@ class AbsHistogram:
         self.counts = _coarsen(self.counts, k)
         self._range = grown
 
-    def _bin(self, a: np.ndarray) -> None:
-        """Add finite values to the counts: bin = min(floor(|x| / w), num_bins - 1)."""
+    def _bin_into(self, pending: np.ndarray, a: np.ndarray, nonneg: bool, clip: int | None = None) -> None:
+        """Count finite values into `pending`: bin = floor(|x| / w), in blocks that stay in cache.
+
+        Values up to the range give bins <= num_bins (the extra bin holds |x| == range and is folded into the last
+        one); `clip` caps the bin where values may exceed the range (fixed range).
+        """
         w = self._width()
-        last = self.num_bins - 1
-        negatives = 0
-        if self._range is None or w == 0 or not np.isfinite(w):
-            # All zeros (range 0), or a range grown past float32: everything lands in bin 0.
-            self.counts[0] += a.size
-            self.num_negative += int(np.count_nonzero(a < 0))
+        if w == 0 or not np.isfinite(w):
+            # Range 0 (only zeros so far) or grown past float32: everything lands in bin 0.
+            pending[0] += a.size
             return
+        if w < _TINY and clip is None:
+            clip = self.num_bins  # a subnormal width loses precision; keep indices in bounds
         buf = np.empty(min(a.size, _BLOCK), dtype=np.float32)
         for start in range(0, a.size, _BLOCK):
             block = a[start : start + _BLOCK]
             out = buf[: block.size]
-            negatives += int(np.count_nonzero(block < 0))
-            np.abs(block, out=out)
-            np.divide(out, w, out=out)
+            if nonneg:
+                np.divide(block, w, out=out)
+            else:
+                np.abs(block, out=out)
+                np.divide(out, w, out=out)
             idx = out.astype(np.intp)
-            np.minimum(idx, last, out=idx)
-            self.counts += np.bincount(idx, minlength=self.num_bins)
-        self.num_negative += negatives
+            if clip is not None:
+                np.minimum(idx, clip, out=idx)
+            pending += np.bincount(idx, minlength=pending.size)
 
     def merge(self, other: "AbsHistogram") -> "AbsHistogram":
         """Add `other` into this histogram (in place) and return self.
@@ -241,6 +311,26 @@ class AbsHistogram:
             f"AbsHistogram(num_bins={self.num_bins}, range={self.range!r}, values={self.num_values}, "
             f"batches={self.num_batches}, nan={self.num_nan}, inf={self.num_inf}{', fixed' if self.fixed else ''})"
         )
+
+
+def finite_abs_max(x: Any) -> float:
+    """max|x| over the finite values of `x` in float32 (0.0 when there are none)."""
+    a = np.asarray(x, dtype=np.float32).reshape(-1)
+    if a.size == 0:
+        return 0.0
+    lo, hi = a.min(), a.max()
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        a = a[np.isfinite(a)]
+        if a.size == 0:
+            return 0.0
+        lo, hi = a.min(), a.max()
+    return float(max(-lo, hi))
+
+
+def _shift_bins(pending: np.ndarray, k: int) -> np.ndarray:
+    """Counts binned at width w re-binned at width w * 2**k: bin j moves to j >> k (exact: halving is exact)."""
+    target = np.arange(pending.size) >> min(k, 62)
+    return np.bincount(target, weights=pending, minlength=pending.size).astype(np.int64)
 
 
 def _coarsen(counts: np.ndarray, k: int) -> np.ndarray:
