@@ -143,6 +143,9 @@ def _add_calibrate(sub: argparse._SubParsersAction) -> None:
                    help="run a batch in parts when its activations exceed this (default 256); the histograms "
                    "stay those of whole batches")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    from .cli_build import add_calibrator_dry_run
+
+    add_calibrator_dry_run(p)
     p.set_defaults(handler=_run_calibrate)
 
 
@@ -177,6 +180,11 @@ def _run_calibrate(args: argparse.Namespace) -> int:
     model = load_model(args.model)
     inputs = model_inputs(model)
     source = open_data(args, inputs)
+    if args.dry_run:
+        from .cli_build import calibrator_dry_run
+
+        algorithm = args.algorithm if args.algorithm in ("entropy2", "minmax") else "entropy2"
+        return calibrator_dry_run(source, inputs, algorithm=algorithm)
     reference = CalibrationCache.load(args.compare) if args.compare else None
     for out in (args.cache, args.json, args.save_histograms):
         if out and not Path(out).resolve().parent.is_dir():
@@ -258,6 +266,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     _add_inspect(sub)
     _add_calibrate(sub)
+    from .cli_build import add_build_parser
+
+    add_build_parser(sub)
     for add in _EXTRA_COMMANDS:
         add(sub)
     return parser

@@ -29,14 +29,14 @@ def add_build_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
         "batch before the long build, and fails loudly (no engine, no cache) if any batch fails. "
         "--dry-run drives the calibrator on the CPU and builds nothing (no TensorRT, no GPU needed).",
     )
+    from .cli import add_data_arguments
+
     p.add_argument("model", help="ONNX model (MODEL.onnx)")
-    p.add_argument("--data", help="calibration data: .npy, .npz keyed by input name, a folder of images, "
-                   "or a data script.py[:function]")
+    add_data_arguments(p, required=False)
     p.add_argument("--engine", help="where to write the serialized engine (required unless --dry-run)")
     p.add_argument("--cache", help="calibration cache: used if it exists and matches the algorithm, else written")
     p.add_argument("--algorithm", choices=list(ALGORITHMS), default="entropy2",
                    help="TensorRT calibrator (default: entropy2 = IInt8EntropyCalibrator2)")
-    p.add_argument("--batch-size", type=int, default=1, help="calibration batch size (default: 1)")
     p.add_argument("--max-batches", type=int, help="stop calibration after this many batches")
     p.add_argument("--device", choices=DEVICE_CHOICES, default="auto",
                    help="GPU library for device buffers (default: auto = the first that works)")
@@ -90,7 +90,7 @@ def run_build(args: argparse.Namespace) -> int:
     """The `build` command: returns the exit code; user errors raise TrtCalibError (printed by the CLI)."""
     from .build import build_engine, parse_shapes
     from .calibrator import make_calibrator
-    from .data import open_source
+    from .cli import open_data
 
     model = Path(args.model)
     if args.dry_run and args.data is None:
@@ -101,7 +101,7 @@ def run_build(args: argparse.Namespace) -> int:
         raise DataError("build needs --data (or an existing --cache to reuse). Hint: --data calib.npz")
     shapes = parse_shapes(args.shapes) if args.shapes else None
     inputs = _model_inputs(model)
-    source = open_source(args.data, inputs, batch_size=args.batch_size) if args.data is not None else []
+    source = open_data(args, inputs) if args.data is not None else []
     if args.dry_run:
         return calibrator_dry_run(source, inputs, algorithm=args.algorithm, cache=args.cache,
                                   max_batches=args.max_batches)
