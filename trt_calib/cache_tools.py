@@ -12,7 +12,6 @@ appears twice.
 from __future__ import annotations
 
 import json
-import logging
 import math
 import os
 import re
@@ -44,8 +43,6 @@ __all__ = [
     "rewrite_header",
     "header_rewrite_warning",
 ]
-
-log = logging.getLogger(__name__)
 
 _TINY = float(np.finfo(np.float32).tiny)
 
@@ -361,10 +358,10 @@ def _value_findings(report: ValidationReport, cache: CalibrationCache, g: _Graph
                        f"{e.amax:.6g} is far below any useful activation range. Hint: check the calibration data "
                        "reaches this tensor", e.name)
         if "zero" in flags:
-            _zero_finding(report, e.name, e.hex, kind, g)
+            _zero_finding(report, e.name, kind, g)
 
 
-def _zero_finding(report: ValidationReport, name: str, hex_text: str, kind: str, g: _Graph | None) -> None:
+def _zero_finding(report: ValidationReport, name: str, kind: str, g: _Graph | None) -> None:
     why = "TensorRT writes 0 for a tensor that was all zeros during calibration"
     if g is not None and name in g.inputs:
         report.add("warning", "zero-scale", f"network input has scale 0: {why}, so the calibration data fed "
@@ -372,7 +369,7 @@ def _zero_finding(report: ValidationReport, name: str, hex_text: str, kind: str,
     elif g is not None and name in g.constant:
         report.add("info", "zero-scale", f"scale 0 on a tensor computed from constants only: expected if it is "
                    "constant zero", name)
-    elif kind == "unnamed" and "[Constant]" in name or kind == "internal":
+    elif (kind == "unnamed" and "[Constant]" in name) or kind == "internal":
         report.add("info", "zero-scale", f"scale 0 on a TensorRT constant/helper tensor: expected for a zero "
                    "constant", name)
     else:
@@ -790,7 +787,8 @@ class CheckReport:
     @property
     def consistent(self) -> bool:
         """Every cache entry we recomputed agrees, and every entry that names a model tensor was recomputed."""
-        rows = [r for r in self.comparison.rows if r.name not in set(self.not_recomputable)]
+        skipped = set(self.not_recomputable)
+        rows = [r for r in self.comparison.rows if r.name not in skipped]
         shared_ok = all(r.consistent for r in rows if r.verdict not in ("only-reference", "only-ours"))
         return shared_ok and not any(r.verdict == "only-reference" for r in rows)
 
@@ -944,9 +942,10 @@ def header_rewrite_warning(old: CalibrationCache, new: CalibrationCache) -> str:
     if old.version_number != new.version_number:
         parts.append(
             f"The scales were computed by TensorRT {old.trt_version}; TensorRT {new.trt_version} will now use them "
-            "as they are, without recalibrating. Scales do not depend on the version as long as the network's "
-            "tensors are the same, but a newer parser or optimizer can name, fuse or tie tensors differently "
-            "(e.g. Concat ties exist only up to 8.0): validate the cache against the model for the new version."
+            "as they are, without recalibrating. That is sound only where both versions see the same tensors: "
+            "versions differ in scale ties (Concat inputs are tied only up to 8.0), in the names of "
+            "TensorRT-internal tensors ((Unnamed Layer* N), ONNXTRT_*) and in the parser's tensors, and a tensor "
+            "without an entry gets no INT8 scale. Hint: `trt-calib validate` the result against the model."
         )
     if old.algorithm != new.algorithm:
         detail = (
