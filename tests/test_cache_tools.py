@@ -256,6 +256,32 @@ def test_validate_flags_a_model_that_changed_since_calibration(tmp_path):
     assert "provenance-header" in codes(validate_cache(cache, model), "warning")
 
 
+def test_validate_with_data_flags_changed_batching_against_the_sidecar(tmp_path, capsys):
+    from trt_calib.collect import model_inputs
+    from trt_calib.data import open_source
+
+    images = np.load(REPO / "data" / "lenet" / "mnist_train_images_0_599.npy")[:100]
+    np.save(tmp_path / "x.npy", images.astype(np.float32).reshape(100, 1, 28, 28) / np.float32(255.0))
+    inputs = model_inputs(LENET)
+    cache = tmp_path / "lenet.cache"
+    shutil.copy(TRT_TABLE, cache)
+    recorded = open_source(tmp_path / "x.npy", inputs, batch_size=50).manifest()
+    write_provenance(cache, make_provenance(model_path=LENET, inputs=[], data_manifest=recorded, algorithm="entropy2",
+                                            header="TRT-7000-EntropyCalibration2", trt_version="7.0.0"))
+    same = validate_cache(cache, LENET, data_manifest=open_source(tmp_path / "x.npy", inputs, batch_size=50).manifest())
+    assert "data-changed" not in codes(same) and codes(same, "info")["provenance-data"] == 1
+    other = open_source(tmp_path / "x.npy", inputs, batch_size=25).manifest()
+    (finding,) = [f for f in validate_cache(cache, LENET, data_manifest=other).findings if f["code"] == "data-changed"]
+    assert finding["severity"] == "warning"
+    assert "batch size 50 -> 25" in finding["changes"] and "batches 2 -> 4" in finding["changes"]
+    argv = ["validate", str(cache), "--model", str(LENET), "--data", str(tmp_path / "x.npy"), "--batch-size", "25"]
+    assert run(argv + ["--json"]) == 1
+    out = json.loads(capsys.readouterr().out)
+    assert out["verdict"] == "warnings" and "data-changed" in [f["code"] for f in out["findings"]]
+    assert run(["validate", str(cache), "--data", str(tmp_path / "x.npy")]) == 2
+    assert "--data needs --model" in capsys.readouterr().err
+
+
 @needs_corpus
 def test_validate_lannyyip_reports_the_renumbered_export(capsys):
     report = validate_cache(LANNYYIP_CACHE, LANNYYIP_MODEL, trt_version="8.0.1", algorithm="entropy2")

@@ -554,17 +554,73 @@ def _pool_findings(report: ValidationReport, cache: CalibrationCache, g: _Graph,
             )
 
 
-def _provenance_findings(report: ValidationReport, cache: CalibrationCache, cache_path: Path, model_path: Path | None) -> None:
+# Data manifest fields that change the histograms (content, batching, order, preprocessing), as the sidecar records them.
+_DATA_FIELDS = {
+    "sha256": "content sha256",
+    "kind": "kind",
+    "batch_size": "batch size",
+    "num_batches": "batches",
+    "num_samples": "samples",
+    "order_sha256": "batch order",
+    "shuffle": "shuffle",
+    "seed": "seed",
+    "offset": "offset",
+    "limit": "limit",
+    "last_batch": "last batch",
+    "preprocess": "preprocessing",
+}
+
+
+def _short(value: Any) -> str:
+    text = str(value)
+    return text[:12] + "..." if isinstance(value, str) and len(value) == 64 else text
+
+
+def _data_findings(report: ValidationReport, record: dict[str, Any], data_manifest: Mapping[str, Any], where: str) -> None:
+    recorded = record.get("data")
+    if not isinstance(recorded, Mapping):
+        report.add("info", "provenance-data", f"{where} records no data manifest; cannot compare the data")
+        return
+    changed = [
+        f"{label} {_short(recorded[key])} -> {_short(data_manifest[key])}"
+        for key, label in _DATA_FIELDS.items()
+        if key in recorded and key in data_manifest and recorded[key] != data_manifest[key]
+    ]
+    if changed:
+        report.add(
+            "warning",
+            "data-changed",
+            f"the calibration data differs from the data recorded in {where}: {'; '.join(changed)}. TensorRT's "
+            "histograms depend on the data, the batch size and the batch order. Hint: recalibrate on this data, or "
+            "pass the data options the cache was made with",
+            changes=changed,
+        )
+    else:
+        report.add("info", "provenance-data", f"data, batching and order match {where}")
+
+
+def _provenance_findings(
+    report: ValidationReport,
+    cache: CalibrationCache,
+    cache_path: Path,
+    model_path: Path | None,
+    data_manifest: Mapping[str, Any] | None,
+) -> None:
     from .provenance import file_sha256, read_provenance, sidecar_path
 
     try:
         record = read_provenance(cache_path)
     except (ValueError, OSError) as exc:
         report.add("warning", "provenance-unreadable", f"{sidecar_path(cache_path)} cannot be read ({exc}); "
-                   "cannot tell whether the model changed since calibration")
+                   "cannot tell whether the model or data changed since calibration")
         return
     if record is None:
+        if data_manifest is not None:
+            report.add("info", "no-provenance", f"no {sidecar_path(cache_path).name} next to the cache (it is "
+                       "written by `trt-calib calibrate`): cannot tell whether the data changed")
         return
+    if data_manifest is not None:
+        _data_findings(report, record, data_manifest, sidecar_path(cache_path).name)
     recorded = (record.get("model") or {}).get("sha256")
     if record.get("header") and record["header"] != cache.header:
         report.add("warning", "provenance-header", f"header {cache.header!r} differs from {record['header']!r} "
@@ -594,9 +650,11 @@ def validate_cache(
     *,
     trt_version: str | None = None,
     algorithm: str | None = None,
+    data_manifest: Mapping[str, Any] | None = None,
 ) -> ValidationReport:
     """Check a cache's header against a target, its entries against a model, its values, and its provenance.
 
+    `data_manifest` (`BatchSource.manifest()` of the data at hand) is compared with the one the sidecar recorded.
     An unparsable cache becomes an `unparsable` error finding rather than an exception, so `--json` still reports.
     """
     source = None if isinstance(cache, CalibrationCache) else str(cache)
@@ -627,7 +685,7 @@ def validate_cache(
                        "not documented (trt-calib takes the last)", name)
         report.add("info", "no-model", "no model given: coverage, outliers and pool ties not checked")
     if source is not None:
-        _provenance_findings(report, parsed, Path(source), Path(model_name) if model_name else None)
+        _provenance_findings(report, parsed, Path(source), Path(model_name) if model_name else None, data_manifest)
     return report
 
 

@@ -45,14 +45,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 # ---------------------------------------------------------------------------------------------- validate
 def _add_validate(sub: argparse._SubParsersAction) -> None:
+    from .cli import add_data_arguments
+
     p = sub.add_parser(
         "validate",
         help="check a cache against a model and a target TensorRT: header, coverage, suspicious values, provenance",
         description="Check that TensorRT will use CACHE for MODEL as intended: header version and calibrator against "
         "--trt-version/--algorithm (a mismatch makes TensorRT ignore the cache and recalibrate), model tensors "
         "without an entry, entries the model lacks (renumbered exports, TensorRT's unstable (Unnamed Layer* N) "
-        "names), duplicates, zero/inf/NaN/denormal scales, outlier ranges, untied pool scales, and a changed "
-        "model (CACHE.json sidecar). Exit status: 0 clean, 1 warnings, 2 errors.",
+        "names), duplicates, zero/inf/NaN/denormal scales, outlier ranges, untied pool scales, and a model or "
+        "data (--data) that changed since calibration (CACHE.json sidecar). Exit status: 0 clean, 1 warnings, "
+        "2 errors.",
     )
     p.add_argument("cache", help="calibration cache")
     p.add_argument("--model", help="the ONNX model the cache is meant for (coverage and graph checks need it)")
@@ -61,13 +64,23 @@ def _add_validate(sub: argparse._SubParsersAction) -> None:
                    "trtexec --calib), minmax (MinMaxCalibration), entropy, legacy")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--all", action="store_true", help=f"list every finding (default: {_SHOW_PER_CODE} per kind)")
+    add_data_arguments(p, required=False)
     p.set_defaults(handler=_run_validate)
 
 
 def _run_validate(args: argparse.Namespace) -> int:
     from .cache_tools import validate_cache
 
-    report = validate_cache(args.cache, args.model, trt_version=args.trt_version, algorithm=args.algorithm)
+    manifest = None
+    if args.data is not None:
+        from .cli import open_data
+        from .collect import model_inputs
+
+        if not args.model:
+            raise TrtCalibError("--data needs --model (the model's inputs decide how the data is read)")
+        manifest = open_data(args, model_inputs(args.model)).manifest()
+    report = validate_cache(args.cache, args.model, trt_version=args.trt_version, algorithm=args.algorithm,
+                            data_manifest=manifest)
     if args.json:
         _print_json(report.to_json())
         return report.exit_code
