@@ -227,6 +227,8 @@ def test_validate_unparsable_cache_is_an_error_finding_with_json(tmp_path, capsy
     assert f"{bad}:2:" in report.findings[0]["message"]
     assert run(["validate", str(bad), "--json"]) == 2
     assert json.loads(capsys.readouterr().out)["findings"][0]["code"] == "unparsable"
+    assert run(["validate", str(tmp_path / "missing.cache")]) == 2  # a user error: one line on stderr
+    assert capsys.readouterr().err.strip().endswith("no such calibration cache")
 
 
 def test_validate_rejects_percentile_as_a_header_algorithm():

@@ -665,6 +665,8 @@ def validate_cache(
     }
     if trt_version is not None:
         _version_number(trt_version)
+    if source is not None and not Path(source).is_file():
+        _load(cache)  # raises CacheFormatError naming the missing file: a user error, not a finding
     try:
         parsed = _load(cache)
     except CacheFormatError as exc:
