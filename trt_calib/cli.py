@@ -195,7 +195,7 @@ def _run_calibrate(args: argparse.Namespace) -> int:
         from tqdm import tqdm
 
         total = len(source) if source.kind != "generator" else None
-        bar = tqdm(total=total, unit="batch", desc="calibrating", file=sys.stderr, leave=False)
+        bar = tqdm(total=total, unit="batch", desc="calibrating", file=sys.stderr, leave=False, disable=None)
     try:
         result = calibrate(
             model,
@@ -249,7 +249,8 @@ def _run_calibrate(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------------------------- parser
-_EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = []
+# Commands that live beside the logic they drive; each module's register(subparsers) adds its subcommands.
+_COMMAND_MODULES = ("cli_cache", "cli_evaluate")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -269,8 +270,10 @@ def build_parser() -> argparse.ArgumentParser:
     from .cli_build import add_build_parser
 
     add_build_parser(sub)
-    for add in _EXTRA_COMMANDS:
-        add(sub)
+    import importlib
+
+    for name in _COMMAND_MODULES:
+        importlib.import_module(f".{name}", __package__).register(sub)
     return parser
 
 
