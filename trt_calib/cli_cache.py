@@ -237,7 +237,7 @@ def _run_check(args: argparse.Namespace) -> int:
         from tqdm import tqdm
 
         total = len(source) if getattr(source, "kind", None) != "generator" else None
-        bar = tqdm(total=total, unit="batch", desc="recomputing", file=sys.stderr, leave=False)
+        bar = tqdm(total=total, unit="batch", desc="recomputing", file=sys.stderr, leave=False, disable=None)
     try:
         report = check_cache(cache, model, source, trt_version=args.trt_version, max_ulps=args.max_ulps,
                              progress=bar.update if bar is not None else None, threads=args.threads)
