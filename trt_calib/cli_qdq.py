@@ -1,0 +1,133 @@
+"""`trt-calib quantize`: a Q/DQ ONNX model for TensorRT 11, from calibration data or from a TensorRT cache."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+__all__ = ["register"]
+
+log = logging.getLogger(__name__)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the `quantize` subcommand."""
+    from .cache import DEFAULT_TRT_VERSION
+    from .cli import add_data_arguments
+    from .collect import ALGORITHM_HEADERS
+
+    p = subparsers.add_parser(
+        "quantize",
+        help="write a Q/DQ ONNX model (explicit INT8, TensorRT 11) from calibration data or a calibration cache",
+        description="Insert QuantizeLinear/DequantizeLinear pairs where TensorRT fuses them (inputs and weights of "
+        "Conv/ConvTranspose/Gemm/MatMul, residual inputs of Conv-fed Adds, one scale per Concat), int8 with zero "
+        "point 0, per-channel int8 weights. Scales come from calibrating on --data (as `calibrate` does) or, bit for "
+        "bit, from a TensorRT cache (--from-cache), whose entries are matched to tensors by name. Prints the "
+        "coverage: which nodes run in INT8 and which stay in float, and why.",
+    )
+    p.add_argument("model", help="ONNX model (float)")
+    add_data_arguments(p, required=False)
+    src = p.add_argument_group("scales")
+    src.add_argument("--from-cache", metavar="CACHE", help="take the scales of this TensorRT calibration cache "
+                     "(--data is then only used by --bias-correction)")
+    src.add_argument("--algorithm", choices=list(ALGORITHM_HEADERS), default="entropy2",
+                     help="threshold algorithm when calibrating on --data (default entropy2)")
+    src.add_argument("--percentile", type=float, default=99.99, help="for --algorithm percentile (default 99.99)")
+    src.add_argument("--trt-version", default=DEFAULT_TRT_VERSION,
+                     help=f"TensorRT version whose calibration to emulate (default {DEFAULT_TRT_VERSION})")
+    p.add_argument("-o", "--output", required=True, metavar="OUT.onnx", help="Q/DQ model to write")
+    p.add_argument("--report", metavar="OUT.json", help="also write the coverage report as JSON")
+    p.add_argument("--per-tensor-weights", action="store_true", help="one scale per weight instead of per channel")
+    p.add_argument("--placement", choices=("trt", "weighted"), default="trt",
+                   help="trt (default): weighted ops, Add residuals, Concat groups; weighted: weighted ops only")
+    p.add_argument("--bias-correction", action="store_true",
+                   help="fold each quantised layer's measured per-channel mean error into its bias, layer after "
+                   "layer (needs --data)")
+    p.add_argument("--bias-correction-batches", type=int, default=4, metavar="N",
+                   help="calibration batches bias correction runs (default 4)")
+    p.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads for calibration")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(handler=_run_quantize)
+
+
+def _bar(args: argparse.Namespace, total: Any, desc: str, unit: str) -> Any:
+    if args.no_progress or getattr(args, "quiet", False):
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit=unit, desc=desc, file=sys.stderr, leave=False)
+
+
+def _run_quantize(args: argparse.Namespace) -> int:
+    from ._util import atomic_write
+    from .cache import CalibrationCache
+    from .cli import open_data
+    from .collect import calibrate, load_model, model_inputs
+    from .errors import TrtCalibError
+    from .qdq import quantize_model
+
+    if args.from_cache is None and args.data is None:
+        raise TrtCalibError("give --data (calibrate now) or --from-cache CACHE (use a TensorRT cache's scales)")
+    if args.bias_correction and args.data is None:
+        raise TrtCalibError("--bias-correction runs the model on calibration data: give --data too")
+    if args.bias_correction_batches < 1:
+        raise TrtCalibError(f"--bias-correction-batches must be at least 1, got {args.bias_correction_batches}")
+    for out in (args.output, args.report):
+        if out and not Path(out).resolve().parent.is_dir():
+            raise TrtCalibError(f"{out}: the folder to write it in does not exist")
+
+    model = load_model(args.model)
+    source = open_data(args, model_inputs(model)) if args.data is not None else None
+    if args.from_cache is not None:
+        scales: Any = CalibrationCache.load(args.from_cache)
+    else:
+        bar = _bar(args, len(source) if source.kind != "generator" else None, "calibrating", "batch")
+        try:
+            scales = calibrate(
+                model, source, algorithm=args.algorithm, trt_version=args.trt_version, percentile=args.percentile,
+                progress=bar.update if bar is not None else None, threads=args.threads,
+            )
+        finally:
+            if bar is not None:
+                bar.close()
+
+    bar = _bar(args, None, "bias correction", "layer") if args.bias_correction else None
+    try:
+        qdq, report = quantize_model(
+            model,
+            scales,
+            per_channel=not args.per_tensor_weights,
+            placement=args.placement,
+            bias_correction=source if args.bias_correction else None,
+            bias_correction_batches=args.bias_correction_batches,
+            progress=bar.update if bar is not None else None,
+        )
+    finally:
+        if bar is not None:
+            bar.close()
+
+    try:
+        payload = qdq.SerializeToString()
+    except ValueError as exc:  # protobuf refuses messages over 2 GiB
+        raise TrtCalibError(f"{args.output}: the Q/DQ model cannot be serialised ({exc})") from None
+    atomic_write(args.output, payload)
+    if args.report:
+        document = report.to_json()
+        document["model"] = str(args.model)
+        document["output"] = str(args.output)
+        document["scales_from"] = str(args.from_cache) if args.from_cache else f"calibration ({args.algorithm})"
+        atomic_write(args.report, json.dumps(document, indent=2, allow_nan=False) + "\n")
+    if not getattr(args, "quiet", False):
+        print(report.table())
+    left = report.float_weighted_nodes
+    if left:
+        log.warning(
+            "%d Conv/ConvTranspose/Gemm/MatMul node(s) stay in float: %s", len(left),
+            "; ".join(f"{n.node}: {n.reason}" for n in left[:5]) + ("; ..." if len(left) > 5 else ""),
+        )
+    log.info("wrote %s%s", args.output, f" and {args.report}" if args.report else "")
+    return 0
