@@ -250,7 +250,7 @@ def _run_calibrate(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------------------------- parser
 # Commands that live beside the logic they drive; each module's register(subparsers) adds its subcommands.
-_COMMAND_MODULES = ("cli_cache", "cli_evaluate", "cli_report")
+_COMMAND_MODULES = ("cli_cache", "cli_qdq", "cli_evaluate", "cli_report")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -59,7 +59,7 @@ def _bar(args: argparse.Namespace, total: Any, desc: str, unit: str) -> Any:
         return None
     from tqdm import tqdm
 
-    return tqdm(total=total, unit=unit, desc=desc, file=sys.stderr, leave=False)
+    return tqdm(total=total, unit=unit, desc=desc, file=sys.stderr, leave=False, disable=None)
 
 
 def _run_quantize(args: argparse.Namespace) -> int:
