@@ -629,7 +629,8 @@ def write_report(
         from tqdm import tqdm
 
         by_name = {s.name: s for s in summaries}
-        for name in tqdm(drawn, desc="drawing", unit="tensor", file=sys.stderr, disable=not progress, leave=False):
+        for name in tqdm(drawn, desc="drawing", unit="tensor", file=sys.stderr,
+                         disable=None if progress else True, leave=False):
             s = by_name[name]
             s.figure = _figure_name(s.order, s.name)
             render_figure(s, histograms[name], tmp / s.figure)
@@ -712,7 +713,7 @@ def build_report(
             from tqdm import tqdm
 
             total = len(batches) if hasattr(batches, "__len__") else None
-            bar = tqdm(total=total, unit="batch", desc="collecting", file=sys.stderr, leave=False)
+            bar = tqdm(total=total, unit="batch", desc="collecting", file=sys.stderr, leave=False, disable=None)
         try:
             collected, _ = collect_signed(model, batches, names + extra, progress=bar.update if bar else None,
                                           threads=threads)
