@@ -401,11 +401,18 @@ def test_cli_evaluate_prints_the_report_and_writes_json(lenet_qdq, mnist, tmp_pa
     assert data["data"]["offset"] == 100
 
 
-def test_cli_labels_of_the_wrong_length_name_the_file(lenet_qdq, mnist, tmp_path):
+def test_trt_calib_evaluate_errors_are_one_line_with_exit_2(lenet_qdq, mnist, tmp_path, capsys):
+    from trt_calib.cli import main
+
     x, labels = mnist
     np.save(tmp_path / "x.npy", x[:64])
     np.save(tmp_path / "labels.npy", labels[:60])
-    with pytest.raises(DataError, match=r"labels.npy: 60 labels but the data holds 64 samples"):
-        _cli(["evaluate", str(LENET / "lenet.onnx"), str(lenet_qdq), "--data", str(tmp_path / "x.npy"),
-              "--labels", str(tmp_path / "labels.npy"), "--no-progress"])
-    assert not list(tmp_path.glob("*.json"))
+    rc = main(["evaluate", str(LENET / "lenet.onnx"), str(lenet_qdq), "--data", str(tmp_path / "x.npy"),
+               "--labels", str(tmp_path / "labels.npy"), "--json", str(tmp_path / "r.json")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.count("\n") == 0 and "Traceback" not in err
+    assert err.startswith("trt-calib evaluate: error:") and "labels.npy: 60 labels but the data holds 64 samples" in err
+    assert not (tmp_path / "r.json").exists()
+    assert main(["evaluate", str(LENET / "lenet.onnx"), str(tmp_path / "missing.onnx"), "--data",
+                 str(tmp_path / "x.npy")]) == 2
+    assert "missing.onnx" in capsys.readouterr().err

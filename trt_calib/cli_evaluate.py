@@ -110,7 +110,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         from tqdm import tqdm
 
         total = len(source) if source.kind != "generator" else None
-        bar = tqdm(total=total, unit="batch", desc="evaluating", file=sys.stderr, leave=False)
+        bar = tqdm(total=total, unit="batch", desc="evaluating", file=sys.stderr, leave=False, disable=None)
     try:
         report = evaluate(
             args.model, args.int8_model, source, labels=labels, worst=args.worst, margin=args.margin,

@@ -9,7 +9,9 @@ DequantizeLinear and a QuantizeLinear to int8 per tensor, and the extended level
 kernels. Neither is what TensorRT runs.
 
 Per output: top-1 accuracy (with labels), top-1 agreement with FP32 (all samples, and samples whose FP32 top-1/top-2
-logit margin exceeds `margin`), mean KL(FP32 || INT8) of the softmax outputs, max and mean absolute error. Per
+logit margin exceeds `margin`), mean KL(FP32 || INT8) of the softmax outputs, max and mean absolute error. An output
+whose FP32 rows are already probabilities (non-negative, summing to 1) is used as is, and its margin is taken between
+log-probabilities, which is the logit margin. Per
 intermediate tensor present in both graphs under the same name: SQNR = 10 log10(sum x^2 / sum (x - x_int8)^2),
 accumulated batch by batch (activations are dropped after each batch).
 """
@@ -158,6 +160,10 @@ def _sum_sq_diff(a: np.ndarray, b: np.ndarray) -> float:
 
 
 # ---------------------------------------------------------------------------------------------- report
+def _percent(v: float | None) -> str:
+    return "n/a" if v is None or not math.isfinite(v) else f"{100 * v:.1f}%"
+
+
 def _num(v: float | None) -> float | str | None:
     if v is None:
         return None
@@ -300,7 +306,6 @@ class EvaluationReport:
 
     def format(self) -> str:
         """The report as text lines for a terminal."""
-        pct = lambda v: "n/a" if v is None or not math.isfinite(v) else f"{100 * v:.1f}%"  # noqa: E731
         lines = [
             f"INT8 vs FP32 on {self.num_samples} samples ({self.num_batches} batches)",
             f"ran: {self.session}",
@@ -313,14 +318,14 @@ class EvaluationReport:
                 how = "softmax applied" if o.kind == "logits" else "probabilities used as is"
                 lines.append(f"output {o.name} ({shape} per sample, {o.kind}: {how})")
                 rows = [
-                    ("top-1 agreement with FP32", f"{pct(o.agreement)} ({o.num_agree}/{o.num_samples})"),
+                    ("top-1 agreement with FP32", f"{_percent(o.agreement)} ({o.num_agree}/{o.num_samples})"),
                     (f"... where FP32 margin > {self.margin:g}",
-                     f"{pct(o.confident_agreement)} ({o.num_confident_agree}/{o.num_confident})"),
+                     f"{_percent(o.confident_agreement)} ({o.num_confident_agree}/{o.num_confident})"),
                     ("mean KL(FP32 || INT8)", f"{o.mean_kl:.4g} nats"),
                 ]
                 if o.num_labels is not None:
                     rows.append((f"top-1 accuracy ({o.num_labels} labels)",
-                                 f"FP32 {pct(o.accuracy_fp32)}  INT8 {pct(o.accuracy_int8)}"))
+                                 f"FP32 {_percent(o.accuracy_fp32)}  INT8 {_percent(o.accuracy_int8)}"))
             else:
                 lines.append(f"output {o.name} ({shape} per sample; not a (N, C) classifier output)")
                 rows = []
