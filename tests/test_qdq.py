@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import runpy
 import struct
 import subprocess
 import sys
@@ -19,7 +20,8 @@ from trt_calib.cache import CalibrationCache, amax_to_scale, hex_to_scale
 from trt_calib.cli_qdq import register
 from trt_calib.collect import calibrate
 from trt_calib.errors import CalibrationError, TrtCalibError
-from trt_calib.qdq import qdq_session, quantize_model, quantize_weight
+from trt_calib.qdq import ASYMMETRIC_METADATA_KEY, qdq_session, quantize_model, quantize_weight
+from trt_calib.signs import asymmetric_params, asymmetric_quantizer, collect_signed
 
 REPO = Path(__file__).resolve().parents[1]
 LENET = REPO / "data" / "lenet" / "lenet.onnx"
@@ -509,6 +511,275 @@ def test_cli_refuses_missing_inputs_before_writing(tmp_path, extra, message):
     out = tmp_path / "q.onnx"
     with pytest.raises(TrtCalibError, match=message):
         _cli(["quantize", str(LENET), "-o", str(out), *extra])
+    assert not out.exists()
+
+
+# ---------------------------------------------------------------------------------------------- asymmetric
+def _activation_pairs(model):
+    """tensor -> (scale initializer, zero-point initializer) of every activation QuantizeLinear, checking that its
+    DequantizeLinear reads the same two initializers."""
+    inits = {t.name: t for t in model.graph.initializer}
+    pairs = {}
+    for q in model.graph.node:
+        if q.op_type != "QuantizeLinear" or q.input[0] in inits:
+            continue
+        dq = _consumers(model, q.output[0])
+        assert [n.op_type for n in dq] == ["DequantizeLinear"] and dq[0].input[1:] == q.input[1:]
+        pairs[q.input[0]] = (inits[q.input[1]], inits[q.input[2]])
+    return pairs
+
+
+def _assert_pair(pair, quantizer, elem_type):
+    scale, zp = pair
+    assert scale.data_type == TensorProto.FLOAT and list(scale.dims) == []
+    assert numpy_helper.to_array(scale).tobytes() == _float32_bytes(quantizer.scale)
+    assert zp.data_type == elem_type and list(zp.dims) == []
+    assert int(numpy_helper.to_array(zp)) == quantizer.zero_point
+
+
+def _signed_then_relu():
+    """x (both signs) -> Conv -> Relu -> r (one-sided) -> Conv -> y, and calibration batches for it."""
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r"]),
+        helper.make_node("Conv", ["r", "w2"], ["y"]),
+    ]
+    model = _model(nodes, [_vi("x", [2, 3, 6, 6])], [_vi("y", None)], [_conv_init("w1", 4, 3), _conv_init("w2", 2, 4, 1, seed=1)])
+    rng = np.random.default_rng(7)
+    batches = [{"x": rng.uniform(-1.0, 3.0, size=(2, 3, 6, 6)).astype(np.float32)} for _ in range(3)]
+    return model, batches
+
+
+@pytest.mark.parametrize("method", ["mse", "minmax"])
+def test_asymmetric_pairs_are_asymmetric_quantizers_for_signed_and_post_relu_tensors(method):
+    model, batches = _signed_then_relu()
+    hists, _ = collect_signed(model, batches)
+    qdq, report = quantize_model(model, hists, asymmetric=method)
+    onnx.checker.check_model(qdq, full_check=True)
+    pairs = _activation_pairs(qdq)
+    assert set(pairs) == {"x", "r"}
+    qx, qr = asymmetric_quantizer(hists["x"], method), asymmetric_quantizer(hists["r"], method)
+    assert qr.zero_point == 0 and 40 < qx.zero_point < 100  # post-ReLU: the uint8 grid starts at 0; x: about 255/4
+    _assert_pair(pairs["x"], qx, TensorProto.UINT8)
+    _assert_pair(pairs["r"], qr, TensorProto.UINT8)
+    assert report.activations["x"].zero_point == qx.zero_point and report.activations["x"].dtype == "uint8"
+    # onnxruntime reads the uint8 zero point as the Quantizer does: DQ(Q(x)) is its fake quantisation
+    x = batches[0]["x"]
+    dq_x = _consumers(qdq, next(n.output[0] for n in qdq.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == "x"))[0].output[0]
+    out = qdq_session(qdq, outputs=[dq_x]).run([dq_x], {"x": x})[0]
+    np.testing.assert_array_equal(out, qx.dequantize(qx.quantize(x)).astype(np.float32))
+
+
+def test_asymmetric_int8_has_a_zero_point_of_its_own_type():
+    model, batches = _signed_then_relu()
+    hists, _ = collect_signed(model, batches)
+    qdq, report = quantize_model(model, hists, asymmetric="mse", asymmetric_dtype="int8")
+    onnx.checker.check_model(qdq, full_check=True)
+    pairs = _activation_pairs(qdq)
+    qx = asymmetric_quantizer(hists["x"], "mse", qmin=-128, qmax=127)
+    qr = asymmetric_quantizer(hists["r"], "mse", qmin=-128, qmax=127)
+    assert qr.zero_point == -128  # one-sided on int8 codes: zero sits at the bottom code
+    _assert_pair(pairs["x"], qx, TensorProto.INT8)
+    _assert_pair(pairs["r"], qr, TensorProto.INT8)
+    assert report.asymmetric["dtype"] == "int8" and report.activations["r"].lo == 0.0
+
+
+def _concat_of_inputs(lo2, hi2):
+    """Concat(x1, x2) -> 1x1 Conv -> y, and x2 also read by its own Conv -> z; calibration batches with x1 in
+    [-1, 2] and x2 in [lo2, hi2]."""
+    nodes = [
+        helper.make_node("Concat", ["x1", "x2"], ["cat"], axis=1),
+        helper.make_node("Conv", ["cat", "wc"], ["y"]),
+        helper.make_node("Conv", ["x2", "wd"], ["z"]),
+    ]
+    model = _model(nodes, [_vi("x1", [2, 2, 4, 4]), _vi("x2", [2, 2, 4, 4])], [_vi("y", None), _vi("z", None)],
+                   [_conv_init("wc", 2, 4, 1), _conv_init("wd", 2, 2, 1, seed=1)])
+    rng = np.random.default_rng(8)
+    batches = []
+    for _ in range(2):
+        x1 = rng.uniform(-1.0, 2.0, size=(2, 2, 4, 4)).astype(np.float32)
+        x2 = rng.uniform(lo2, hi2, size=(2, 2, 4, 4)).astype(np.float32)
+        x1.flat[:2], x2.flat[:2] = (-1.0, 2.0), (lo2, hi2)  # exact extremes
+        batches.append({"x1": x1, "x2": x2})
+    return model, batches
+
+
+def test_asymmetric_concat_inputs_share_the_pair_of_their_ranges_union():
+    model, batches = _concat_of_inputs(-3.0, 0.5)
+    hists, _ = collect_signed(model, batches)
+    qdq, report = quantize_model(model, hists, asymmetric="minmax")
+    onnx.checker.check_model(qdq, full_check=True)
+    q1, q2 = (asymmetric_quantizer(hists[t], "minmax") for t in ("x1", "x2"))
+    assert (q1.lo, q1.hi) != (q2.lo, q2.hi)
+    scale, zp = asymmetric_params(min(q1.lo, q2.lo), max(q1.hi, q2.hi), 0, 255)
+    pairs = _activation_pairs(qdq)
+    assert set(pairs) == {"x1", "x2"}  # x2 keeps one pair, shared by the Concat and the Conv reading it directly
+    for t in ("x1", "x2"):
+        assert numpy_helper.to_array(pairs[t][0]).tobytes() == _float32_bytes(scale)
+        assert int(numpy_helper.to_array(pairs[t][1])) == zp
+    assert scale > max(q1.scale, q2.scale) and zp not in (q1.zero_point, q2.zero_point)
+    assert _producers(qdq)["z"].input[0] == next(n for n in qdq.graph.node if n.op_type == "Concat").input[1]
+    assert "union of their ranges" in report.activations["x1"].origin
+
+
+def test_asymmetric_concat_input_that_covers_the_other_lends_its_own_pair():
+    model, batches = _concat_of_inputs(-0.5, 1.0)
+    hists, _ = collect_signed(model, batches)
+    qdq, report = quantize_model(model, hists, asymmetric="minmax")
+    q1 = asymmetric_quantizer(hists["x1"], "minmax")
+    for pair in _activation_pairs(qdq).values():
+        _assert_pair(pair, q1, TensorProto.UINT8)
+    assert "widest: 'x1'" in report.activations["x2"].origin
+
+
+def test_asymmetric_pass_through_tensors_take_their_sources_pair():
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1]),
+        helper.make_node("MaxPool", ["c1"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node("Conv", ["p", "w2"], ["c2"]),
+        helper.make_node("Flatten", ["p"], ["f"]),
+        helper.make_node("Gemm", ["f", "wg"], ["g"], transB=1),
+    ]
+    inits = [_conv_init("w1", 2, 2), _conv_init("w2", 2, 2, 1, seed=1),
+             _init("wg", np.random.default_rng(2).normal(size=(3, 8)))]
+    model = _model(nodes, [_vi("x", [2, 2, 4, 4])], [_vi("c2", None), _vi("g", None)], inits)
+    rng = np.random.default_rng(9)
+    batches = [{"x": rng.normal(size=(2, 2, 4, 4)).astype(np.float32)} for _ in range(2)]
+    hists, _ = collect_signed(model, batches)
+    qdq, report = quantize_model(model, hists, asymmetric="mse")
+    onnx.checker.check_model(qdq, full_check=True)
+    own, source = asymmetric_quantizer(hists["p"], "mse"), asymmetric_quantizer(hists["c1"], "mse")
+    assert own != source  # max pooling changed the range: taking the pool's own would differ
+    pairs = _activation_pairs(qdq)
+    assert set(pairs) == {"x", "p", "f"}
+    _assert_pair(pairs["p"], source, TensorProto.UINT8)
+    _assert_pair(pairs["f"], source, TensorProto.UINT8)
+    assert report.activations["f"].origin == "histogram entry of 'c1', through MaxPool -> Flatten"
+    assert [n.op_type for n in _consumers(qdq, "c1")] == ["MaxPool"]  # still no pair on the pool input
+
+
+def _sampleint8_batches():
+    return list(runpy.run_path(str(SCRIPT))["load_data"]())
+
+
+@pytest.fixture(scope="module")
+def lenet_signed():
+    return collect_signed(LENET, _sampleint8_batches())[0]
+
+
+def test_asymmetric_lenet_passes_the_checker_and_agrees_with_float_on_300_images(lenet_signed):
+    model, report = quantize_model(LENET, lenet_signed, asymmetric="mse")
+    onnx.checker.check_model(model, full_check=True)
+    assert [n.node for n in report.quantized_nodes] == ["conv1", "conv2", "ip1", "ip2"]
+    zps = {t: a.zero_point for t, a in report.activations.items()}
+    assert zps["data"] == 0 and zps["ip1"] == 0 and zps["pool1"] > 0  # post-ReLU / image input vs signed
+    x = _lenet_images(300)
+    ref = ort.InferenceSession(str(LENET), providers=["CPUExecutionProvider"]).run(["prob"], {"data": x})[0]
+    out = qdq_session(model).run(["prob"], {"data": x})[0]
+    assert np.mean(ref.argmax(1) == out.argmax(1)) >= 0.98
+    assert 0 < np.abs(out - ref).max() < 0.2
+
+
+def test_asymmetric_minmax_from_a_calibration_result_equals_the_signed_histograms():
+    # |x| histograms keep the signed extrema, which is all minmax needs; mse needs the signs
+    model, batches = _signed_then_relu()
+    result = calibrate(model, batches)
+    hists, _ = collect_signed(model, batches)
+    from_result, _ = quantize_model(model, result, asymmetric="minmax")
+    from_signed, _ = quantize_model(model, hists, asymmetric="minmax")
+    assert from_result.SerializeToString() == from_signed.SerializeToString()
+    with pytest.raises(ValueError, match="collect_signed"):
+        quantize_model(model, result, asymmetric="mse")
+
+
+@pytest.mark.parametrize("scales, message", [
+    (CalibrationCache.parse("TRT-8601-EntropyCalibration2\nx: 3c010204\n"), "not a calibration cache"),
+    ({"x": 1.0, "r": 2.0}, "of amax values"),
+])
+def test_asymmetric_refuses_scales_without_signs(scales, message):
+    model, _ = _signed_then_relu()
+    with pytest.raises(TypeError, match=message):
+        quantize_model(model, scales, asymmetric="minmax")
+
+
+def test_asymmetric_all_zero_tensor_leaves_its_node_in_float():
+    # non-negative x through a Conv with negative weights: the ReLU output is all zeros in calibration
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["c1"]),
+        helper.make_node("Relu", ["c1"], ["r"]),
+        helper.make_node("Conv", ["r", "w2"], ["y"]),
+    ]
+    w1 = -np.abs(np.random.default_rng(3).normal(size=(2, 2, 1, 1))) - 0.1
+    model = _model(nodes, [_vi("x", [1, 2, 3, 3])], [_vi("y", None)], [_init("w1", w1), _conv_init("w2", 2, 2, 1, seed=1)])
+    x = np.random.default_rng(4).uniform(0.5, 1.0, size=(1, 2, 3, 3)).astype(np.float32)
+    hists, _ = collect_signed(model, [{"x": x}])
+    _, report = quantize_model(model, hists, asymmetric="minmax")
+    first, second = [n for n in report.nodes if n.op_type == "Conv"]
+    assert first.quantized and not second.quantized
+    assert report.unquantized_tensors == {"r": "zero range (the tensor was all zeros in calibration) for 'r'"}
+
+
+def test_symmetric_output_keeps_int8_zero_points_and_amax_over_127_scales():
+    # every activation pair of the default (symmetric) path: int8 zero point 0, scale = amax/127 bit for bit
+    result = calibrate(LENET, _sampleint8_batches()[:4], algorithm="minmax")
+    model, report = quantize_model(LENET, result)
+    pairs = _activation_pairs(model)
+    assert set(pairs) == {"data", "pool1", "pool2_flat", "ip1"}
+    for t, (scale, zp) in pairs.items():
+        assert numpy_helper.to_array(scale).tobytes() == _float32_bytes(amax_to_scale(result.amax[t]))
+        assert zp.data_type == TensorProto.INT8 and numpy_helper.to_array(zp) == 0
+    for t in model.graph.initializer:  # weights too: no uint8 anywhere
+        assert t.data_type != TensorProto.UINT8
+    assert not [p for p in model.metadata_props if p.key == ASYMMETRIC_METADATA_KEY]
+    assert report.asymmetric is None and "ASYMMETRIC" not in report.table()
+    assert report.to_json()["activations"][0].keys() == {"tensor", "scale", "hex", "amax", "origin"}
+
+
+def test_cli_asymmetric_marks_the_model_the_report_and_the_log(tmp_path, capsys, caplog):
+    out, report = tmp_path / "asym.onnx", tmp_path / "r.json"
+    argv = ["quantize", str(LENET), "--data", str(SCRIPT), "--asymmetric", "-o", str(out), "--report", str(report),
+            "--no-progress"]
+    with caplog.at_level("WARNING", logger="trt_calib.qdq"):
+        assert _cli(argv) == 0
+    model = onnx.load(str(out))
+    onnx.checker.check_model(model, full_check=True)
+    meta = {p.key: p.value for p in model.metadata_props}
+    assert meta[ASYMMETRIC_METADATA_KEY].startswith("uint8 activations with zero points (mse ranges)")
+    assert "kENABLE_UINT8_AND_ASYMMETRIC_QUANTIZATION_DLA" in meta[ASYMMETRIC_METADATA_KEY]
+    assert "rejects" in meta[ASYMMETRIC_METADATA_KEY]
+    doc = json.loads(report.read_text())
+    assert doc["asymmetric"]["method"] == "mse" and doc["asymmetric"]["dtype"] == "uint8"
+    assert doc["scales_from"] == "signed histograms (asymmetric mse, uint8)"
+    by_tensor = {a["tensor"]: a for a in doc["activations"]}
+    assert by_tensor["pool1"]["zero_point"] > 0 and by_tensor["pool1"]["dtype"] == "uint8"
+    assert "ASYMMETRIC: uint8 activations with zero points" in capsys.readouterr().out
+    assert any("TensorRT on GPUs rejects" in r.getMessage() for r in caplog.records if r.levelname == "WARNING")
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--from-cache", str(CACHE), "--asymmetric"], "a calibration cache holds one symmetric amax per tensor"),
+        (["--from-cache", str(CACHE), "--asymmetric", "minmax", "--data", str(SCRIPT)], "cannot use --from-cache"),
+        (["--asymmetric", "minmax"], "give --data"),
+        (["--data", str(SCRIPT), "--asymmetric", "mse", "--algorithm", "minmax"], "--algorithm minmax picks symmetric"),
+        (["--data", str(SCRIPT), "--asymmetric-dtype", "int8"], "needs --asymmetric"),
+    ],
+)
+def test_cli_asymmetric_refusals(tmp_path, extra, message):
+    out = tmp_path / "q.onnx"
+    with pytest.raises(TrtCalibError, match=message):
+        _cli(["quantize", str(LENET), "-o", str(out), *extra])
+    assert not out.exists()
+
+
+def test_cli_from_cache_with_asymmetric_exits_2_with_one_line(tmp_path, capsys):
+    from trt_calib.cli import main
+
+    out = tmp_path / "q.onnx"
+    assert main(["quantize", str(LENET), "--from-cache", str(CACHE), "--asymmetric", "-o", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--asymmetric cannot use --from-cache" in err[0] and "Hint: give --data" in err[0]
     assert not out.exists()
 
 

@@ -1,4 +1,7 @@
-"""`trt-calib quantize`: a Q/DQ ONNX model for TensorRT 11, from calibration data or from a TensorRT cache."""
+"""`trt-calib quantize`: a Q/DQ ONNX model for TensorRT 11, from calibration data or from a TensorRT cache.
+
+`--asymmetric` writes activations with zero points for runtimes that take them (not TensorRT on GPUs).
+"""
 
 from __future__ import annotations
 
@@ -19,6 +22,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     from .cache import DEFAULT_TRT_VERSION
     from .cli import add_data_arguments
     from .collect import ALGORITHM_HEADERS
+    from .qdq import ASYMMETRIC_DTYPES, ASYMMETRIC_NOTE
+    from .signs import ASYMMETRIC_METHODS
 
     p = subparsers.add_parser(
         "quantize",
@@ -27,18 +32,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "Conv/ConvTranspose/Gemm/MatMul, residual inputs of Conv-fed Adds, one scale per Concat), int8 with zero "
         "point 0, per-channel int8 weights. Scales come from calibrating on --data (as `calibrate` does) or, bit for "
         "bit, from a TensorRT cache (--from-cache), whose entries are matched to tensors by name. Prints the "
-        "coverage: which nodes run in INT8 and which stay in float, and why.",
+        "coverage: which nodes run in INT8 and which stay in float, and why. --asymmetric writes uint8 activations "
+        f"with zero points instead, NOT for TensorRT on GPUs: {ASYMMETRIC_NOTE}.",
     )
     p.add_argument("model", help="ONNX model (float)")
     add_data_arguments(p, required=False)
     src = p.add_argument_group("scales")
     src.add_argument("--from-cache", metavar="CACHE", help="take the scales of this TensorRT calibration cache "
                      "(--data is then only used by --bias-correction)")
-    src.add_argument("--algorithm", choices=list(ALGORITHM_HEADERS), default="entropy2",
-                     help="threshold algorithm when calibrating on --data (default entropy2)")
+    src.add_argument("--algorithm", choices=list(ALGORITHM_HEADERS), default=None,
+                     help="threshold algorithm when calibrating on --data (default entropy2; not with --asymmetric)")
     src.add_argument("--percentile", type=float, default=99.99, help="for --algorithm percentile (default 99.99)")
     src.add_argument("--trt-version", default=DEFAULT_TRT_VERSION,
                      help=f"TensorRT version whose calibration to emulate (default {DEFAULT_TRT_VERSION})")
+    src.add_argument("--asymmetric", nargs="?", const="mse", choices=ASYMMETRIC_METHODS, default=None,
+                     help="activations with zero points from signed histograms of --data: the range is the observed "
+                     "[min, max] (minmax) or the one with the least expected squared error (mse, what a bare "
+                     "--asymmetric means). Weights stay symmetric int8. NOT for TensorRT on GPUs, which rejects "
+                     "non-zero zero points; DLA needs kENABLE_UINT8_AND_ASYMMETRIC_QUANTIZATION_DLA (TensorRT "
+                     "10.11+); onnxruntime runs it. Needs --data: a cache holds no signs")
+    src.add_argument("--asymmetric-dtype", choices=list(ASYMMETRIC_DTYPES), default=None,
+                     help="activation type with --asymmetric: uint8 [0, 255] (default) or int8 [-128, 127] with a "
+                     "zero point")
     p.add_argument("-o", "--output", required=True, metavar="OUT.onnx", help="Q/DQ model to write")
     p.add_argument("--report", metavar="OUT.json", help="also write the coverage report as JSON")
     p.add_argument("--per-tensor-weights", action="store_true", help="one scale per weight instead of per channel")
@@ -69,9 +84,26 @@ def _run_quantize(args: argparse.Namespace) -> int:
     from .collect import calibrate, load_model, model_inputs
     from .errors import TrtCalibError
     from .qdq import quantize_model
+    from .signs import collect_signed
 
+    if args.asymmetric is not None and args.from_cache is not None:
+        raise TrtCalibError(
+            f"--asymmetric cannot use --from-cache {args.from_cache}: a calibration cache holds one symmetric amax per "
+            "tensor, not the signs and ranges a zero point is computed from. Hint: give --data instead"
+        )
+    if args.asymmetric is not None and args.data is None:
+        raise TrtCalibError("--asymmetric computes zero points from signed histograms: give --data")
+    if args.asymmetric is not None and args.algorithm is not None:
+        raise TrtCalibError(
+            f"--algorithm {args.algorithm} picks symmetric thresholds; with --asymmetric the range comes from "
+            f"--asymmetric {args.asymmetric} itself. Hint: drop one of the two"
+        )
+    if args.asymmetric_dtype is not None and args.asymmetric is None:
+        raise TrtCalibError(f"--asymmetric-dtype {args.asymmetric_dtype} needs --asymmetric (symmetric pairs are int8)")
     if args.from_cache is None and args.data is None:
         raise TrtCalibError("give --data (calibrate now) or --from-cache CACHE (use a TensorRT cache's scales)")
+    algorithm = args.algorithm or "entropy2"
+    dtype = args.asymmetric_dtype or "uint8"
     if args.bias_correction and args.data is None:
         raise TrtCalibError("--bias-correction runs the model on calibration data: give --data too")
     if args.bias_correction_batches < 1:
@@ -84,13 +116,20 @@ def _run_quantize(args: argparse.Namespace) -> int:
     source = open_data(args, model_inputs(model)) if args.data is not None else None
     if args.from_cache is not None:
         scales: Any = CalibrationCache.load(args.from_cache)
+        scales_from = str(args.from_cache)
     else:
         bar = _bar(args, len(source) if source.kind != "generator" else None, "calibrating", "batch")
         try:
-            scales = calibrate(
-                model, source, algorithm=args.algorithm, trt_version=args.trt_version, percentile=args.percentile,
-                progress=bar.update if bar is not None else None, threads=args.threads,
-            )
+            if args.asymmetric is not None:
+                scales, _ = collect_signed(model, source, progress=bar.update if bar is not None else None,
+                                           threads=args.threads)
+                scales_from = f"signed histograms (asymmetric {args.asymmetric}, {dtype})"
+            else:
+                scales = calibrate(
+                    model, source, algorithm=algorithm, trt_version=args.trt_version, percentile=args.percentile,
+                    progress=bar.update if bar is not None else None, threads=args.threads,
+                )
+                scales_from = f"calibration ({algorithm})"
         finally:
             if bar is not None:
                 bar.close()
@@ -102,6 +141,8 @@ def _run_quantize(args: argparse.Namespace) -> int:
             scales,
             per_channel=not args.per_tensor_weights,
             placement=args.placement,
+            asymmetric=args.asymmetric,
+            asymmetric_dtype=dtype,
             bias_correction=source if args.bias_correction else None,
             bias_correction_batches=args.bias_correction_batches,
             progress=bar.update if bar is not None else None,
@@ -119,7 +160,7 @@ def _run_quantize(args: argparse.Namespace) -> int:
         document = report.to_json()
         document["model"] = str(args.model)
         document["output"] = str(args.output)
-        document["scales_from"] = str(args.from_cache) if args.from_cache else f"calibration ({args.algorithm})"
+        document["scales_from"] = scales_from
         atomic_write(args.report, json.dumps(document, indent=2, allow_nan=False) + "\n")
     if not getattr(args, "quiet", False):
         print(report.table())

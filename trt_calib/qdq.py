@@ -10,6 +10,12 @@ graph say. `quantize_model` inserts them where TensorRT's placement guidance put
 
 Activations: int8, zero point 0, one float32 scale per tensor (amax/127, or a cache's scale bit for bit). Weights:
 symmetric int8 per output channel, stored as int8 initializers read through a DequantizeLinear.
+
+`asymmetric="minmax"|"mse"` instead gives each activation pair a zero point (uint8, or int8 with a zero point) from
+the tensor's signed histogram (`signs.asymmetric_quantizer`); a Concat's inputs share the pair covering the union of
+their ranges. Such a model is for runtimes that take zero points (onnxruntime; DLA with TensorRT's parser flag
+`kENABLE_UINT8_AND_ASYMMETRIC_QUANTIZATION_DLA`): TensorRT on GPUs rejects non-zero zero points, and the model says
+so in its `metadata_props` (`ASYMMETRIC_METADATA_KEY`). Weights stay symmetric int8.
 """
 
 from __future__ import annotations
@@ -26,11 +32,16 @@ from .cache import CalibrationCache, amax_to_scale, scale_to_hex
 from .collect import CalibrationResult, _tensor_types, load_model, model_inputs
 from .data import iter_batches
 from .errors import CalibrationError, ModelError
+from .histogram import AbsHistogram
+from .signs import ASYMMETRIC_METHODS, Quantizer, SignedHistogram, asymmetric_params, asymmetric_quantizer
 
 __all__ = [
     "PLACEMENTS",
     "WEIGHTED_OPS",
     "MIN_OPSET",
+    "ASYMMETRIC_DTYPES",
+    "ASYMMETRIC_METADATA_KEY",
+    "ASYMMETRIC_NOTE",
     "ActivationScale",
     "NodeCoverage",
     "CoverageReport",
@@ -56,15 +67,28 @@ _FUSED_ACTIVATIONS = ("Relu", "Clip", "LeakyRelu", "Sigmoid", "Tanh", "HardSigmo
 _POOLS = ("MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool")
 _UNNAMED_PREFIX = "(Unnamed Layer*"
 
+#: Activation types `quantize_model(asymmetric=...)` offers: (qmin, qmax, zero-point dtype).
+ASYMMETRIC_DTYPES = {"uint8": (0, 255, np.uint8), "int8": (-128, 127, np.int8)}
+#: The `metadata_props` key that marks a model with asymmetric activations.
+ASYMMETRIC_METADATA_KEY = "trt_calib.asymmetric"
+#: Where a model with zero points runs; in the metadata, the coverage report, the warning and the CLI help.
+ASYMMETRIC_NOTE = (
+    "TensorRT on GPUs rejects it (zero points must be 0: only symmetric quantization is supported); DLA needs the "
+    "ONNX parser flag kENABLE_UINT8_AND_ASYMMETRIC_QUANTIZATION_DLA (TensorRT 10.11+); onnxruntime runs it"
+)
+
 
 # ---------------------------------------------------------------------------------------------- report
 @dataclass(frozen=True)
 class ActivationScale:
-    """The Q/DQ pair on one activation tensor: its float32 scale and where the scale came from."""
+    """The Q/DQ pair on one activation tensor: its float32 scale, zero point and type, and where they came from."""
 
     tensor: str
     scale: float
     origin: str  # e.g. "cache", "calibration", "inherited from pool2 through Flatten", "shared by Concat 'cat'"
+    zero_point: int = 0
+    dtype: str = "int8"  # the zero point's type, which is the quantised type: "int8" or "uint8"
+    asymmetric: bool = False  # True when it came from an asymmetric range (its zero point may still be 0)
 
     @property
     def hex(self) -> str:
@@ -72,7 +96,29 @@ class ActivationScale:
 
     @property
     def amax(self) -> float:
-        return float(np.float32(self.scale) * np.float32(127.0))
+        """The symmetric threshold scale * 127; for an asymmetric pair, the largest |x| it represents."""
+        if not self.asymmetric:
+            return float(np.float32(self.scale) * np.float32(127.0))
+        return max(-self.lo, self.hi)
+
+    @property
+    def lo(self) -> float:
+        """The most negative value the pair represents ((qmin - zero point) * scale)."""
+        qmin = ASYMMETRIC_DTYPES[self.dtype][0] if self.asymmetric else -127
+        return (qmin - self.zero_point) * self.scale
+
+    @property
+    def hi(self) -> float:
+        """The most positive value the pair represents ((qmax - zero point) * scale)."""
+        qmax = ASYMMETRIC_DTYPES[self.dtype][1] if self.asymmetric else 127
+        return (qmax - self.zero_point) * self.scale
+
+    def to_json(self) -> dict[str, Any]:
+        row: dict[str, Any] = {"tensor": self.tensor, "scale": self.scale, "hex": self.hex, "amax": self.amax,
+                               "origin": self.origin}
+        if self.asymmetric:
+            row.update(zero_point=self.zero_point, dtype=self.dtype, lo=self.lo, hi=self.hi)
+        return row
 
 
 @dataclass
@@ -117,6 +163,7 @@ class CoverageReport:
     per_channel: bool = True
     placement: str = "trt"
     bias_correction: dict[str, Any] | None = None
+    asymmetric: dict[str, str] | None = None  # {"method", "dtype", "note"} when activations have zero points
 
     @property
     def quantized_nodes(self) -> list[NodeCoverage]:
@@ -139,15 +186,22 @@ class CoverageReport:
                 f"; cache entries: {len(self.unmapped_entries)} unmapped, {len(self.unnamed_entries)} unnamed, "
                 f"{len(self.unused_entries)} not needed"
             )
+        if self.asymmetric:
+            text += f"; ASYMMETRIC {self.asymmetric['dtype']} activations ({self.asymmetric['method']} ranges)"
         return text
 
     def table(self) -> str:
         """One line per node that Q/DQ placement considers (weighted ops, Add, Concat), then the summary."""
         rows = [n for n in self.nodes if n.op_type in WEIGHTED_OPS + ("Add", "Concat")]
         width = max([len(n.node) for n in rows] + [4])
-        lines = [f"{'node':<{width}}  {'op':<13}  {'int8':<4}  {'input scales':<24}  {'weight':<10}  note"]
+        header = "input scale:zp" if self.asymmetric else "input scales"
+        lines = [f"{'node':<{width}}  {'op':<13}  {'int8':<4}  {header:<24}  {'weight':<10}  note"]
         for n in rows:
-            scales = ",".join(self.activations[t].hex for t in n.inputs if t in self.activations) or "-"
+            pairs = [self.activations[t] for t in n.inputs if t in self.activations]
+            if self.asymmetric:
+                scales = ",".join(f"{a.hex}:{a.zero_point}" for a in pairs) or "-"
+            else:
+                scales = ",".join(a.hex for a in pairs) or "-"
             if n.weight is None:
                 weight = "-"
             else:
@@ -170,6 +224,11 @@ class CoverageReport:
         if self.unquantized_tensors:
             lines.append("activations left in float:")
             lines.extend(f"  {t}: {why}" for t, why in self.unquantized_tensors.items())
+        if self.asymmetric:
+            lines.append(
+                f"ASYMMETRIC: {self.asymmetric['dtype']} activations with zero points ({self.asymmetric['method']} "
+                f"ranges). {self.asymmetric['note']}"
+            )
         lines.append(self.summary())
         return "\n".join(lines)
 
@@ -181,15 +240,13 @@ class CoverageReport:
             "opset": {"before": self.opset[0], "after": self.opset[1]},
             "summary": self.summary(),
             "nodes": [n.to_json() for n in self.nodes],
-            "activations": [
-                {"tensor": a.tensor, "scale": a.scale, "hex": a.hex, "amax": a.amax, "origin": a.origin}
-                for a in self.activations.values()
-            ],
+            "activations": [a.to_json() for a in self.activations.values()],
             "unquantized_tensors": dict(self.unquantized_tensors),
             "unmapped_entries": list(self.unmapped_entries),
             "unnamed_entries": list(self.unnamed_entries),
             "unused_entries": list(self.unused_entries),
             "bias_correction": self.bias_correction,
+            "asymmetric": self.asymmetric,
         }
 
 
@@ -295,14 +352,52 @@ def _attr(node: Any, name: str, default: Any) -> Any:
 
 
 # ---------------------------------------------------------------------------------------------- scales
+@dataclass(frozen=True)
+class _Affine:
+    """An asymmetric activation grid: the quantizer and the range it was asked to cover (what Concat unions merge)."""
+
+    quantizer: Quantizer
+    lo: float
+    hi: float
+    problem: str = ""  # why the tensor cannot have a pair (no finite values, infinities, all zeros)
+
+    @classmethod
+    def of(cls, q: Quantizer) -> "_Affine":
+        return cls(q, q.lo, q.hi)
+
+
 @dataclass
 class _Scales:
-    table: dict[str, np.float32]
-    source: str  # "cache" | "amax"
+    """Per-tensor grids and how to merge them: float32 scales (symmetric) or `_Affine` grids (asymmetric)."""
+
+    table: dict[str, Any]  # name -> np.float32 scale, or _Affine when asymmetric
+    source: str  # "cache" | "amax" | "histograms"
     names: list[str]  # as given, in order (duplicates once)
+    asymmetric: tuple[str, str] | None = None  # (method, dtype)
+
+    def widest(self, grids: Sequence[Any]) -> Any:
+        """One grid for tensors that must share one: the largest scale, or the pair covering every range.
+
+        Asymmetric: a grid whose asked-for range already covers the others is returned as it is, so merging again
+        never moves a shared pair; a grid with a problem other than all zeros wins (the group cannot be quantised).
+        """
+        if self.asymmetric is None:
+            return max(grids, key=float)
+        broken = [a for a in grids if a.problem and a.quantizer.scale != 0]
+        if broken:
+            return broken[0]
+        live = [a for a in grids if not a.problem] or list(grids)
+        lo, hi = min(a.lo for a in live), max(a.hi for a in live)
+        for a in live:
+            if a.lo == lo and a.hi == hi:
+                return a
+        qmin, qmax, _ = ASYMMETRIC_DTYPES[self.asymmetric[1]]
+        return _Affine(Quantizer(*asymmetric_params(lo, hi, qmin, qmax), qmin, qmax), lo, hi)
 
 
-def _scale_table(scales: Any) -> _Scales:
+def _scale_table(scales: Any, asymmetric: tuple[str, str] | None = None) -> _Scales:
+    if asymmetric is not None:
+        return _affine_table(scales, *asymmetric)
     if isinstance(scales, CalibrationCache):
         # the cache's float32 itself: bit-exact, never amax/127 recomputed
         table = {e.name: np.float32(e.scale) for e in scales.entries}
@@ -318,11 +413,57 @@ def _scale_table(scales: Any) -> _Scales:
         )
     table = {}
     for name, amax in scales.items():
+        if isinstance(amax, (AbsHistogram, SignedHistogram)):
+            raise TypeError(f"scales holds a histogram for {name!r}: histograms are for asymmetric='minmax'|'mse'; "
+                            "symmetric scales need amax per tensor (or a CalibrationResult)")
         try:
             table[str(name)] = np.float32(amax_to_scale(float(amax)))
         except (TypeError, ValueError):
             raise TypeError(f"amax of tensor {name!r} is {amax!r}, not a number") from None
     return _Scales(table, "amax", list(table))
+
+
+def _affine_table(scales: Any, method: str, dtype: str) -> _Scales:
+    """One `_Affine` per histogram: `asymmetric_quantizer` over the range `method` picks, on `dtype`'s codes."""
+    if isinstance(scales, CalibrationCache):
+        raise TypeError("asymmetric Q/DQ needs histograms, not a calibration cache: a cache holds one symmetric "
+                        "threshold per tensor, not the signed ranges zero points come from")
+    if isinstance(scales, CalibrationResult):
+        scales = scales.histograms
+    if not isinstance(scales, Mapping) or not all(isinstance(h, (AbsHistogram, SignedHistogram)) for h in scales.values()):
+        raise TypeError(
+            "asymmetric Q/DQ needs a mapping tensor -> SignedHistogram (signs.collect_signed) or a CalibrationResult, "
+            f"not {type(scales).__name__}" + (" of amax values" if isinstance(scales, Mapping) else "")
+        )
+    qmin, qmax, _ = ASYMMETRIC_DTYPES[dtype]
+    table: dict[str, Any] = {}
+    unsigned: list[str] = []
+    nonfinite: list[str] = []
+    for name, h in scales.items():
+        if h.num_nan or h.num_inf:
+            nonfinite.append(f"{name} ({h.num_nan} NaN, {h.num_inf} Inf)")
+        if h.is_empty or h.num_inf:
+            problem = "no finite values in calibration" if h.is_empty else f"{h.num_inf} infinite value(s) in calibration"
+            table[str(name)] = _Affine(Quantizer(float("inf"), 0, qmin, qmax), 0.0, 0.0, problem)
+            continue
+        if float(h.abs_max) == 0:
+            table[str(name)] = _Affine(Quantizer(0.0, 0, qmin, qmax), 0.0, 0.0,
+                                       "zero range (the tensor was all zeros in calibration)")
+            continue
+        if method == "mse" and not isinstance(h, SignedHistogram) and h.num_negative not in (0, h.num_values):
+            unsigned.append(str(name))
+            continue
+        table[str(name)] = _Affine.of(asymmetric_quantizer(h, method, qmin=qmin, qmax=qmax))
+    if unsigned:
+        raise ValueError(
+            f"asymmetric='mse' needs the signs of the values, and {len(unsigned)} |x| histogram(s) hold both signs "
+            f"({', '.join(unsigned[:5])}{', ...' if len(unsigned) > 5 else ''}). Hint: collect them with "
+            "trt_calib.signs.collect_signed, or use asymmetric='minmax' (the signed extrema suffice)"
+        )
+    if nonfinite:
+        log.warning("%d tensor(s) hold NaN or Inf values (NaN is ignored; a tensor with Inf gets no pair): %s",
+                    len(nonfinite), ", ".join(nonfinite[:10]))
+    return _Scales(table, "histograms", list(table), (method, dtype))
 
 
 def _scale_problem(scale: np.float32) -> str:
@@ -335,23 +476,39 @@ def _scale_problem(scale: np.float32) -> str:
     return ""
 
 
+def _grid_problem(grid: Any) -> str:
+    if isinstance(grid, _Affine):
+        return grid.problem or _scale_problem(np.float32(grid.quantizer.scale))
+    return _scale_problem(grid)
+
+
 class _Resolver:
-    """Finds the scale of an activation tensor: its own, one inherited through reshapes/max-pool, or a Concat's."""
+    """Finds the grid of an activation tensor: its own, one inherited through reshapes/max-pool, or a Concat's.
+
+    Symmetric, a tensor's own scale comes first (pools are already tied by calibration or by TensorRT's cache).
+    Asymmetric, a pass-through output takes its source's pair whenever the source has one, so a Q can move back
+    across the reshape or max-pool without a requantisation.
+    """
 
     def __init__(self, g: _Graph, scales: _Scales) -> None:
         self.g = g
         self.scales = scales
-        self.used: set[str] = set()  # table names whose scale ended up in a Q/DQ
+        self.used: set[str] = set()  # table names whose grid ended up in a Q/DQ
 
-    def own(self, name: str, _via: tuple[str, ...] = ()) -> tuple[np.float32, str, str] | None:
-        """(scale, origin text, table name) for `name` without Concat sharing."""
+    def own(self, name: str, _via: tuple[str, ...] = ()) -> tuple[Any, str, str] | None:
+        """(grid, origin text, table name) for `name` without Concat sharing."""
+        producer = self.g.producer.get(name)
+        through = producer is not None and producer[1].op_type in _PASS_THROUGH and bool(producer[1].input)
+        if through and self.scales.asymmetric is not None:
+            found = self.own(producer[1].input[0], (producer[1].op_type,) + _via)
+            if found is not None:
+                return found
         if name in self.scales.table:
-            origin = "cache" if self.scales.source == "cache" else "calibration"
+            origin = {"cache": "cache", "amax": "calibration", "histograms": "histogram"}[self.scales.source]
             if _via:
                 origin = f"{origin} entry of {name!r}, through {' -> '.join(_via)}"
             return self.scales.table[name], origin, name
-        producer = self.g.producer.get(name)
-        if producer is not None and producer[1].op_type in _PASS_THROUGH and producer[1].input:
+        if through and self.scales.asymmetric is None:
             return self.own(producer[1].input[0], (producer[1].op_type,) + _via)
         return None
 
@@ -369,8 +526,8 @@ class _Resolver:
             leaves.extend(nested if nested is not None else [(index, j, t)])
         return leaves
 
-    def resolve(self, name: str) -> tuple[np.float32 | None, str, list[tuple[int, int, str]] | None]:
-        """(scale, origin or reason, concat leaves): scale None means unquantisable and the text says why."""
+    def resolve(self, name: str) -> tuple[Any, str, list[tuple[int, int, str]] | None]:
+        """(grid, origin or reason, concat leaves): grid None means unquantisable and the text says why."""
         leaves = self.concat_leaves(name)
         if leaves is not None:
             found = [(self.own(t), t) for _, _, t in leaves]
@@ -380,15 +537,19 @@ class _Resolver:
                 if own is None:
                     return None, f"no scale for {name!r} or any input of the Concat producing it", None
                 known = [(own[0], name)]
-            scale, src = max(known, key=lambda k: float(k[0]))
-            problem = _scale_problem(scale)
+            grid = self.scales.widest([k[0] for k in known])
+            src = next((t for g, t in known if g is grid), None)
+            problem = _grid_problem(grid)
             if problem:
                 return None, f"{problem} for {src!r} (Concat {name!r})", None
-            return scale, f"shared by the inputs of Concat {name!r} (largest: {src!r})", leaves
+            if self.scales.asymmetric is None:
+                return grid, f"shared by the inputs of Concat {name!r} (largest: {src!r})", leaves
+            how = f"widest: {src!r}" if src is not None else "the union of their ranges"
+            return grid, f"shared by the inputs of Concat {name!r} ({how})", leaves
         own = self.own(name)
         if own is None:
             return None, f"no scale for {name!r}", None
-        problem = _scale_problem(own[0])
+        problem = _grid_problem(own[0])
         if problem:
             return None, f"{problem} for {name!r}", None
         return own[0], own[1], None
@@ -397,23 +558,25 @@ class _Resolver:
 # ---------------------------------------------------------------------------------------------- planning
 @dataclass
 class _Plan:
-    """What to insert: activation Q/DQ pairs (tensor -> scale, slots) and weight DQs (node index -> axis)."""
+    """What to insert: activation Q/DQ pairs (tensor -> grid, slots) and weight DQs (node index -> axis)."""
 
-    act_scale: dict[str, np.float32] = field(default_factory=dict)
+    widest: Callable[[Sequence[Any]], Any]  # _Scales.widest: the grid that covers several
+    act_grid: dict[str, Any] = field(default_factory=dict)  # np.float32 scale, or _Affine when asymmetric
     act_origin: dict[str, str] = field(default_factory=dict)
     act_slots: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
     weights: dict[int, int | None] = field(default_factory=dict)  # node index -> axis (None per-tensor)
     coverage: dict[int, NodeCoverage] = field(default_factory=dict)
     unquantized: dict[str, str] = field(default_factory=dict)
-    groups: list[list[str]] = field(default_factory=list)  # Concat leaves sharing one scale
+    groups: list[list[str]] = field(default_factory=list)  # Concat leaves sharing one grid
 
-    def add(self, tensor: str, scale: np.float32, origin: str, slot: tuple[int, int]) -> None:
-        if tensor in self.act_scale and self.act_scale[tensor] != scale:
-            # A tensor reached both as itself and as a Concat input: the shared (larger) scale wins.
-            if float(scale) > float(self.act_scale[tensor]):
-                self.act_scale[tensor], self.act_origin[tensor] = scale, origin
-        elif tensor not in self.act_scale:
-            self.act_scale[tensor], self.act_origin[tensor] = scale, origin
+    def add(self, tensor: str, grid: Any, origin: str, slot: tuple[int, int]) -> None:
+        if tensor in self.act_grid and self.act_grid[tensor] != grid:
+            # A tensor reached both as itself and as a Concat input: the shared (wider) grid wins.
+            merged = self.widest([self.act_grid[tensor], grid])
+            if merged is not self.act_grid[tensor]:
+                self.act_grid[tensor], self.act_origin[tensor] = merged, origin
+        elif tensor not in self.act_grid:
+            self.act_grid[tensor], self.act_origin[tensor] = grid, origin
         slots = self.act_slots.setdefault(tensor, [])
         if slot not in slots:
             slots.append(slot)
@@ -434,26 +597,26 @@ def _fusing_conv(g: _Graph, tensor: str, add_index: int) -> bool:
 
 
 def _plan(g: _Graph, resolver: _Resolver, *, per_channel: bool, placement: str) -> _Plan:
-    plan = _Plan()
+    plan = _Plan(resolver.scales.widest)
     nodes = g.graph.node
 
     def take(tensor: str) -> tuple[bool, str]:
         """Whether `tensor` can have a Q/DQ; (False, reason) when it cannot."""
-        scale, text, _ = resolver.resolve(tensor)
-        return scale is not None, text
+        grid, text, _ = resolver.resolve(tensor)
+        return grid is not None, text
 
     def commit(index: int, j: int, tensor: str) -> None:
-        scale, text, leaves = resolver.resolve(tensor)
-        assert scale is not None
+        grid, text, leaves = resolver.resolve(tensor)
+        assert grid is not None
         if leaves is None:
-            plan.add(tensor, scale, text, (index, j))
+            plan.add(tensor, grid, text, (index, j))
             own = resolver.own(tensor)
             if own is not None:
                 resolver.used.add(own[2])
             return
         plan.groups.append([t for _, _, t in leaves])
         for li, lj, leaf in leaves:
-            plan.add(leaf, scale, text, (li, lj))
+            plan.add(leaf, grid, text, (li, lj))
             own = resolver.own(leaf)
             if own is not None:
                 resolver.used.add(own[2])
@@ -555,7 +718,7 @@ def _by_design(g: _Graph, node: Any) -> str:
 
 
 def _unify_groups(plan: _Plan) -> None:
-    """Concat groups that share a tensor get one scale: the largest of the groups'."""
+    """Concat groups that share a tensor get one grid: the largest scale of the groups', or their ranges' union."""
     parent: dict[str, str] = {}
 
     def find(x: str) -> str:
@@ -572,11 +735,13 @@ def _unify_groups(plan: _Plan) -> None:
         for t in group:
             components.setdefault(find(t), []).append(t)
     for members in components.values():
-        top = max(members, key=lambda t: float(plan.act_scale[t]))
+        grid = plan.widest([plan.act_grid[t] for t in members])
+        top = next((t for t in members if plan.act_grid[t] is grid), None)
+        origin = plan.act_origin[top] if top is not None else "shared by Concats with a common input (their ranges' union)"
         for t in members:
-            if plan.act_scale[t] != plan.act_scale[top]:
-                plan.act_scale[t] = plan.act_scale[top]
-                plan.act_origin[t] = plan.act_origin[top]
+            if plan.act_grid[t] != grid:
+                plan.act_grid[t] = grid
+                plan.act_origin[t] = origin
 
 
 # ---------------------------------------------------------------------------------------------- rewriting
@@ -606,6 +771,14 @@ def _float_dtype(elem_type: int | None) -> np.dtype:
     return np.dtype(np.float32)
 
 
+def _scale_and_zero_point(grid: Any) -> tuple[np.float32, np.ndarray]:
+    """The scale and the scalar zero point (int8 0, or the asymmetric one in its own type) of an activation pair."""
+    if isinstance(grid, _Affine):
+        q = grid.quantizer
+        return np.float32(q.scale), np.asarray(q.zero_point, np.uint8 if q.qmin >= 0 else np.int8)
+    return grid, np.zeros((), np.int8)
+
+
 def _rewrite(model: Any, g: _Graph, plan: _Plan) -> None:
     """Insert the planned Q/DQ nodes in place (topological order kept) and drop constants nothing reads any more."""
     from onnx import NodeProto, helper, numpy_helper
@@ -620,13 +793,13 @@ def _rewrite(model: Any, g: _Graph, plan: _Plan) -> None:
 
     for tensor, slots in plan.act_slots.items():
         dtype = _float_dtype(types.get(tensor))
-        scale = plan.act_scale[tensor]
+        scale, zero_point = _scale_and_zero_point(plan.act_grid[tensor])
         if dtype != np.float32:
             log.warning("%s is %s: its scale is rounded to %s (no longer bit-exact)", tensor, dtype, dtype)
         s_name, z_name = names(f"{tensor}_scale"), names(f"{tensor}_zero_point")
         q_out, dq_out = names(f"{tensor}_quantized"), names(f"{tensor}_dequantized")
         new_inits.append(numpy_helper.from_array(np.asarray(scale, dtype=dtype).reshape(()), s_name))
-        new_inits.append(numpy_helper.from_array(np.zeros((), np.int8), z_name))
+        new_inits.append(numpy_helper.from_array(zero_point, z_name))
         q = helper.make_node("QuantizeLinear", [tensor, s_name, z_name], [q_out], name=names(f"{tensor}_QuantizeLinear"))
         dq = helper.make_node("DequantizeLinear", [q_out, s_name, z_name], [dq_out], name=names(f"{tensor}_DequantizeLinear"))
         first = min(i for i, _ in slots)
@@ -892,6 +1065,24 @@ def _shifted_bias(node: Any, err: np.ndarray, inits: dict[str, Any], types: dict
     return (bias - delta).astype(dtype)
 
 
+def _activation_scale(tensor: str, grid: Any, origin: str) -> ActivationScale:
+    if isinstance(grid, _Affine):
+        q = grid.quantizer
+        return ActivationScale(tensor, float(np.float32(q.scale)), origin, q.zero_point,
+                               "uint8" if q.qmin >= 0 else "int8", asymmetric=True)
+    return ActivationScale(tensor, float(grid), origin)
+
+
+def _mark_asymmetric(model: Any, method: str, dtype: str) -> None:
+    """Say in the model's metadata_props that its activations have zero points, and where it runs."""
+    value = f"{dtype} activations with zero points ({method} ranges): {ASYMMETRIC_NOTE}"
+    for prop in model.metadata_props:
+        if prop.key == ASYMMETRIC_METADATA_KEY:
+            prop.value = value
+            return
+    model.metadata_props.add(key=ASYMMETRIC_METADATA_KEY, value=value)
+
+
 def _check(qdq: Any, float_model: Any) -> None:
     """onnx.checker (full) on the result; a failure the float model already had is only logged."""
     import onnx
@@ -910,10 +1101,12 @@ def _check(qdq: Any, float_model: Any) -> None:
 # ---------------------------------------------------------------------------------------------- entry point
 def quantize_model(
     model: Any,
-    scales: Mapping[str, float] | CalibrationCache | CalibrationResult,
+    scales: Mapping[str, float] | CalibrationCache | CalibrationResult | Mapping[str, SignedHistogram],
     *,
     per_channel: bool = True,
     placement: str = "trt",
+    asymmetric: str | None = None,
+    asymmetric_dtype: str = "uint8",
     bias_correction: Iterable[Any] | None = None,
     bias_correction_batches: int = 4,
     check: bool = True,
@@ -925,6 +1118,12 @@ def quantize_model(
     float32 scales are used bit for bit. `bias_correction`: calibration batches; when given, the first
     `bias_correction_batches` of them measure each quantised Conv/ConvTranspose/Gemm's per-channel mean output error,
     layer after layer, and fold it into the bias. `progress` is called with 1 per corrected layer.
+
+    `asymmetric` ("minmax" or "mse"): activations get `signs.asymmetric_quantizer`'s scale and zero point on
+    `asymmetric_dtype`'s codes ("uint8" [0, 255], or "int8" [-128, 127] with a zero point) instead of amax/127 and 0.
+    `scales` must then be histograms: a mapping tensor -> SignedHistogram (`signs.collect_signed`), or a
+    `CalibrationResult`, whose |x| histograms serve "minmax" (they keep the signed extrema) and "mse" only for
+    one-sided tensors. Not for TensorRT on GPUs (`ASYMMETRIC_NOTE`); the model's metadata_props say so.
     """
     onnx = require("onnx", purpose="Q/DQ export")
     from onnx import version_converter
@@ -933,7 +1132,11 @@ def quantize_model(
         raise ValueError(f"unknown placement {placement!r}; choose one of {', '.join(PLACEMENTS)}")
     if bias_correction_batches < 1:
         raise ValueError(f"bias_correction_batches must be at least 1, got {bias_correction_batches}")
-    table = _scale_table(scales)
+    if asymmetric is not None and asymmetric not in ASYMMETRIC_METHODS:
+        raise ValueError(f"unknown asymmetric method {asymmetric!r}; choose one of {', '.join(ASYMMETRIC_METHODS)} (or None)")
+    if asymmetric_dtype not in ASYMMETRIC_DTYPES:
+        raise ValueError(f"unknown asymmetric_dtype {asymmetric_dtype!r}; choose one of {', '.join(ASYMMETRIC_DTYPES)}")
+    table = _scale_table(scales, None if asymmetric is None else (asymmetric, asymmetric_dtype))
     original = load_model(model)
     work = onnx.ModelProto()
     work.CopyFrom(original)
@@ -954,11 +1157,11 @@ def quantize_model(
     resolver = _Resolver(g, table)
     plan = _plan(g, resolver, per_channel=per_channel, placement=placement)
     if not plan.act_slots:
-        hint = (
-            "Hint: cache entries must carry the ONNX tensor names (TensorRT's parser keeps them)"
-            if table.source == "cache"
-            else "Hint: pass amax for the inputs of the Conv/Gemm/MatMul nodes"
-        )
+        hint = {
+            "cache": "Hint: cache entries must carry the ONNX tensor names (TensorRT's parser keeps them)",
+            "amax": "Hint: pass amax for the inputs of the Conv/Gemm/MatMul nodes",
+            "histograms": "Hint: pass histograms of the inputs of the Conv/Gemm/MatMul nodes",
+        }[table.source]
         raise CalibrationError(
             f"nothing to quantise: none of the {len(table.names)} scale(s) given names an input of a "
             f"Conv/ConvTranspose/Gemm/MatMul of the model. {hint}"
@@ -968,9 +1171,7 @@ def quantize_model(
 
     report = CoverageReport(
         nodes=[plan.coverage[i] for i in sorted(plan.coverage)],
-        activations={
-            t: ActivationScale(t, float(plan.act_scale[t]), plan.act_origin[t]) for t in plan.act_slots
-        },
+        activations={t: _activation_scale(t, plan.act_grid[t], plan.act_origin[t]) for t in plan.act_slots},
         unquantized_tensors=plan.unquantized,
         scale_source=table.source,
         unmapped_entries=[n for n in table.names if not n.startswith(_UNNAMED_PREFIX) and not g.is_tensor(n)],
@@ -980,6 +1181,14 @@ def quantize_model(
         per_channel=per_channel,
         placement=placement,
     )
+    if asymmetric is not None:
+        report.asymmetric = {"method": asymmetric, "dtype": asymmetric_dtype, "note": ASYMMETRIC_NOTE}
+        _mark_asymmetric(work, asymmetric, asymmetric_dtype)
+        nonzero = sum(a.zero_point != 0 for a in report.activations.values())
+        log.warning(
+            "asymmetric %s activations (%s ranges, %d of %d zero points non-zero): %s", asymmetric_dtype, asymmetric,
+            nonzero, len(report.activations), ASYMMETRIC_NOTE,
+        )
 
     if bias_correction is not None:
         if any(n.op_type in ("If", "Loop", "Scan") for n in work.graph.node):
