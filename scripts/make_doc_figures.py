@@ -34,7 +34,6 @@ from trt_calib.signs import (  # noqa: E402
     Quantizer,
     SignedHistogram,
     asymmetric_params,
-    asymmetric_quantizer,
     collect_signed,
 )
 from trt_calib.thresholds import FIRST_CANDIDATE, entropy_search, kl_divergence_curve  # noqa: E402
@@ -297,8 +296,9 @@ def figure_cost(data: Mapping[str, Mapping[str, float]], title: str, path: Path,
 def with_activation_grids(qdq_model: Any, grids: Mapping[str, Quantizer]) -> Any:
     """A copy of a Q/DQ model whose activation Q/DQ pairs for the named tensors use the given (scale, zero point).
 
-    A measurement stand-in for `trt-calib quantize --asymmetric`: the Q and DQ of one activation share their scale
-    and zero-point initializers in trt_calib.qdq's output, so rewriting the two initializers changes both.
+    For grids `quantize_model(asymmetric=...)` does not offer (a uint8 grid over TensorRT's own threshold on some
+    tensors only): the Q and DQ of one activation share their scale and zero-point initializers in trt_calib.qdq's
+    output, so rewriting the two initializers changes both.
     """
     import onnx
     from onnx import numpy_helper
@@ -336,10 +336,8 @@ def accuracy(model_path: Path, calib: Any, heldout: Any, hists: Mapping[str, Sig
         "symmetric int8, mse thresholds": sym_mse,
         "uint8 [0, entropy2 amax] on the one-sided tensors only (same clipping, half the step)": with_activation_grids(
             base, {t: Quantizer(*asymmetric_params(0.0, result.amax[t]), 0, 255) for t in one_sided}),
-        "uint8 minmax on every quantised activation": with_activation_grids(
-            base, {t: asymmetric_quantizer(hists[t], "minmax") for t in quantised if t in hists}),
-        "uint8 mse on every quantised activation": with_activation_grids(
-            base, {t: asymmetric_quantizer(hists[t], "mse") for t in quantised if t in hists}),
+        "uint8 minmax on every quantised activation": quantize_model(model, hists, asymmetric="minmax")[0],
+        "uint8 mse on every quantised activation": quantize_model(model, hists, asymmetric="mse")[0],
     }
     rows = []
     for label, qdq in variants.items():
