@@ -114,6 +114,7 @@ class ActivationScale:
         return (qmax - self.zero_point) * self.scale
 
     def to_json(self) -> dict[str, Any]:
+        """JSON-able values; zero point, type and represented range only for asymmetric pairs."""
         row: dict[str, Any] = {"tensor": self.tensor, "scale": self.scale, "hex": self.hex, "amax": self.amax,
                                "origin": self.origin}
         if self.asymmetric:
