@@ -325,12 +325,12 @@ def test_collect_signed_builds_calibrations_histograms(lenet_signed):
 
 
 def test_error_estimate_matches_lenets_real_activations(lenet_signed):
-    from trt_calib.collect import _session, _tensor_types, load_model
+    from trt_calib.collect import load_model, ort_session
 
     signed, batches = lenet_signed
     names = ["conv2", "ip1", "ip2"]
     model = load_model(LENET)
-    session = _session(model, names, _tensor_types(model), None)
+    session = ort_session(model, names)
     values = {n: [] for n in names}
     for batch in batches:
         for n, v in zip(names, session.run(names, batch)):

@@ -29,6 +29,7 @@ __all__ = [
     "CalibrationResult",
     "load_model",
     "model_inputs",
+    "ort_session",
     "calibrated_tensors",
     "collect_histograms",
     "amax_from_histograms",
@@ -211,26 +212,44 @@ def calibrated_tensors(model: Any) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def _session(model: Any, outputs: Sequence[str], types: Mapping[str, int], threads: int | None) -> Any:
-    """An onnxruntime CPU session over a copy of `model` that returns every tensor in `outputs`."""
+def ort_session(
+    model: Any,
+    outputs: Sequence[str] = (),
+    *,
+    types: Mapping[str, int] | None = None,
+    optimize: bool = True,
+    threads: int | None = None,
+    role: str = "the model",
+) -> Any:
+    """An onnxruntime CPU session over a copy of `model` that also returns every tensor in `outputs`.
+
+    `optimize=False` turns every graph optimisation off: needed for Q/DQ models, which onnxruntime otherwise rewrites
+    (its WeightBiasQuantization pass re-quantises float weights between DQ and Q per tensor; QDQ fusions swap in its
+    own int8 kernels), so what ran would no longer be the graph TensorRT receives.
+    """
     import onnx
     import onnxruntime as ort
 
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
     existing = {o.name for o in copy.graph.output}
-    for name in outputs:
-        if name not in existing:
-            copy.graph.output.append(onnx.helper.make_tensor_value_info(name, types[name], None))
+    missing = [n for n in outputs if n not in existing]
+    if missing and types is None:
+        types = _tensor_types(copy)
+    for name in missing:
+        copy.graph.output.append(onnx.helper.make_tensor_value_info(name, types.get(name, onnx.TensorProto.FLOAT), None))
     options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    level = ort.GraphOptimizationLevel
+    options.graph_optimization_level = level.ORT_ENABLE_BASIC if optimize else level.ORT_DISABLE_ALL
     options.log_severity_level = 3
+    # Idle onnxruntime threads spin by default and would slow the numpy work between runs.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if threads:
         options.intra_op_num_threads = threads
     try:
         return ort.InferenceSession(copy.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    except Exception as exc:
-        raise ModelError(f"onnxruntime cannot load the model: {exc}") from None
+    except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
+        raise ModelError(f"{role}: onnxruntime cannot load it ({exc})") from None
 
 
 # ---------------------------------------------------------------------------------------------- collection
@@ -312,7 +331,7 @@ def collect_histograms(
     if missing:
         raise ModelError(f"cannot calibrate tensors of unknown type: {', '.join(missing[:10])}")
     runner = _Runner(None, names, specs, int(max_activation_mb * 2**20))
-    runner.session = _session(model, runner.run_names, types, threads)
+    runner.session = ort_session(model, runner.run_names, types=types, threads=threads)
     histograms = {n: AbsHistogram(num_bins) for n in names}
     count = 0
     for batch in iter_batches(batches, specs):

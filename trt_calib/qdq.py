@@ -29,7 +29,7 @@ import numpy as np
 
 from ._util import require
 from .cache import CalibrationCache, amax_to_scale, scale_to_hex
-from .collect import CalibrationResult, _tensor_types, load_model, model_inputs
+from .collect import CalibrationResult, _tensor_types, load_model, model_inputs, ort_session
 from .data import iter_batches
 from .errors import CalibrationError, ModelError
 from .histogram import AbsHistogram
@@ -867,39 +867,8 @@ def _drop_unused_constants(graph: Any) -> None:
 
 # ---------------------------------------------------------------------------------------------- onnxruntime
 def qdq_session(model: Any, *, outputs: Sequence[str] | None = None, threads: int | None = None) -> Any:
-    """An onnxruntime CPU session that runs a Q/DQ model as written: every graph optimisation off.
-
-    From ORT_ENABLE_BASIC up, onnxruntime rewrites Q/DQ graphs (its WeightBiasQuantization pass re-quantises float
-    weights between a DequantizeLinear and a QuantizeLinear per tensor; QDQ fusions swap in its own int8 kernels), so
-    what runs would no longer be the graph TensorRT receives.
-    """
-    import onnxruntime as ort
-
-    model = load_model(model)
-    if outputs:
-        model = _with_outputs(model, outputs)
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    options.log_severity_level = 3
-    if threads:
-        options.intra_op_num_threads = threads
-    try:
-        return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
-        raise ModelError(f"onnxruntime cannot load the Q/DQ model: {exc}") from None
-
-
-def _with_outputs(model: Any, outputs: Sequence[str]) -> Any:
-    import onnx
-
-    copy = onnx.ModelProto()
-    copy.CopyFrom(model)
-    existing = {o.name for o in copy.graph.output}
-    types = _tensor_types(copy)
-    for name in outputs:
-        if name not in existing:
-            copy.graph.output.append(onnx.helper.make_tensor_value_info(name, types.get(name, 1), None))
-    return copy
+    """An onnxruntime CPU session that runs a Q/DQ model as written: every graph optimisation off (see `ort_session`)."""
+    return ort_session(load_model(model), outputs or (), optimize=False, threads=threads, role="the Q/DQ model")
 
 
 # ---------------------------------------------------------------------------------------------- bias correction

@@ -192,7 +192,7 @@ def collect_signed(
 
     The `.abs` part of each equals what `collect.collect_histograms` builds from the same batches.
     """
-    from .collect import _session, _tensor_types, calibrated_tensors, load_model, model_inputs
+    from .collect import _tensor_types, calibrated_tensors, load_model, model_inputs, ort_session
     from .data import iter_batches
     from .errors import CalibrationError, ModelError
 
@@ -205,7 +205,7 @@ def collect_signed(
         raise ModelError(f"no typed tensor named {', '.join(repr(n) for n in missing[:10])} in the model")
     input_names = {s.name for s in specs}
     run_names = [n for n in names if n not in input_names]
-    session = _session(model, run_names, types, threads)
+    session = ort_session(model, run_names, types=types, threads=threads)
     histograms = {n: SignedHistogram(num_bins) for n in names}
     count = 0
     for batch in iter_batches(batches, specs):
