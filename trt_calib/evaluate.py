@@ -22,7 +22,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 
@@ -436,30 +436,6 @@ def _describe(model: Any, role: str) -> str:
     return role if isinstance(model, onnx.ModelProto) else f"{role} {model}"
 
 
-def _session(model: Any, outputs: Sequence[str], types: Mapping[str, int], threads: int | None, role: str) -> Any:
-    """A CPU session over a copy of `model` with graph optimisation off, returning `outputs` (added if needed)."""
-    import onnx
-    import onnxruntime as ort
-
-    copy = onnx.ModelProto()
-    copy.CopyFrom(model)
-    existing = {o.name for o in copy.graph.output}
-    for name in outputs:
-        if name not in existing:
-            copy.graph.output.append(onnx.helper.make_tensor_value_info(name, types[name], None))
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    options.log_severity_level = 3
-    # Idle onnxruntime threads spin by default and would slow the numpy work between runs.
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    if threads:
-        options.intra_op_num_threads = threads
-    try:
-        return ort.InferenceSession(copy.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    except Exception as exc:
-        raise ModelError(f"{role}: onnxruntime cannot load it ({exc})") from None
-
-
 def _check_pair(fp32: Any, int8: Any, fp32_role: str, int8_role: str) -> tuple[list[Any], list[str]]:
     """The shared inputs and outputs of the two models; a ModelError naming the difference otherwise."""
     from .collect import model_inputs
@@ -527,7 +503,7 @@ def evaluate(
     the first (N, C) output). `worst` tensors with the lowest SQNR are listed (0 skips the per-tensor pass). Padded
     rows of a `BatchSource` with last_batch='pad' are left out of the output metrics.
     """
-    from .collect import _tensor_types, calibrated_tensors, load_model
+    from .collect import calibrated_tensors, load_model, ort_session
     from .data import BatchSource, iter_batches
 
     started = time.perf_counter()
@@ -543,12 +519,9 @@ def evaluate(
     if worst > 0:
         in_int8 = set(calibrated_tensors(int8))
         shared = [n for n in calibrated_tensors(fp32) if n in in_int8 and n not in input_names]
-    extra = [n for n in shared if n not in output_names]
-    fp32_types = _tensor_types(fp32) if extra else {}
-    int8_types = _tensor_types(int8) if extra else {}
-    s32 = _session(fp32, output_names + extra, fp32_types, threads, fp32_role)
-    s8 = _session(int8, output_names + extra, int8_types, threads, int8_role)
-    fetch = output_names + extra
+    fetch = output_names + [n for n in shared if n not in output_names]
+    s32 = ort_session(fp32, fetch, optimize=False, threads=threads, role=fp32_role)
+    s8 = ort_session(int8, fetch, optimize=False, threads=threads, role=int8_role)
 
     accs = {n: _OutputAccumulator(n) for n in output_names}
     sums = {n: [0.0, 0.0, 0] for n in shared}  # signal, noise, count
@@ -644,7 +617,7 @@ def threshold_sqnr(
     `candidates` maps tensor -> {label: amax}; the result maps tensor -> {label: SQNR}. The error is measured on the
     tensor alone (its inputs stay float), summed over all batches; a tensor whose amax is not finite gets nan.
     """
-    from .collect import _tensor_types, load_model, model_inputs
+    from .collect import _tensor_types, load_model, model_inputs, ort_session
     from .data import iter_batches
 
     model = load_model(model)
@@ -656,7 +629,8 @@ def threshold_sqnr(
         raise ModelError(f"no such tensor in the model (or of unknown type): {', '.join(missing[:10])}")
     names = list(candidates)
     run_names = [n for n in names if n not in input_names]
-    session = _session(model, run_names, types, threads, _describe(model, "model"))
+    role = _describe(model, "model")
+    session = ort_session(model, run_names, types=types, optimize=False, threads=threads, role=role)
     signal = dict.fromkeys(names, 0.0)
     noise = {n: dict.fromkeys(candidates[n], 0.0) for n in names}
     for index, batch in enumerate(iter_batches(batches, specs)):
