@@ -192,9 +192,9 @@ def collect_signed(
 
     The `.abs` part of each equals what `collect.collect_histograms` builds from the same batches.
     """
-    from .collect import _tensor_types, calibrated_tensors, load_model, model_inputs, ort_session
+    from .collect import _Runner, _tensor_types, calibrated_tensors, load_model, model_inputs, ort_session
     from .data import iter_batches
-    from .errors import CalibrationError, ModelError
+    from .errors import ModelError
 
     model = load_model(model)
     specs = model_inputs(model)
@@ -203,22 +203,15 @@ def collect_signed(
     missing = [n for n in names if n not in types]
     if missing:
         raise ModelError(f"no typed tensor named {', '.join(repr(n) for n in missing[:10])} in the model")
-    input_names = {s.name for s in specs}
-    run_names = [n for n in names if n not in input_names]
-    session = ort_session(model, run_names, types=types, threads=threads)
+    runner = _Runner(None, names, specs, budget_bytes=1 << 62)  # whole batches: signed histograms take no parts
+    runner.session = ort_session(model, runner.run_names, types=types, threads=threads)
     histograms = {n: SignedHistogram(num_bins) for n in names}
     count = 0
     for batch in iter_batches(batches, specs):
-        try:
-            outputs = session.run(run_names, batch)
-        except Exception as exc:
-            raise CalibrationError(f"onnxruntime failed on batch {count}: {exc}") from None
-        for name in names:
-            if name in input_names:
-                histograms[name].update(batch[name])
-        for name, value in zip(run_names, outputs):
-            histograms[name].update(value)
-        del outputs
+        for values in runner.parts(batch):
+            for name, value in values.items():
+                histograms[name].update(value)
+            del values
         count += 1
         if progress is not None:
             progress(1)
