@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from .cache import CalibrationCache
+from .cache import CalibrationCache, amax_to_scale
 from .collect import CalibrationResult
 
 __all__ = ["TensorAgreement", "Comparison", "compare", "ulp_distance", "DEFAULT_MAX_ULPS"]
@@ -41,7 +41,7 @@ class TensorAgreement:
     name: str
     reference_amax: float | None
     our_amax: float | None
-    ulps: int | None
+    ulps: int | None  # float32 values between the two stored scales (what the cache files hold)
     ratio: float | None
     reference_index: float | None  # the reference amax expressed as a KL index on our histogram
     our_index: int | None
@@ -110,12 +110,13 @@ def compare(reference: CalibrationCache, ours: CalibrationResult, *, max_ulps: i
     """Compare a reference cache with our calibration, tensor by tensor (names must match exactly)."""
     rows = []
     ref_amax = reference.amaxes()
+    ref_scale = reference.scales
     for name, r in ref_amax.items():
         o = ours.amax.get(name)
         if o is None:
             rows.append(TensorAgreement(name, r, None, None, None, None, None, "only-reference"))
             continue
-        ulps = ulp_distance(r, o)
+        ulps = ulp_distance(ref_scale[name], amax_to_scale(o))  # in the stored scale, the number a cache holds
         ratio = (r / o) if (o and math.isfinite(o) and math.isfinite(r)) else None
         ref_index = our_index = None
         hist = ours.histograms.get(ours.source_of(name))
