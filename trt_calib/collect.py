@@ -275,6 +275,19 @@ class _Runner:
         self.budget = budget_bytes
         self.part_size: int | None = None  # samples per part, fixed from the first batch
 
+    @classmethod
+    def open(cls, model: Any, tensors: Sequence[str] | None, *, threads: int | None, budget_bytes: int) -> "_Runner":
+        """A runner over `tensors` (default: every tensor TensorRT calibrates) of `model`, its session ready."""
+        model = load_model(model)
+        names = list(tensors) if tensors is not None else calibrated_tensors(model)
+        types = _tensor_types(model)
+        missing = [n for n in names if n not in types]
+        if missing:
+            raise ModelError(f"no typed tensor named {', '.join(repr(n) for n in missing[:10])} in the model")
+        runner = cls(None, names, model_inputs(model), budget_bytes)
+        runner.session = ort_session(model, runner.run_names, types=types, threads=threads)
+        return runner
+
     def parts(self, batch: Mapping[str, np.ndarray]) -> Iterable[dict[str, np.ndarray]]:
         """(name -> activation) for every calibrated tensor, one part of the batch at a time."""
         for part in _split(batch, self.specs, self.part_size or 1 << 62):
@@ -323,18 +336,10 @@ def collect_histograms(
     batches (the first batch costs one extra forward pass to learn its ranges). `progress` is called with 1 after
     each batch.
     """
-    model = load_model(model)
-    specs = model_inputs(model)
-    names = list(tensors) if tensors is not None else calibrated_tensors(model)
-    types = _tensor_types(model)
-    missing = [n for n in names if n not in types]
-    if missing:
-        raise ModelError(f"cannot calibrate tensors of unknown type: {', '.join(missing[:10])}")
-    runner = _Runner(None, names, specs, int(max_activation_mb * 2**20))
-    runner.session = ort_session(model, runner.run_names, types=types, threads=threads)
-    histograms = {n: AbsHistogram(num_bins) for n in names}
+    runner = _Runner.open(model, tensors, threads=threads, budget_bytes=int(max_activation_mb * 2**20))
+    histograms = {n: AbsHistogram(num_bins) for n in runner.names}
     count = 0
-    for batch in iter_batches(batches, specs):
+    for batch in iter_batches(batches, runner.specs):
         maxima = runner.size_parts(batch) if count == 0 else None
         for name, h in histograms.items():
             h.begin_batch(maxima[name] if maxima else None)

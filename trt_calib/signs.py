@@ -192,22 +192,13 @@ def collect_signed(
 
     The `.abs` part of each equals what `collect.collect_histograms` builds from the same batches.
     """
-    from .collect import _Runner, _tensor_types, calibrated_tensors, load_model, model_inputs, ort_session
+    from .collect import _Runner
     from .data import iter_batches
-    from .errors import ModelError
 
-    model = load_model(model)
-    specs = model_inputs(model)
-    names = list(tensors) if tensors is not None else calibrated_tensors(model)
-    types = _tensor_types(model)
-    missing = [n for n in names if n not in types]
-    if missing:
-        raise ModelError(f"no typed tensor named {', '.join(repr(n) for n in missing[:10])} in the model")
-    runner = _Runner(None, names, specs, budget_bytes=1 << 62)  # whole batches: signed histograms take no parts
-    runner.session = ort_session(model, runner.run_names, types=types, threads=threads)
-    histograms = {n: SignedHistogram(num_bins) for n in names}
+    runner = _Runner.open(model, tensors, threads=threads, budget_bytes=1 << 62)  # signed histograms take no parts
+    histograms = {n: SignedHistogram(num_bins) for n in runner.names}
     count = 0
-    for batch in iter_batches(batches, specs):
+    for batch in iter_batches(batches, runner.specs):
         for values in runner.parts(batch):
             for name, value in values.items():
                 histograms[name].update(value)
