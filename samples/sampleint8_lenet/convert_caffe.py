@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import os
 import re
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +22,8 @@ from typing import Any
 import numpy as np
 import onnx
 from onnx import TensorProto, helper
+
+from trt_calib._util import atomic_write
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CORPUS = REPO_ROOT.parent / "shared" / "corpus" / "lenet"
@@ -478,31 +478,14 @@ def serialize(model: onnx.ModelProto) -> bytes:
     return model.SerializeToString(deterministic=True)
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write through a temporary file in the target folder, renamed into place once complete."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    umask = os.umask(0)
-    os.umask(umask)
-    try:
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def convert_files(caffemodel: Path, prototxt: Path, output: Path) -> bytes:
     """Convert the two Caffe files and write the ONNX model to `output`; return the bytes written."""
     caffemodel, prototxt = Path(caffemodel), Path(prototxt)
     text = prototxt.read_bytes().decode("utf-8")  # not read_text: keep line endings, so the sha256 is the file's
     model = convert(caffemodel.read_bytes(), text, (caffemodel.name, prototxt.name))
     data = serialize(model)
-    write_atomic(Path(output), data)
+    Path(output).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(output, data)
     return data
 
 
