@@ -28,12 +28,8 @@ from trt_calib.errors import CalibrationError, TrtCalibError
 from trt_calib.histogram import AbsHistogram, save_histograms
 from trt_calib.provenance import make_provenance, write_provenance
 
-from conftest import CACHES, SHARED, real_caches
+from conftest import CACHES, LENET, LENET_BATCHES, LENET_IMAGES, SHARED, TRT_TABLE, real_caches
 
-REPO = Path(__file__).resolve().parents[1]
-LENET = REPO / "data" / "lenet" / "lenet.onnx"
-LENET_BATCHES = REPO / "data" / "lenet" / "sampleint8_batches.py"
-TRT_TABLE = REPO / "data" / "caches" / "sampleINT8_TRT-7000.cache"
 MODELS = SHARED / "corpus" / "models"
 LANNYYIP_MODEL = MODELS / "lannyyip__share__my_model.onnx"
 LANNYYIP_CACHE = CACHES / "lannyyip__share__calibration.cache"
@@ -262,7 +258,7 @@ def test_validate_with_data_flags_changed_batching_against_the_sidecar(tmp_path,
     from trt_calib.collect import model_inputs
     from trt_calib.data import open_source
 
-    images = np.load(REPO / "data" / "lenet" / "mnist_train_images_0_599.npy")[:100]
+    images = np.load(LENET_IMAGES)[:100]
     np.save(tmp_path / "x.npy", images.astype(np.float32).reshape(100, 1, 28, 28) / np.float32(255.0))
     inputs = model_inputs(LENET)
     cache = tmp_path / "lenet.cache"
@@ -427,7 +423,7 @@ def test_check_refuses_a_calibrator_it_cannot_recompute(tmp_path, capsys):
 
 
 def _lenet_batches():
-    images = np.load(REPO / "data" / "lenet" / "mnist_train_images_0_599.npy")
+    images = np.load(LENET_IMAGES)
     for start in range(50, 550, 50):
         yield {"data": (images[start : start + 50].astype(np.float32) / np.float32(255.0)).reshape(50, 1, 28, 28)}
 

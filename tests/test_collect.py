@@ -19,10 +19,7 @@ from trt_calib.errors import DataError, ModelError
 from trt_calib.histogram import AbsHistogram
 from trt_calib.thresholds import entropy_amax, minmax_amax
 
-REPO = Path(__file__).resolve().parents[1]
-LENET = REPO / "data" / "lenet" / "lenet.onnx"
-LENET_BATCHES = REPO / "data" / "lenet" / "sampleint8_batches.py"
-TRT_TABLE = REPO / "data" / "caches" / "sampleINT8_TRT-7000.cache"
+from conftest import LENET, LENET_BATCHES, LENET_IMAGES, TRT_TABLE
 
 
 def tiny_model(path: Path | None = None) -> onnx.ModelProto:
@@ -166,7 +163,7 @@ def test_lenet_reproduces_tensorrts_published_sampleint8_table():
 
 
 def test_lenet_images_0_to_499_miss_the_table_so_the_off_by_one_matters():
-    images = np.load(REPO / "data" / "lenet" / "mnist_train_images_0_599.npy")[:500]
+    images = np.load(LENET_IMAGES)[:500]
     batches = [{"data": images[k : k + 50, None].astype(np.float32) / np.float32(255)} for k in range(0, 500, 50)]
     result = calibrate(LENET, batches, trt_version="7.0.0")
     reference = CalibrationCache.load(TRT_TABLE)
@@ -204,7 +201,7 @@ def test_cli_calibrate_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys
 
 
 def test_cli_calibrate_minmax_with_npy_batches(tmp_path):
-    images = np.load(REPO / "data" / "lenet" / "mnist_train_images_0_599.npy")[:64, None].astype(np.float32) / 255
+    images = np.load(LENET_IMAGES)[:64, None].astype(np.float32) / 255
     npy = tmp_path / "x.npy"
     np.save(npy, images)
     out = tmp_path / "mm.cache"

@@ -18,9 +18,8 @@ from trt_calib.histogram import AbsHistogram
 from trt_calib.report import analyse, render_figure, select_tensors, write_report
 from trt_calib.signs import SignedHistogram, quantization_error, symmetric_quantizer
 
-REPO = Path(__file__).resolve().parents[1]
-LENET = REPO / "data" / "lenet" / "lenet.onnx"
-LENET_BATCHES = REPO / "data" / "lenet" / "sampleint8_batches.py"
+from conftest import LENET, LENET_BATCHES
+
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 

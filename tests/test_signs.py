@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import runpy
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -29,9 +28,7 @@ from trt_calib.signs import (
 )
 from trt_calib.thresholds import entropy_search
 
-REPO = Path(__file__).resolve().parents[1]
-LENET = REPO / "data" / "lenet" / "lenet.onnx"
-LENET_BATCHES = REPO / "data" / "lenet" / "sampleint8_batches.py"
+from conftest import LENET, LENET_BATCHES
 
 
 def batches_with_growth(seed: int = 0) -> list[np.ndarray]:
