@@ -4,7 +4,7 @@
     python3 benchmarks/bench_accuracy.py --only lenet     # LeNet alone (~25 s)
     python3 benchmarks/bench_accuracy.py --json out.json --markdown
 
-Every contender is a Q/DQ ONNX model evaluated by `trt_calib.evaluate` on the same held-out batches (onnxruntime
+Every contender is a Q/DQ ONNX model evaluated by `trt_calib.ort.evaluate` on the same held-out batches (onnxruntime
 CPU, ORT_DISABLE_ALL: the Q/DQ graph runs as written). Ours come from `trt_calib.qdq.quantize_model` (TensorRT
 placement, int8 per-tensor activations, per-channel symmetric int8 weights):
 
@@ -178,8 +178,8 @@ def run_suite(
     """Every contender on one model: `calib()` and `heldout()` make fresh batch iterables."""
     from tqdm import tqdm
 
-    from trt_calib.collect import amax_from_histograms, collect_histograms, load_model, tie_scales
-    from trt_calib.evaluate import evaluate, threshold_sqnr
+    from trt_calib.ort.collect import amax_from_histograms, collect_histograms, load_model, tie_scales
+    from trt_calib.ort.evaluate import evaluate, threshold_sqnr
     from trt_calib.qdq import quantize_model
 
     model = load_model(model_path)
@@ -255,8 +255,8 @@ def run_suite(
 
 
 def efficientnet(args: argparse.Namespace) -> list[Row]:
-    from trt_calib.collect import model_inputs
-    from trt_calib.data import from_arrays
+    from trt_calib.ort.collect import model_inputs
+    from trt_calib.ort.data import from_arrays
 
     folder = Path(args.artifacts)
     needed = ("model.onnx", "calib.npz", "heldout.npz")
@@ -276,8 +276,8 @@ def efficientnet(args: argparse.Namespace) -> list[Row]:
 
 
 def lenet(args: argparse.Namespace) -> list[Row]:
-    from trt_calib.collect import model_inputs
-    from trt_calib.data import from_arrays, open_source
+    from trt_calib.ort.collect import model_inputs
+    from trt_calib.ort.data import from_arrays, open_source
 
     specs = model_inputs(LENET / "lenet.onnx")
     images = np.load(LENET / "mnist_train_images_0_599.npy").astype(np.float32).reshape(-1, 1, 28, 28) / np.float32(255)

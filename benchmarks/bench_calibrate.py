@@ -42,7 +42,7 @@ for b in batches:
     sess.run(None, b)
 """,
     "(b) trt-calib calibrate (entropy2)": """
-from trt_calib.collect import calibrate
+from trt_calib.ort.collect import calibrate
 result = calibrate(model, batches)
 result.cache.dumps()
 """,

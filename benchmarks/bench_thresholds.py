@@ -14,8 +14,8 @@ import time
 
 import numpy as np
 
-from trt_calib.histogram import AbsHistogram
-from trt_calib.thresholds import entropy_search
+from trt_calib.core.histogram import AbsHistogram
+from trt_calib.core.thresholds import entropy_search
 
 
 def loop_entropy_index(counts: np.ndarray) -> int:

@@ -4,7 +4,7 @@
     python samples/build_int8_engine.py model.onnx --data calib.npz --engine model.plan --cache model.cache
     python samples/build_int8_engine.py model.onnx --data images/ --batch-size 8 --dry-run
 
-The pieces, in order: the model's inputs, a batch source over your data (trt_calib.data), an
+The pieces, in order: the model's inputs, a batch source over your data (trt_calib.ort.data), an
 EntropyCalibrator2 (or MinMax, ...) that fails loudly, and build_engine, which checks the first batch
 before the long build and re-raises any calibration failure before writing the engine. --dry-run feeds
 the data through the calibrator's callbacks on the CPU (no TensorRT, no GPU) to find loader bugs first.
@@ -40,10 +40,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     # Imported here so that --help works without TensorRT, a GPU, or even trt-calib installed.
-    from trt_calib.build import build_engine, parse_shapes
-    from trt_calib.calibrator import CalibratorCore, dry_run, make_calibrator
-    from trt_calib.collect import model_inputs
-    from trt_calib.data import open_source
+    from trt_calib.trt.build import build_engine, parse_shapes
+    from trt_calib.trt.calibrator import CalibratorCore, dry_run, make_calibrator
+    from trt_calib.ort.collect import model_inputs
+    from trt_calib.ort.data import open_source
     from trt_calib.errors import TrtCalibError
 
     try:

@@ -40,10 +40,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     # Imported here so that --help works without TensorRT or a GPU.
-    from trt_calib.build import build_engine, parse_shapes
-    from trt_calib.cache import CalibrationCache
-    from trt_calib.collect import calibrate, model_inputs
-    from trt_calib.data import open_source
+    from trt_calib.trt.build import build_engine, parse_shapes
+    from trt_calib.core.cache import CalibrationCache
+    from trt_calib.ort.collect import calibrate, model_inputs
+    from trt_calib.ort.data import open_source
     from trt_calib.errors import TrtCalibError
 
     try:

@@ -25,18 +25,18 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from trt_calib.cache import CalibrationCache, amax_to_scale  # noqa: E402
-from trt_calib.collect import calibrate, calibrated_tensors, load_model, model_inputs, tie_scales  # noqa: E402
-from trt_calib.compare import ulp_distance  # noqa: E402
-from trt_calib.histogram import AbsHistogram  # noqa: E402
-from trt_calib.report import analyse, render_figure  # noqa: E402
-from trt_calib.signs import (  # noqa: E402
+from trt_calib.core.cache import CalibrationCache, amax_to_scale  # noqa: E402
+from trt_calib.ort.collect import calibrate, calibrated_tensors, load_model, model_inputs, tie_scales  # noqa: E402
+from trt_calib.core.compare import ulp_distance  # noqa: E402
+from trt_calib.core.histogram import AbsHistogram  # noqa: E402
+from trt_calib.tools.report import analyse, render_figure  # noqa: E402
+from trt_calib.core.signs import (  # noqa: E402
     Quantizer,
     SignedHistogram,
     asymmetric_params,
-    collect_signed,
 )
-from trt_calib.thresholds import FIRST_CANDIDATE, entropy_search, kl_divergence_curve  # noqa: E402
+from trt_calib.ort.collect import collect_signed  # noqa: E402
+from trt_calib.core.thresholds import FIRST_CANDIDATE, entropy_search, kl_divergence_curve  # noqa: E402
 
 LENET = REPO / "data" / "lenet" / "lenet.onnx"
 LENET_BATCHES = REPO / "data" / "lenet" / "sampleint8_batches.py"
@@ -320,9 +320,9 @@ def with_activation_grids(qdq_model: Any, grids: Mapping[str, Quantizer]) -> Any
 def accuracy(model_path: Path, calib: Any, heldout: Any, hists: Mapping[str, SignedHistogram], *,
              labels: np.ndarray | None, trt_version: str) -> str:
     """Agreement, KL (and accuracy) of symmetric and asymmetric activation grids, all with the same int8 weights."""
-    from trt_calib.evaluate import evaluate
+    from trt_calib.ort.evaluate import evaluate
     from trt_calib.qdq import quantize_model
-    from trt_calib.thresholds import mse_amax
+    from trt_calib.core.thresholds import mse_amax
 
     model = load_model(model_path)
     result = calibrate(model, calib, trt_version=trt_version)
@@ -394,7 +394,7 @@ def main(argv: list[str] | None = None) -> int:
         print(accuracy(LENET, batches, heldout, signed, labels=np.load(LENET_LABELS), trt_version="7.0.0"))
 
     if args.efficientnet:
-        from trt_calib.data import open_source
+        from trt_calib.ort.data import open_source
 
         model = EFFNET / "model.onnx"
         if not model.is_file():

@@ -15,9 +15,9 @@ import pytest
 from onnx import TensorProto, helper
 
 import trt_standin
-from trt_calib.build import build_engine, explicit_batch_flags, parse_shapes
-from trt_calib.cache import CalibrationCache
-from trt_calib.calibrator import CalibratorCore, make_calibrator
+from trt_calib.trt.build import build_engine, explicit_batch_flags, parse_shapes
+from trt_calib.core.cache import CalibrationCache
+from trt_calib.trt.calibrator import CalibratorCore, make_calibrator
 from trt_calib.errors import CalibrationError, DataError, MissingDependencyError, ModelError
 
 
@@ -104,7 +104,7 @@ def test_dynamic_inputs_get_a_profile_and_calibrate_at_opt(trt, tmp_path):
 def test_dynamic_inputs_without_shapes_take_the_first_batch_shape_and_say_so(trt, tmp_path, caplog):
     model = tiny_model(tmp_path / "m.onnx")
     calib = make_calibrator(batches(2, shape=(4, 4)), device="host")
-    with caplog.at_level(logging.WARNING, logger="trt_calib.build"):
+    with caplog.at_level(logging.WARNING, logger="trt_calib.trt.build"):
         result = build_engine(model, calibrator=calib)
     assert result.profile_shapes == {"x": ((4, 4), (4, 4), (4, 4))}
     assert "building for the calibration batch shape (4, 4) only" in caplog.text
@@ -229,7 +229,7 @@ import importlib.util  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 
-from trt_calib.cli_build import add_build_parser, run_build  # noqa: E402
+from trt_calib.cli.build import register as add_build_parser, run_build  # noqa: E402
 
 SAMPLES = trt_standin.repo_root() / "samples"
 

@@ -8,7 +8,7 @@ import stat
 import numpy as np
 import pytest
 
-from trt_calib.cache import (
+from trt_calib.core.cache import (
     CalibrationCache,
     amax_to_scale,
     decode_version,

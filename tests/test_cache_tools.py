@@ -12,8 +12,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from trt_calib.cache import CalibrationCache, amax_to_scale, scale_to_hex
-from trt_calib.cache_tools import (
+from trt_calib.core.cache import CalibrationCache, amax_to_scale, scale_to_hex
+from trt_calib.tools.cache_tools import (
     cache_from_json,
     cache_to_json,
     check_cache,
@@ -23,10 +23,10 @@ from trt_calib.cache_tools import (
     rewrite_header,
     validate_cache,
 )
-from trt_calib.cli_cache import register
+from trt_calib.cli.cache import register
 from trt_calib.errors import CalibrationError, TrtCalibError
-from trt_calib.histogram import AbsHistogram, save_histograms
-from trt_calib.provenance import make_provenance, write_provenance
+from trt_calib.core.histogram import AbsHistogram, save_histograms
+from trt_calib.tools.provenance import make_provenance, write_provenance
 
 from conftest import CACHES, LENET, LENET_BATCHES, LENET_IMAGES, SHARED, TRT_TABLE, real_caches
 
@@ -255,8 +255,8 @@ def test_validate_flags_a_model_that_changed_since_calibration(tmp_path):
 
 
 def test_validate_with_data_flags_changed_batching_against_the_sidecar(tmp_path, capsys):
-    from trt_calib.collect import model_inputs
-    from trt_calib.data import open_source
+    from trt_calib.ort.collect import model_inputs
+    from trt_calib.ort.data import open_source
 
     images = np.load(LENET_IMAGES)[:100]
     np.save(tmp_path / "x.npy", images.astype(np.float32).reshape(100, 1, 28, 28) / np.float32(255.0))
@@ -356,7 +356,7 @@ def test_diff_uses_saved_histograms_for_exact_bins(tmp_path, capsys):
     save_histograms(tmp_path / "h.npz", {"t": h})
     a = write_cache(tmp_path / "a.cache", "TRT-8601-EntropyCalibration2", {"t": 4.0})
     b = write_cache(tmp_path / "b.cache", "TRT-8601-EntropyCalibration2", {"t": 5.0})
-    from trt_calib.histogram import load_histograms
+    from trt_calib.core.histogram import load_histograms
 
     (row,) = diff_caches(a, b, histograms_a=load_histograms(tmp_path / "h.npz")).rows
     assert row.bins_exact and row.bins == pytest.approx(1.0 / (8.0 / 2048))
@@ -404,7 +404,7 @@ def test_check_reports_a_tampered_entry_and_exits_1(tmp_path, capsys):
 
 
 def test_check_recomputes_a_minmax_cache_with_minmax(tmp_path):
-    from trt_calib.collect import calibrate
+    from trt_calib.ort.collect import calibrate
 
     ours = calibrate(LENET, _lenet_batches(), algorithm="minmax", trt_version="8.6.1")
     path = tmp_path / "mm.cache"

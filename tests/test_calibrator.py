@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 
 import trt_standin
-from trt_calib.cache import CalibrationCache
-from trt_calib.calibrator import (
+from trt_calib.core.cache import CalibrationCache
+from trt_calib.trt.calibrator import (
     ALGORITHMS,
     CalibratorCore,
     calibrator_class,
@@ -53,7 +53,7 @@ def no_temp_files(folder: Path) -> bool:
 def test_importing_the_modules_needs_no_tensorrt_pycuda_or_torch():
     code = (
         "import sys\n"
-        "import trt_calib.calibrator, trt_calib.device, trt_calib.build, trt_calib.ranges, trt_calib.cli_build\n"
+        "import trt_calib.trt.calibrator, trt_calib.trt.device, trt_calib.trt.build, trt_calib.trt.ranges, trt_calib.cli.build\n"
         "bad = [m for m in ('tensorrt', 'pycuda', 'torch', 'cupy', 'cuda') if m in sys.modules]\n"
         "assert not bad, bad\n"
     )
@@ -64,7 +64,7 @@ def test_importing_the_modules_needs_no_tensorrt_pycuda_or_torch():
 def test_missing_tensorrt_names_nvidias_wheel(monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorrt", None)
     with pytest.raises(MissingDependencyError, match="NVIDIA's TensorRT wheel") as info:
-        from trt_calib.calibrator import EntropyCalibrator2  # noqa: F401
+        from trt_calib.trt.calibrator import EntropyCalibrator2  # noqa: F401
     assert "tensorrt is needed for EntropyCalibrator2" in str(info.value)
 
 
@@ -76,7 +76,7 @@ def test_tensorrt_11_without_calibrators_points_to_quantize(monkeypatch):
 
 
 def test_unknown_attribute_is_an_attribute_error():
-    import trt_calib.calibrator as module
+    import trt_calib.trt.calibrator as module
 
     with pytest.raises(AttributeError):
         module.NoSuchCalibrator  # noqa: B018
@@ -98,7 +98,7 @@ def test_each_calibrator_subclasses_its_tensorrt_base(trt, key):
 
 
 def test_lazy_module_attribute_gives_the_class(trt):
-    from trt_calib.calibrator import MinMaxCalibrator
+    from trt_calib.trt.calibrator import MinMaxCalibrator
 
     assert issubclass(MinMaxCalibrator, trt.IInt8MinMaxCalibrator)
 
@@ -167,7 +167,7 @@ def test_single_input_networks_take_bare_arrays(trt, tmp_path):
 
 
 def test_integer_inputs_of_their_declared_dtype_are_accepted(trt):
-    from trt_calib.data import InputSpec
+    from trt_calib.ort.data import InputSpec
 
     batches = [{"ids": np.arange(6, dtype=np.int32).reshape(2, 3), "x": np.ones((2, 3), np.float32)}]
     specs = [InputSpec("ids", (-1, 3), np.int32), InputSpec("x", (-1, 3), np.float32)]
@@ -615,7 +615,7 @@ def test_cross_check_agrees_when_the_cache_comes_from_the_same_batches(trt, tmp_
 def test_cross_check_reports_disagreement(trt, tmp_path, caplog):
     model = relu_sigmoid_model(tmp_path / "m.onnx")
     calib = make_calibrator(single_input_batches(), device="host", cross_check=model)
-    with caplog.at_level("WARNING", logger="trt_calib.calibrator"):
+    with caplog.at_level("WARNING", logger="trt_calib.trt.calibrator"):
         trt_standin.drive(calib, {"x": ((2, 4), np.float32)})  # stand-in cache: max|x| of the input only
     comparison = calib.cross_check_result
     assert not comparison.consistent

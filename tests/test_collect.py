@@ -10,14 +10,14 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from trt_calib.cache import CalibrationCache, amax_to_scale
+from trt_calib.core.cache import CalibrationCache, amax_to_scale
 from trt_calib.cli import main
-from trt_calib.collect import calibrate, calibrated_tensors, collect_histograms, model_inputs, tie_scales
-from trt_calib.compare import compare, ulp_distance
-from trt_calib.data import open_source
+from trt_calib.ort.collect import calibrate, calibrated_tensors, collect_histograms, model_inputs, tie_scales
+from trt_calib.core.compare import compare, ulp_distance
+from trt_calib.ort.data import open_source
 from trt_calib.errors import DataError, ModelError
-from trt_calib.histogram import AbsHistogram
-from trt_calib.thresholds import entropy_amax, minmax_amax
+from trt_calib.core.histogram import AbsHistogram
+from trt_calib.core.thresholds import entropy_amax, minmax_amax
 
 from conftest import LENET, LENET_BATCHES, LENET_IMAGES, TRT_TABLE
 

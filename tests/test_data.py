@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from trt_calib.data import (
+from trt_calib.ort.data import (
     BatchSource,
     InputSpec,
     Preprocess,
@@ -186,7 +186,7 @@ def test_sources_do_not_write_into_the_data():
 
 
 def test_last_batch_drop_counts_and_warns(caplog):
-    with caplog.at_level(logging.WARNING, logger="trt_calib.data"):
+    with caplog.at_level(logging.WARNING, logger="trt_calib.ort.data"):
         src = from_arrays(numbered(10, 3), [spec()], batch_size=4)
     assert (len(src), src.num_samples, src.num_dropped, src.num_padded) == (2, 8, 2, 0)
     assert ids(src) == [[0, 1, 2, 3], [4, 5, 6, 7]]
@@ -279,7 +279,7 @@ def test_offset_and_limit_select_before_shuffling():
 
 
 def test_limit_past_the_end_takes_what_is_there(caplog):
-    with caplog.at_level(logging.WARNING, logger="trt_calib.data"):
+    with caplog.at_level(logging.WARNING, logger="trt_calib.ort.data"):
         src = from_arrays(numbered(10, 1), [spec(shape=("N", 1))], offset=8, limit=5)
     assert ids(src) == [[8], [9]]
     assert "limit=5" in caplog.text
@@ -698,7 +698,7 @@ def test_iter_batches_errors(batches, inputs, culprit):
 def test_module_imports_without_pillow():
     code = (
         "import sys; sys.modules['PIL'] = None\n"
-        "import trt_calib.data as d, numpy as np\n"
+        "import trt_calib.ort.data as d, numpy as np\n"
         "list(d.from_arrays(np.zeros((2, 3), np.float32), [d.InputSpec('x', ('N', 3), np.float32)]))\n"
         "assert 'PIL.Image' not in sys.modules\n"
     )

@@ -13,7 +13,7 @@ import types
 import numpy as np
 import pytest
 
-from trt_calib.device import (
+from trt_calib.trt.device import (
     AUTO_ORDER,
     HostBuffers,
     PycudaBuffers,
@@ -464,7 +464,7 @@ def test_gpu_torch_host_copy_and_zero_copy_tensors():
 def test_gpu_calibrator_with_pycuda_fed_by_the_standin_driver(monkeypatch):
     cuda = pytest.importorskip("pycuda.driver")
     import trt_standin
-    from trt_calib.calibrator import make_calibrator
+    from trt_calib.trt.calibrator import make_calibrator
 
     trt_standin.install(monkeypatch, "10.3.0")
     rng = np.random.default_rng(1)

@@ -13,10 +13,10 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from trt_calib.collect import model_inputs
-from trt_calib.data import from_arrays
+from trt_calib.ort.collect import model_inputs
+from trt_calib.ort.data import from_arrays
 from trt_calib.errors import DataError, ModelError
-from trt_calib.evaluate import (
+from trt_calib.ort.evaluate import (
     evaluate,
     fake_quantize,
     kl_divergence,
@@ -374,7 +374,7 @@ def test_report_json_is_strict_json_with_the_measured_values():
 
 # ---------------------------------------------------------------------------------------------- CLI
 def _cli(argv):
-    from trt_calib.cli_evaluate import register
+    from trt_calib.cli.evaluate import register
 
     parser = argparse.ArgumentParser()
     sub = parser.add_subparsers()

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from trt_calib.histogram import AbsHistogram, load_histograms, save_histograms
+from trt_calib.core.histogram import AbsHistogram, load_histograms, save_histograms
 
 F32_MAX = np.finfo(np.float32).max
 

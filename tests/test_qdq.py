@@ -16,12 +16,13 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from trt_calib.cache import CalibrationCache, amax_to_scale, hex_to_scale
-from trt_calib.cli_qdq import register
-from trt_calib.collect import calibrate
+from trt_calib.core.cache import CalibrationCache, amax_to_scale, hex_to_scale
+from trt_calib.cli.quantize import register
+from trt_calib.ort.collect import calibrate
 from trt_calib.errors import CalibrationError, TrtCalibError
 from trt_calib.qdq import ASYMMETRIC_METADATA_KEY, qdq_session, quantize_model, quantize_weight
-from trt_calib.signs import asymmetric_params, asymmetric_quantizer, collect_signed
+from trt_calib.core.signs import asymmetric_params, asymmetric_quantizer
+from trt_calib.ort.collect import collect_signed
 
 REPO = Path(__file__).resolve().parents[1]
 LENET = REPO / "data" / "lenet" / "lenet.onnx"

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 
 from trt_standin import DataType, FakeLayer, FakeNetwork, FakeTensor, NoRangeTensor
-from trt_calib.cache import CalibrationCache
+from trt_calib.core.cache import CalibrationCache
 from trt_calib.errors import CalibrationError, MissingDependencyError
-from trt_calib.histogram import AbsHistogram
-from trt_calib.ranges import apply_dynamic_ranges, classify_sign, expected_mse
-from trt_calib.thresholds import mse_amax
+from trt_calib.core.histogram import AbsHistogram
+from trt_calib.trt.ranges import apply_dynamic_ranges, classify_sign, expected_mse
+from trt_calib.core.thresholds import mse_amax
 
 
 def network(deprecated: bool = False) -> FakeNetwork:

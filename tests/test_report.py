@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from trt_calib.cli_report import register
+from trt_calib.cli.report import register
 from trt_calib.errors import DataError, TrtCalibError
-from trt_calib.histogram import AbsHistogram
-from trt_calib.report import analyse, render_figure, select_tensors, write_report
-from trt_calib.signs import SignedHistogram, quantization_error, symmetric_quantizer
+from trt_calib.core.histogram import AbsHistogram
+from trt_calib.tools.report import analyse, render_figure, select_tensors, write_report
+from trt_calib.core.signs import SignedHistogram, quantization_error, symmetric_quantizer
 
 from conftest import LENET, LENET_BATCHES
 
@@ -89,7 +89,7 @@ def lenet_report(tmp_path_factory):
 
 
 def test_lenet_report_from_data(lenet_report):
-    from trt_calib.collect import calibrate
+    from trt_calib.ort.collect import calibrate
     import runpy
 
     out, _ = lenet_report
@@ -117,7 +117,7 @@ def test_lenet_report_from_data(lenet_report):
 
 
 def test_report_from_saved_histograms_needs_no_second_pass(lenet_report, tmp_path, monkeypatch):
-    import trt_calib.report as report_module
+    import trt_calib.tools.report as report_module
 
     first, hist = lenet_report
     monkeypatch.setattr(report_module, "collect_signed", lambda *a, **k: pytest.fail("ran the model again"))
@@ -169,7 +169,7 @@ def test_report_refuses_to_replace_a_folder_that_is_not_a_report(lenet_report, t
 
 
 def test_a_failed_report_leaves_the_previous_one_and_no_temporary_folder(lenet_report, tmp_path, monkeypatch):
-    import trt_calib.report as report_module
+    import trt_calib.tools.report as report_module
 
     _, hist = lenet_report
     out = tmp_path / "r"

@@ -9,14 +9,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from trt_calib.histogram import AbsHistogram, load_histograms
-from trt_calib.signs import (
+from trt_calib.core.histogram import AbsHistogram, load_histograms
+from trt_calib.core.signs import (
     Quantizer,
     SignedHistogram,
     as_signed,
     asymmetric_params,
     asymmetric_quantizer,
-    collect_signed,
     compare_choices,
     effective_bits,
     load_any_histograms,
@@ -26,7 +25,8 @@ from trt_calib.signs import (
     signed_kl_curve,
     symmetric_quantizer,
 )
-from trt_calib.thresholds import entropy_search
+from trt_calib.ort.collect import collect_signed
+from trt_calib.core.thresholds import entropy_search
 
 from conftest import LENET, LENET_BATCHES
 
@@ -310,7 +310,7 @@ def lenet_signed():
 
 
 def test_collect_signed_builds_calibrations_histograms(lenet_signed):
-    from trt_calib.collect import collect_histograms
+    from trt_calib.ort.collect import collect_histograms
 
     signed, batches = lenet_signed
     plain, count = collect_histograms(LENET, batches)
@@ -322,7 +322,7 @@ def test_collect_signed_builds_calibrations_histograms(lenet_signed):
 
 
 def test_error_estimate_matches_lenets_real_activations(lenet_signed):
-    from trt_calib.collect import load_model, ort_session
+    from trt_calib.ort.collect import load_model, ort_session
 
     signed, batches = lenet_signed
     names = ["conv2", "ip1", "ip2"]

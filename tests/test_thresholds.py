@@ -11,9 +11,9 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from golden import MNIST_PIXEL_COUNTS
-from trt_calib.cache import scale_to_hex, amax_to_scale
-from trt_calib.histogram import AbsHistogram
-from trt_calib.thresholds import (
+from trt_calib.core.cache import scale_to_hex, amax_to_scale
+from trt_calib.core.histogram import AbsHistogram
+from trt_calib.core.thresholds import (
     compute_amax,
     entropy_amax,
     entropy_search,

@@ -15,7 +15,7 @@ cannot be installed. It mirrors the bindings' behaviour as read in NVIDIA/Tensor
 - a builder, ONNX parser and network that record the calls made on them.
 
 What the stand-in computes is not TensorRT's calibration: in host mode it reads the bytes behind each pointer with
-ctypes and writes a cache of the inputs' max |x| (or, given a model, the CPU calibration of trt_calib.collect on the
+ctypes and writes a cache of the inputs' max |x| (or, given a model, the CPU calibration of trt_calib.ort.collect on the
 read-back batches). It proves the calls and the bytes, nothing about TensorRT's numbers.
 """
 
@@ -253,11 +253,11 @@ def _drive(calibrator: Any, inputs: Any, host_reader: bool, model: Any, trt_vers
 
 
 def _standin_cache(result: DriveResult, model: Any, trt_version: str) -> str:
-    from trt_calib.cache import CalibrationCache
+    from trt_calib.core.cache import CalibrationCache
 
     header = _HEADER_OF_ALGO[CalibrationAlgoType(int(result.algorithm))]
     if model is not None:
-        from trt_calib.collect import calibrate
+        from trt_calib.ort.collect import calibrate
 
         ours = calibrate(model, result.batches, algorithm=_KEY_OF_ALGO[CalibrationAlgoType(int(result.algorithm))],
                          trt_version=trt_version)
@@ -267,7 +267,7 @@ def _standin_cache(result: DriveResult, model: Any, trt_version: str) -> str:
 
 
 def _placeholder_cache(result: DriveResult, trt_version: str) -> str:
-    from trt_calib.cache import CalibrationCache
+    from trt_calib.core.cache import CalibrationCache
 
     header = _HEADER_OF_ALGO[CalibrationAlgoType(int(result.algorithm))]
     return CalibrationCache.from_amax({n: 1.0 for n in result.names}, algorithm=header, trt_version=trt_version).dumps()

@@ -1,21 +1,26 @@
 """trt-calib: TensorRT INT8 calibration you can check.
 
-The core (histogram, thresholds, cache) needs numpy only; ONNX, TensorRT and GPU libraries are imported
-by the modules that need them, when they are used.
+Layers, each importing only those below it: `core` (numpy: histograms, thresholds, the cache format), `ort`
+(onnxruntime: data, collection, evaluation), `qdq` (Q/DQ graphs), `trt` (TensorRT and GPUs, imported lazily),
+`tools` (cache tools, reports) and `cli`. The main entry points are re-exported here without importing onnx,
+onnxruntime or TensorRT at package import.
 """
 
 from __future__ import annotations
 
+from . import _compat
 from .errors import CacheFormatError, CalibrationError, DataError, MissingDependencyError, ModelError, TrtCalibError
 
 __version__ = "0.1.0"
 
 _LAZY = {
-    "AbsHistogram": "histogram",
-    "CalibrationCache": "cache",
-    "calibrate": "collect",
-    "dry_run": "calibrator",
+    "AbsHistogram": "core.histogram",
+    "CalibrationCache": "core.cache",
+    "calibrate": "ort.collect",
+    "dry_run": "trt.calibrator",
 }
+
+_compat.install()
 
 
 def __getattr__(name: str):

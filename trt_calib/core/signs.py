@@ -5,7 +5,7 @@ from a histogram of |x|. For a tensor that is never negative (post-ReLU, softmax
 used. This module measures that cost instead of assuming it:
 
 - `SignedHistogram`: TensorRT's |x| histogram (bit for bit the `AbsHistogram` calibration builds) plus the counts of
-  the negative values in the same bins, and the number of exact zeros. `collect_signed` fills one per tensor.
+  the negative values in the same bins, and the number of exact zeros. `ort.collect.collect_signed` fills one per tensor.
 - `Quantizer` and `quantization_error`: the expected squared error, SQNR and clipped share of any int8/uint8
   quantizer over a histogram, with each bin's values spread evenly over the bin (exact zeros kept exact).
 - `effective_bits`: how many bits of the grid the bulk of a tensor's values actually spans.
@@ -23,7 +23,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -35,7 +35,9 @@ from .thresholds import minmax_amax, mse_amax, percentile_amax
 __all__ = [
     "SignedHistogram",
     "as_signed",
-    "collect_signed",
+    "classify_sign",
+    "expected_mse",
+    "SKEW_RATIO",
     "save_signed_histograms",
     "load_any_histograms",
     "Quantizer",
@@ -179,42 +181,12 @@ def _abs_of(hist: AnyHistogram) -> AbsHistogram:
     return hist.abs if isinstance(hist, SignedHistogram) else hist
 
 
-def collect_signed(
-    model: Any,
-    batches: Iterable[Any],
-    tensors: Sequence[str] | None = None,
-    *,
-    num_bins: int = DEFAULT_NUM_BINS,
-    progress: Callable[[int], None] | None = None,
-    threads: int | None = None,
-) -> tuple[dict[str, SignedHistogram], int]:
-    """One SignedHistogram per calibrated tensor (or per name in `tensors`), updated once per batch; (histograms, batches).
-
-    The `.abs` part of each equals what `collect.collect_histograms` builds from the same batches.
-    """
-    from .collect import _Runner
-    from .data import iter_batches
-
-    runner = _Runner.open(model, tensors, threads=threads, budget_bytes=1 << 62)  # signed histograms take no parts
-    histograms = {n: SignedHistogram(num_bins) for n in runner.names}
-    count = 0
-    for batch in iter_batches(batches, runner.specs):
-        for values in runner.parts(batch):
-            for name, value in values.items():
-                histograms[name].update(value)
-            del values
-        count += 1
-        if progress is not None:
-            progress(1)
-    return histograms, count
-
-
 def save_signed_histograms(path: str | os.PathLike, histograms: Mapping[str, SignedHistogram]) -> Path:
     """Save signed histograms to one .npz (atomically) in `histogram.save_histograms`' layout plus the negatives.
 
     `histogram.load_histograms` reads the file as plain |x| histograms; `load_any_histograms` restores the signs.
     """
-    from ._util import atomic_write
+    from .._util import atomic_write
 
     arrays: dict[str, np.ndarray] = {}
     meta = []
@@ -231,7 +203,7 @@ def save_signed_histograms(path: str | os.PathLike, histograms: Mapping[str, Sig
 
 def load_any_histograms(path: str | os.PathLike) -> dict[str, AnyHistogram]:
     """Histograms from `save_histograms` (|x| only) or `save_signed_histograms` (signed), in their saved order."""
-    from .errors import DataError
+    from ..errors import DataError
 
     try:
         with np.load(path, allow_pickle=False) as z:
@@ -255,6 +227,37 @@ def load_any_histograms(path: str | os.PathLike) -> dict[str, AnyHistogram]:
             f"{path}: not a histogram file ({exc}). Hint: write one with `trt-calib calibrate --save-histograms`"
         ) from None
     return out
+
+
+# ---------------------------------------------------------------------------------------------- sign structure
+#: Both signs present, and the smaller side's extent below this fraction of the larger: "skewed".
+SKEW_RATIO = 0.25
+
+
+def classify_sign(hist: Any) -> str:
+    """non-negative, non-positive, skewed, symmetric, or unknown (no finite value seen), from an AbsHistogram."""
+    if hist is None or hist.num_values == 0:
+        return "unknown"
+    lo, hi = float(hist.min), float(hist.max)
+    if lo >= 0:
+        return "non-negative"
+    if hi <= 0:
+        return "non-positive"
+    small, big = sorted((-lo, hi))
+    return "skewed" if small < SKEW_RATIO * big else "symmetric"
+
+
+def expected_mse(hist: Any, amax: float) -> float:
+    """Mean squared error of symmetric INT8 quantisation at `amax` over the histogram (values at bin centres)."""
+    if hist.num_values == 0 or hist.bin_width == 0 or not amax > 0:
+        return 0.0
+    w = float(hist.bin_width)
+    counts = np.asarray(hist.counts, dtype=np.float64)
+    nz = np.flatnonzero(counts)
+    centres = (nz + 0.5) * w
+    step = float(amax) / 127.0
+    q = np.minimum(np.rint(centres / step), 127.0) * step
+    return float(((centres - q) ** 2 * counts[nz]).sum() / counts.sum())
 
 
 # ---------------------------------------------------------------------------------------------- quantizers

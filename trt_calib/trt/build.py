@@ -15,9 +15,9 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from ._util import atomic_write
+from .._util import atomic_write
 from .calibrator import CalibratorCore, import_tensorrt, quiet_trt_deprecations
-from .errors import CalibrationError, DataError, MissingDependencyError, ModelError
+from ..errors import CalibrationError, DataError, MissingDependencyError, ModelError
 
 __all__ = ["BuildResult", "build_engine", "explicit_batch_flags", "parse_shapes"]
 

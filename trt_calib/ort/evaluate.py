@@ -26,7 +26,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 
-from .errors import DataError, ModelError
+from ..errors import DataError, ModelError
 
 __all__ = [
     "ORT_NOTE",

@@ -24,23 +24,24 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from .cache import DEFAULT_TRT_VERSION
-from .errors import DataError, TrtCalibError
-from .histogram import AbsHistogram
-from .signs import (
+from ..core.cache import DEFAULT_TRT_VERSION
+from ..errors import DataError, TrtCalibError
+from ..core.histogram import AbsHistogram
+from ..core.signs import (
     BULK_COVERAGE,
     QuantChoice,
     QuantError,
     SignedHistogram,
     as_signed,
-    collect_signed,
+    classify_sign,
     compare_choices,
     effective_bits,
     quantization_error,
     signed_entropy_search,
     symmetric_quantizer,
 )
-from .thresholds import EntropySearch, entropy_search
+from ..core.thresholds import EntropySearch, entropy_search
+from ..ort.collect import collect_signed
 
 __all__ = [
     "REPORT_MARKER",
@@ -73,7 +74,7 @@ class TensorSummary:
 
     name: str
     order: int  # position in the model's calibration order
-    sign: str  # non-negative, non-positive, skewed, symmetric, unknown (ranges.classify_sign)
+    sign: str  # non-negative, non-positive, skewed, symmetric, unknown (core.signs.classify_sign)
     min: float
     max: float
     num_values: int
@@ -164,8 +165,6 @@ def analyse(
     trt_version: str = DEFAULT_TRT_VERSION,
 ) -> list[TensorSummary]:
     """One summary per histogram (in the mapping's order): thresholds, errors, signs; ties applied when `model` is given."""
-    from .ranges import classify_sign
-
     if algorithm not in THRESHOLDS:
         raise ValueError(f"unknown algorithm {algorithm!r}; choose one of {', '.join(THRESHOLDS)}")
     per_tensor: dict[str, tuple[EntropySearch, list[QuantChoice]]] = {}
@@ -180,7 +179,7 @@ def analyse(
     tied: dict[str, str] = {}
     amax = raw
     if model is not None:
-        from .collect import tie_scales
+        from ..ort.collect import tie_scales
 
         amax, tied = tie_scales(model, raw, trt_version=trt_version)
     out = []
@@ -221,7 +220,7 @@ def analyse(
 
 def _degenerate_amax(h: AbsHistogram, algorithm: str) -> float:
     """The threshold of an empty, all-zero or non-finite histogram, for which `compare_choices` has no choices."""
-    from .thresholds import compute_amax
+    from ..core.thresholds import compute_amax
 
     return compute_amax(h, algorithm)
 
@@ -695,7 +694,7 @@ def build_report(
 
     `tensors` are glob patterns limiting the tensors reported. Nothing is written unless everything succeeded.
     """
-    from .collect import calibrated_tensors, load_model
+    from ..ort.collect import calibrated_tensors, load_model
 
     started = time.perf_counter()
     if (batches is None) == (histograms is None):
@@ -721,7 +720,7 @@ def build_report(
             if bar is not None:
                 bar.close()
         if save_histograms:
-            from .signs import save_signed_histograms
+            from ..core.signs import save_signed_histograms
 
             save_signed_histograms(save_histograms, collected)
         histograms = collected
@@ -764,6 +763,6 @@ def build_report(
 
 
 def _version() -> str:
-    from . import __version__
+    from .. import __version__
 
     return __version__

@@ -27,13 +27,13 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from ._util import require
-from .cache import CalibrationCache, amax_to_scale, scale_to_hex
-from .collect import CalibrationResult, _tensor_types, load_model, model_inputs, ort_session
-from .data import iter_batches
-from .errors import CalibrationError, ModelError
-from .histogram import AbsHistogram
-from .signs import ASYMMETRIC_METHODS, Quantizer, SignedHistogram, asymmetric_params, asymmetric_quantizer
+from .._util import require
+from ..core.cache import CalibrationCache, amax_to_scale, scale_to_hex
+from ..ort.collect import CalibrationResult, _tensor_types, load_model, model_inputs, ort_session
+from ..ort.data import iter_batches
+from ..errors import CalibrationError, ModelError
+from ..core.histogram import AbsHistogram
+from ..core.signs import ASYMMETRIC_METHODS, Quantizer, SignedHistogram, asymmetric_params, asymmetric_quantizer
 
 __all__ = [
     "PLACEMENTS",
@@ -433,7 +433,7 @@ def _affine_table(scales: Any, method: str, dtype: str) -> _Scales:
         scales = scales.histograms
     if not isinstance(scales, Mapping) or not all(isinstance(h, (AbsHistogram, SignedHistogram)) for h in scales.values()):
         raise TypeError(
-            "asymmetric Q/DQ needs a mapping tensor -> SignedHistogram (signs.collect_signed) or a CalibrationResult, "
+            "asymmetric Q/DQ needs a mapping tensor -> SignedHistogram (ort.collect.collect_signed) or a CalibrationResult, "
             f"not {type(scales).__name__}" + (" of amax values" if isinstance(scales, Mapping) else "")
         )
     qmin, qmax, _ = ASYMMETRIC_DTYPES[dtype]
@@ -459,7 +459,7 @@ def _affine_table(scales: Any, method: str, dtype: str) -> _Scales:
         raise ValueError(
             f"asymmetric='mse' needs the signs of the values, and {len(unsigned)} |x| histogram(s) hold both signs "
             f"({', '.join(unsigned[:5])}{', ...' if len(unsigned) > 5 else ''}). Hint: collect them with "
-            "trt_calib.signs.collect_signed, or use asymmetric='minmax' (the signed extrema suffice)"
+            "trt_calib.ort.collect.collect_signed, or use asymmetric='minmax' (the signed extrema suffice)"
         )
     if nonfinite:
         log.warning("%d tensor(s) hold NaN or Inf values (NaN is ignored; a tensor with Inf gets no pair): %s",
@@ -1091,7 +1091,7 @@ def quantize_model(
 
     `asymmetric` ("minmax" or "mse"): activations get `signs.asymmetric_quantizer`'s scale and zero point on
     `asymmetric_dtype`'s codes ("uint8" [0, 255], or "int8" [-128, 127] with a zero point) instead of amax/127 and 0.
-    `scales` must then be histograms: a mapping tensor -> SignedHistogram (`signs.collect_signed`), or a
+    `scales` must then be histograms: a mapping tensor -> SignedHistogram (`ort.collect.collect_signed`), or a
     `CalibrationResult`, whose |x| histograms serve "minmax" (they keep the signed extrema) and "mse" only for
     one-sided tensors. Not for TensorRT on GPUs (`ASYMMETRIC_NOTE`); the model's metadata_props say so.
     """

@@ -348,7 +348,7 @@ def save_histograms(path: str | os.PathLike, histograms: dict[str, AbsHistogram]
     import io
     import json
 
-    from ._util import atomic_write
+    from .._util import atomic_write
 
     arrays: dict[str, np.ndarray] = {}
     meta = []

@@ -1,26 +1,25 @@
-"""`trt-calib build` and the calibrator dry run, as helpers the CLI wires in.
+"""`trt-calib build`: an INT8 engine for TensorRT 8.6-10.x with trt-calib's calibrator.
 
-`add_build_parser(subparsers)` adds the `build` command (handler `run_build`); `add_calibrator_dry_run(parser)`
-adds `--dry-run` to another command, and `calibrator_dry_run(...)` runs it. TensorRT is imported only when an
-engine is really built.
+`register(subparsers)` adds the command (handler `run_build`). TensorRT is imported only when an engine is really
+built; `--dry-run` drives the calibrator on the CPU.
 """
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any, Callable, Sequence
 
-from .errors import DataError
+from ..errors import DataError
+from ._common import add_data_arguments, calibrator_dry_run, model_inputs_of, open_data
 
-__all__ = ["add_build_parser", "run_build", "add_calibrator_dry_run", "calibrator_dry_run", "DEVICE_CHOICES"]
+__all__ = ["register", "run_build", "DEVICE_CHOICES"]
 
 DEVICE_CHOICES = ("auto", "pycuda", "cuda-python", "cupy", "torch")
 
 
-def add_build_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add `trt-calib build MODEL.onnx --data D --engine OUT.plan [...]`; its handler is `run_build`."""
-    from .calibrator import ALGORITHMS
+    from ..trt.calibrator import ALGORITHMS
 
     p = subparsers.add_parser(
         "build",
@@ -29,8 +28,6 @@ def add_build_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
         "batch before the long build, and fails loudly (no engine, no cache) if any batch fails. "
         "--dry-run drives the calibrator on the CPU and builds nothing (no TensorRT, no GPU needed).",
     )
-    from .cli import add_data_arguments
-
     p.add_argument("model", help="ONNX model (MODEL.onnx)")
     add_data_arguments(p, required=False)
     p.add_argument("--engine", help="where to write the serialized engine (required unless --dry-run)")
@@ -52,45 +49,10 @@ def add_build_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     return p
 
 
-def add_calibrator_dry_run(parser: argparse.ArgumentParser) -> None:
-    """Add `--dry-run` to a command that reads a model and --data: check the data through the calibrator's contract."""
-    parser.add_argument(
-        "--dry-run", action="store_true",
-        help="feed the data through the TensorRT calibrator's callbacks on the CPU (no TensorRT, no GPU) and "
-        "report batches, shapes, dtypes and time per batch; writes nothing",
-    )
-
-
-def _model_inputs(model: Path) -> list[Any]:
-    from .collect import model_inputs
-
-    return list(model_inputs(model))  # ModelError names a missing or unreadable file
-
-
-def calibrator_dry_run(
-    source: Any,
-    inputs: Sequence[Any],
-    *,
-    algorithm: str = "entropy2",
-    cache: str | None = None,
-    max_batches: int | None = None,
-    out: Callable[[str], None] = print,
-) -> int:
-    """Drive a calibrator over `source` on the CPU, print the summary with `out`, return the exit code (0)."""
-    from .calibrator import CalibratorCore, dry_run
-
-    core = CalibratorCore(source, cache, "host", algorithm=algorithm, input_specs=inputs)
-    summary = dry_run(core, names=[s.name for s in inputs], max_batches=max_batches)
-    out(str(summary))
-    out("dry run: nothing was built or written")
-    return 0
-
-
 def run_build(args: argparse.Namespace) -> int:
     """The `build` command: returns the exit code; user errors raise TrtCalibError (printed by the CLI)."""
-    from .build import build_engine, parse_shapes
-    from .calibrator import make_calibrator
-    from .cli import open_data
+    from ..trt.build import build_engine, parse_shapes
+    from ..trt.calibrator import make_calibrator
 
     model = Path(args.model)
     if args.dry_run and args.data is None:
@@ -100,7 +62,7 @@ def run_build(args: argparse.Namespace) -> int:
     if args.data is None and not (args.cache and Path(args.cache).is_file()):
         raise DataError("build needs --data (or an existing --cache to reuse). Hint: --data calib.npz")
     shapes = parse_shapes(args.shapes) if args.shapes else None
-    inputs = _model_inputs(model)
+    inputs = model_inputs_of(model)
     source = open_data(args, inputs) if args.data is not None else []
     if args.dry_run:
         return calibrator_dry_run(source, inputs, algorithm=args.algorithm, cache=args.cache,

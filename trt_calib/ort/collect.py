@@ -12,17 +12,17 @@ import functools
 import logging
 import resource
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from .cache import DEFAULT_TRT_VERSION, CalibrationCache, make_header
+from ..core.cache import DEFAULT_TRT_VERSION
 from .data import InputSpec, iter_batches
-from .errors import CalibrationError, ModelError
-from .histogram import AbsHistogram, finite_abs_max
-from .thresholds import compute_amax, entropy_search
+from ..errors import CalibrationError, ModelError
+from ..core.histogram import DEFAULT_NUM_BINS, AbsHistogram, finite_abs_max
+from ..core.signs import SignedHistogram
+from ..core.result import ALGORITHM_HEADERS, CalibrationResult, amax_from_histograms
 
 __all__ = [
     "ALGORITHM_HEADERS",
@@ -32,6 +32,7 @@ __all__ = [
     "ort_session",
     "calibrated_tensors",
     "collect_histograms",
+    "collect_signed",
     "amax_from_histograms",
     "tie_scales",
     "calibrate",
@@ -39,85 +40,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-# The cache header each algorithm is written with. TensorRT reads a cache only when the header names the calibrator
-# reading it; percentile and MSE are not TensorRT calibrators, so their scales go out under EntropyCalibration2,
-# the calibrator trtexec --calib and most build scripts read caches with.
-ALGORITHM_HEADERS = {
-    "entropy2": "EntropyCalibration2",
-    "minmax": "MinMaxCalibration",
-    "percentile": "EntropyCalibration2",
-    "mse": "EntropyCalibration2",
-}
-
 _POOL_OPS = ("MaxPool", "AveragePool")
-
-
-@dataclass
-class CalibrationResult:
-    """The outcome of a CPU calibration: per-tensor amax (TensorRT order), the histograms and the cache."""
-
-    amax: dict[str, float]
-    histograms: dict[str, AbsHistogram]
-    algorithm: str
-    trt_version: str
-    tied: dict[str, str] = field(default_factory=dict)  # tensor -> tensor whose scale it took
-    entropy_index: dict[str, int] = field(default_factory=dict)  # entropy2: the chosen bin count per tensor
-    num_batches: int = 0
-    seconds: float = 0.0
-    peak_rss_mb: float = 0.0
-
-    @property
-    def cache(self) -> CalibrationCache:
-        """The TensorRT calibration cache these thresholds make."""
-        return CalibrationCache.from_amax(
-            self.amax, algorithm=ALGORITHM_HEADERS[self.algorithm], trt_version=self.trt_version
-        )
-
-    def source_of(self, name: str) -> str:
-        """The tensor whose histogram decided `name`'s scale (itself unless tied)."""
-        return self.tied.get(name, name)
-
-    def to_json(self) -> dict[str, Any]:
-        """Per-tensor details as JSON-able values (inf/nan as strings)."""
-        from .cache import amax_to_scale, scale_to_hex
-
-        def num(v: float) -> float | str:
-            return v if np.isfinite(v) else str(v)
-
-        tensors = []
-        for name, amax in self.amax.items():
-            h = self.histograms.get(name)
-            row: dict[str, Any] = {
-                "name": name,
-                "amax": num(amax),
-                "scale": num(amax_to_scale(amax)),
-                "hex": scale_to_hex(amax_to_scale(amax)),
-            }
-            if name in self.tied:
-                row["tied_to"] = self.tied[name]
-            if name in self.entropy_index:
-                row["entropy_index"] = self.entropy_index[name]
-            if h is not None:
-                row.update(
-                    range=num(h.range),
-                    abs_max=num(float(h.abs_max)),
-                    min=num(float(h.min)) if h.num_values else None,
-                    max=num(float(h.max)) if h.num_values else None,
-                    num_values=h.num_values,
-                    num_negative=h.num_negative,
-                    num_nan=h.num_nan,
-                    num_inf=h.num_inf,
-                )
-            tensors.append(row)
-        return {
-            "algorithm": self.algorithm,
-            "header": make_header(ALGORITHM_HEADERS[self.algorithm], self.trt_version),
-            "trt_version": self.trt_version,
-            "num_batches": self.num_batches,
-            "seconds": round(self.seconds, 3),
-            "peak_rss_mb": round(self.peak_rss_mb, 1),
-            "tensors": tensors,
-        }
 
 
 # ---------------------------------------------------------------------------------------------- the graph
@@ -355,21 +278,31 @@ def collect_histograms(
     return histograms, count
 
 
-def amax_from_histograms(
-    histograms: Mapping[str, AbsHistogram], algorithm: str = "entropy2", **options: float
-) -> tuple[dict[str, float], dict[str, int]]:
-    """amax per tensor by `algorithm`; for entropy2 also the chosen bin count per tensor."""
-    if algorithm not in ALGORITHM_HEADERS:
-        raise ValueError(f"unknown algorithm {algorithm!r}; choose one of {', '.join(ALGORITHM_HEADERS)}")
-    amax: dict[str, float] = {}
-    index: dict[str, int] = {}
-    for name, h in histograms.items():
-        if algorithm == "entropy2":
-            result = entropy_search(h)
-            amax[name], index[name] = result.amax, result.index
-        else:
-            amax[name] = compute_amax(h, algorithm, **options)
-    return amax, index
+def collect_signed(
+    model: Any,
+    batches: Iterable[Any],
+    tensors: Sequence[str] | None = None,
+    *,
+    num_bins: int = DEFAULT_NUM_BINS,
+    progress: Callable[[int], None] | None = None,
+    threads: int | None = None,
+) -> tuple[dict[str, SignedHistogram], int]:
+    """One SignedHistogram per calibrated tensor (or per name in `tensors`), updated once per batch; (histograms, batches).
+
+    The `.abs` part of each equals what `collect_histograms` builds from the same batches.
+    """
+    runner = _Runner.open(model, tensors, threads=threads, budget_bytes=1 << 62)  # signed histograms take no parts
+    histograms = {n: SignedHistogram(num_bins) for n in runner.names}
+    count = 0
+    for batch in iter_batches(batches, runner.specs):
+        for values in runner.parts(batch):
+            for name, value in values.items():
+                histograms[name].update(value)
+            del values
+        count += 1
+        if progress is not None:
+            progress(1)
+    return histograms, count
 
 
 def _version_tuple(version: str) -> tuple[int, ...]:

@@ -1,6 +1,6 @@
-"""`trt-calib validate | diff | check | convert`: the cache tools on the command line.
+"""`trt-calib inspect | validate | diff | check | convert`: the cache tools on the command line.
 
-`register(subparsers)` adds the four commands; each handler parses nothing itself, calls one function of
+`register(subparsers)` adds the five commands; each handler parses nothing itself, calls one function of
 `cache_tools`, prints a table (or `--json`) and returns the exit status the command documents.
 """
 
@@ -13,7 +13,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .errors import TrtCalibError
+from ..errors import TrtCalibError
+from ._common import add_data_arguments, fmt_float, open_data, print_comparison
 
 __all__ = ["register"]
 
@@ -36,17 +37,54 @@ def _print_json(obj: Any) -> None:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add `validate`, `diff`, `check` and `convert` to the trt-calib parser."""
+    """Add `inspect`, `validate`, `diff`, `check` and `convert` to the trt-calib parser."""
+    _add_inspect(subparsers)
     _add_validate(subparsers)
     _add_diff(subparsers)
     _add_check(subparsers)
     _add_convert(subparsers)
 
 
+# ---------------------------------------------------------------------------------------------- inspect
+def _add_inspect(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "inspect",
+        help="show a TensorRT calibration cache: header, version, algorithm, scales and amax, flags",
+        description="Decode a TensorRT calibration cache (any version, 4 to 10.x) into a table of name / scale / amax "
+        "and flag suspicious entries (zero, inf, NaN, denormal, duplicate names).",
+    )
+    p.add_argument("cache", help="calibration cache file (e.g. calibration.cache)")
+    p.add_argument("--json", action="store_true", help="print machine-readable JSON instead of a table")
+    p.set_defaults(handler=_run_inspect)
+
+
+def _run_inspect(args: argparse.Namespace) -> int:
+    from ..tools.cache_tools import inspect_cache
+
+    report = inspect_cache(args.cache)
+    if args.json:
+        print(json.dumps(report, indent=2, allow_nan=False, default=str))
+        return 0
+    print(f"file:        {report['file']}")
+    print(f"header:      {report['header']}")
+    print(f"TensorRT:    {report['trt_version']}")
+    print(f"algorithm:   {report['algorithm']}")
+    print(f"entries:     {report['num_entries']}")
+    width = max([len(e["name"]) for e in report["entries"]] + [6])
+    print()
+    print(f"{'tensor':<{width}}  {'hex':>8}  {'scale':>14}  {'amax':>14}  flags")
+    for e in report["entries"]:
+        flags = ",".join(e["flags"])
+        print(f"{e['name']:<{width}}  {e['hex']:>8}  {fmt_float(float(e['scale'])):>14}  {fmt_float(float(e['amax'])):>14}  {flags}")
+    counts = report["flag_counts"]
+    if counts:
+        print()
+        print("flags: " + ", ".join(f"{k}: {v}" for k, v in counts.items()))
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------- validate
 def _add_validate(sub: argparse._SubParsersAction) -> None:
-    from .cli import add_data_arguments
-
     p = sub.add_parser(
         "validate",
         help="check a cache against a model and a target TensorRT: header, coverage, suspicious values, provenance",
@@ -69,12 +107,11 @@ def _add_validate(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_validate(args: argparse.Namespace) -> int:
-    from .cache_tools import validate_cache
+    from ..tools.cache_tools import validate_cache
 
     manifest = None
     if args.data is not None:
-        from .cli import open_data
-        from .collect import model_inputs
+        from ..ort.collect import model_inputs
 
         if not args.model:
             raise TrtCalibError("--data needs --model (the model's inputs decide how the data is read)")
@@ -152,7 +189,7 @@ def _add_diff(sub: argparse._SubParsersAction) -> None:
 def _load_histograms(path: str | None) -> Any:
     if path is None:
         return None
-    from .histogram import load_histograms
+    from ..core.histogram import load_histograms
 
     try:
         return load_histograms(path)
@@ -161,7 +198,7 @@ def _load_histograms(path: str | None) -> Any:
 
 
 def _run_diff(args: argparse.Namespace) -> int:
-    from .cache_tools import diff_caches
+    from ..tools.cache_tools import diff_caches
 
     if args.top is not None and args.top < 0:
         raise TrtCalibError(f"--top must be >= 0, got {args.top}")
@@ -201,8 +238,6 @@ def _run_diff(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------------------------- check
 def _add_check(sub: argparse._SubParsersAction) -> None:
-    from .cli import add_data_arguments
-
     p = sub.add_parser(
         "check",
         help="recompute a cache on the CPU from the same data and say, per tensor, whether it is consistent",
@@ -224,10 +259,9 @@ def _add_check(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_check(args: argparse.Namespace) -> int:
-    from .cache import CalibrationCache
-    from .cache_tools import check_cache
-    from .cli import open_data, print_comparison
-    from .collect import load_model, model_inputs
+    from ..core.cache import CalibrationCache
+    from ..tools.cache_tools import check_cache
+    from ..ort.collect import load_model, model_inputs
 
     cache = CalibrationCache.load(args.cache)
     model = load_model(args.model)
@@ -294,9 +328,9 @@ def _is_json_file(path: str) -> bool:
 
 
 def _run_convert(args: argparse.Namespace) -> int:
-    from ._util import atomic_write
-    from .cache import CalibrationCache
-    from .cache_tools import cache_from_json, cache_to_json, header_rewrite_warning, rewrite_header
+    from .._util import atomic_write
+    from ..core.cache import CalibrationCache
+    from ..tools.cache_tools import cache_from_json, cache_to_json, header_rewrite_warning, rewrite_header
 
     if args.output and Path(args.output).exists() and Path(args.output).resolve() == Path(args.input).resolve() \
             and not args.force:

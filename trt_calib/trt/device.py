@@ -15,8 +15,8 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from ._util import require
-from .errors import CalibrationError, MissingDependencyError, TrtCalibError
+from .._util import require
+from ..errors import CalibrationError, MissingDependencyError, TrtCalibError
 
 __all__ = [
     "BACKENDS",

@@ -6,7 +6,8 @@ import argparse
 import logging
 from pathlib import Path
 
-from .errors import TrtCalibError
+from ..errors import TrtCalibError
+from ._common import add_data_arguments, open_data
 
 __all__ = ["register", "run_report"]
 
@@ -15,9 +16,8 @@ log = logging.getLogger(__name__)
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add `trt-calib report MODEL.onnx (--data D | --histograms H.npz) -o DIR [...]`; its handler is `run_report`."""
-    from .cache import DEFAULT_TRT_VERSION
-    from .cli import add_data_arguments
-    from .report import THRESHOLDS
+    from ..core.cache import DEFAULT_TRT_VERSION
+    from ..tools.report import THRESHOLDS
 
     p = subparsers.add_parser(
         "report",
@@ -56,7 +56,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 def run_report(args: argparse.Namespace) -> int:
     """Handler of `trt-calib report`: returns 0 once the report folder is in place."""
-    from .report import build_report
+    from ..tools.report import build_report
 
     if (args.data is None) == (args.histograms is None):
         raise TrtCalibError("report needs exactly one of --data D (run the model) or --histograms H.npz "
@@ -72,15 +72,14 @@ def run_report(args: argparse.Namespace) -> int:
     meta: dict[str, object] = {}
     batches = histograms = None
     if args.data is not None:
-        from .cli import open_data
-        from .collect import load_model, model_inputs
+        from ..ort.collect import load_model, model_inputs
 
         batches = open_data(args, model_inputs(load_model(args.model)))
         manifest = batches.manifest()
         meta["data"] = f"{args.data} ({manifest.get('num_batches')} batches of {manifest.get('batch_size')}, " \
                        f"{manifest.get('num_samples')} samples)"
     else:
-        from .signs import load_any_histograms
+        from ..core.signs import load_any_histograms
 
         histograms = load_any_histograms(args.histograms)
         signed = sum(1 for h in histograms.values() if hasattr(h, "negative"))

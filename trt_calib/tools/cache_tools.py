@@ -21,8 +21,8 @@ from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 
-from .cache import TRT_ALGORITHMS, CalibrationCache, encode_version, hex_to_scale, make_header, scale_to_hex
-from .errors import CacheFormatError, CalibrationError, TrtCalibError
+from ..core.cache import TRT_ALGORITHMS, CalibrationCache, encode_version, hex_to_scale, make_header, scale_to_hex
+from ..errors import CacheFormatError, CalibrationError, TrtCalibError
 
 __all__ = [
     "entry_flags",
@@ -151,7 +151,7 @@ def _version_number(trt_version: str) -> int:
 
 
 def _version_tuple(cache: CalibrationCache) -> tuple[int, int, int]:
-    from .cache import decode_version
+    from ..core.cache import decode_version
 
     number = cache.version_number
     return (4, 0, 0) if number is None else decode_version(number)
@@ -247,7 +247,7 @@ class _Graph:
 
 
 def _graph(model: Any) -> _Graph:
-    from .collect import calibrated_tensors, load_model, model_inputs
+    from ..ort.collect import calibrated_tensors, load_model, model_inputs
 
     model = load_model(model)
     graph = model.graph
@@ -796,7 +796,7 @@ def diff_caches(
     Bin differences use A's saved histogram (`histograms_a`, e.g. from `calibrate --save-histograms`) when given,
     else B's, else the estimate A_amax / 2048 as the bin width.
     """
-    from .compare import ulp_distance
+    from ..core.compare import ulp_distance
 
     ca, cb = _load(a), _load(b)
     sa, sb = ca.scales, cb.scales
@@ -887,8 +887,8 @@ def check_cache(
 
     The TensorRT version to emulate (it decides the Concat ties) defaults to the one in the header.
     """
-    from .collect import calibrate, load_model
-    from .compare import DEFAULT_MAX_ULPS, compare
+    from ..ort.collect import calibrate, load_model
+    from ..core.compare import DEFAULT_MAX_ULPS, compare
 
     parsed = _load(cache)
     algorithm = _RECOMPUTABLE.get(parsed.algorithm)

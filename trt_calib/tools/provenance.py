@@ -13,8 +13,8 @@ import platform
 from pathlib import Path
 from typing import Any
 
-from . import __version__
-from ._util import atomic_write
+from .. import __version__
+from .._util import atomic_write
 
 __all__ = ["file_sha256", "make_provenance", "sidecar_path", "write_provenance", "read_provenance"]
 

@@ -14,7 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from .errors import DataError, TrtCalibError
+from ..errors import DataError, TrtCalibError
+from ._common import add_data_arguments, open_data
 
 __all__ = ["register", "run_evaluate", "load_labels"]
 
@@ -23,8 +24,7 @@ log = logging.getLogger("trt_calib")
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add `trt-calib evaluate`; its handler is `run_evaluate`."""
-    from .cli import add_data_arguments
-    from .evaluate import DEFAULT_MARGIN
+    from ..ort.evaluate import DEFAULT_MARGIN
 
     p = subparsers.add_parser(
         "evaluate",
@@ -82,10 +82,9 @@ def _labels_for(source: Any, labels: np.ndarray, path: str) -> np.ndarray:
 
 def run_evaluate(args: argparse.Namespace) -> int:
     """Evaluate, print the report, and write --json if asked."""
-    from ._util import atomic_write
-    from .cli import open_data
-    from .collect import load_model, model_inputs
-    from .evaluate import evaluate
+    from .._util import atomic_write
+    from ..ort.collect import load_model, model_inputs
+    from ..ort.evaluate import evaluate
 
     if args.json and not Path(args.json).resolve().parent.is_dir():
         raise TrtCalibError(f"{args.json}: the folder to write it in does not exist")

@@ -20,8 +20,8 @@ from typing import Iterable, Mapping
 
 import numpy as np
 
-from ._util import atomic_write
-from .errors import CacheFormatError
+from .._util import atomic_write
+from ..errors import CacheFormatError
 
 __all__ = [
     "CalibrationCache",

@@ -11,6 +11,7 @@ import logging
 import sys
 from pathlib import Path
 from typing import Any
+from ._common import add_data_arguments, open_data
 
 __all__ = ["register"]
 
@@ -19,11 +20,10 @@ log = logging.getLogger(__name__)
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the `quantize` subcommand."""
-    from .cache import DEFAULT_TRT_VERSION
-    from .cli import add_data_arguments
-    from .collect import ALGORITHM_HEADERS
-    from .qdq import ASYMMETRIC_DTYPES, ASYMMETRIC_NOTE
-    from .signs import ASYMMETRIC_METHODS
+    from ..core.cache import DEFAULT_TRT_VERSION
+    from ..ort.collect import ALGORITHM_HEADERS
+    from ..qdq.quantize import ASYMMETRIC_DTYPES, ASYMMETRIC_NOTE
+    from ..core.signs import ASYMMETRIC_METHODS
 
     p = subparsers.add_parser(
         "quantize",
@@ -78,13 +78,12 @@ def _bar(args: argparse.Namespace, total: Any, desc: str, unit: str) -> Any:
 
 
 def _run_quantize(args: argparse.Namespace) -> int:
-    from ._util import atomic_write
-    from .cache import CalibrationCache
-    from .cli import open_data
-    from .collect import calibrate, load_model, model_inputs
-    from .errors import TrtCalibError
-    from .qdq import quantize_model
-    from .signs import collect_signed
+    from .._util import atomic_write
+    from ..core.cache import CalibrationCache
+    from ..ort.collect import calibrate, load_model, model_inputs
+    from ..errors import TrtCalibError
+    from ..qdq.quantize import quantize_model
+    from ..ort.collect import collect_signed
 
     if args.asymmetric is not None and args.from_cache is not None:
         raise TrtCalibError(

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from .cache import CalibrationCache, amax_to_scale
-from .collect import CalibrationResult
+from .result import CalibrationResult
 
 __all__ = ["TensorAgreement", "Comparison", "compare", "ulp_distance", "DEFAULT_MAX_ULPS"]
 

@@ -29,8 +29,8 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from ._util import atomic_write, require
-from .errors import CalibrationError, DataError, MissingDependencyError
+from .._util import atomic_write, require
+from ..errors import CalibrationError, DataError, MissingDependencyError
 from .device import DeviceBuffers, HostBuffers, is_device_array, select_backend
 
 __all__ = [
@@ -285,7 +285,7 @@ class CalibratorCore:
             raise CalibrationError(
                 "cross_check needs the ONNX model the engine is built from: pass cross_check='model.onnx'"
             )
-        from .thresholds import ALGORITHMS as CPU_ALGORITHMS
+        from ..core.thresholds import ALGORITHMS as CPU_ALGORITHMS
 
         if self.algorithm.key not in CPU_ALGORITHMS:
             raise CalibrationError(
@@ -603,8 +603,8 @@ class CalibratorCore:
             if not data:
                 logger.warning("calibration cache %s is empty; ignoring it, TensorRT will calibrate", path)
                 return None
-            from .cache import CalibrationCache
-            from .errors import CacheFormatError
+            from ..core.cache import CalibrationCache
+            from ..errors import CacheFormatError
 
             try:
                 cache = CalibrationCache.parse(data, source=path)
@@ -642,7 +642,7 @@ class CalibratorCore:
     def _warn_version(self, cache: Any, path: Path) -> None:
         if self.trt_version is None or cache.version_number is None:
             return
-        from .cache import encode_version
+        from ..core.cache import encode_version
 
         try:
             running = encode_version(self.trt_version.split("+")[0].split("post")[0])
@@ -687,9 +687,9 @@ class CalibratorCore:
         if not self._kept:
             logger.info("cross-check skipped: no batches were fed (the cache came from a file)")
             return
-        from .cache import CalibrationCache
-        from .collect import calibrate
-        from .compare import compare
+        from ..core.cache import CalibrationCache
+        from ..ort.collect import calibrate
+        from ..core.compare import compare
 
         reference = CalibrationCache.parse(data, source="TensorRT's calibration cache")
         ours = calibrate(self.cross_check, self._kept, algorithm=self.algorithm.key, trt_version=reference.trt_version)

@@ -15,7 +15,8 @@ from typing import Any, Callable, Iterator, Mapping
 import numpy as np
 
 from .calibrator import quiet_trt_deprecations
-from .errors import CalibrationError, MissingDependencyError
+from ..core.signs import classify_sign, expected_mse
+from ..errors import CalibrationError, MissingDependencyError
 
 __all__ = [
     "POLICIES",
@@ -31,8 +32,6 @@ logger = logging.getLogger(__name__)
 
 #: Tensor types TensorRT never quantises: they need no range and are not reported as missing.
 _UNQUANTISED_TYPES = frozenset({"INT32", "INT64", "BOOL"})
-#: Both signs present, and the smaller side's extent below this fraction of the larger: "skewed".
-SKEW_RATIO = 0.25
 
 
 @dataclass(frozen=True)
@@ -93,32 +92,6 @@ class DynamicRangeReport:
 # Sign structure and expected error
 
 
-def classify_sign(hist: Any) -> str:
-    """non-negative, non-positive, skewed, symmetric, or unknown (no finite value seen), from an AbsHistogram."""
-    if hist is None or hist.num_values == 0:
-        return "unknown"
-    lo, hi = float(hist.min), float(hist.max)
-    if lo >= 0:
-        return "non-negative"
-    if hi <= 0:
-        return "non-positive"
-    small, big = sorted((-lo, hi))
-    return "skewed" if small < SKEW_RATIO * big else "symmetric"
-
-
-def expected_mse(hist: Any, amax: float) -> float:
-    """Mean squared error of symmetric INT8 quantisation at `amax` over the histogram (values at bin centres)."""
-    if hist.num_values == 0 or hist.bin_width == 0 or not amax > 0:
-        return 0.0
-    w = float(hist.bin_width)
-    counts = np.asarray(hist.counts, dtype=np.float64)
-    nz = np.flatnonzero(counts)
-    centres = (nz + 0.5) * w
-    step = float(amax) / 127.0
-    q = np.minimum(np.rint(centres / step), 127.0) * step
-    return float(((centres - q) ** 2 * counts[nz]).sum() / counts.sum())
-
-
 # ---------------------------------------------------------------------------------------------------------------------
 # Policies: (name, given amax, histogram or None) -> (amax, sign, choice, reason)
 
@@ -144,7 +117,7 @@ def _sign_aware(name: str, given: float, hist: Any) -> Decision:
         )
     if sign == "symmetric":
         return given, sign, "given", f"both signs with comparable extents [{lo:.4g}, {hi:.4g}]: the |x| amax serves both"
-    from .thresholds import mse_amax
+    from ..core.thresholds import mse_amax
 
     candidates = {"given": given, "minmax": float(np.float32(max(-lo, hi))), "mse": mse_amax(hist)}
     errors = {k: expected_mse(hist, v) for k, v in candidates.items()}

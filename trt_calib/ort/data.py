@@ -24,8 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from ._util import require
-from .errors import DataError, TrtCalibError
+from .._util import require
+from ..errors import DataError, TrtCalibError
 
 __all__ = [
     "InputSpec",
