@@ -13,7 +13,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from trt_calib.core.cache import CalibrationCache, amax_to_scale, scale_to_hex
-from trt_calib.tools.cache_tools import (
+from trt_calib.tools import (
     cache_from_json,
     cache_to_json,
     check_cache,

@@ -24,7 +24,7 @@ MOVED = {
     "device": "trt.device",
     "ranges": "trt.ranges",
     "build": "trt.build",
-    "cache_tools": "tools.cache_tools",
+    "cache_tools": "tools",
     "provenance": "tools.provenance",
     "report": "tools.report",
 }

@@ -1,7 +1,7 @@
 """`trt-calib inspect | validate | diff | check | convert`: the cache tools on the command line.
 
 `register(subparsers)` adds the five commands; each handler parses nothing itself, calls one function of
-`cache_tools`, prints a table (or `--json`) and returns the exit status the command documents.
+`trt_calib.tools`, prints a table (or `--json`) and returns the exit status the command documents.
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ def _add_inspect(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_inspect(args: argparse.Namespace) -> int:
-    from ..tools.cache_tools import inspect_cache
+    from ..tools.entries import inspect_cache
 
     report = inspect_cache(args.cache)
     if args.json:
@@ -107,7 +107,7 @@ def _add_validate(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_validate(args: argparse.Namespace) -> int:
-    from ..tools.cache_tools import validate_cache
+    from ..tools.validate import validate_cache
 
     manifest = None
     if args.data is not None:
@@ -198,7 +198,7 @@ def _load_histograms(path: str | None) -> Any:
 
 
 def _run_diff(args: argparse.Namespace) -> int:
-    from ..tools.cache_tools import diff_caches
+    from ..tools.diff import diff_caches
 
     if args.top is not None and args.top < 0:
         raise TrtCalibError(f"--top must be >= 0, got {args.top}")
@@ -260,7 +260,7 @@ def _add_check(sub: argparse._SubParsersAction) -> None:
 
 def _run_check(args: argparse.Namespace) -> int:
     from ..core.cache import CalibrationCache
-    from ..tools.cache_tools import check_cache
+    from ..tools.check import check_cache
     from ..ort.collect import load_model, model_inputs
 
     cache = CalibrationCache.load(args.cache)
@@ -330,7 +330,7 @@ def _is_json_file(path: str) -> bool:
 def _run_convert(args: argparse.Namespace) -> int:
     from .._util import atomic_write
     from ..core.cache import CalibrationCache
-    from ..tools.cache_tools import cache_from_json, cache_to_json, header_rewrite_warning, rewrite_header
+    from ..tools.convert import cache_from_json, cache_to_json, header_rewrite_warning, rewrite_header
 
     if args.output and Path(args.output).exists() and Path(args.output).resolve() == Path(args.input).resolve() \
             and not args.force:

@@ -1,178 +1,29 @@
-"""Looking at calibration caches: inspect, validate against a model, diff two caches, check by recomputation, convert.
-
-Users lose accuracy to caches that no longer fit what TensorRT builds: a header from another TensorRT version or
-calibrator makes TensorRT ignore the file and recalibrate (with random data under trtexec), a re-export renames
-tensors so entries miss their layers, and a retrained model keeps its old scales. These tools say which, per tensor.
-
-Flags name what a reader should look at: a zero scale (TensorRT's value for an all-zero tensor, wrong for any
-other), an infinite or NaN scale (the tensor held inf or FLT_MAX), a denormal scale, a negative scale, a name that
-appears twice.
-"""
+"""`validate`: will TensorRT use this cache for this model? Header against the target, coverage of the model's
+tensors, suspicious values, pool ties, and whether the model or data changed since calibration (the sidecar)."""
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Iterable, Mapping
 
-import numpy as np
+from ..core.cache import CalibrationCache, scale_to_hex
+from ..errors import CacheFormatError
+from .entries import _UNNAMED_RE, cache_version, check_version, entry_flags, entry_kind, header_algorithm, load_cache
 
-from ..core.cache import TRT_ALGORITHMS, CalibrationCache, encode_version, hex_to_scale, make_header, scale_to_hex
-from ..errors import CacheFormatError, CalibrationError, TrtCalibError
-
-__all__ = [
-    "entry_flags",
-    "inspect_cache",
-    "SEVERITIES",
-    "CALIBRATOR_NAMES",
-    "header_algorithm",
-    "entry_kind",
-    "ValidationReport",
-    "validate_cache",
-    "DiffRow",
-    "CacheDiff",
-    "diff_caches",
-    "CheckReport",
-    "check_cache",
-    "cache_to_json",
-    "cache_from_json",
-    "rewrite_header",
-    "header_rewrite_warning",
-]
-
-_TINY = float(np.finfo(np.float32).tiny)
+__all__ = ["SEVERITIES", "ValidationReport", "validate_cache", "MOST_MISSING_FRACTION", "OUTLIER_FACTOR"]
 
 SEVERITIES = ("error", "warning", "info")
-
-# trt-calib's algorithm names -> the calibrator names TensorRT writes in the header.
-CALIBRATOR_NAMES = {
-    "entropy2": "EntropyCalibration2",
-    "minmax": "MinMaxCalibration",
-    "entropy": "EntropyCalibration",
-    "legacy": "LegacyCalibration",
-}
-# The header algorithms `check` can recompute, as `collect.calibrate` algorithms.
-_RECOMPUTABLE = {"EntropyCalibration2": "entropy2", "MinMaxCalibration": "minmax"}
-
-# A tensor name TensorRT made up: numbered per build, so it moves whenever the network changes.
-_UNNAMED_RE = re.compile(r"^\(Unnamed Layer\* (\d+)\) \[[^\]]+\]_output(?:_\d+)?$")
-_ONNXTRT_RE = re.compile(r"^ONNXTRT_")
-_TRAILING_NUMBER_RE = re.compile(r"^(.*?)(\d+)$")
 
 # Thresholds, documented in docs/cache-tools.md.
 MOST_MISSING_FRACTION = 0.5  # more of the model's tensors missing than this is an error: the cache is for another graph
 OUTLIER_FACTOR = 100.0  # an amax this many times off every neighbour is flagged
+_TRAILING_NUMBER_RE = re.compile(r"^(.*?)(\d+)$")
 
 
-def entry_flags(scale: float) -> list[str]:
-    """Flags for one scale value: zero, inf, nan, denormal, negative."""
-    if math.isnan(scale):
-        return ["nan"]
-    flags = []
-    if scale == 0:
-        flags.append("zero")
-    elif math.isinf(scale):
-        flags.append("inf")
-    elif abs(scale) < _TINY:
-        flags.append("denormal")
-    if scale < 0:
-        flags.append("negative")
-    return flags
-
-
-def _json_float(value: float | None) -> float | str | None:
-    if value is None:
-        return None
-    return value if math.isfinite(value) else str(value)
-
-
-def _load(cache: CalibrationCache | str | os.PathLike) -> CalibrationCache:
-    return cache if isinstance(cache, CalibrationCache) else CalibrationCache.load(cache)
-
-
-def inspect_cache(cache: CalibrationCache | str | os.PathLike) -> dict[str, Any]:
-    """A JSON-able description of a cache: header, version, algorithm, and every entry with its flags."""
-    cache = _load(cache)
-    duplicates = set(cache.duplicates())
-    entries = []
-    flag_counts: dict[str, int] = {}
-    for e in cache.entries:
-        flags = entry_flags(e.scale) + (["duplicate"] if e.name in duplicates else [])
-        for f in flags:
-            flag_counts[f] = flag_counts.get(f, 0) + 1
-        entries.append(
-            {
-                "name": e.name,
-                "hex": e.hex,
-                "scale": _json_float(e.scale),
-                "amax": _json_float(e.amax),
-                "flags": flags,
-            }
-        )
-    return {
-        "file": cache.source,
-        "header": cache.header,
-        "trt_version": cache.trt_version,
-        "algorithm": cache.algorithm,
-        "num_entries": len(cache),
-        "duplicates": sorted(duplicates),
-        "flag_counts": flag_counts,
-        "entries": entries,
-    }
-
-
-# ---------------------------------------------------------------------------------------------- names
-def header_algorithm(name: str) -> str:
-    """The header calibrator name for `name`: entropy2 -> EntropyCalibration2, or a header name as it is."""
-    key = name.strip()
-    if key.lower() in CALIBRATOR_NAMES:
-        return CALIBRATOR_NAMES[key.lower()]
-    for algo in TRT_ALGORITHMS:
-        if key.lower() == algo.lower():
-            return algo
-    if key.lower() in ("percentile", "mse"):
-        raise TrtCalibError(
-            f"algorithm {name!r} is not a TensorRT calibrator, so no cache header names it; trt-calib writes "
-            "percentile and mse scales under EntropyCalibration2. Hint: use entropy2 (EntropyCalibration2)"
-        )
-    choices = ", ".join(f"{k} ({v})" for k, v in CALIBRATOR_NAMES.items())
-    raise TrtCalibError(f"unknown calibration algorithm {name!r}; choose one of {choices}")
-
-
-def _version_number(trt_version: str) -> int:
-    try:
-        return encode_version(trt_version)
-    except ValueError as exc:
-        raise TrtCalibError(f"--trt-version: {exc}") from None
-
-
-def _version_tuple(cache: CalibrationCache) -> tuple[int, int, int]:
-    from ..core.cache import decode_version
-
-    number = cache.version_number
-    return (4, 0, 0) if number is None else decode_version(number)
-
-
-def entry_kind(name: str, initializers: Iterable[str] = ()) -> str:
-    """'unnamed' for TensorRT's (Unnamed Layer* N) names, 'internal' for parser helpers, else 'named'.
-
-    Internal names are ONNXTRT_* helpers of the ONNX parser and TensorRT 10's `<initializer>_output` tensors of
-    initializers that became constant layers (only recognised when the model's initializer names are given).
-    """
-    if _UNNAMED_RE.match(name):
-        return "unnamed"
-    if _ONNXTRT_RE.match(name):
-        return "internal"
-    if name.endswith("_output") and name[: -len("_output")] in set(initializers):
-        return "internal"
-    return "named"
-
-
-# ---------------------------------------------------------------------------------------------- validate
 @dataclass
 class ValidationReport:
     """Findings about one cache (against a model and a target TensorRT when given), most severe first."""
@@ -286,7 +137,7 @@ def _graph(model: Any) -> _Graph:
 def _header_findings(report: ValidationReport, cache: CalibrationCache, trt_version: str | None, algorithm: str | None) -> None:
     version_text = "TensorRT 4 (legacy header '1')" if cache.is_legacy else f"TensorRT {cache.trt_version}"
     if trt_version is not None:
-        wanted = _version_number(trt_version)
+        wanted = check_version(trt_version)
         if cache.version_number != wanted:
             report.add(
                 "error",
@@ -664,11 +515,11 @@ def validate_cache(
         "algorithm": header_algorithm(algorithm) if algorithm is not None else None,
     }
     if trt_version is not None:
-        _version_number(trt_version)
+        check_version(trt_version)
     if source is not None and not Path(source).is_file():
-        _load(cache)  # raises CacheFormatError naming the missing file: a user error, not a finding
+        load_cache(cache)  # raises CacheFormatError naming the missing file: a user error, not a finding
     try:
-        parsed = _load(cache)
+        parsed = load_cache(cache)
     except CacheFormatError as exc:
         report = ValidationReport(source, None, None, None, model_name, target)
         report.add("error", "unparsable", f"{exc}. Hint: TensorRT would fail to read it or ignore it")
@@ -680,7 +531,7 @@ def validate_cache(
     if g is not None:
         _coverage_findings(report, parsed, g)
         _outlier_findings(report, parsed, g)
-        _pool_findings(report, parsed, g, _version_tuple(parsed))
+        _pool_findings(report, parsed, g, cache_version(parsed))
     else:
         for name in parsed.duplicates():
             report.add("warning", "duplicate", "name appears on more than one line; which one TensorRT uses is "
@@ -689,336 +540,3 @@ def validate_cache(
     if source is not None:
         _provenance_findings(report, parsed, Path(source), Path(model_name) if model_name else None, data_manifest)
     return report
-
-
-# ---------------------------------------------------------------------------------------------- diff
-@dataclass(frozen=True)
-class DiffRow:
-    """One tensor in A and/or B: amax both sides, ratio B/A, ULP distance, and the change in histogram bins."""
-
-    name: str
-    a_amax: float | None
-    b_amax: float | None
-    a_hex: str | None
-    b_hex: str | None
-    ratio: float | None  # B / A
-    ulps: int | None
-    bins: float | None  # (B - A) / bin width
-    bins_exact: bool  # True when the bin width came from a saved histogram, False for the amax/2048 estimate
-    status: str  # same | changed | only-a | only-b
-
-    @property
-    def log_ratio(self) -> float | None:
-        """|ln(B/A)|: inf when one side is 0 or not finite and the other is not, None when neither is usable."""
-        if self.status != "changed":
-            return 0.0 if self.status == "same" else None
-        if self.ratio is not None and self.ratio > 0 and math.isfinite(self.ratio):
-            return abs(math.log(self.ratio))
-        return math.inf
-
-    def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for key in ("name", "a_amax", "b_amax", "a_hex", "b_hex", "ratio", "ulps", "bins", "bins_exact", "status"):
-            value = getattr(self, key)
-            out[key] = _json_float(value) if isinstance(value, float) else value
-        out["abs_log_ratio"] = _json_float(self.log_ratio)
-        return out
-
-
-@dataclass
-class CacheDiff:
-    """Two caches compared entry by entry; `rows` are shared tensors, largest change first."""
-
-    a: str | None
-    b: str | None
-    a_header: str
-    b_header: str
-    rows: list[DiffRow]
-    only_a: list[DiffRow]
-    only_b: list[DiffRow]
-    header_differences: list[str]
-
-    @property
-    def changed(self) -> list[DiffRow]:
-        return [r for r in self.rows if r.status == "changed"]
-
-    @property
-    def identical(self) -> bool:
-        """Same header and the same hex for every tensor, none only on one side."""
-        return not (self.header_differences or self.changed or self.only_a or self.only_b)
-
-    def summary(self) -> str:
-        ratios = [r.ratio for r in self.rows if r.ratio is not None and r.ratio > 0 and math.isfinite(r.ratio)]
-        parts = [f"{len(self.rows)} shared tensors, {len(self.rows) - len(self.changed)} identical, "
-                 f"{len(self.changed)} changed"]
-        if ratios:
-            parts.append(f"median B/A {float(np.median(ratios)):.4g}")
-            worst = max(self.rows, key=lambda r: r.log_ratio if r.log_ratio is not None else -1.0)
-            if worst.status == "changed":
-                parts.append(f"largest {worst.name} x{worst.ratio:.4g}" if worst.ratio else f"largest {worst.name}")
-        parts.append(f"{len(self.only_a)} only in A, {len(self.only_b)} only in B")
-        return ", ".join(parts)
-
-    def to_json(self, top: int | None = None) -> dict[str, Any]:
-        rows = self.rows if top is None else self.rows[:top]
-        return {
-            "a": self.a,
-            "b": self.b,
-            "a_header": self.a_header,
-            "b_header": self.b_header,
-            "header_differences": self.header_differences,
-            "identical": self.identical,
-            "summary": self.summary(),
-            "bins_note": "bins = (B - A) / bin width; the width is A's saved histogram's when given, else the "
-            "estimate A_amax / 2048 (an upper bound: a histogram's range is at least the amax chosen from it)",
-            "tensors": [r.to_json() for r in rows],
-            "only_a": [r.to_json() for r in self.only_a],
-            "only_b": [r.to_json() for r in self.only_b],
-        }
-
-
-def _histogram_width(name: str, histograms: Mapping[str, Any] | None) -> float | None:
-    if not histograms or name not in histograms:
-        return None
-    width = float(histograms[name].bin_width)
-    return width if width > 0 and math.isfinite(width) else None
-
-
-def diff_caches(
-    a: CalibrationCache | str | os.PathLike,
-    b: CalibrationCache | str | os.PathLike,
-    *,
-    histograms_a: Mapping[str, Any] | None = None,
-    histograms_b: Mapping[str, Any] | None = None,
-) -> CacheDiff:
-    """Per-tensor ratio B/A, ULP distance and bin difference, largest |log ratio| first; entries only in one file.
-
-    Bin differences use A's saved histogram (`histograms_a`, e.g. from `calibrate --save-histograms`) when given,
-    else B's, else the estimate A_amax / 2048 as the bin width.
-    """
-    from ..core.compare import ulp_distance
-
-    ca, cb = _load(a), _load(b)
-    sa, sb = ca.scales, cb.scales
-    ha = {e.name: e.hex for e in ca.entries}
-    hb = {e.name: e.hex for e in cb.entries}
-    amax_a, amax_b = ca.amaxes(), cb.amaxes()
-    header_differences = []
-    if ca.version_number != cb.version_number:
-        header_differences.append(f"TensorRT version: A {ca.trt_version}, B {cb.trt_version}")
-    if ca.algorithm != cb.algorithm:
-        header_differences.append(f"calibrator: A {ca.algorithm}, B {cb.algorithm}")
-    rows, only_a, only_b = [], [], []
-    for name in sa:
-        x = amax_a[name]
-        if name not in sb:
-            only_a.append(DiffRow(name, x, None, ha[name], None, None, None, None, False, "only-a"))
-            continue
-        y = amax_b[name]
-        same = hex_to_scale(ha[name]) == hex_to_scale(hb[name]) or ha[name].lower() == hb[name].lower()
-        ratio = y / x if (x and math.isfinite(x) and math.isfinite(y)) else None
-        width = _histogram_width(name, histograms_a) or _histogram_width(name, histograms_b)
-        exact = width is not None
-        if width is None and x > 0 and math.isfinite(x):
-            width = x / 2048.0
-        bins = (y - x) / width if width and math.isfinite(y) and math.isfinite(x) else None
-        ulps = ulp_distance(sa[name], sb[name])
-        rows.append(DiffRow(name, x, y, ha[name], hb[name], ratio, ulps, bins, exact, "same" if same else "changed"))
-    for name in sb:
-        if name not in sa:
-            only_b.append(DiffRow(name, None, amax_b[name], None, hb[name], None, None, None, False, "only-b"))
-    rows.sort(key=lambda r: -(r.log_ratio if r.log_ratio is not None else math.inf))
-    return CacheDiff(ca.source, cb.source, ca.header, cb.header, rows, only_a, only_b, header_differences)
-
-
-# ---------------------------------------------------------------------------------------------- check
-@dataclass
-class CheckReport:
-    """A cache recomputed on the CPU: per-tensor agreement (`compare.Comparison`) and the overall verdict."""
-
-    cache: str | None
-    header: str
-    algorithm: str
-    trt_version: str
-    comparison: Any
-    not_recomputable: list[str]
-    num_batches: int
-
-    @property
-    def consistent(self) -> bool:
-        """Every cache entry we recomputed agrees, and every entry that names a model tensor was recomputed."""
-        skipped = set(self.not_recomputable)
-        rows = [r for r in self.comparison.rows if r.name not in skipped]
-        shared_ok = all(r.consistent for r in rows if r.verdict not in ("only-reference", "only-ours"))
-        return shared_ok and not any(r.verdict == "only-reference" for r in rows)
-
-    def summary(self) -> str:
-        text = self.comparison.summary()
-        if self.not_recomputable:
-            text += f"; {len(self.not_recomputable)} TensorRT-internal entries not checked"
-        return f"{text} -> {'consistent' if self.consistent else 'NOT consistent'}"
-
-    def to_json(self) -> dict[str, Any]:
-        out = self.comparison.to_json()
-        out.update(
-            cache=self.cache,
-            header=self.header,
-            algorithm=self.algorithm,
-            trt_version=self.trt_version,
-            num_batches=self.num_batches,
-            not_recomputable=self.not_recomputable,
-            consistent=self.consistent,
-            summary=self.summary(),
-        )
-        return out
-
-
-def check_cache(
-    cache: CalibrationCache | str | os.PathLike,
-    model: Any,
-    batches: Iterable[Any],
-    *,
-    trt_version: str | None = None,
-    max_ulps: int | None = None,
-    progress: Callable[[int], None] | None = None,
-    threads: int | None = None,
-) -> CheckReport:
-    """Recalibrate `model` on `batches` with the cache's calibrator and compare every entry with ours.
-
-    The TensorRT version to emulate (it decides the Concat ties) defaults to the one in the header.
-    """
-    from ..ort.collect import calibrate, load_model
-    from ..core.compare import DEFAULT_MAX_ULPS, compare
-
-    parsed = _load(cache)
-    algorithm = _RECOMPUTABLE.get(parsed.algorithm)
-    if algorithm is None:
-        raise CalibrationError(
-            f"{parsed.source or 'cache'}: header {parsed.header!r} names calibrator {parsed.algorithm}, which "
-            f"trt-calib cannot recompute (it reimplements {', '.join(_RECOMPUTABLE)}). Hint: use `trt-calib "
-            "validate` for the checks that need no recomputation"
-        )
-    if trt_version is None:
-        trt_version = ".".join(map(str, _version_tuple(parsed)))
-    else:
-        _version_number(trt_version)
-    model = load_model(model)
-    result = calibrate(model, batches, algorithm=algorithm, trt_version=trt_version, progress=progress, threads=threads)
-    comparison = compare(parsed, result, max_ulps=DEFAULT_MAX_ULPS if max_ulps is None else max_ulps)
-    initializers = {t.name for t in model.graph.initializer}
-    internal = [e.name for e in parsed.entries if e.name not in result.amax and entry_kind(e.name, initializers) != "named"]
-    return CheckReport(parsed.source, parsed.header, algorithm, trt_version, comparison,
-                       list(dict.fromkeys(internal)), result.num_batches)
-
-
-# ---------------------------------------------------------------------------------------------- convert
-def cache_to_json(cache: CalibrationCache | str | os.PathLike) -> dict[str, float | str]:
-    """`{name: amax}` with amax = scale * 127 exactly (float64), so `cache_from_json` gives back the same hex.
-
-    inf and NaN are written as the strings "inf", "-inf", "nan" (JSON has no such numbers). A duplicated name keeps
-    its last value, as `CalibrationCache.scales` does.
-    """
-    parsed = _load(cache)
-    out: dict[str, float | str] = {}
-    for name, scale in parsed.scales.items():
-        amax = float(scale) * 127.0  # exact in float64: 24-bit significand times a 7-bit integer
-        out[name] = amax if math.isfinite(amax) else str(amax)
-    return out
-
-
-def _amax_from_json(name: str, value: Any, where: str) -> float:
-    if isinstance(value, str) and value.strip().lower() in ("inf", "+inf", "infinity", "nan"):
-        return float(value.strip().lower().replace("infinity", "inf"))
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TrtCalibError(f"{where}: tensor {name!r} has amax {value!r}, not a number. Hint: the JSON must map "
-                            "tensor names to amax values, e.g. {\"input\": 2.64}")
-    amax = float(value)
-    if amax < 0:
-        raise TrtCalibError(f"{where}: tensor {name!r} has negative amax {amax!r}; amax is the symmetric range "
-                            "|x| <= amax. Hint: use abs() of the range")
-    return amax
-
-
-def cache_from_json(
-    data: Mapping[str, Any] | str | os.PathLike,
-    *,
-    algorithm: str = "EntropyCalibration2",
-    trt_version: str,
-) -> CalibrationCache:
-    """A cache from `{name: amax}` (or `calibrate --json` output) with scale = float32(amax / 127).
-
-    The division is done in float64 and rounded once to float32: for a float32 amax that is exactly TensorRT's
-    float32 division, and for an amax from `cache_to_json` it recovers the original scale bit for bit.
-    """
-    where = "JSON"
-    if not isinstance(data, Mapping):
-        where = str(data)
-        try:
-            data = json.loads(Path(data).read_text())
-        except FileNotFoundError:
-            raise TrtCalibError(f"{where}: no such file") from None
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise TrtCalibError(f"{where}: not valid JSON ({exc})") from None
-    if isinstance(data, Mapping) and isinstance(data.get("tensors"), list):
-        try:
-            data = {t["name"]: t["amax"] for t in data["tensors"]}
-        except (KeyError, TypeError):
-            raise TrtCalibError(f"{where}: 'tensors' entries need 'name' and 'amax'") from None
-    if not isinstance(data, Mapping) or not data:
-        raise TrtCalibError(f"{where}: expected a non-empty JSON object {{tensor name: amax}}")
-    if not trt_version:
-        raise TrtCalibError("a cache header needs the TensorRT version that will read it. Hint: --trt-version X.Y.Z")
-    _version_number(trt_version)
-    header = make_header(header_algorithm(algorithm), trt_version)
-    entries = []
-    for name, value in data.items():
-        if not isinstance(name, str) or not name or "\n" in name or "\r" in name:
-            raise TrtCalibError(f"{where}: tensor name {name!r} cannot be written on one cache line")
-        amax = _amax_from_json(name, value, where)
-        with np.errstate(over="ignore"):
-            scale = np.float32(amax / 127.0)
-        entries.append((name, scale_to_hex(float(scale))))
-    return CalibrationCache(header, entries, source=where)
-
-
-def rewrite_header(
-    cache: CalibrationCache | str | os.PathLike, *, trt_version: str, algorithm: str | None = None
-) -> CalibrationCache:
-    """The same entries (byte for byte) under the header TensorRT `trt_version` writes for `algorithm`.
-
-    `algorithm` defaults to the cache's own calibrator.
-    """
-    parsed = _load(cache)
-    algo = header_algorithm(algorithm) if algorithm is not None else parsed.algorithm
-    _version_number(trt_version)
-    header = make_header(algo, trt_version)
-    return CalibrationCache(header, parsed.entries, newline=parsed.newline, final_newline=parsed.final_newline,
-                            source=parsed.source)
-
-
-def header_rewrite_warning(old: CalibrationCache, new: CalibrationCache) -> str:
-    """What a header rewrite means, for the user to read before using the result."""
-    parts = [f"rewrote header {old.header!r} -> {new.header!r}."]
-    if old.version_number != new.version_number:
-        parts.append(
-            f"The scales were computed by TensorRT {old.trt_version}; TensorRT {new.trt_version} will now use them "
-            "as they are, without recalibrating. That is sound only where both versions see the same tensors: "
-            "versions differ in scale ties (Concat inputs are tied only up to 8.0), in the names of "
-            "TensorRT-internal tensors ((Unnamed Layer* N), ONNXTRT_*) and in the parser's tensors, and a tensor "
-            "without an entry gets no INT8 scale. Hint: `trt-calib validate` the result against the model."
-        )
-    if old.algorithm != new.algorithm:
-        detail = (
-            " MinMax scales are the full max|x|, wider than entropy thresholds: reusing them under an "
-            "EntropyCalibration2 header (a known trick to feed MinMax scales to trtexec --calib) keeps outliers "
-            "unclipped at the cost of resolution for the bulk of the values."
-            if old.algorithm == "MinMaxCalibration" and new.algorithm == "EntropyCalibration2"
-            else ""
-        )
-        parts.append(
-            f"The scales were computed by {old.algorithm}; TensorRT's {new.algorithm} calibrator will use them "
-            f"without recalibrating, so the engine gets {old.algorithm} ranges, not {new.algorithm} ones.{detail}"
-        )
-    if old.version_number == new.version_number and old.algorithm == new.algorithm:
-        parts.append("The header did not change.")
-    return " ".join(parts)

@@ -1,0 +1,95 @@
+"""`check`: recompute a cache on the CPU from the same data and say, per tensor, whether it is consistent."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable
+
+from ..core.cache import CalibrationCache
+from ..errors import CalibrationError
+from .entries import cache_version, check_version, entry_kind, load_cache
+
+__all__ = ["CheckReport", "check_cache"]
+
+# The header algorithms `check` can recompute, as `collect.calibrate` algorithms.
+_RECOMPUTABLE = {"EntropyCalibration2": "entropy2", "MinMaxCalibration": "minmax"}
+
+
+@dataclass
+class CheckReport:
+    """A cache recomputed on the CPU: per-tensor agreement (`compare.Comparison`) and the overall verdict."""
+
+    cache: str | None
+    header: str
+    algorithm: str
+    trt_version: str
+    comparison: Any
+    not_recomputable: list[str]
+    num_batches: int
+
+    @property
+    def consistent(self) -> bool:
+        """Every cache entry we recomputed agrees, and every entry that names a model tensor was recomputed."""
+        skipped = set(self.not_recomputable)
+        rows = [r for r in self.comparison.rows if r.name not in skipped]
+        shared_ok = all(r.consistent for r in rows if r.verdict not in ("only-reference", "only-ours"))
+        return shared_ok and not any(r.verdict == "only-reference" for r in rows)
+
+    def summary(self) -> str:
+        text = self.comparison.summary()
+        if self.not_recomputable:
+            text += f"; {len(self.not_recomputable)} TensorRT-internal entries not checked"
+        return f"{text} -> {'consistent' if self.consistent else 'NOT consistent'}"
+
+    def to_json(self) -> dict[str, Any]:
+        out = self.comparison.to_json()
+        out.update(
+            cache=self.cache,
+            header=self.header,
+            algorithm=self.algorithm,
+            trt_version=self.trt_version,
+            num_batches=self.num_batches,
+            not_recomputable=self.not_recomputable,
+            consistent=self.consistent,
+            summary=self.summary(),
+        )
+        return out
+
+
+def check_cache(
+    cache: CalibrationCache | str | os.PathLike,
+    model: Any,
+    batches: Iterable[Any],
+    *,
+    trt_version: str | None = None,
+    max_ulps: int | None = None,
+    progress: Callable[[int], None] | None = None,
+    threads: int | None = None,
+) -> CheckReport:
+    """Recalibrate `model` on `batches` with the cache's calibrator and compare every entry with ours.
+
+    The TensorRT version to emulate (it decides the Concat ties) defaults to the one in the header.
+    """
+    from ..ort.collect import calibrate, load_model
+    from ..core.compare import DEFAULT_MAX_ULPS, compare
+
+    parsed = load_cache(cache)
+    algorithm = _RECOMPUTABLE.get(parsed.algorithm)
+    if algorithm is None:
+        raise CalibrationError(
+            f"{parsed.source or 'cache'}: header {parsed.header!r} names calibrator {parsed.algorithm}, which "
+            f"trt-calib cannot recompute (it reimplements {', '.join(_RECOMPUTABLE)}). Hint: use `trt-calib "
+            "validate` for the checks that need no recomputation"
+        )
+    if trt_version is None:
+        trt_version = ".".join(map(str, cache_version(parsed)))
+    else:
+        check_version(trt_version)
+    model = load_model(model)
+    result = calibrate(model, batches, algorithm=algorithm, trt_version=trt_version, progress=progress, threads=threads)
+    comparison = compare(parsed, result, max_ulps=DEFAULT_MAX_ULPS if max_ulps is None else max_ulps)
+    initializers = {t.name for t in model.graph.initializer}
+    internal = [e.name for e in parsed.entries if e.name not in result.amax and entry_kind(e.name, initializers) != "named"]
+    return CheckReport(parsed.source, parsed.header, algorithm, trt_version, comparison,
+                       list(dict.fromkeys(internal)), result.num_batches)
