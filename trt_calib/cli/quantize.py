@@ -22,7 +22,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the `quantize` subcommand."""
     from ..core.cache import DEFAULT_TRT_VERSION
     from ..ort.collect import ALGORITHM_HEADERS
-    from ..qdq.quantize import ASYMMETRIC_DTYPES, ASYMMETRIC_NOTE
+    from ..qdq import ASYMMETRIC_DTYPES, ASYMMETRIC_NOTE
     from ..core.signs import ASYMMETRIC_METHODS
 
     p = subparsers.add_parser(
@@ -82,7 +82,7 @@ def _run_quantize(args: argparse.Namespace) -> int:
     from ..core.cache import CalibrationCache
     from ..ort.collect import calibrate, load_model, model_inputs
     from ..errors import TrtCalibError
-    from ..qdq.quantize import quantize_model
+    from ..qdq import quantize_model
     from ..ort.collect import collect_signed
 
     if args.asymmetric is not None and args.from_cache is not None:

@@ -1,23 +1,16 @@
-"""Q/DQ ONNX for TensorRT 11 (explicit quantization): placement, rewriting, bias correction.
+"""Q/DQ ONNX for TensorRT 11 (explicit quantization). `quantize_model` is the entry point.
 
-Imports `core` and `ort`. `quantize_model` is the entry point; the names below are its public surface.
+Modules, in the order the work happens: `graph` (the graph facts placement needs), `scales` (where each scale comes
+from), `placement` (which tensors get Q/DQ, TensorRT's guidance), `weights` and `rewrite` (the new graph), `bias`
+(sequential bias correction), `report` (coverage), `quantize` (all of it). Imports `core` and `ort`.
 """
 
-from .quantize import (
-    ASYMMETRIC_DTYPES,
-    ASYMMETRIC_METADATA_KEY,
-    ASYMMETRIC_NOTE,
-    MIN_OPSET,
-    PLACEMENTS,
-    WEIGHTED_OPS,
-    ActivationScale,
-    CoverageReport,
-    NodeCoverage,
-    qdq_session,
-    quantize_model,
-    quantize_weight,
-    weight_axis,
-)
+from .bias import qdq_session
+from .graph import MIN_OPSET, PLACEMENTS, WEIGHTED_OPS
+from .quantize import quantize_model
+from .report import ActivationScale, CoverageReport, NodeCoverage
+from .scales import ASYMMETRIC_DTYPES, ASYMMETRIC_METADATA_KEY, ASYMMETRIC_NOTE
+from .weights import quantize_weight, weight_axis
 
 __all__ = [
     "PLACEMENTS",

@@ -1,0 +1,186 @@
+"""Sequential bias correction: measure each quantised layer's per-channel mean output error and fold it into its bias.
+
+Also `qdq_session`: an onnxruntime session that runs a Q/DQ graph as written (no graph optimisation)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from ..errors import ModelError
+from ..ort.collect import _tensor_types, load_model, ort_session
+from .graph import _attr
+from .rewrite import _drop_unused_constants, _float_dtype, _Names
+
+log = logging.getLogger(__name__)
+
+
+def qdq_session(model: Any, *, outputs: Sequence[str] | None = None, threads: int | None = None) -> Any:
+    """An onnxruntime CPU session that runs a Q/DQ model as written: every graph optimisation off (see `ort_session`)."""
+    return ort_session(load_model(model), outputs or (), optimize=False, threads=threads, role="the Q/DQ model")
+
+
+class _Segments:
+    """Run a model in segments that each end at one layer output, keeping only the tensors later segments read.
+
+    Between segments the caller may edit a layer's output in place (bias correction does), so each layer is seen
+    with every earlier correction applied, at the cost of about one forward pass in all.
+    """
+
+    def __init__(self, model: Any, layer_outputs: Sequence[str]) -> None:
+        self.model = model
+        graph = model.graph
+        self.types = _tensor_types(model)
+        producer = {out: i for i, n in enumerate(graph.node) for out in n.output if out}
+        self.ends = [(producer[t], t) for t in layer_outputs]
+        if [e for e, _ in self.ends] != sorted(e for e, _ in self.ends):
+            raise ModelError("layers are not in topological order")
+        self.last_use: dict[str, int] = {}
+        for i, n in enumerate(graph.node):
+            for name in n.input:
+                self.last_use[name] = i
+        for o in graph.output:
+            self.last_use[o.name] = len(graph.node)
+        self.initializers = {t.name: t for t in graph.initializer}
+
+    def _segment(self, start: int, end: int, out: str) -> tuple[Any, list[str], list[str]]:
+        from onnx import helper
+
+        graph = self.model.graph
+        nodes = list(graph.node[start : end + 1])
+        produced = {o for n in nodes for o in n.output if o}
+        inputs, inits = [], []
+        for n in nodes:
+            for name in n.input:
+                if not name or name in produced or name in inputs:
+                    continue
+                if name in self.initializers:
+                    if self.initializers[name] not in inits:
+                        inits.append(self.initializers[name])
+                else:
+                    inputs.append(name)
+        outputs = [o for n in nodes for o in n.output if o and (self.last_use.get(o, -1) > end or o == out)]
+        sub = helper.make_graph(
+            nodes,
+            f"segment_{start}_{end}",
+            [helper.make_tensor_value_info(t, self.types.get(t, 1), None) for t in inputs],
+            [helper.make_tensor_value_info(t, self.types.get(t, 1), None) for t in outputs],
+            inits,
+        )
+        m = helper.make_model(sub, opset_imports=list(self.model.opset_import))
+        m.ir_version = self.model.ir_version
+        return m, inputs, outputs
+
+    def run(self, batches: list[dict[str, np.ndarray]], visit: Callable[[int, str, list[dict[str, np.ndarray]]], None]) -> None:
+        live = [dict(b) for b in batches]
+        start = 0
+        for k, (end, out) in enumerate(self.ends):
+            if end >= start:
+                sub, inputs, outputs = self._segment(start, end, out)
+                session = qdq_session(sub)
+                for values in live:
+                    results = session.run(outputs, {t: values[t] for t in inputs})
+                    values.update(zip(outputs, results))
+                    for t in [t for t in values if self.last_use.get(t, -1) <= end and t != out]:
+                        del values[t]
+                start = end + 1
+            visit(k, out, live)
+
+
+def _channel_means(values: list[dict[str, np.ndarray]], name: str) -> np.ndarray:
+    total, count = None, 0
+    for v in values:
+        x = np.asarray(v[name], dtype=np.float64)
+        axes = tuple(i for i in range(x.ndim) if i != 1)
+        s = x.sum(axis=axes)
+        total = s if total is None else total + s
+        count += x.size // x.shape[1]
+    return total / max(count, 1)
+
+
+def _correct_biases(
+    float_model: Any,
+    qdq_model: Any,
+    layers: list[tuple[int, str]],
+    batches: list[dict[str, np.ndarray]],
+    progress: Callable[[int], None] | None,
+) -> tuple[dict[int, float], dict[str, Any]]:
+    """Fold each layer's measured per-channel mean error into its bias, in topological order; edits `qdq_model`."""
+    from onnx import numpy_helper
+
+    started = time.perf_counter()
+    outs = [out for _, out in layers]
+    float_means: dict[str, np.ndarray] = {}
+    _Segments(float_model, outs).run(batches, lambda k, out, live: float_means.__setitem__(out, _channel_means(live, out)))
+
+    graph = qdq_model.graph
+    by_output = {n.output[0]: n for n in graph.node if n.output}
+    inits = {t.name: t for t in graph.initializer}
+    names = _Names(graph)
+    types = _tensor_types(qdq_model)
+    shifts: dict[int, float] = {}
+    before: list[float] = []
+
+    def visit(k: int, out: str, live: list[dict[str, np.ndarray]]) -> None:
+        index, _ = layers[k]
+        node = by_output[out]
+        err = _channel_means(live, out) - float_means[out]
+        before.append(float(np.mean(np.abs(err))))
+        new_bias = _shifted_bias(node, err, inits, types, out)
+        if new_bias is not None:
+            name = names(f"{out}_bias_corrected")
+            tensor = numpy_helper.from_array(new_bias, name)
+            graph.initializer.append(tensor)
+            inits[name] = tensor
+            while len(node.input) < 3:
+                node.input.append("")
+            node.input[2] = name
+            shape = [1] * live[0][out].ndim
+            shape[1] = err.size
+            correction = err.astype(live[0][out].dtype).reshape(shape)
+            for values in live:
+                values[out] = values[out] - correction
+            shifts[index] = float(np.max(np.abs(err)))
+        if progress is not None:
+            progress(1)
+
+    _Segments(qdq_model, outs).run(batches, visit)
+    _drop_unused_constants(graph)
+    info = {
+        "batches": len(batches),
+        "samples": int(sum(next(iter(b.values())).shape[0] for b in batches)),
+        "layers": len(shifts),
+        "mean_abs_error_before": float(np.mean(before)) if before else 0.0,
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+    return shifts, info
+
+
+def _shifted_bias(node: Any, err: np.ndarray, inits: dict[str, Any], types: dict[str, int], out: str) -> np.ndarray | None:
+    """The layer's bias minus `err` (per output channel), shaped as the node reads it; None when it cannot take one."""
+    from onnx import numpy_helper
+
+    dtype = _float_dtype(types.get(out))
+    bias_name = node.input[2] if len(node.input) > 2 and node.input[2] else None
+    if bias_name is not None and bias_name not in inits:
+        log.warning("%s: bias %r is not an initializer; bias correction skipped", out, bias_name)
+        return None
+    bias = numpy_helper.to_array(inits[bias_name]).astype(np.float64) if bias_name else None
+    if node.op_type != "Gemm":
+        base = bias if bias is not None else np.zeros(err.shape, np.float64)
+        return (base - err).astype(dtype)
+    beta = float(_attr(node, "beta", 1.0))
+    if beta == 0.0:
+        log.warning("%s: Gemm with beta=0 ignores its C input; bias correction skipped", out)
+        return None
+    delta = err / beta
+    if bias is None or bias.size == 1:
+        base = np.zeros(err.shape, np.float64) + (float(bias.reshape(-1)[0]) if bias is not None else 0.0)
+        return (base - delta).astype(dtype)
+    if bias.shape[-1] != err.size:
+        log.warning("%s: Gemm C of shape %s does not broadcast per output column; bias correction skipped", out, bias.shape)
+        return None
+    return (bias - delta).astype(dtype)

@@ -1,0 +1,88 @@
+"""The graph facts Q/DQ placement needs: which ops carry weights, pass values through or fuse, and a small
+indexed view of an ONNX graph (producers, consumers, initializers, constants)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+
+MIN_OPSET = 13  # DequantizeLinear's `axis` (per-channel weights) arrived in opset 13
+WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+PLACEMENTS = {
+    "trt": "inputs and weights of Conv/ConvTranspose/Gemm/MatMul, residual inputs of Conv-fed Adds, shared Concat scales",
+    "weighted": "inputs and weights of Conv/ConvTranspose/Gemm/MatMul only (no Add residuals)",
+}
+_BIASED_OPS = ("Conv", "ConvTranspose", "Gemm")
+# Ops whose output holds the same values (or a selection of them) as their first input: a tensor without its own scale
+# takes the scale of what it was reshaped or max-pooled from. TensorRT ties max-pool scales the same way.
+_PASS_THROUGH = ("Flatten", "Reshape", "Squeeze", "Unsqueeze", "Transpose", "Identity", "MaxPool")
+_FUSED_ACTIVATIONS = ("Relu", "Clip", "LeakyRelu", "Sigmoid", "Tanh", "HardSigmoid", "HardSwish", "Elu", "Selu")
+_POOLS = ("MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool")
+_UNNAMED_PREFIX = "(Unnamed Layer*"
+
+
+class _Graph:
+    """Read-only indexes over a graph: producers, consumers, constants."""
+
+    def __init__(self, graph: Any) -> None:
+        from onnx import numpy_helper
+
+        self.graph = graph
+        self.initializers = {t.name: t for t in graph.initializer}
+        self.constant_nodes = {
+            n.output[0]: n for n in graph.node if n.op_type == "Constant" and n.output and _constant_attr(n) is not None
+        }
+        self.producer: dict[str, tuple[int, Any]] = {}
+        self.consumers: dict[str, list[tuple[int, int]]] = {}
+        for i, node in enumerate(graph.node):
+            for out in node.output:
+                if out:
+                    self.producer[out] = (i, node)
+            for j, name in enumerate(node.input):
+                if name:
+                    self.consumers.setdefault(name, []).append((i, j))
+        self.outputs = {o.name for o in graph.output}
+        self.inputs = {i.name for i in graph.input if i.name not in self.initializers}
+        self._numpy_helper = numpy_helper
+
+    def is_constant(self, name: str) -> bool:
+        return name in self.initializers or name in self.constant_nodes
+
+    def constant(self, name: str) -> np.ndarray:
+        if name in self.initializers:
+            return self._numpy_helper.to_array(self.initializers[name])
+        return self._numpy_helper.to_array(_constant_attr(self.constant_nodes[name]))
+
+    def is_tensor(self, name: str) -> bool:
+        return name in self.producer or name in self.inputs or name in self.initializers
+
+    def op_of(self, name: str) -> str | None:
+        p = self.producer.get(name)
+        return p[1].op_type if p else None
+
+
+def _constant_attr(node: Any) -> Any:
+    """The TensorProto of a Constant node's `value` attribute (None for value_float etc., which hold no weights)."""
+    for a in node.attribute:
+        if a.name == "value" and a.HasField("t"):
+            return a.t
+    return None
+
+
+def _node_label(node: Any, index: int) -> str:
+    return node.name or f"{node.op_type}_{index}"
+
+
+def _opset(model: Any) -> int:
+    return max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
+
+
+def _attr(node: Any, name: str, default: Any) -> Any:
+    from onnx import helper
+
+    for a in node.attribute:
+        if a.name == name:
+            return helper.get_attribute_value(a)
+    return default
