@@ -16,6 +16,9 @@ def reference_counts(values: np.ndarray, rng: float, num_bins: int = 2048) -> np
     """bin = min(floor(|x| / w), num_bins - 1) with w = float32(rng / num_bins), one value at a time."""
     w = np.float32(np.float32(rng) / np.float32(num_bins))
     counts = np.zeros(num_bins, dtype=np.int64)
+    if w == 0:  # a range below 2048 * the smallest denormal has no width: AbsHistogram counts it all in bin 0
+        counts[0] = np.size(values)
+        return counts
     for v in np.abs(np.asarray(values, dtype=np.float32)):
         counts[min(int(np.float32(v) / w), num_bins - 1)] += 1
     return counts
@@ -150,6 +153,15 @@ def test_counts_match_a_value_by_value_reference(batches):
     else:
         np.testing.assert_array_equal(h.counts, reference_counts(x, h.range))
     assert h.counts.sum() == x.size
+
+
+def test_a_range_too_small_for_a_bin_width_counts_in_bin_0():
+    """range = the smallest denormal: float32(range / 2048) is 0, and the reference divided by it (found by hypothesis)."""
+    h = AbsHistogram()
+    h.update(np.array([1e-45, 0.0, -1e-45], np.float32))
+    assert h.bin_width == 0.0
+    assert h.counts[0] == 3 and h.counts.sum() == 3
+    np.testing.assert_array_equal(h.counts, reference_counts([1e-45, 0.0, -1e-45], h.range))
 
 
 def test_large_batch_crosses_block_boundaries():
