@@ -17,7 +17,6 @@ never write a cache after a failure, and `raise_if_failed()` re-raises the origi
 
 from __future__ import annotations
 
-import collections.abc
 import contextlib
 import logging
 import os
@@ -25,13 +24,19 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from .._util import atomic_write, require
+from .._util import require
 from ..errors import CalibrationError, DataError, MissingDependencyError
-from .device import DeviceBuffers, HostBuffers, is_device_array, select_backend
+from .algorithms import ALGORITHMS, BY_CLASS_NAME, Algorithm
+from .algorithms import algorithm as find_algorithm
+from .batches import BatchFeed, leading_dim, shape_text
+from .cache_file import CacheFile
+from .crosscheck import CrossCheck
+from .device import DeviceBuffers, HostBuffers, select_backend
+from .failures import FailureRecord
 
 __all__ = [
     "ALGORITHMS",
@@ -47,37 +52,6 @@ __all__ = [
 # access (module __getattr__); they are left out of __all__ so `import *` does not need TensorRT.
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Algorithm:
-    """One TensorRT calibrator: our name for it, the TensorRT base class and the cache header it writes."""
-
-    key: str  # the name trt-calib uses everywhere (CLI, collect.calibrate)
-    class_name: str  # our calibrator class
-    base: str  # the tensorrt base class
-    header: str  # the algorithm in the cache header, TRT-<version>-<header>
-
-
-#: Our algorithm name -> TensorRT calibrator.
-ALGORITHMS: dict[str, Algorithm] = {
-    a.key: a
-    for a in (
-        Algorithm("entropy2", "EntropyCalibrator2", "IInt8EntropyCalibrator2", "EntropyCalibration2"),
-        Algorithm("minmax", "MinMaxCalibrator", "IInt8MinMaxCalibrator", "MinMaxCalibration"),
-        Algorithm("entropy", "EntropyCalibrator", "IInt8EntropyCalibrator", "EntropyCalibration"),
-        Algorithm("legacy", "LegacyCalibrator", "IInt8LegacyCalibrator", "LegacyCalibration"),
-    )
-}
-_BY_CLASS_NAME = {a.class_name: a for a in ALGORITHMS.values()}
-_CACHE_MISMATCH = ("error", "recalibrate")
-
-
-def _algorithm(name: str) -> Algorithm:
-    algo = ALGORITHMS.get(name) or _BY_CLASS_NAME.get(name)
-    if algo is None:
-        raise CalibrationError(f"unknown calibration algorithm {name!r}. Choices: {', '.join(ALGORITHMS)}.")
-    return algo
 
 
 @contextlib.contextmanager
@@ -102,118 +76,23 @@ def import_tensorrt(purpose: str = "INT8 calibration") -> Any:
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Batches: description and validation
-
-
-def _torch_like(value: Any) -> bool:
-    return type(value).__module__.split(".")[0] == "torch" and hasattr(value, "is_contiguous")
-
-
-def _describe(value: Any) -> tuple[tuple[int, ...], np.dtype, bool]:
-    """(shape, numpy dtype, C-contiguous) of a numpy array, a torch tensor or a __cuda_array_interface__ array."""
-    if isinstance(value, np.ndarray):
-        return value.shape, value.dtype, bool(value.flags.c_contiguous)
-    if _torch_like(value):
-        name = str(value.dtype).rpartition(".")[2]
-        try:
-            dtype = np.dtype(name)
-        except TypeError:
-            dtype = np.dtype(np.void)  # bfloat16 and other types numpy has no name for
-        return tuple(int(d) for d in value.shape), dtype, bool(value.is_contiguous())
-    if is_device_array(value):
-        iface = value.__cuda_array_interface__
-        shape = tuple(int(d) for d in iface["shape"])
-        dtype = np.dtype(iface["typestr"])
-        strides = iface.get("strides")
-        contiguous = strides is None or tuple(strides) == tuple(
-            int(np.prod(shape[i + 1 :], dtype=np.int64)) * dtype.itemsize for i in range(len(shape))
-        )
-        return shape, dtype, contiguous
-    raise TypeError(type(value).__name__)
-
-
-def _count_non_finite(value: Any) -> tuple[int, int]:
-    """(NaN count, infinity count) of a floating-point array on the host or the GPU."""
-    if isinstance(value, np.ndarray):
-        if value.dtype.kind != "f":
-            return 0, 0
-        if np.isfinite(value).all():
-            return 0, 0
-        nan = int(np.count_nonzero(np.isnan(value)))
-        return nan, int(value.size - nan - np.count_nonzero(np.isfinite(value)))
-    if _torch_like(value):
-        if not value.is_floating_point() or bool(value.isfinite().all()):
-            return 0, 0
-        nan = int(value.isnan().sum())
-        return nan, int(value.isinf().sum())
-    module = type(value).__module__.split(".")[0]
-    if module == "cupy":
-        import cupy
-
-        if value.dtype.kind != "f" or bool(cupy.isfinite(value).all()):
-            return 0, 0
-        return int(cupy.isnan(value).sum()), int(cupy.isinf(value).sum())
-    return 0, 0
-
-
-def _host_copy(value: Any) -> np.ndarray:
-    """A host numpy copy of a batch array (for the cross-check and the host backend)."""
-    if isinstance(value, np.ndarray):
-        return value.copy()
-    if _torch_like(value):
-        return value.detach().cpu().numpy().copy()
-    if hasattr(value, "get"):  # CuPy
-        return np.asarray(value.get())
-    raise CalibrationError(f"cannot copy a {type(value).__name__} to the host for the cross-check")
-
-
-def _leading_dim(raw: Any) -> int:
-    """The batch size a raw batch implies: the first dim of its first array (1 for a scalar)."""
-    value = next(iter(raw.values())) if isinstance(raw, Mapping) else raw
-    shape = getattr(value, "shape", None)
-    if shape is None:
-        shape = np.shape(value)
-    return int(shape[0]) if len(shape) else 1
-
-
-def _shape_text(shape: Sequence[Any]) -> str:
-    return "(" + ", ".join(str(d) for d in shape) + ("," if len(shape) == 1 else "") + ")"
-
-
-def _is_one_shot(batches: Any) -> bool:
-    """True for iterators (generators): they cannot be iterated a second time."""
-    return isinstance(batches, collections.abc.Iterator)
-
-
-@dataclass
-class _Failure:
-    exception: BaseException
-    callback: str
-    batch_index: int | None
-    noted: bool = False
-
-    def where(self) -> str:
-        at = f" for batch {self.batch_index}" if self.batch_index is not None else ""
-        return f"{self.callback}(){at}"
-
-
-# ---------------------------------------------------------------------------------------------------------------------
 # The calibrator logic, without TensorRT
 
 
 class CalibratorCore:
-    """Everything a TensorRT calibrator does, with no TensorRT base class: batches, validation, device buffers,
-    the cache, failure capture and the cross-check. The TensorRT classes delegate to one of these; dry runs and
-    tests drive it directly.
+    """Everything a TensorRT calibrator does, with no TensorRT base class. The TensorRT classes delegate to one of
+    these; dry runs and tests drive it directly. Its parts: the batches (`BatchFeed`: pulling, peeking, validation),
+    the device buffers (`trt.device`), the cache (`CacheFile`), the failure record (`FailureRecord`) and the
+    cross-check (`CrossCheck`).
 
     Args:
         batches: an iterable of ``{input_name: array}`` dicts, of bare arrays (single-input networks), or a
-            `trt_calib.data.BatchSource`. Arrays may be numpy arrays or CUDA tensors (torch, CuPy: zero-copy).
+            `trt_calib.ort.data.BatchSource`. Arrays may be numpy arrays or CUDA tensors (torch, CuPy: zero-copy).
         cache_file: calibration cache to read (if it exists and matches this algorithm) and to write.
         device: device backend name (``auto``, ``pycuda``, ``cuda-python``, ``cupy``, ``torch``, ``host``) or
             a `DeviceBuffers`; created at the first batch.
         algorithm: ``entropy2``, ``minmax``, ``entropy`` or ``legacy``.
-        input_specs: the network inputs (`trt_calib.data.InputSpec`); their dtype is accepted besides float32
+        input_specs: the network inputs (`trt_calib.ort.data.InputSpec`); their dtype is accepted besides float32
             and their static dims are checked.
         cross_check: an ONNX model (path or ModelProto): keep host copies of the batches and, when TensorRT writes
             its cache, recompute it on the CPU and compare (`cross_check_result`). Costs host memory.
@@ -240,97 +119,94 @@ class CalibratorCore:
         regression_cutoff: float = 1.0,
         trt_version: str | None = None,
     ) -> None:
-        self.algorithm = _algorithm(algorithm)
-        if batches is None or isinstance(batches, (str, bytes, os.PathLike)):
-            raise DataError(
-                f"batches must be an iterable of {{input_name: array}} dicts or arrays, got {batches!r}. "
-                "Hint: trt_calib.data.open_source(path, inputs, batch_size=...) reads files and folders"
-            )
-        if isinstance(batches, Mapping) or isinstance(batches, np.ndarray):
-            raise DataError(
-                f"batches must be an iterable of batches, got one {type(batches).__name__}. Hint: pass [batch]"
-            )
-        if not isinstance(batches, collections.abc.Iterable):
-            raise DataError(f"batches: {type(batches).__name__} is not iterable")
-        if cache_mismatch not in _CACHE_MISMATCH:
-            raise CalibrationError(f"cache_mismatch must be one of {_CACHE_MISMATCH}, got {cache_mismatch!r}")
+        self.algorithm = find_algorithm(algorithm)
+        self.feed = BatchFeed(batches, input_specs)
         if max_batches is not None and max_batches < 1:
             raise CalibrationError(f"max_batches must be >= 1, got {max_batches}")
         if min_batches < 0:
             raise CalibrationError(f"min_batches must be >= 0, got {min_batches}")
         if not isinstance(device, (str, DeviceBuffers)):
             raise CalibrationError(f"device must be a backend name or a DeviceBuffers, got {type(device).__name__}")
-        self._source = batches
-        self.cache_file = Path(cache_file) if cache_file is not None else None
+        self.cache = CacheFile(cache_file, self.algorithm, mismatch=cache_mismatch, trt_version=trt_version)
         self._device_request: str | DeviceBuffers = device
         self.device_index = device_index
-        self.input_specs = {s.name: s for s in input_specs} if input_specs else {}
         self.max_batches = max_batches
         self.min_batches = min_batches
-        self.cache_mismatch = cache_mismatch
         self.quantile = float(quantile)
         self.regression_cutoff = float(regression_cutoff)
         self.trt_version = trt_version
-        self.cross_check = self._check_cross_check(cross_check)
-        self.cross_check_result: Any = None
+        self._cross_check_model = None if cross_check is None or cross_check is False else cross_check
+        self.crosscheck = None if self._cross_check_model is None else CrossCheck(self._cross_check_model, self.algorithm)
         self._buffers: DeviceBuffers | None = None
         self._start()
-        self._cache_bytes: bytes | None = None
-        self.cache_used = False
-
-    def _check_cross_check(self, model: Any) -> Any:
-        if model is None or model is False:
-            return None
-        if model is True:
-            raise CalibrationError(
-                "cross_check needs the ONNX model the engine is built from: pass cross_check='model.onnx'"
-            )
-        from ..core.thresholds import ALGORITHMS as CPU_ALGORITHMS
-
-        if self.algorithm.key not in CPU_ALGORITHMS:
-            raise CalibrationError(
-                f"cross_check is not available for {self.algorithm.class_name}: trt-calib reimplements "
-                f"{', '.join(k for k in ALGORITHMS if k in CPU_ALGORITHMS)} on the CPU, not {self.algorithm.header}."
-            )
-        if isinstance(model, (str, os.PathLike)) and not Path(model).is_file():
-            raise CalibrationError(f"cross_check model {model}: no such file")
-        return model
 
     def _start(self) -> None:
         """(Re)set the per-calibration state."""
-        self._iterator: Iterator[Any] | None = None
-        self._raw_pending: list[Any] = []
-        self._peeked: tuple[tuple[str, ...], dict[str, Any]] | None = None
-        self._first_shapes: dict[str, tuple[int, ...]] = {}
-        self.dtypes: dict[str, np.dtype] = {}
+        self.feed.restart()
+        self.failures = FailureRecord()
         self._batch_size: int | None = None
-        self._names: tuple[str, ...] | None = None
-        self._failure: _Failure | None = None
-        self._exhausted = False
-        self._kept: list[dict[str, np.ndarray]] = []
-        self.batches_fed = 0
         self.seconds_per_batch: list[float] = []
+        if self.crosscheck is not None:
+            self.crosscheck.kept = []
 
     # ------------------------------------------------------------------------------------------ state
     @property
+    def cache_file(self) -> Path | None:
+        """The cache path (None: the cache lives in memory only)."""
+        return self.cache.path
+
+    @property
+    def cache_used(self) -> bool:
+        """True when TensorRT was handed a cache instead of calibrating."""
+        return self.cache.used
+
+    @property
+    def cache_mismatch(self) -> str:
+        return self.cache.mismatch
+
+    @property
+    def cross_check(self) -> Any:
+        """The ONNX model of the cross-check, or None."""
+        return self._cross_check_model
+
+    @property
+    def cross_check_result(self) -> Any:
+        """The per-tensor comparison with the CPU calibration, once TensorRT wrote its cache (else None)."""
+        return None if self.crosscheck is None else self.crosscheck.result
+
+    @property
+    def batches_fed(self) -> int:
+        """Batches handed to TensorRT so far."""
+        return self.feed.fed
+
+    @property
+    def dtypes(self) -> dict[str, np.dtype]:
+        """The dtype of each input in the first batch."""
+        return self.feed.dtypes
+
+    @property
+    def input_specs(self) -> dict[str, Any]:
+        return self.feed.input_specs
+
+    @property
     def failed(self) -> bool:
         """True once a callback failed; calibration has ended."""
-        return self._failure is not None
+        return self.failures.first is not None
 
     @property
     def failure(self) -> BaseException | None:
         """The first exception raised inside a callback, or None."""
-        return None if self._failure is None else self._failure.exception
+        return None if self.failures.first is None else self.failures.first.exception
 
     @property
     def shapes(self) -> dict[str, tuple[int, ...]]:
         """Shape of each input in the first batch (every batch must match)."""
-        return dict(self._first_shapes)
+        return dict(self.feed.first_shapes)
 
     @property
     def names(self) -> tuple[str, ...] | None:
         """Input names in the order TensorRT asked for them, once it has."""
-        return self._names
+        return self.feed.names
 
     @property
     def backend(self) -> DeviceBuffers | None:
@@ -339,190 +215,22 @@ class CalibratorCore:
 
     def raise_if_failed(self) -> None:
         """Re-raise the first exception raised inside a callback (with a note naming callback and batch)."""
-        failure = self._failure
-        if failure is None:
-            return
-        exc = failure.exception
-        if not failure.noted and hasattr(exc, "add_note"):
-            exc.add_note(
-                f"trt-calib: raised inside TensorRT's {failure.where()} callback; calibration ended there and "
-                "no calibration cache was written."
-            )
-            failure.noted = True
-        raise exc
+        self.failures.raise_if_failed()
 
     def _record_failure(self, exc: BaseException, callback: str, batch_index: int | None) -> None:
-        self._exhausted = True
-        if self._failure is not None:
-            logger.debug("after the first failure, %s() also raised %s: %s", callback, type(exc).__name__, exc)
-            return
-        self._failure = _Failure(exc, callback, batch_index)
-        logger.error(
-            "calibration failed in %s: %s: %s. Calibration ends here and no cache will be written; TensorRT may "
-            "still finish the build from partial data, so call raise_if_failed() after it.",
-            self._failure.where(), type(exc).__name__, exc,
-        )
-
-    # ------------------------------------------------------------------------------------------ batches
-    def _pull(self) -> Any:
-        """The next raw batch from the source, or None at the end."""
-        if self._raw_pending:
-            return self._raw_pending.pop(0)
-        if self._exhausted:
-            return None
-        if self._iterator is None:
-            self._iterator = iter(self._source)
-        try:
-            return next(self._iterator)
-        except StopIteration:
-            return None
-
-    def _peek_raw(self) -> Any:
-        if self._peeked is not None:
-            return self._peeked[1]
-        if not self._raw_pending:
-            raw = self._pull()
-            if raw is None:
-                return None
-            self._raw_pending.append(raw)
-        return self._raw_pending[0]
+        self.feed.exhausted = True
+        self.failures.record(exc, callback, batch_index)
 
     def input_names(self) -> tuple[str, ...] | None:
         """Input names known without TensorRT: TensorRT's order once seen, else the specs, else the first batch."""
-        if self._names is not None:
-            return self._names
-        if self.input_specs:
-            return tuple(self.input_specs)
-        raw = self._peek_raw()
-        if isinstance(raw, Mapping):
-            return tuple(str(k) for k in raw)
-        return None
-
-    def _as_dict(self, raw: Any, names: Sequence[str], index: int) -> dict[str, Any]:
-        if isinstance(raw, Mapping):
-            return dict(raw)
-        if isinstance(raw, (str, bytes)) or raw is None:
-            raise DataError(f"batch {index}: expected a dict {{input_name: array}} or an array, got {raw!r}")
-        if isinstance(raw, (list, tuple)):
-            raise DataError(
-                f"batch {index} is a {type(raw).__name__}; the network's inputs are {list(names)}. "
-                "Hint: yield a dict {input_name: array} (or a bare array for a single-input network)"
-            )
-        if len(names) != 1:
-            raise DataError(
-                f"batch {index} is a single array but the network has {len(names)} inputs {list(names)}. "
-                "Hint: yield dicts {input_name: array}"
-            )
-        return {names[0]: raw}
-
-    def _validate(self, raw: Any, names: Sequence[str], index: int) -> dict[str, Any]:
-        """Check one batch against TensorRT's input names and the first batch; errors name input and batch."""
-        batch = self._as_dict(raw, names, index)
-        keys = [str(k) for k in batch]
-        if set(keys) != set(names) or len(keys) != len(names):
-            missing = [n for n in names if n not in batch]
-            extra = [k for k in keys if k not in names]
-            raise DataError(
-                f"batch {index} has inputs {keys} but the network's inputs are {list(names)} "
-                f"(missing: {missing or 'none'}; unexpected: {extra or 'none'}). "
-                "Hint: key each batch by the ONNX input names"
-            )
-        out: dict[str, Any] = {}
-        shapes: dict[str, tuple[int, ...]] = {}
-        for name in names:
-            value = batch[name]
-            if not isinstance(value, np.ndarray) and not _torch_like(value) and not is_device_array(value):
-                try:
-                    value = np.asarray(value)
-                except (TypeError, ValueError) as exc:
-                    raise DataError(f"batch {index}: input {name!r} cannot be read as an array ({exc})") from None
-            shape, dtype, contiguous = _describe(value)
-            spec = self.input_specs.get(name)
-            allowed = [np.dtype(np.float32)] + ([np.dtype(spec.dtype)] if spec is not None else [])
-            if dtype not in allowed:
-                want = " or ".join(sorted({str(d) for d in allowed}))
-                raise DataError(
-                    f"batch {index}: input {name!r} has dtype {dtype}, but TensorRT reads {want} for it. "
-                    f"Hint: convert the data (e.g. x.astype(np.{allowed[-1]}))"
-                )
-            if not contiguous:
-                raise DataError(
-                    f"batch {index}: input {name!r} is not C-contiguous; TensorRT reads the bytes in order. "
-                    "Hint: np.ascontiguousarray(x) (or .contiguous() for torch)"
-                )
-            first = self._first_shapes.get(name)
-            if first is not None and shape != first:
-                raise DataError(
-                    f"batch {index}: input {name!r} has shape {_shape_text(shape)} but batch 0 had "
-                    f"{_shape_text(first)}. TensorRT calibrates at one shape and would read a smaller batch past "
-                    "its end. Hint: drop or pad the last batch (last_batch='drop' or 'pad')"
-                )
-            if first is None and spec is not None:
-                self._check_spec_shape(spec, shape, index)
-            nan, inf = _count_non_finite(value)
-            if nan or inf:
-                raise DataError(
-                    f"batch {index}: input {name!r} contains {nan} NaN and {inf} infinite value(s); calibration "
-                    "data must be finite. Hint: check the data and its preprocessing"
-                )
-            out[name] = value
-            shapes[name] = shape
-            self.dtypes.setdefault(name, dtype)
-        for name, shape in shapes.items():
-            self._first_shapes.setdefault(name, shape)
-        return out
-
-    @staticmethod
-    def _check_spec_shape(spec: Any, shape: tuple[int, ...], index: int) -> None:
-        dims = tuple(spec.shape)
-        if len(dims) != len(shape):
-            raise DataError(
-                f"batch {index}: input {spec.name!r} has shape {_shape_text(shape)} (rank {len(shape)}) but the "
-                f"network declares rank {len(dims)} {_shape_text(['?' if not isinstance(d, int) or d <= 0 else d for d in dims])}"
-            )
-        for axis, (want, got) in enumerate(zip(dims, shape)):
-            if isinstance(want, int) and want > 0 and want != got:
-                raise DataError(
-                    f"batch {index}: input {spec.name!r} has shape {_shape_text(shape)} but the network fixes dim "
-                    f"{axis} to {want}"
-                )
+        return self.feed.input_names()
 
     def peek(self, names: Sequence[str] | None = None) -> dict[str, Any]:
         """The next batch, validated, without consuming it (preflight checks before a long build).
 
         Raises the validation error directly (nothing is recorded as a calibration failure).
         """
-        names = tuple(names) if names is not None else self.input_names()
-        if names is None:
-            raise DataError("peek: the input names are unknown (bare-array batches). Hint: pass names=[...]")
-        if self._peeked is not None and self._peeked[0] == names:
-            return dict(self._peeked[1])
-        index = self.batches_fed
-        raw = self._peeked[1] if self._peeked is not None else self._pull()
-        self._peeked = None
-        if raw is None:
-            if index == 0:
-                raise DataError("the calibration data produced no batches")
-            raise DataError(f"the calibration data ended after {index} batches; there is no next batch to peek")
-        try:
-            batch = self._validate(raw, names, index)
-        except BaseException:
-            self._raw_pending.insert(0, raw)
-            raise
-        self._peeked = (names, batch)
-        return dict(batch)
-
-    def _next_batch(self, names: tuple[str, ...], index: int) -> dict[str, Any] | None:
-        if self._peeked is not None:
-            peeked_names, batch = self._peeked
-            self._peeked = None
-            if peeked_names == names:
-                return batch
-            return self._validate(batch, names, index)
-        raw = self._pull()
-        if raw is None:
-            return None
-        return self._validate(raw, names, index)
+        return self.feed.peek(names)
 
     def _device(self) -> DeviceBuffers:
         if self._buffers is None:
@@ -543,10 +251,10 @@ class CalibratorCore:
         """The batch size of the first batch (TensorRT <= 8 uses it; for explicit-batch networks it is informational)."""
         try:
             if self._batch_size is None:
-                raw = self._peek_raw()
+                raw = self.feed.peek_raw()
                 if raw is None:
                     return 1  # get_batch reports the empty source
-                self._batch_size = _leading_dim(raw)
+                self._batch_size = leading_dim(raw)
             return self._batch_size
         except BaseException as exc:
             self._record_failure(exc, "get_batch_size", self.batches_fed)
@@ -554,21 +262,22 @@ class CalibratorCore:
 
     def get_batch(self, names: Sequence[str]) -> list[int] | None:
         """Exactly one device pointer per name, in the order of `names`; None when the data ends or after a failure."""
-        if self._exhausted:
+        feed = self.feed
+        if feed.exhausted:
             return None
-        index = self.batches_fed
+        index = feed.fed
         try:
             names = tuple(n.decode() if isinstance(n, bytes) else str(n) for n in names)
-            if self._names is None:
-                self._names = names
+            if feed.names is None:
+                feed.names = names
             if self.max_batches is not None and index >= self.max_batches:
-                self._exhausted = True
+                feed.exhausted = True
                 logger.info("calibration stops at max_batches=%d", self.max_batches)
                 return None
             start = time.perf_counter()
-            batch = self._next_batch(names, index)
+            batch = feed.next(names, index)
             if batch is None:
-                self._exhausted = True
+                feed.exhausted = True
                 if index == 0:
                     raise DataError(
                         "the calibration data produced no batches; TensorRT would calibrate on nothing. "
@@ -578,11 +287,11 @@ class CalibratorCore:
                 return None
             buffers = self._device()
             pointers = [int(buffers.upload(name, batch[name])) for name in names]
-            if self.cross_check is not None:
-                self._kept.append({name: _host_copy(batch[name]) for name in names})
-            self.batches_fed += 1
+            if self.crosscheck is not None:
+                self.crosscheck.keep(batch, names)
+            feed.fed += 1
             self.seconds_per_batch.append(time.perf_counter() - start)
-            logger.debug("calibration batch %d: %s", index, {n: _shape_text(self._first_shapes[n]) for n in names})
+            logger.debug("calibration batch %d: %s", index, {n: shape_text(feed.first_shapes[n]) for n in names})
             return pointers
         except BaseException as exc:  # KeyboardInterrupt too: the bindings would swallow it
             self._record_failure(exc, "get_batch", index)
@@ -591,130 +300,46 @@ class CalibratorCore:
     def read_calibration_cache(self) -> bytes | None:
         """The cache bytes if `cache_file` holds a cache for this algorithm, else None (TensorRT then calibrates)."""
         try:
-            if self._cache_bytes is not None:
-                return self._cache_bytes
-            if self.cache_file is None:
-                return None
-            path = self.cache_file
-            if not path.exists():
-                logger.info("no calibration cache at %s yet: TensorRT will calibrate", path)
-                return None
-            data = path.read_bytes()
-            if not data:
-                logger.warning("calibration cache %s is empty; ignoring it, TensorRT will calibrate", path)
-                return None
-            from ..core.cache import CalibrationCache
-            from ..errors import CacheFormatError
-
-            try:
-                cache = CalibrationCache.parse(data, source=path)
-            except CacheFormatError as exc:
-                if self.cache_mismatch != "recalibrate":
-                    raise
-                logger.warning("%s; TensorRT would reject it: recalibrating, the file will be overwritten", exc)
-                return None
-            if cache.algorithm != self.algorithm.header:
-                match = next((a.class_name for a in ALGORITHMS.values() if a.header == cache.algorithm), None)
-                message = (
-                    f"calibration cache {path} was written by {cache.algorithm or 'an unknown calibrator'} "
-                    f"(header {cache.header!r}) but this is a {self.algorithm.class_name} "
-                    f"({self.algorithm.header}): TensorRT would reject it and recalibrate"
-                )
-                if self.cache_mismatch == "recalibrate":
-                    logger.warning("%s; recalibrating, the file will be overwritten", message)
-                    return None
-                hint = f"use {match}, " if match else ""
-                raise CalibrationError(
-                    f"{message}. Hint: {hint}delete the file, or pass cache_mismatch='recalibrate' to overwrite it"
-                )
-            self._warn_version(cache, path)
-            logger.info(
-                "using calibration cache %s (%s, TensorRT %s, %d tensors): TensorRT will not ask for batches",
-                path, cache.algorithm, cache.trt_version, len(cache),
-            )
-            self._cache_bytes = data
-            self.cache_used = True
-            return data
+            return self.cache.read()
         except BaseException as exc:
             self._record_failure(exc, "read_calibration_cache", None)
             return None
-
-    def _warn_version(self, cache: Any, path: Path) -> None:
-        if self.trt_version is None or cache.version_number is None:
-            return
-        from ..core.cache import encode_version
-
-        try:
-            running = encode_version(self.trt_version.split("+")[0].split("post")[0])
-        except ValueError:
-            return
-        if running != cache.version_number:
-            logger.warning(
-                "calibration cache %s was written by TensorRT %s, this is TensorRT %s: TensorRT may ignore it "
-                "and recalibrate", path, cache.trt_version, self.trt_version,
-            )
 
     def write_calibration_cache(self, cache: Any) -> None:
         """Copy TensorRT's cache (a memoryview of its memory) and write it atomically, never after a failure."""
         try:
             data = bytes(cache)  # the memoryview dies with the callback
-            if self._failure is not None:
+            first = self.failures.first
+            if first is not None:
                 logger.error(
                     "not writing the calibration cache TensorRT produced: calibration failed in %s, so it comes "
-                    "from partial data", self._failure.where(),
+                    "from partial data", first.where(),
                 )
                 return None
-            if self.cache_used and data == self._cache_bytes:
+            if self.cache.unchanged(data):
                 return None
             if self.batches_fed < self.min_batches:
                 raise CalibrationError(
                     f"TensorRT produced a calibration cache from {self.batches_fed} batch(es), fewer than "
                     f"min_batches={self.min_batches}; not writing it. Hint: provide more calibration data"
                 )
-            if self.cache_file is not None:
-                atomic_write(self.cache_file, data)
-                logger.info("wrote calibration cache %s (%d bytes, %d batches)", self.cache_file, len(data),
-                            self.batches_fed)
-            self._cache_bytes = data
-            if self.cross_check is not None:
-                self._run_cross_check(data)
+            self.cache.write(data, self.batches_fed)
+            if self.crosscheck is not None:
+                self.crosscheck.run(data)
         except BaseException as exc:
             self._record_failure(exc, "write_calibration_cache", None)
         return None
 
-    def _run_cross_check(self, data: bytes) -> None:
-        """Recompute the calibration on the CPU from the batches TensorRT saw and compare per tensor."""
-        if not self._kept:
-            logger.info("cross-check skipped: no batches were fed (the cache came from a file)")
-            return
-        from ..core.cache import CalibrationCache
-        from ..ort.collect import calibrate
-        from ..core.compare import compare
-
-        reference = CalibrationCache.parse(data, source="TensorRT's calibration cache")
-        ours = calibrate(self.cross_check, self._kept, algorithm=self.algorithm.key, trt_version=reference.trt_version)
-        self.cross_check_result = compare(reference, ours)
-        level = logging.INFO if getattr(self.cross_check_result, "consistent", False) else logging.WARNING
-        logger.log(level, "cross-check against the CPU calibration (%d batches):\n%s", len(self._kept),
-                   self.cross_check_result.summary())
-        self._kept = []
-
     # ------------------------------------------------------------------------------------------ lifetime
     def reset(self) -> None:
         """Start the batches again (for another build). One-shot iterators cannot be restarted: DataError."""
-        if _is_one_shot(self._source) and (self._iterator is not None or self._raw_pending or self._peeked):
-            raise DataError(
-                "the calibration batches are a one-shot iterator (a generator) and were consumed. "
-                "Hint: pass a list or a trt_calib.data source to calibrate more than once"
-            )
+        self.feed.reset()
         self._start()
 
     @property
     def restartable(self) -> bool:
         """True if `reset()` can start the batches again."""
-        return not _is_one_shot(self._source) or (
-            self._iterator is None and not self._raw_pending and self._peeked is None
-        )
+        return self.feed.restartable
 
     def free(self) -> None:
         """Release the device buffers (the calibrator can create new ones if used again)."""
@@ -738,7 +363,7 @@ class CalibratorCore:
         self.free()
 
     def __repr__(self) -> str:
-        state = "failed" if self.failed else ("done" if self._exhausted else "ready")
+        state = "failed" if self.failed else ("done" if self.feed.exhausted else "ready")
         return f"<CalibratorCore {self.algorithm.class_name} batches={self.batches_fed} {state}>"
 
 
@@ -825,7 +450,7 @@ def _adapter_namespace(algo: Algorithm, base: type, trt_version: str | None) -> 
 def calibrator_class(algorithm: str = "entropy2") -> type:
     """The TensorRT calibrator class for `algorithm` (``entropy2``, ``minmax``, ``entropy``, ``legacy`` or a class
     name such as ``EntropyCalibrator2``), created on first use from the installed TensorRT."""
-    algo = _algorithm(algorithm)
+    algo = find_algorithm(algorithm)
     trt = import_tensorrt(algo.class_name)
     base = getattr(trt, algo.base, None)
     if base is None:
@@ -849,13 +474,13 @@ def make_calibrator(batches: Any, algorithm: str = "entropy2", **options: Any) -
 
 
 def __getattr__(name: str) -> Any:
-    if name in _BY_CLASS_NAME:
+    if name in BY_CLASS_NAME:
         return calibrator_class(name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_BY_CLASS_NAME))
+    return sorted(set(globals()) | set(BY_CLASS_NAME))
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -884,7 +509,7 @@ class DryRunSummary:
             f"{self.seconds_per_batch * 1e3:.1f} ms per batch, {self.total_seconds:.2f} s in all"
         ]
         for name, (shape, dtype) in self.inputs.items():
-            lines.append(f"  input {name!r}: {_shape_text(shape)} {dtype}")
+            lines.append(f"  input {name!r}: {shape_text(shape)} {dtype}")
         if self.cache_file is not None:
             state = "valid for this calibrator: TensorRT would use it and skip calibration" if self.cache_would_be_used \
                 else "absent: TensorRT would calibrate"
@@ -913,10 +538,10 @@ def dry_run(calibrator: Any, names: Sequence[str] | None = None, max_batches: in
     notes: list[str] = []
     start = time.perf_counter()
     reached_end = True
-    saved_cache = core._cache_bytes, core.cache_used
+    saved_cache = core.cache.data, core.cache.used
     with host, core._using_device(host):
         cache = core.read_calibration_cache()
-        core._cache_bytes, core.cache_used = saved_cache  # a dry run leaves no cache loaded
+        core.cache.data, core.cache.used = saved_cache  # a dry run leaves no cache loaded
         core.raise_if_failed()
         cache_used = cache is not None
         batch_size = core.get_batch_size()
