@@ -9,6 +9,7 @@ __all__ = [
     "ModelError",
     "CalibrationError",
     "MissingDependencyError",
+    "UsageError",
 ]
 
 
@@ -36,3 +37,7 @@ class CalibrationError(TrtCalibError):
 
 class MissingDependencyError(TrtCalibError):
     """An optional dependency (tensorrt, pycuda, ...) is needed for this feature and is not installed."""
+
+
+class UsageError(TrtCalibError):
+    """A bad argument or an output that would destroy an input: refused before any data is read."""

@@ -1,14 +1,32 @@
-"""What every trt-calib command shares: the data options, opening the data they describe, number formatting and
-the comparison table. Command modules import from here, never from each other or from `cli.main`."""
+"""What every trt-calib command shares: argument types checked at parse time, the output guard, atomic output
+writes, the data options, the dry run and the comparison table. Command modules import from here, never from each
+other or from `cli.main`.
+
+The CLI contract (README, "Exit codes"): every argument is checked before any data is read (a bad one is one line,
+exit 2); no output may be an input or another output of the same run; outputs are written atomically, and a write
+that fails is one line naming the path.
+"""
 
 from __future__ import annotations
 
 import argparse
 import math
+import os
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
+
+from .._util import atomic_write
+from ..errors import UsageError
 
 __all__ = [
+    "positive_int",
+    "non_negative_int",
+    "int_in",
+    "finite_float",
+    "trt_version_arg",
+    "add_json_flag",
+    "guard_paths",
+    "write_output",
     "add_data_arguments",
     "open_data",
     "print_comparison",
@@ -17,6 +35,160 @@ __all__ = [
     "calibrator_dry_run",
     "model_inputs_of",
 ]
+
+
+# ---------------------------------------------------------------------------------------------- argument types
+# Used as argparse `type=`: a bad value is refused at parse time, as one line naming the option.
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text, 10)
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+
+
+def positive_int(text: str) -> int:
+    """An integer >= 1."""
+    value = _int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """An integer >= 0."""
+    value = _int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def int_in(lo: int, hi: int) -> Callable[[str], int]:
+    """An integer in [lo, hi] (bounds that keep a typo from taking the machine, e.g. thread counts)."""
+
+    def parse(text: str) -> int:
+        value = _int(text)
+        if not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"must be between {lo} and {hi}, got {value}")
+        return value
+
+    return parse
+
+
+def finite_float(lo: float | None = None, hi: float | None = None, *, lo_open: bool = False,
+                 hi_open: bool = False) -> Callable[[str], float]:
+    """A finite float, optionally in [lo, hi] (open ends with lo_open / hi_open); nan and inf are refused."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except (TypeError, ValueError):
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+        low_bad = lo is not None and (value <= lo if lo_open else value < lo)
+        high_bad = hi is not None and (value >= hi if hi_open else value > hi)
+        if low_bad or high_bad:
+            left = "(" if lo_open else "["
+            right = ")" if hi_open else "]"
+            bounds = f"{left}{'-inf' if lo is None else f'{lo:g}'}, {'inf' if hi is None else f'{hi:g}'}{right}"
+            raise argparse.ArgumentTypeError(f"must be in {bounds}, got {value:g}")
+        return value
+
+    return parse
+
+
+def trt_version_arg(text: str) -> str:
+    """A TensorRT version that a cache header can encode (MAJOR.MINOR[.PATCH[.BUILD]], digits only)."""
+    from ..core.cache import encode_version
+
+    try:
+        encode_version(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def add_json_flag(p: argparse.ArgumentParser, help: str = "print machine-readable JSON on stdout (errors too)") -> None:
+    """`--json`: the command's result as one JSON object on stdout; errors become {"error": ..., "exit": N}."""
+    p.add_argument("--json", action="store_true", help=help)
+
+
+# ---------------------------------------------------------------------------------------------- outputs
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        if a.exists() and b.exists():
+            return os.path.samefile(a, b)
+    except OSError:
+        pass
+    return os.path.realpath(a) == os.path.realpath(b)
+
+
+def guard_paths(
+    *,
+    inputs: Mapping[str, str | os.PathLike | None],
+    outputs: Mapping[str, str | os.PathLike | None],
+    folders: Mapping[str, str | os.PathLike | None] | None = None,
+) -> None:
+    """Refuse, before any work, outputs that would destroy an input or each other, or that cannot be written.
+
+    `inputs` and `outputs` map an option name (e.g. "--cache", "MODEL") to a path (None: not given). An output that
+    resolves (realpath / samefile) to any input or to another output, an empty path, a directory where a file goes,
+    or a missing or read-only folder is a UsageError naming both options. `folders` are output folders (report -o):
+    they may exist, and must not contain or be an input file.
+    """
+    given_in = {k: Path(v) for k, v in inputs.items() if v is not None and str(v) != ""}
+    given_out = {}
+    for name, value in outputs.items():
+        if value is None:
+            continue
+        if str(value) == "":
+            raise UsageError(f"{name}: empty path")
+        given_out[name] = Path(value)
+    for name, path in given_out.items():
+        for in_name, in_path in given_in.items():
+            if _same_file(path, in_path):
+                raise UsageError(f"{name} {path} is the input {in_name}; refusing to overwrite it")
+        if path.is_dir():
+            raise UsageError(f"{name} {path} is a directory; give a file path")
+        parent = path.parent if str(path.parent) else Path(".")
+        if not parent.is_dir():
+            raise UsageError(f"{name} {path}: the folder {parent} does not exist")
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise UsageError(f"{name} {path}: the folder {parent} is not writable")
+    names = list(given_out)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            if _same_file(given_out[a], given_out[b]):
+                raise UsageError(f"{a} and {b} are the same file ({given_out[a]}); give each output its own path")
+    for name, value in (folders or {}).items():
+        if value is None:
+            continue
+        if str(value) == "":
+            raise UsageError(f"{name}: empty path")
+        folder = Path(value)
+        if folder.exists() and not folder.is_dir():
+            raise UsageError(f"{name} {folder} is a file; give a folder")
+        for in_name, in_path in given_in.items():
+            if _same_file(folder, in_path) or os.path.realpath(in_path).startswith(os.path.realpath(folder) + os.sep):
+                raise UsageError(f"{name} {folder} holds the input {in_name} ({in_path}); give another folder")
+        for out_name, out_path in given_out.items():
+            if _same_file(folder, out_path):
+                raise UsageError(f"{name} and {out_name} are the same path ({folder})")
+        parent = folder if folder.exists() else (folder.parent if str(folder.parent) else Path("."))
+        if not parent.is_dir():
+            raise UsageError(f"{name} {folder}: the folder {parent} does not exist")
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise UsageError(f"{name} {folder}: {parent} is not writable")
+
+
+def write_output(path: str | os.PathLike, data: bytes | str, *, what: str) -> Path:
+    """Write one output atomically; a failure (disk full, permissions) is one line naming the path, exit 2."""
+    try:
+        return atomic_write(path, data)
+    except OSError as exc:
+        raise UsageError(f"cannot write {what} {path}: {exc.strerror or exc}") from None
 
 
 def fmt_float(value: float) -> str:
