@@ -1,6 +1,6 @@
 """Input data of the spec's golden tests (data, not results): pixel-value counts of MNIST train images 0..499.
 
-From ../shared/spec/algorithm.md section 5: the count of each byte value k = 0..255 over 392000 pixels. TensorRT's
+From the project's algorithm spec (algorithm.md, section 5): the count of each byte value k = 0..255 over 392000 pixels. TensorRT's
 sampleINT8 cache holds `data: 3c008912` for these images scaled by 1/255.
 """
 

@@ -28,9 +28,8 @@ from trt_calib.errors import CalibrationError, TrtCalibError
 from trt_calib.core.histogram import AbsHistogram, save_histograms
 from trt_calib.tools.provenance import make_provenance, write_provenance
 
-from conftest import CACHES, LENET, LENET_BATCHES, LENET_IMAGES, SHARED, TRT_TABLE, real_caches
+from conftest import CACHES, LENET, LENET_BATCHES, LENET_IMAGES, MODELS, TRT_TABLE, real_caches
 
-MODELS = SHARED / "corpus" / "models"
 LANNYYIP_MODEL = MODELS / "lannyyip__share__my_model.onnx"
 LANNYYIP_CACHE = CACHES / "lannyyip__share__calibration.cache"
 ZXM97_MODEL = MODELS / (
@@ -38,7 +37,6 @@ ZXM97_MODEL = MODELS / (
 )
 ZXM97_CACHE = CACHES / "zxm97__Pytorch_Retina_License_Plate_trt__calibration.cache"
 
-needs_corpus = pytest.mark.skipif(not (CACHES.is_dir() and MODELS.is_dir()), reason=f"corpus not found at {SHARED}")
 
 
 def run(argv: list[str]) -> int:
@@ -134,7 +132,6 @@ def test_validate_without_target_only_notes_the_header(tmp_path):
     assert report.exit_code == 0
 
 
-@needs_corpus
 def test_validate_tensorrt_4_header(capsys):
     legacy = corpus("modricwang")
     report = validate_cache(legacy)
@@ -280,7 +277,6 @@ def test_validate_with_data_flags_changed_batching_against_the_sidecar(tmp_path,
     assert "--data needs --model" in capsys.readouterr().err
 
 
-@needs_corpus
 def test_validate_lannyyip_reports_the_renumbered_export(capsys):
     report = validate_cache(LANNYYIP_CACHE, LANNYYIP_MODEL, trt_version="8.0.1", algorithm="entropy2")
     assert report.coverage == {
@@ -299,7 +295,6 @@ def test_validate_lannyyip_reports_the_renumbered_export(capsys):
     assert out["verdict"] == "errors" and out["findings"][0]["severity"] == "error"
 
 
-@needs_corpus
 def test_validate_zxm97_reduced_model_finds_the_missing_fpn_level():
     report = validate_cache(ZXM97_CACHE, ZXM97_MODEL)
     assert report.exit_code == 1 and codes(report, "error") == {}
@@ -313,7 +308,6 @@ def test_validate_zxm97_reduced_model_finds_the_missing_fpn_level():
     assert sorted(n for n in extra if n.isdigit()) == ["532", "561"]
 
 
-@needs_corpus
 def test_validate_real_special_values_without_a_model():
     report = validate_cache(corpus("T-K-233"))
     assert len(tensors(report, "inf-scale")) == 7
@@ -323,7 +317,6 @@ def test_validate_real_special_values_without_a_model():
     assert {"sample", "timestep"} <= {f["tensor"] for f in zeros if f["severity"] == "warning"}
 
 
-@needs_corpus
 def test_validate_finds_no_value_problem_in_the_clean_real_caches():
     for path in real_caches():
         report = validate_cache(path)
@@ -365,7 +358,6 @@ def test_diff_uses_saved_histograms_for_exact_bins(tmp_path, capsys):
     assert "+256.0" in out and "estimated" not in out
 
 
-@needs_corpus
 def test_diff_two_tensorrt_versions_of_yolo(capsys):
     diff = diff_caches(corpus("Data-Prodigy"), corpus("GoldenTiger720"))
     assert diff.header_differences == ["TensorRT version: A 10.3.0, B 10.12.0"]
@@ -429,7 +421,6 @@ def _lenet_batches():
 
 
 # ---------------------------------------------------------------------------------------------- convert
-@needs_corpus
 def test_cache_json_cache_round_trip_is_byte_exact_on_every_real_cache():
     for path in real_caches():
         cache = CalibrationCache.load(path)

@@ -20,8 +20,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from onnx import numpy_helper
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
-CORPUS = SHARED / "corpus" / "lenet"
+CORPUS = REPO / "tests" / "data" / "lenet_caffe"
 CAFFEMODEL = CORPUS / "mnist_lenet.caffemodel"
 PROTOTXT = CORPUS / "deploy.prototxt"
 DATA = REPO / "data" / "lenet"
@@ -31,10 +30,6 @@ CONVERTER = REPO / "samples" / "sampleint8_lenet" / "convert_caffe.py"
 CACHE_TENSORS = ["data", "conv1", "pool1", "conv2", "pool2", "ip1", "ip2", "prob"]
 CAFFEMODEL_SHA256 = "b1731e1c61ebd9a10ccd80714c0764c98e6ed3323d4c2d0ac3462b55d1084286"
 
-needs_corpus = pytest.mark.skipif(
-    not (CAFFEMODEL.is_file() and PROTOTXT.is_file()),
-    reason=f"the Caffe sources are not there ({CORPUS} is missing): cannot regenerate or decode the caffemodel",
-)
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +68,6 @@ def _inputs(images: np.ndarray) -> np.ndarray:
 # Provenance and structure
 
 
-@needs_corpus
 def test_committed_model_is_what_the_converter_writes(converter: ModuleType, tmp_path: Path) -> None:
     out = tmp_path / "lenet.onnx"
     assert converter.main(["--caffemodel", str(CAFFEMODEL), "--prototxt", str(PROTOTXT), "-o", str(out)]) == 0
@@ -83,7 +77,6 @@ def test_committed_model_is_what_the_converter_writes(converter: ModuleType, tmp
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
 
 
-@needs_corpus
 def test_initializers_are_the_caffemodel_float32_bytes(converter: ModuleType, model: onnx.ModelProto) -> None:
     raw_file = CAFFEMODEL.read_bytes()
     _, layers = converter.read_caffemodel(raw_file)
@@ -230,7 +223,6 @@ def test_prototxt_parser(converter: ModuleType) -> None:
         converter.parse_prototxt("layer { name: 'a'")
 
 
-@needs_corpus
 @pytest.mark.parametrize(
     "old, new, message",
     [
