@@ -34,14 +34,15 @@ ALLOWED_LAYERS = {
 ALLOWED_THIRD_PARTY = {
     BASE: set(),
     "core": {"numpy"},
-    "ort": {"numpy", "onnx", "onnxruntime"},
+    "ort": {"numpy", "onnx", "onnxruntime", "distributed", "dask"},  # Dask: the executor's cluster engine
     "qdq": {"numpy", "onnx", "onnxruntime"},
     "trt": {"numpy", "onnx", "tensorrt", "pycuda", "cuda", "cupy", "cupyx", "torch"},
     "tools": {"numpy", "onnx", "matplotlib", "tqdm"},
     "cli": {"numpy", "tqdm"},
 }
 #: Imported only inside functions, never at module level: importing trt_calib must not need (or pay for) them.
-LAZY_ONLY = {"onnx", "onnxruntime", "tensorrt", "pycuda", "cuda", "cupy", "cupyx", "torch", "matplotlib", "tqdm"}
+LAZY_ONLY = {"onnx", "onnxruntime", "tensorrt", "pycuda", "cuda", "cupy", "cupyx", "torch", "matplotlib", "tqdm",
+             "distributed", "dask"}
 
 
 def _modules() -> list[Path]:

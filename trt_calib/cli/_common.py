@@ -25,6 +25,8 @@ __all__ = [
     "finite_float",
     "trt_version_arg",
     "add_json_flag",
+    "add_executor_arguments",
+    "open_executor",
     "guard_paths",
     "write_output",
     "add_data_arguments",
@@ -113,6 +115,29 @@ def trt_version_arg(text: str) -> str:
 def add_json_flag(p: argparse.ArgumentParser, help: str = "print machine-readable JSON on stdout (errors too)") -> None:
     """`--json`: the command's result as one JSON object on stdout; errors become {"error": ..., "exit": N}."""
     p.add_argument("--json", action="store_true", help=help)
+
+
+def add_executor_arguments(p: argparse.ArgumentParser, *, default: str = "local") -> None:
+    """--executor / --workers / --address: where a command's independent model runs go (docs/executors.md)."""
+    from ..ort.executor import EXECUTORS
+
+    g = p.add_argument_group("executor")
+    g.add_argument("--executor", choices=EXECUTORS, default=default,
+                   help=f"serial (this process), local (worker processes, all cores) or dask (a cluster; "
+                   f"pip install \"trt-calib[cluster]\"). Default {default}; results are the same")
+    g.add_argument("--workers", type=int_in(1, 4096), default=None,
+                   help="worker processes (default: one per core; with --address, the cluster's workers)")
+    g.add_argument("--address", default=None, metavar="tcp://HOST:PORT",
+                   help="a running Dask scheduler (--executor dask); without it a local cluster is started")
+
+
+def open_executor(args: argparse.Namespace) -> Any:
+    """The executor the options name; a context manager (close it to release the workers)."""
+    from ..ort.executor import make_executor
+
+    if args.address is not None and args.executor != "dask":
+        raise UsageError("--address needs --executor dask")
+    return make_executor(args.executor, workers=args.workers, address=args.address)
 
 
 # ---------------------------------------------------------------------------------------------- outputs

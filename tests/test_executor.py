@@ -1,0 +1,102 @@
+"""The executor interface: the same results, in order, on this process, local worker processes and a real Dask cluster."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from trt_calib.core.histogram import AbsHistogram
+from trt_calib.core.thresholds import entropy_search
+from trt_calib.errors import UsageError
+from trt_calib.ort.executor import DaskExecutor, LocalExecutor, SerialExecutor, make_executor, per_process
+
+
+def _histograms(n: int = 6) -> list[AbsHistogram]:
+    rng = np.random.default_rng(7)
+    out = []
+    for i in range(n):
+        h = AbsHistogram()
+        h.update(np.maximum(rng.normal(size=20_000), 0).astype(np.float32) * (i + 1))
+        out.append(h)
+    return out
+
+
+def _search(h: AbsHistogram) -> tuple[float, int]:
+    result = entropy_search(h)
+    return result.amax, result.index
+
+
+@pytest.fixture(scope="module")
+def expected() -> list[tuple[float, int]]:
+    return SerialExecutor().map(_search, _histograms())
+
+
+def test_serial_executor_maps_in_order_with_progress(expected):
+    ticks = []
+    assert SerialExecutor().map(_search, _histograms(), progress=ticks.append) == expected
+    assert ticks == [1] * len(expected)
+    assert len({index for _, index in expected}) > 1  # the histograms differ, so order matters
+
+
+def test_local_processes_give_the_serial_results_in_order(expected):
+    ticks = []
+    with LocalExecutor(2) as ex:
+        got = ex.map(entropy_search, _histograms(), progress=ticks.append)
+    assert [(r.amax, r.index) for r in got] == expected
+    assert len(ticks) == len(expected)
+
+
+def test_a_failing_task_raises_its_own_exception():
+    with LocalExecutor(2) as ex, pytest.raises(ValueError, match="math domain error"):
+        ex.map(math.sqrt, [4.0, -1.0, 9.0])
+
+
+@pytest.mark.slow
+def test_a_real_dask_local_cluster_gives_the_serial_results_in_order(expected):
+    pytest.importorskip("distributed")
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                      dashboard_address=None) as cluster:
+        with make_executor("dask", address=cluster.scheduler_address) as ex:
+            assert ex.workers == 2
+            ticks = []
+            got = ex.map(entropy_search, _histograms(), progress=ticks.append)
+            assert [(r.amax, r.index) for r in got] == expected and len(ticks) == len(expected)
+            with pytest.raises(ValueError, match="math domain error"):
+                ex.map(math.sqrt, [-1.0])
+
+
+def test_dask_without_an_address_starts_and_stops_its_own_cluster(expected):
+    pytest.importorskip("distributed")
+    ex = DaskExecutor(workers=1)
+    try:
+        assert ex.address.startswith("tcp://127.0.0.1:")
+        assert [(r.amax, r.index) for r in ex.map(entropy_search, _histograms()[:2])] == expected[:2]
+    finally:
+        ex.close()
+    assert ex._cluster is None
+
+
+def test_make_executor_checks_its_arguments():
+    with pytest.raises(UsageError, match="unknown executor 'ray'"):
+        make_executor("ray")
+    with pytest.raises(UsageError, match="workers must be >= 1"):
+        make_executor("local", workers=0)
+    with pytest.raises(UsageError, match="--address is for --executor dask"):
+        make_executor("local", address="tcp://127.0.0.1:1")
+    assert make_executor("local", workers=3).workers == 3
+
+
+def test_per_process_makes_each_object_once():
+    made = []
+
+    def factory():
+        made.append(1)
+        return object()
+
+    first = per_process(("test", 1), factory)
+    assert per_process(("test", 1), factory) is first and len(made) == 1
+    assert per_process(("test", 2), factory) is not first and len(made) == 2
