@@ -275,6 +275,14 @@ def test_an_int8_tensor_between_layers_is_refused():
         qdq_to_cache(model)
 
 
+def test_asymmetric_pairs_report_the_name_the_plain_model_uses():
+    nodes = [helper.make_node("Relu", ["x"], ["r"], name="relu"), *_pair("r", "s", "z")]
+    model = _model(nodes, [_vi("x", [1, 4])], [_vi("r_dq", [1, 4])], [_arr("s", 0.1), _arr("z", 0, np.uint8)])
+    conv = qdq_to_cache(model, allow_asymmetric=True)
+    assert [a.tensor for a in conv.report.asymmetric] == list(conv.cache.scales) == ["r_dq"]
+    assert conv.report.asymmetric[0].bits_lost == pytest.approx(math.log2(255 / 127), abs=1e-6)
+
+
 def test_allow_asymmetric_writes_the_covering_symmetric_range_and_its_cost():
     scale = np.float32(0.02)
     model = _one_conv(scale=scale, zp=100, zp_dtype=np.uint8)
@@ -312,6 +320,23 @@ def test_a_scale_shared_by_several_pairs_is_written_once_and_different_ones_are_
     assert {h for h, _ in conflict.scales} == {float32_hex(0.05), float32_hex(0.07)}
 
 
+def test_one_quantizelinear_read_by_two_dequantizelinears_is_one_pair():
+    c1, w1 = _conv_block("x_dq1", "y1", "w1", 1)
+    c2, w2 = _conv_block("x_dq2", "y2", "w2", 2)
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["x_q"], name="x_Q"),
+             helper.make_node("DequantizeLinear", ["x_q", "s", "z"], ["x_dq1"], name="x_DQ1"),
+             helper.make_node("DequantizeLinear", ["x_q", "s", "z"], ["x_dq2"], name="x_DQ2"), c1, c2]
+    model = _model(nodes, [_vi("x", [1, 4, 8, 8])], [_vi("y1", [1, 4, 8, 8]), _vi("y2", [1, 4, 8, 8])],
+                   [_arr("s", 0.05), _arr("z", 0, np.int8), w1, w2])
+    conv = qdq_to_cache(model)
+    assert [p.node for p in conv.report.pairs] == ["QuantizeLinear 'x_Q'"] and list(conv.cache.scales) == ["x"]
+    assert [list(n.input)[0] for n in conv.model.graph.node] == ["x", "x"]
+    model.graph.initializer[1].CopyFrom(_arr("z", 9, np.int8))
+    with pytest.raises(UnsupportedQdqError) as info:
+        qdq_to_cache(model)
+    assert len(info.value.refusals) == 1
+
+
 def test_scales_are_the_initializers_float32_bits_including_float16_ones():
     for value in (np.float32(0.1), np.float32(1e-38), np.nextafter(np.float32(0.3), np.float32(1))):
         conv = qdq_to_cache(_one_conv(scale=value))
@@ -321,6 +346,12 @@ def test_scales_are_the_initializers_float32_bits_including_float16_ones():
     conv = qdq_to_cache(half, check=False)
     assert conv.cache.entries[0].hex == float32_hex(np.float32(np.float16(0.1)))
     assert conv.report.pairs[0].scale_dtype == "float16"
+    brain = _one_conv()
+    brain.graph.initializer[0].CopyFrom(helper.make_tensor("s", TensorProto.BFLOAT16, [], [0.1]))
+    conv = qdq_to_cache(brain, check=False)
+    bf16 = numpy_helper.to_array(brain.graph.initializer[0])
+    assert conv.cache.entries[0].hex == float32_hex(bf16.astype(np.float32))
+    assert int(conv.cache.entries[0].hex, 16) & 0xFFFF == 0  # a bfloat16 is the top half of a float32
 
 
 def test_pass_through_ops_ties_and_concats_carry_scales_both_ways():

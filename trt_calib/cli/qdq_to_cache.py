@@ -133,5 +133,5 @@ def _refused(args: argparse.Namespace, exc: Any) -> int:
         print(f"{args.model}: {len(exc.refusals)} Q/DQ node(s) implicit TensorRT cannot express; nothing written")
         for node, reason in exc.refusals:
             print(f"  {node}: {reason}")
-    log.error("%s", exc)
+    log.error("%d Q/DQ node(s) refused; nothing written", len(exc.refusals))
     return EXIT_REFUSED

@@ -23,7 +23,7 @@ the first:
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Iterable, Mapping
 
 import numpy as np
@@ -86,7 +86,7 @@ class UnsupportedQdqError(ModelError):
     """The Q/DQ model holds pairs implicit TensorRT cannot express; `refusals` lists (node, reason) for each."""
 
     def __init__(self, refusals: list[tuple[str, str]]) -> None:
-        self.refusals = list(refusals)
+        self.refusals = list(dict.fromkeys(refusals))  # a Q read by several DQs is refused once
         shown = "; ".join(f"{node}: {why}" for node, why in self.refusals[:5])
         more = f"; ... ({len(self.refusals)} in all)" if len(self.refusals) > 5 else ""
         super().__init__(f"{len(self.refusals)} Q/DQ node(s) cannot become an implicit-INT8 cache: {shown}{more}")
@@ -233,7 +233,7 @@ class _Converter:
         self.alias: dict[str, str] = {}  # DequantizeLinear output -> the activation it dequantises
         self.pairs: dict[str, list[_Pair]] = {}
         self.folds: list[WeightFold] = []
-        self.float_sources: dict[str, str] = {}  # fold name -> the float constant its Q read
+        self.written: dict[int, np.float32] = {}  # QuantizeLinear index -> the scale its pair writes
         self.asymmetric: list[AsymmetricConversion] = []
         self.refusals: list[tuple[str, str]] = []
         self.removed: set[int] = set()
@@ -384,9 +384,13 @@ class _Converter:
         if not (np.isfinite(scale) and scale > 0):
             self._refuse(q, q_index, f"scale {float(scale)!r} is not a positive finite number")
             return
+        source = self.resolve(q.input[0])
+        self.removed.update((index, q_index))
+        self.alias[dq.output[0]] = source
+        if q_index in self.written:  # one QuantizeLinear read by several DequantizeLinears: one pair
+            return
         zp = int(zps[0])
         dtype = qp.qtype.lower()
-        source = self.resolve(q.input[0])
         own = PairScale(source, _label(q, q_index), float32_hex(scale), dtype, zp, _scale_dtype(qp.scale))
         written = scale
         if dtype != "int8" or zp != 0:
@@ -397,9 +401,8 @@ class _Converter:
                              "covering it and reports the resolution that costs")
                 return
             written = self._symmetric(own, scale, zp, dtype)
-        self.alias[dq.output[0]] = source
+        self.written[q_index] = written
         self.pairs.setdefault(source, []).append(_Pair(own.node, written, own))
-        self.removed.update((index, q_index))
 
     def _symmetric(self, own: PairScale, scale: np.float32, zp: int, dtype: str) -> np.float32:
         qmin, qmax = _QRANGE[dtype.upper()]
@@ -659,18 +662,19 @@ def qdq_to_cache(
         _compare_originals(conv.folds, plain, load_model(original))
     checker = _check(plain, source) if check else "not run"
     cache = CalibrationCache(make_header(algorithm, trt_version), [CacheEntry(e.tensor, e.hex) for e in ordered])
+    asymmetric = [replace(a, tensor=final.get(a.tensor, a.tensor)) for a in conv.asymmetric]
     report = QdqToCacheReport(
-        header=cache.header, pairs=pairs, entries=ordered, conflicts=conflicts, asymmetric=conv.asymmetric,
+        header=cache.header, pairs=pairs, entries=ordered, conflicts=conflicts, asymmetric=asymmetric,
         weights=conv.folds, missing=_missing(plain, calibrated, entries), removed_nodes=removed,
         calibrated=len(calibrated), opset=_opset(plain), propagate=propagate, checker=checker,
     )
     if conflicts:
         log.warning("%d tensor(s) have Q/DQ pairs with different scales; the largest was written: %s",
                     len(conflicts), ", ".join(c.tensor for c in conflicts[:5]))
-    if conv.asymmetric:
-        worst = max(conv.asymmetric, key=lambda a: a.bits_lost)
+    if asymmetric:
+        worst = max(asymmetric, key=lambda a: a.bits_lost)
         log.warning("%d asymmetric pair(s) made symmetric; the worst, %s, loses %.2f bits of resolution",
-                    len(conv.asymmetric), worst.tensor, worst.bits_lost)
+                    len(asymmetric), worst.tensor, worst.bits_lost)
     return QdqConversion(plain, cache, report)
 
 
