@@ -102,6 +102,8 @@ def _add_validate(sub: argparse._SubParsersAction) -> None:
                    "trtexec --calib), minmax (MinMaxCalibration), entropy, legacy")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--all", action="store_true", help=f"list every finding (default: {_SHOW_PER_CODE} per kind)")
+    p.add_argument("--dla", action="store_true", help="DLA readiness (needs --model): layers DLA cannot run in INT8 "
+                   "and why, scales its eligible layers lack, from TensorRT's DLA documentation (docs/qdq.md)")
     add_data_arguments(p, required=False)
     p.set_defaults(handler=_run_validate)
 
@@ -117,7 +119,7 @@ def _run_validate(args: argparse.Namespace) -> int:
             raise TrtCalibError("--data needs --model (the model's inputs decide how the data is read)")
         manifest = open_data(args, model_inputs(args.model)).manifest()
     report = validate_cache(args.cache, args.model, trt_version=args.trt_version, algorithm=args.algorithm,
-                            data_manifest=manifest)
+                            data_manifest=manifest, dla=args.dla)
     if args.json:
         _print_json(report.to_json())
         return report.exit_code
@@ -135,6 +137,8 @@ def _run_validate(args: argparse.Namespace) -> int:
               f"{cov['cache_entries']} entries: {cov['not_in_model']} not in the model, "
               f"{cov['uncalibrated_in_model']} on tensors TensorRT does not calibrate, {cov['unnamed']} unnamed, "
               f"{cov['internal']} parser-internal, {cov['duplicates']} duplicated")
+    if report.dla is not None:
+        print(f"DLA:       {report.dla['summary']}")
     print()
     # Findings with the same message (e.g. every missing entry) print once, with their tensors listed.
     groups: dict[tuple[str, str, str], list[str]] = {}

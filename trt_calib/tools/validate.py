@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from ..core.cache import CalibrationCache, scale_to_hex
-from ..errors import CacheFormatError
+from ..errors import CacheFormatError, TrtCalibError
 from .entries import _UNNAMED_RE, cache_version, check_version, entry_flags, entry_kind, header_algorithm, load_cache
 
 __all__ = ["SEVERITIES", "ValidationReport", "validate_cache", "MOST_MISSING_FRACTION", "OUTLIER_FACTOR"]
@@ -36,6 +36,7 @@ class ValidationReport:
     target: dict[str, str | None]
     findings: list[dict[str, Any]] = field(default_factory=list)
     coverage: dict[str, Any] = field(default_factory=dict)
+    dla: dict[str, Any] | None = None  # DlaReport.to_json() when validated with dla=True
 
     def add(self, severity: str, code: str, message: str, tensor: str | None = None, **extra: Any) -> None:
         """Record one finding (a dict `{severity, code, tensor?, message}` plus any details)."""
@@ -68,7 +69,7 @@ class ValidationReport:
         return sorted(self.findings, key=lambda f: rank[f["severity"]])
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        doc = {
             "cache": self.cache,
             "header": self.header,
             "trt_version": self.trt_version,
@@ -81,6 +82,9 @@ class ValidationReport:
             "coverage": self.coverage,
             "findings": self.sorted_findings(),
         }
+        if self.dla is not None:
+            doc["dla"] = self.dla
+        return doc
 
 
 @dataclass
@@ -502,10 +506,13 @@ def validate_cache(
     trt_version: str | None = None,
     algorithm: str | None = None,
     data_manifest: Mapping[str, Any] | None = None,
+    dla: bool = False,
 ) -> ValidationReport:
     """Check a cache's header against a target, its entries against a model, its values, and its provenance.
 
     `data_manifest` (`BatchSource.manifest()` of the data at hand) is compared with the one the sidecar recorded.
+    `dla=True` (needs `model`) adds DLA readiness (`tools.dla`): layers DLA cannot run in INT8 and why, scales its
+    eligible layers lack, and the summary "N of M layers eligible, K scales missing".
     An unparsable cache becomes an `unparsable` error finding rather than an exception, so `--json` still reports.
     """
     source = None if isinstance(cache, CalibrationCache) else str(cache)
@@ -516,6 +523,8 @@ def validate_cache(
     }
     if trt_version is not None:
         check_version(trt_version)
+    if dla and model is None:
+        raise TrtCalibError("DLA readiness needs the model: give --model")
     if source is not None and not Path(source).is_file():
         load_cache(cache)  # raises CacheFormatError naming the missing file: a user error, not a finding
     try:
@@ -532,6 +541,10 @@ def validate_cache(
         _coverage_findings(report, parsed, g)
         _outlier_findings(report, parsed, g)
         _pool_findings(report, parsed, g, cache_version(parsed))
+        if dla:
+            from .dla import dla_findings
+
+            dla_findings(report, parsed, model, trt_version=trt_version)
     else:
         for name in parsed.duplicates():
             report.add("warning", "duplicate", "name appears on more than one line; which one TensorRT uses is "
