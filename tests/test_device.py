@@ -145,6 +145,7 @@ class FakePycuda:
         self.log: list[str] = []
         self.stack: list[object] = []
         self.memory: dict[int, np.ndarray] = {}
+        self.allocations: list = []
         self.init_error = init_error
         self.devices = devices
         self.detached = 0
@@ -161,6 +162,15 @@ class FakePycuda:
 
         class Context:
             handle = 0xC0FFEE
+
+            def __init__(self, device=None):
+                self.device = device
+
+            @staticmethod
+            def get_device():  # cuCtxGetDevice: the current context's device, an error when none is current
+                if not fake.stack:
+                    raise RuntimeError_("cuCtxGetDevice failed: invalid device context")
+                return fake.stack[-1].device
 
             def push(self):
                 fake.log.append("push")
@@ -184,15 +194,22 @@ class FakePycuda:
 
         class Device:
             def __init__(self, index):
-                self.index = index
+                if not 0 <= index < fake.devices:
+                    raise RuntimeError_("cuDeviceGet failed: invalid device ordinal")
+                self.index = index  # pycuda's Device has no ordinal attribute; only the fake reads it
+
+            def __eq__(self, other):
+                return isinstance(other, Device) and other.index == self.index
+
+            __hash__ = None
 
             @staticmethod
             def count():
                 return fake.devices
 
             def retain_primary_context(self):
-                fake.log.append("retain_primary_context")
-                return Context()
+                fake.log.append(f"retain_primary_context {self.index}")
+                return Context(self)
 
         class Stream:
             def synchronize(self):
@@ -200,6 +217,7 @@ class FakePycuda:
 
         class Allocation:
             def __init__(self, nbytes):
+                self.device = fake.stack[-1].device.index  # the device of the context current at allocation
                 self.buf = np.zeros(nbytes, np.uint8)
                 fake.memory[self.buf.ctypes.data] = self.buf
                 self.freed = False
@@ -227,7 +245,9 @@ class FakePycuda:
         def mem_alloc(nbytes):
             fake.require_context("mem_alloc")
             fake.log.append(f"mem_alloc {nbytes}")
-            return Allocation(nbytes)
+            allocation = Allocation(nbytes)
+            fake.allocations.append(allocation)
+            return allocation
 
         def pagelocked_empty(shape, dtype):
             fake.log.append(f"pagelocked_empty {shape[0]}")
@@ -284,7 +304,7 @@ def fake_pycuda(monkeypatch):
 def test_pycuda_uses_the_primary_context_and_leaves_the_context_stack_as_it_found_it(fake_pycuda):
     backend = select_backend("pycuda")
     assert backend.name == "pycuda"
-    assert fake_pycuda.log[:2] == ["init", "retain_primary_context"]
+    assert fake_pycuda.log[:2] == ["init", "retain_primary_context 0"]
     a = np.arange(6, dtype=np.float32)
     pointer = backend.upload("x", a)
     assert fake_pycuda.stack == []  # pushed for the operation, popped after
@@ -330,7 +350,7 @@ def test_pycuda_free_releases_everything_and_the_context_hold(fake_pycuda):
 def test_a_pycuda_driver_error_is_caught_although_it_is_no_builtin_runtime_error(fake_pycuda):
     fake_pycuda.init_error = "cuInit failed: no CUDA-capable device is detected"
     assert not issubclass(fake_pycuda.RuntimeError, RuntimeError)
-    with pytest.raises(CalibrationError, match="pycuda could not use CUDA device 0: RuntimeError: cuInit failed"):
+    with pytest.raises(CalibrationError, match="pycuda could not use the current CUDA device: RuntimeError: cuInit fail"):
         select_backend("pycuda")
 
 
@@ -342,7 +362,7 @@ def test_auto_goes_past_a_failing_pycuda_and_keeps_its_reason(fake_pycuda, monke
     torch.__version__ = "2.99.0+cpu"
     torch.cuda = types.SimpleNamespace(is_available=lambda: False)
     monkeypatch.setitem(sys.modules, "torch", torch)
-    with pytest.raises(MissingDependencyError, match="pycuda: pycuda could not use CUDA device 0: RuntimeError"):
+    with pytest.raises(MissingDependencyError, match="pycuda: pycuda could not use the current CUDA device: Runtim"):
         select_backend("auto")
 
 
@@ -470,7 +490,7 @@ def test_gpu_calibrator_with_pycuda_fed_by_the_standin_driver(monkeypatch):
     rng = np.random.default_rng(1)
     batches = [{"x": rng.normal(size=(2, 3, 4)).astype(np.float32)} for _ in range(3)]
     with make_calibrator(batches, device="pycuda") as calib:
-        result = trt_standin.drive(calib, {"x": ((2, 3, 4), np.float32)}, host_reader=False)
+        result = trt_standin.drive(calib, {"x": ((2, 3, 4), np.float32)}, memory="real-gpu")
         assert len(result.pointers) == 3 and len(set(p[0] for p in result.pointers)) == 1
         back = np.empty_like(batches[-1]["x"])
         ctx = cuda.Device(0).retain_primary_context()
