@@ -39,8 +39,8 @@ and from where (NVIDIA/TensorRT unless another repository is named; /work/notes/
   DeprecationWarnings from 10.1 on the calibration APIs, `platform_has_fast_int8` deprecated from 10.5), 11.x (no
   calibrators, no INT8/FP16 flags, no dynamic ranges, no EXPLICIT_BATCH, no `platform_has_fast_int8`).
 
-What the stand-in computes is not TensorRT's calibration: its cache holds the inputs' max |x| of the bytes it read,
-or, given a model, trt-calib's own CPU calibration of those bytes. It proves calls, bytes and refusals, nothing
+What the stand-in computes is not TensorRT's calibration: its cache holds trt-calib's own CPU calibration of the bytes
+it read (of the model it parsed, in a build), or the inputs' max |x| when it has no model onnxruntime can run. It proves calls, bytes and refusals, nothing
 about TensorRT's numbers.
 """
 
@@ -536,12 +536,17 @@ def _standin_cache(result: DriveResult, model: Any, trt_version: str) -> str:
     from trt_calib.core.cache import CalibrationCache
 
     header = _HEADER_OF_ALGO[CalibrationAlgoType(int(result.algorithm))]
-    if model is not None:
+    key = _KEY_OF_ALGO[CalibrationAlgoType(int(result.algorithm))]
+    if model is not None and key in ("entropy2", "minmax"):
+        from trt_calib.errors import TrtCalibError
         from trt_calib.ort.collect import calibrate
 
-        ours = calibrate(model, result.batches, algorithm=_KEY_OF_ALGO[CalibrationAlgoType(int(result.algorithm))],
-                         trt_version=trt_version)
-        return CalibrationCache.from_amax(ours.amax, algorithm=header, trt_version=trt_version).dumps()
+        try:
+            ours = calibrate(model, result.batches, algorithm=key, trt_version=trt_version)
+        except TrtCalibError:
+            pass  # a model onnxruntime cannot run (a TensorRT plugin op): the inputs' max |x| below
+        else:
+            return CalibrationCache.from_amax(ours.amax, algorithm=header, trt_version=trt_version).dumps()
     amax = {n: float(max(np.abs(b[n].astype(np.float64)).max() for b in result.batches)) for n in result.names}
     return CalibrationCache.from_amax(amax, algorithm=header, trt_version=trt_version).dumps()
 
@@ -928,6 +933,7 @@ def _make_builder_api(module: types.ModuleType, state: _State, gpu: FakeGpu, ver
             network = self.network
             if network.num_layers > 0:
                 return self._log_error("Parse was called with a non-empty network definition")
+            network.onnx_model = model  # the stand-in computes its calibration cache with it
             if not v10 and not network.flags & (1 << int(module.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)):
                 self._errors.append(_ParserError(
                     -1, "", "", "This version of the ONNX parser only supports TensorRT INetworkDefinitions with an "
@@ -1099,7 +1105,8 @@ def _make_builder_api(module: types.ModuleType, state: _State, gpu: FakeGpu, ver
                     for t in network._inputs:
                         shape = calibration_profile.shapes[t.name][1] if t in dynamic else t.shape
                         inputs[t.name] = (shape, t.dtype)
-                    result = drive(calibrator, inputs, trt_version=state.version, gpu=gpu)
+                    result = drive(calibrator, inputs, trt_version=state.version, gpu=gpu,
+                                   model=getattr(network, "onnx_model", None))
                     state.drive_results.append(result)
                     if result.calibration_failed:
                         self._error("Calibration failure occurred with no scaling factors detected.")
