@@ -296,6 +296,19 @@ def test_dynamic_ranges_sample_builds_from_a_cpu_calibration_with_the_standin(tr
     assert code == 0 and (tmp_path / "m.plan").is_file()
     out = capsys.readouterr().out
     assert "dynamic ranges (sign-aware): 3 tensor(s) set, 0 without a range" in out
+    names = [c[0] for c in calls(trt)]
+    assert names.index("init_libnvinfer_plugins") < names.index("OnnxParser")  # plugins before the parser
+
+
+def test_int8_sample_builds_with_the_standin_and_registers_plugins_first(trt, tmp_path, capsys):
+    model = tiny_model(tmp_path / "m.onnx", batch=2)
+    sample = load_sample("build_int8_engine.py")
+    code = sample.main([str(model), "--data", str(npz_data(tmp_path / "d.npz")), "--batch-size", "2",
+                        "--device", GPU, "--engine", str(tmp_path / "m.plan")])
+    assert code == 0 and (tmp_path / "m.plan").is_file()
+    assert "4 calibration batch(es)" in capsys.readouterr().out
+    names = [c[0] for c in calls(trt)]
+    assert names.index("init_libnvinfer_plugins") < names.index("OnnxParser")
 
 
 def test_int8_sample_dry_run(tmp_path, monkeypatch, capsys):

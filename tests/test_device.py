@@ -486,7 +486,7 @@ def test_gpu_calibrator_with_pycuda_fed_by_the_standin_driver(monkeypatch):
     import trt_standin
     from trt_calib.trt.calibrator import make_calibrator
 
-    trt_standin.install(monkeypatch, "10.3.0")
+    trt_standin.install(monkeypatch, "10.3.0", cuda_python="keep")
     rng = np.random.default_rng(1)
     batches = [{"x": rng.normal(size=(2, 3, 4)).astype(np.float32)} for _ in range(3)]
     with make_calibrator(batches, device="pycuda") as calib:
@@ -502,3 +502,77 @@ def test_gpu_calibrator_with_pycuda_fed_by_the_standin_driver(monkeypatch):
             ctx.detach()
         np.testing.assert_array_equal(back, batches[-1]["x"])
         assert calib.backend.name == "pycuda"
+
+
+def _current_device(backend: str) -> int:
+    """The current CUDA device as the backend's own library sees it."""
+    if backend == "pycuda":
+        return 0  # no context is current in a fresh test: the CUDA runtime's default device
+    if backend == "cuda-python":
+        from cuda.bindings import runtime
+
+        err, device = runtime.cudaGetDevice()
+        assert err == runtime.cudaError_t.cudaSuccess
+        return device
+    if backend == "cupy":
+        import cupy
+
+        return int(cupy.cuda.runtime.getDevice())
+    import torch
+
+    return int(torch.cuda.current_device())
+
+
+def _read_back(backend: str, pointer: int, like: np.ndarray) -> np.ndarray:
+    """`like.nbytes` bytes of device memory at `pointer`, copied to the host with the backend's own library."""
+    out = np.empty_like(like)
+    if backend == "pycuda":
+        import pycuda.driver as cuda
+
+        context = cuda.Device(0).retain_primary_context()
+        context.push()
+        try:
+            cuda.memcpy_dtoh(out, pointer)
+        finally:
+            cuda.Context.pop()
+            context.detach()
+    elif backend == "cuda-python":
+        from cuda.bindings import runtime
+
+        err, = runtime.cudaMemcpy(out.ctypes.data, pointer, out.nbytes, runtime.cudaMemcpyKind.cudaMemcpyDeviceToHost)
+        assert err == runtime.cudaError_t.cudaSuccess
+    elif backend == "cupy":
+        import cupy
+
+        out = cupy.asarray(_CudaArray(pointer, like.shape)).get()
+    else:
+        import torch
+
+        out = torch.as_tensor(_CudaArray(pointer, like.shape), device="cuda").cpu().numpy()
+    return out
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend, module", [("pycuda", "pycuda.driver"), ("cuda-python", "cuda.bindings.runtime"),
+                                             ("cupy", "cupy"), ("torch", "torch")])
+def test_gpu_calibrator_fed_through_each_backend_on_the_current_device(monkeypatch, backend, module):
+    """float16 batches reach TensorRT as float32 device buffers of the current device, through every backend."""
+    pytest.importorskip(module)
+    if backend == "torch":
+        import torch
+
+        if not torch.cuda.is_available():
+            pytest.skip("torch without CUDA")
+    import trt_standin
+    from trt_calib.trt.calibrator import make_calibrator
+
+    trt_standin.install(monkeypatch, "10.3.0", cuda_python="keep")  # the real GPU libraries
+    rng = np.random.default_rng(2)
+    batches = [{"x": rng.normal(size=(2, 3, 4)).astype(np.float16)} for _ in range(3)]
+    with make_calibrator(batches, device=backend) as calib:
+        result = trt_standin.drive(calib, {"x": ((2, 3, 4), np.float16)}, memory="real-gpu")
+        assert len(result.pointers) == 3 and calib.backend.name == backend
+        assert calib.backend.device_index == _current_device(backend)
+        assert calib.backend.capacity("x") == 2 * 3 * 4 * 4  # float32: what TensorRT reads
+        back = _read_back(backend, result.pointers[-1][0], batches[-1]["x"].astype(np.float32))
+        np.testing.assert_array_equal(back, batches[-1]["x"].astype(np.float32))

@@ -1255,10 +1255,12 @@ def install(monkeypatch: Any, version: str = "10.3.0", *, devices: int = 1, cuda
         types.ModuleType:
     """Put a stand-in `tensorrt`, and a fake cuda-python over its stand-in GPU, into sys.modules for one test
     (pytest's monkeypatch undoes it). `cuda_python`: ``bindings`` (`cuda.bindings.runtime`, cuda-python >= 12.6.1),
-    ``legacy`` (only `cuda.cudart`, as before 12.6.1) or ``none``."""
+    ``legacy`` (only `cuda.cudart`, as before 12.6.1), ``none``, or ``keep`` (leave the real one, for GPU tests)."""
     gpu = FakeGpu(devices)
     module = make_tensorrt(version, gpu=gpu)
     monkeypatch.setitem(sys.modules, "tensorrt", module)
+    if cuda_python == "keep":
+        return module
     cuda = types.ModuleType("cuda", "Stand-in cuda-python package; not CUDA.")
     cuda.__path__ = []
     names = ("cuda", "cuda.bindings", "cuda.bindings.runtime", "cuda.cudart")
@@ -1273,7 +1275,7 @@ def install(monkeypatch: Any, version: str = "10.3.0", *, devices: int = 1, cuda
         cuda.cudart = make_cuda_runtime(gpu, "cuda.cudart")
         fakes.update({"cuda": cuda, "cuda.cudart": cuda.cudart})
     elif cuda_python != "none":
-        raise ValueError(f"cuda_python must be bindings, legacy or none, not {cuda_python!r}")
+        raise ValueError(f"cuda_python must be bindings, legacy, none or keep, not {cuda_python!r}")
     for name, value in fakes.items():
         monkeypatch.setitem(sys.modules, name, value)
     return module
