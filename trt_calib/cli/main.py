@@ -1,6 +1,6 @@
 """The `trt-calib` command line: the parser over every command module, logging, exit codes and one-line errors.
 
-Each command module (`calibrate`, `cache`, `build`, `quantize`, `evaluate`, `report`, `doctor`) has `register(subparsers)`;
+Each command module (`calibrate`, `cache`, `build`, `quantize`, `evaluate`, `report`) has `register(subparsers)`;
 the handlers parse nothing themselves, call the layers below, print and return an exit code.
 
 Exit codes, the same for every command: 0 ok; 1 findings (warnings, differences, not consistent); 2 usage or input
