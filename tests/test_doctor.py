@@ -105,3 +105,16 @@ def test_an_explicit_device_that_does_not_work_is_a_failure(monkeypatch, capsys,
 def test_a_bad_device_is_a_usage_error(capsys):
     assert main(["doctor", "--device", "opencl"]) == 2
     assert "invalid choice: 'opencl'" in capsys.readouterr().err
+
+
+def test_tensorrt_internal_tensors_in_its_cache_do_not_fail_the_comparison(monkeypatch, capsys):
+    """Real caches hold TensorRT's own tensors ("(Unnamed Layer* 7) [Constant]_output"); only shared ones count."""
+    trt_standin.install(monkeypatch, "10.3.0")
+    original = trt_standin._standin_cache
+    monkeypatch.setattr(trt_standin, "_standin_cache", lambda *args: original(*args)
+                        + "(Unnamed Layer* 7) [Constant]_output: 3c010a14\n")
+    code, _, checks = run_json(capsys, "--device", "cuda-python")
+    assert code == 0, checks
+    numpy_check = checks["tensorrt cache vs numpy"]
+    assert numpy_check["status"] == "pass" and "10/10 shared tensors consistent" in numpy_check["detail"]
+    assert "1 only reference" in numpy_check["detail"]
