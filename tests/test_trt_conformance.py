@@ -515,3 +515,15 @@ def test_parser_failures_tensorrt_only_logs_are_reported(trt, tmp_path):
     model.write_bytes(b"\x08\x07garbage that is no protobuf")
     with pytest.raises(ModelError, match=r"TensorRT logged: Failed to parse ONNX model from file: .*broken.onnx"):
         build_engine(model, ranges={"x": 1.0})
+
+
+def test_a_cache_tensorrt_rejects_and_recalibrates_over_is_a_calibration_again(trt, tmp_path):
+    """If TensorRT reads the cache but still asks for batches (it rejected it), what it writes is a calibration."""
+    cache_file = tmp_path / "c.cache"
+    CalibrationCache.from_amax({"x": 2.0}, trt_version="8.6.1").save(cache_file)
+    calib = make_calibrator([{"x": np.ones((2, 4), np.float32)}], device=GPU, cache_file=cache_file, min_batches=2)
+    assert calib.read_calibration_cache() is not None  # read, as TensorRT does first
+    assert calib.get_batch(["x"]) is not None and calib.get_batch(["x"]) is None  # ... then it calibrated anyway
+    calib.write_calibration_cache(memoryview(b"TRT-100300-EntropyCalibration2\nx: 3c010a14\n"))
+    with pytest.raises(CalibrationError, match="fewer than min_batches=2"):
+        calib.raise_if_failed()

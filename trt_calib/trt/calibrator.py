@@ -336,7 +336,7 @@ class CalibratorCore:
                     "from partial data", first.where(),
                 )
                 return None
-            if self.cache.used:
+            if self.cache.used and self.batches_fed == 0:  # a cache written back, not a calibration
                 if data != self.cache.data:
                     logger.info("TensorRT wrote back the calibration cache it read, changed (%d bytes)", len(data))
                     self.cache.write(data, 0)
