@@ -3,8 +3,14 @@
 
 TensorRT 11 has no INT8 builder flag and no calibrator: the QuantizeLinear/DequantizeLinear nodes in the graph alone
 decide what runs in INT8, and every network is strongly typed. So this builds with no precision flags at all:
-trt.Builder -> create_network(0) -> OnnxParser -> build_serialized_network. On TensorRT 10 it asks for a strongly
-typed network explicitly (the flag exists there), which gives the same explicit-quantisation build.
+trt.Builder -> create_network(0) -> OnnxParser -> build_serialized_network. TensorRT 10.x gets a strongly typed
+network explicitly (the flag exists there), which gives the same explicit-quantisation build. TensorRT 8.6 has no
+strong typing: it gets an explicit-batch network (its ONNX parser accepts nothing else) and the INT8 builder flag,
+which 8.x needs for any quantization ("To enable any quantization operations, the INT8 flag must be set in the
+builder configuration", TensorRT 8.x Developer Guide, "Working with INT8").
+
+The plugin library (EfficientNMS_TRT, ...) is registered before the parser: since TensorRT 10.0 the ONNX parser no
+longer does it itself (NVIDIA/TensorRT Polygraphy `backend/trt/loader.py` does the same).
 
 Example:
     trt-calib quantize model.onnx --from-cache model.cache -o model.qdq.onnx
@@ -65,21 +71,30 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     logger = trt.Logger(trt.Logger.VERBOSE if args.verbose else trt.Logger.WARNING)
+    trt.init_libnvinfer_plugins(logger, "")  # before the parser: it no longer registers them (TensorRT >= 10)
     builder = trt.Builder(logger)
-    major = int(trt.__version__.split(".")[0])
+    creation = trt.NetworkDefinitionCreationFlag
     flags = 0
-    strongly_typed = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
+    explicit_batch = getattr(creation, "EXPLICIT_BATCH", None)  # gone in 11; ignored in 10; needed by 8.x
+    if explicit_batch is not None and hasattr(builder, "build_engine"):  # 8.x: the implicit-batch era API exists
+        flags |= 1 << int(explicit_batch)
+    major = int(trt.__version__.split(".")[0])
+    strongly_typed = getattr(creation, "STRONGLY_TYPED", None)
     if major < 11 and strongly_typed is not None:
-        flags = 1 << int(strongly_typed)  # TensorRT 11 is always strongly typed and takes no flag
+        flags |= 1 << int(strongly_typed)  # TensorRT 11 is always strongly typed and takes no flag
     network = builder.create_network(flags)
     onnx_parser = trt.OnnxParser(network, logger)
     if not onnx_parser.parse_from_file(str(args.model)):
         for i in range(onnx_parser.num_errors):
             print(f"error: {args.model}: {onnx_parser.get_error(i)}", file=sys.stderr)
+        if not onnx_parser.num_errors:
+            print(f"error: {args.model}: TensorRT's ONNX parser failed (see its log above)", file=sys.stderr)
         return 1
 
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, args.workspace_mib << 20)
+    if strongly_typed is None and hasattr(trt.BuilderFlag, "INT8"):
+        config.set_flag(trt.BuilderFlag.INT8)  # 8.x: Q/DQ layers need it
     if args.layer_info:
         config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
     shapes = dict(args.shape)
@@ -108,7 +123,10 @@ def main(argv: list[str] | None = None) -> int:
         info = json.loads(inspector.get_engine_information(trt.LayerInformationFormat.JSON))
         _write_atomically(Path(args.layer_info), (json.dumps(info, indent=2) + "\n").encode())
         layers = info.get("Layers", [])
-        int8 = [layer for layer in layers if isinstance(layer, dict) and "Int8" in json.dumps(layer.get("Inputs", []))]
+        # Format strings spell it "Int8" and "INT8" (TensorRT trt-engine-explorer `trex/activations.py`); 11.x splits
+        # "Format/Datatype" into "Format" and "DataType". Polygraphy matches case-insensitively too.
+        int8 = [layer for layer in layers
+                if isinstance(layer, dict) and "INT8" in json.dumps(layer.get("Inputs", [])).upper()]
         print(f"{len(layers)} layers, {len(int8)} with an INT8 input; details in {args.layer_info}")
     return 0
 

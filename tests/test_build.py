@@ -21,6 +21,9 @@ from trt_calib.trt.calibrator import CalibratorCore, make_calibrator
 from trt_calib.errors import CalibrationError, DataError, MissingDependencyError, ModelError
 
 
+GPU = "cuda-python"  # the device backend that reaches the stand-in's fake GPU (trt_standin.install)
+
+
 def tiny_model(path, batch="N", custom_op: bool = False):
     """x[batch, 4] -> Relu -> r -> Sigmoid -> y (optionally a node the stand-in parser cannot import)."""
     nodes = [helper.make_node("Relu", ["x"], ["r"], name="relu"),
@@ -55,11 +58,11 @@ def calls(trt, kind=None):
 
 def test_calibrated_build_call_sequence_on_tensorrt_10(trt, tmp_path):
     model = tiny_model(tmp_path / "m.onnx", batch=2)
-    calib = make_calibrator(batches(3), device="host", cache_file=tmp_path / "m.cache")
+    calib = make_calibrator(batches(3), device=GPU, cache_file=tmp_path / "m.cache")
     result = build_engine(model, calibrator=calib, engine_path=tmp_path / "m.plan", workspace=1 << 28)
     names = [c[0] for c in calls(trt)]
     assert names == [
-        "Builder", "create_network", "OnnxParser", "parse_from_file", "create_builder_config",
+        "init_libnvinfer_plugins", "Builder", "create_network", "OnnxParser", "parse_from_file", "create_builder_config",
         "config.set_memory_pool_limit", "config.set_flag", "config.set_flag", "config.int8_calibrator",
         "build_serialized_network",
     ]
@@ -76,7 +79,7 @@ def test_calibrated_build_call_sequence_on_tensorrt_10(trt, tmp_path):
 def test_tensorrt_8_6_gets_the_explicit_batch_flag(monkeypatch, tmp_path):
     trt = trt_standin.install(monkeypatch, "8.6.1")
     model = tiny_model(tmp_path / "m.onnx", batch=2)
-    build_engine(model, calibrator=make_calibrator(batches(1), device="host"), fp16=False)
+    build_engine(model, calibrator=make_calibrator(batches(1), device=GPU), fp16=False)
     assert calls(trt, "create_network") == [("create_network", 1)]
     assert calls(trt, "config.set_flag") == [("config.set_flag", "INT8")]
 
@@ -91,7 +94,7 @@ def test_explicit_batch_flags_follow_the_builder_not_the_version_string(monkeypa
 
 def test_dynamic_inputs_get_a_profile_and_calibrate_at_opt(trt, tmp_path):
     model = tiny_model(tmp_path / "m.onnx")
-    calib = make_calibrator(batches(2, shape=(8, 4)), device="host")
+    calib = make_calibrator(batches(2, shape=(8, 4)), device=GPU)
     result = build_engine(model, calibrator=calib, shapes={"x": ((1, 4), (8, 4), (32, 4))})
     assert calls(trt, "profile.set_shape") == [("profile.set_shape", "x", (1, 4), (8, 4), (32, 4))]
     assert calls(trt, "config.set_calibration_profile") == [
@@ -103,7 +106,7 @@ def test_dynamic_inputs_get_a_profile_and_calibrate_at_opt(trt, tmp_path):
 
 def test_dynamic_inputs_without_shapes_take_the_first_batch_shape_and_say_so(trt, tmp_path, caplog):
     model = tiny_model(tmp_path / "m.onnx")
-    calib = make_calibrator(batches(2, shape=(4, 4)), device="host")
+    calib = make_calibrator(batches(2, shape=(4, 4)), device=GPU)
     with caplog.at_level(logging.WARNING, logger="trt_calib.trt.build"):
         result = build_engine(model, calibrator=calib)
     assert result.profile_shapes == {"x": ((4, 4), (4, 4), (4, 4))}
@@ -112,7 +115,7 @@ def test_dynamic_inputs_without_shapes_take_the_first_batch_shape_and_say_so(trt
 
 def test_preflight_refuses_a_first_batch_that_is_not_the_opt_shape_before_building(trt, tmp_path):
     model = tiny_model(tmp_path / "m.onnx")
-    calib = make_calibrator(batches(2, shape=(2, 4)), device="host")
+    calib = make_calibrator(batches(2, shape=(2, 4)), device=GPU)
     with pytest.raises(DataError, match=r"input 'x' has shape \(2, 4\) but TensorRT calibrates at \(8, 4\)"):
         build_engine(model, calibrator=calib, shapes={"x": ((1, 4), (8, 4), (8, 4))})
     assert calls(trt, "build_serialized_network") == []
@@ -120,7 +123,7 @@ def test_preflight_refuses_a_first_batch_that_is_not_the_opt_shape_before_buildi
 
 def test_preflight_refuses_wrong_input_names_before_building(trt, tmp_path):
     model = tiny_model(tmp_path / "m.onnx", batch=2)
-    calib = make_calibrator([{"images": np.zeros((2, 4), np.float32)}], device="host")
+    calib = make_calibrator([{"images": np.zeros((2, 4), np.float32)}], device=GPU)
     with pytest.raises(DataError, match=r"batch 0 has inputs \['images'\] but the network's inputs are \['x'\]"):
         build_engine(model, calibrator=calib)
     assert calls(trt, "build_serialized_network") == []
@@ -129,9 +132,9 @@ def test_preflight_refuses_wrong_input_names_before_building(trt, tmp_path):
 def test_preflight_refuses_an_empty_source_and_a_non_tensorrt_calibrator(trt, tmp_path):
     model = tiny_model(tmp_path / "m.onnx", batch=2)
     with pytest.raises(DataError, match="produced no batches"):
-        build_engine(model, calibrator=make_calibrator(iter([]), device="host"))
+        build_engine(model, calibrator=make_calibrator(iter([]), device=GPU))
     with pytest.raises(CalibrationError, match="is a CalibratorCore, not a tensorrt.IInt8Calibrator"):
-        build_engine(model, calibrator=CalibratorCore(batches(1), device="host"))
+        build_engine(model, calibrator=CalibratorCore(batches(1), device=GPU))
     assert calls(trt, "build_serialized_network") == []
 
 
@@ -142,7 +145,7 @@ def test_a_failure_during_calibration_is_reraised_and_no_engine_or_cache_is_writ
         yield from batches(2)
         raise OSError("image 3 is truncated")
 
-    calib = make_calibrator(source(), device="host", cache_file=tmp_path / "m.cache")
+    calib = make_calibrator(source(), device=GPU, cache_file=tmp_path / "m.cache")
     with pytest.raises(OSError, match="image 3 is truncated"):
         build_engine(model, calibrator=calib, engine_path=tmp_path / "m.plan")
     assert calls(trt, "build_serialized_network")  # the stand-in built from the 2 good batches, like TensorRT
@@ -154,11 +157,11 @@ def test_a_matching_cache_needs_no_batches_and_a_mismatched_one_stops_before_the
     cache_file = tmp_path / "m.cache"
     CalibrationCache.from_amax({"x": 2.0, "r": 2.0, "y": 1.0}, algorithm="EntropyCalibration2",
                                trt_version="10.3.0").save(cache_file)
-    result = build_engine(model, calibrator=make_calibrator([], device="host", cache_file=cache_file))
+    result = build_engine(model, calibrator=make_calibrator([], device=GPU, cache_file=cache_file))
     drive = trt_standin.state_of(trt).drive_results[0]
     assert drive.cache_read == cache_file.read_bytes() and drive.pointers == [] and result.batches_fed == 0
     with pytest.raises(CalibrationError, match="written by EntropyCalibration2.*this is a MinMaxCalibrator"):
-        build_engine(model, calibrator=make_calibrator(batches(1), "minmax", device="host", cache_file=cache_file))
+        build_engine(model, calibrator=make_calibrator(batches(1), "minmax", device=GPU, cache_file=cache_file))
     assert len(calls(trt, "build_serialized_network")) == 1
 
 
@@ -175,22 +178,20 @@ def test_deprecation_warnings_of_tensorrt_10_1_do_not_escape(trt, tmp_path):
     model = tiny_model(tmp_path / "m.onnx")
     with warnings.catch_warnings():
         warnings.simplefilter("error", DeprecationWarning)
-        build_engine(model, calibrator=make_calibrator(batches(1, shape=(2, 4)), device="host"),
+        build_engine(model, calibrator=make_calibrator(batches(1, shape=(2, 4)), device=GPU),
                      shapes={"x": ((1, 4), (2, 4), (4, 4))})
         build_engine(model, ranges={"x": 1.0}, shapes={"x": ((1, 4), (2, 4), (4, 4))})
 
 
 def test_parser_errors_are_reported_by_node(trt, tmp_path):
     model = tiny_model(tmp_path / "m.onnx", batch=2, custom_op=True)
-    with pytest.raises(ModelError, match=r"node 2 'weird' \(Weird\): No importer registered for op: Weird"):
+    with pytest.raises(ModelError, match=r"node 2 'weird' \(Weird\): creator && \"Plugin not found"):
         build_engine(model, ranges={"x": 1.0})
 
 
 def test_argument_errors():
     with pytest.raises(CalibrationError, match="needs a calibrator or ranges"):
         build_engine("m.onnx")
-    with pytest.raises(CalibrationError, match="not both"):
-        build_engine("m.onnx", calibrator=object(), ranges={})
     with pytest.raises(ModelError, match="no such ONNX model"):
         build_engine("missing.onnx", ranges={"x": 1.0})
 
@@ -260,8 +261,8 @@ def test_cli_build_dry_run_needs_no_tensorrt(tmp_path, monkeypatch, capsys):
 def test_cli_build_builds_with_the_standin(trt, tmp_path, capsys):
     model = tiny_model(tmp_path / "m.onnx", batch=2)
     args = build_args(str(model), "--data", str(npz_data(tmp_path / "d.npz")), "--batch-size", "2",
-                      "--engine", str(tmp_path / "m.plan"), "--cache", str(tmp_path / "m.cache"))
-    args.device = "host"  # the stand-in reads host memory; the CLI offers GPU backends only
+                      "--engine", str(tmp_path / "m.plan"), "--cache", str(tmp_path / "m.cache"),
+                      "--device", GPU)
     assert run_build(args) == 0
     assert (tmp_path / "m.plan").is_file() and (tmp_path / "m.cache").is_file()
     assert "from 4 calibration batch(es)" in capsys.readouterr().out
@@ -295,6 +296,19 @@ def test_dynamic_ranges_sample_builds_from_a_cpu_calibration_with_the_standin(tr
     assert code == 0 and (tmp_path / "m.plan").is_file()
     out = capsys.readouterr().out
     assert "dynamic ranges (sign-aware): 3 tensor(s) set, 0 without a range" in out
+    names = [c[0] for c in calls(trt)]
+    assert names.index("init_libnvinfer_plugins") < names.index("OnnxParser")  # plugins before the parser
+
+
+def test_int8_sample_builds_with_the_standin_and_registers_plugins_first(trt, tmp_path, capsys):
+    model = tiny_model(tmp_path / "m.onnx", batch=2)
+    sample = load_sample("build_int8_engine.py")
+    code = sample.main([str(model), "--data", str(npz_data(tmp_path / "d.npz")), "--batch-size", "2",
+                        "--device", GPU, "--engine", str(tmp_path / "m.plan")])
+    assert code == 0 and (tmp_path / "m.plan").is_file()
+    assert "4 calibration batch(es)" in capsys.readouterr().out
+    names = [c[0] for c in calls(trt)]
+    assert names.index("init_libnvinfer_plugins") < names.index("OnnxParser")
 
 
 def test_int8_sample_dry_run(tmp_path, monkeypatch, capsys):

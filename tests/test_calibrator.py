@@ -27,6 +27,7 @@ from trt_calib.trt.calibrator import (
 from trt_calib.errors import CalibrationError, DataError, MissingDependencyError
 
 INPUTS = {"a": ((2, 3), np.float32), "b": ((2, 4), np.float32)}
+GPU = "cuda-python"  # the device backend that reaches the stand-in's fake GPU (trt_standin.install)
 
 
 @pytest.fixture
@@ -93,7 +94,7 @@ def test_each_calibrator_subclasses_its_tensorrt_base(trt, key):
     assert issubclass(cls, getattr(trt, algo.base))
     assert cls.__name__ == algo.class_name
     assert calibrator_class(algo.class_name) is cls  # one class per base
-    calib = cls([np.zeros((1, 2), np.float32)], device="host")
+    calib = cls([np.zeros((1, 2), np.float32)], device=GPU)
     assert isinstance(calib, trt.IInt8Calibrator)
 
 
@@ -126,7 +127,7 @@ def test_a_new_tensorrt_module_gets_new_classes(monkeypatch):
 
 def test_get_batch_gives_one_int_pointer_per_name_in_order_and_the_bytes_are_the_batch(trt, tmp_path):
     batches = two_input_batches(3)
-    calib = make_calibrator(batches, "entropy2", cache_file=tmp_path / "c.cache", device="host")
+    calib = make_calibrator(batches, "entropy2", cache_file=tmp_path / "c.cache", device=GPU)
     result = trt_standin.drive(calib, INPUTS)
     assert result.errors == [] and result.violations == []
     assert len(result.pointers) == 3
@@ -141,7 +142,7 @@ def test_get_batch_gives_one_int_pointer_per_name_in_order_and_the_bytes_are_the
 
 
 def test_pointers_are_python_ints_and_buffers_are_reused(trt):
-    calib = make_calibrator(two_input_batches(3), device="host")
+    calib = make_calibrator(two_input_batches(3), device=GPU)
     result = trt_standin.drive(calib, INPUTS)
     assert all(type(p) is int for ptrs in result.pointers for p in ptrs)
     assert result.pointers[0] == result.pointers[1] == result.pointers[2]  # one buffer per input, reused
@@ -150,7 +151,7 @@ def test_pointers_are_python_ints_and_buffers_are_reused(trt):
 
 def test_get_batch_size_is_the_first_batch_size_before_any_batch(trt):
     batches = [{"a": np.zeros((5, 3), np.float32), "b": np.zeros((5, 4), np.float32)}]
-    calib = make_calibrator(batches, device="host")
+    calib = make_calibrator(batches, device=GPU)
     assert calib.get_batch_size() == 5
     result = trt_standin.drive(calib, {"a": ((5, 3), np.float32), "b": ((5, 4), np.float32)})
     assert result.batch_size == 5 and len(result.pointers) == 1
@@ -158,7 +159,7 @@ def test_get_batch_size_is_the_first_batch_size_before_any_batch(trt):
 
 def test_single_input_networks_take_bare_arrays(trt, tmp_path):
     arrays = [np.full((2, 3), i + 0.5, np.float32) for i in range(4)]
-    calib = make_calibrator(iter(arrays), "minmax", cache_file=tmp_path / "m.cache", device="host")
+    calib = make_calibrator(iter(arrays), "minmax", cache_file=tmp_path / "m.cache", device=GPU)
     result = trt_standin.drive(calib, {"x": ((2, 3), np.float32)})
     assert [float(b["x"][0, 0]) for b in result.batches] == [0.5, 1.5, 2.5, 3.5]
     cache = CalibrationCache.load(tmp_path / "m.cache")
@@ -171,7 +172,7 @@ def test_integer_inputs_of_their_declared_dtype_are_accepted(trt):
 
     batches = [{"ids": np.arange(6, dtype=np.int32).reshape(2, 3), "x": np.ones((2, 3), np.float32)}]
     specs = [InputSpec("ids", (-1, 3), np.int32), InputSpec("x", (-1, 3), np.float32)]
-    calib = make_calibrator(batches, device="host", input_specs=specs)
+    calib = make_calibrator(batches, device=GPU, input_specs=specs)
     result = trt_standin.drive(calib, {"ids": ((2, 3), np.int32), "x": ((2, 3), np.float32)})
     np.testing.assert_array_equal(result.batches[0]["ids"], batches[0]["ids"])
 
@@ -179,19 +180,19 @@ def test_integer_inputs_of_their_declared_dtype_are_accepted(trt):
 def test_torch_cpu_tensors_are_read_through_the_host_backend(trt):
     torch = pytest.importorskip("torch")
     batches = [{"x": torch.arange(6, dtype=torch.float32).reshape(2, 3)}]
-    calib = make_calibrator(batches, device="host")
+    calib = make_calibrator(batches, device=GPU)
     result = trt_standin.drive(calib, {"x": ((2, 3), np.float32)})
     np.testing.assert_array_equal(result.batches[0]["x"], np.arange(6, dtype=np.float32).reshape(2, 3))
 
 
 def test_the_standin_driver_runs_the_callbacks_on_another_thread_too(trt):
-    calib = make_calibrator(two_input_batches(2), device="host")
+    calib = make_calibrator(two_input_batches(2), device=GPU)
     result = trt_standin.drive(calib, INPUTS, threaded=True)
     assert len(result.batches) == 2 and not calib.failed
 
 
 def test_max_batches_stops_early(trt):
-    calib = make_calibrator(two_input_batches(5), device="host", max_batches=2)
+    calib = make_calibrator(two_input_batches(5), device=GPU, max_batches=2)
     result = trt_standin.drive(calib, INPUTS)
     assert len(result.pointers) == 2
 
@@ -215,7 +216,7 @@ def failing_source(kind: str):
     elif kind == "nan":
         bad["b"][1, 2] = np.nan
     elif kind == "dtype":
-        bad["a"] = bad["a"].astype(np.float64)
+        bad["a"] = bad["a"].astype(np.int32)  # an index type: kept as it is, so it differs from batch 0
     elif kind == "contiguous":
         bad["a"] = np.asfortranarray(np.zeros((2, 3), np.float32))
     yield bad
@@ -228,7 +229,7 @@ FAILURES = {
     "shape": (DataError, r"batch 2: input 'a' has shape \(1, 3\) but batch 0 had \(2, 3\)"),
     "names": (DataError, r"batch 2 has inputs \['a', 'c'\] but the network's inputs are \['a', 'b'\] \(missing: \['b'\]; unexpected: \['c'\]\)"),
     "nan": (DataError, r"batch 2: input 'b' contains 1 NaN"),
-    "dtype": (DataError, r"batch 2: input 'a' has dtype float64"),
+    "dtype": (DataError, r"batch 2: input 'a' has dtype int32 but batch 0 had float32"),
     "contiguous": (DataError, r"batch 2: input 'a' is not C-contiguous"),
 }
 
@@ -236,7 +237,7 @@ FAILURES = {
 @pytest.mark.parametrize("kind", list(FAILURES))
 def test_a_failing_batch_ends_calibration_writes_no_cache_and_is_reraised(trt, tmp_path, kind, capsys):
     cache_file = tmp_path / "model.cache"
-    calib = make_calibrator(failing_source(kind), "entropy2", cache_file=cache_file, device="host")
+    calib = make_calibrator(failing_source(kind), "entropy2", cache_file=cache_file, device=GPU)
     result = trt_standin.drive(calib, INPUTS)
     # TensorRT would go on and write a cache from the 2 good batches; ours ends there and refuses to write it.
     assert len(result.pointers) == 2
@@ -256,7 +257,7 @@ def test_a_failing_batch_ends_calibration_writes_no_cache_and_is_reraised(trt, t
 
 
 def test_raise_if_failed_adds_its_note_once(trt):
-    calib = make_calibrator(failing_source("exception"), device="host")
+    calib = make_calibrator(failing_source("exception"), device=GPU)
     trt_standin.drive(calib, INPUTS)
     for _ in range(2):
         with pytest.raises(ValueError):
@@ -275,13 +276,13 @@ def test_nothing_is_asked_of_the_source_after_a_failure(trt):
                 raise RuntimeError("bad batch")
             yield {"x": np.ones((1, 2), np.float32)}
 
-    calib = make_calibrator(source(), device="host")
+    calib = make_calibrator(source(), device=GPU)
     trt_standin.drive(calib, {"x": ((1, 2), np.float32)})
     assert pulled == [0, 1]
 
 
 def test_an_empty_source_is_a_failure_not_a_silent_empty_calibration(trt, tmp_path):
-    calib = make_calibrator(iter([]), cache_file=tmp_path / "c.cache", device="host")
+    calib = make_calibrator(iter([]), cache_file=tmp_path / "c.cache", device=GPU)
     result = trt_standin.drive(calib, INPUTS)
     assert result.calibration_failed  # TensorRT: "no scaling factors detected"
     with pytest.raises(DataError, match="produced no batches"):
@@ -290,14 +291,14 @@ def test_an_empty_source_is_a_failure_not_a_silent_empty_calibration(trt, tmp_pa
 
 
 def test_bare_arrays_for_a_two_input_network_name_both_inputs(trt):
-    calib = make_calibrator([np.zeros((2, 3), np.float32)], device="host")
+    calib = make_calibrator([np.zeros((2, 3), np.float32)], device=GPU)
     trt_standin.drive(calib, INPUTS)
     with pytest.raises(DataError, match=r"single array but the network has 2 inputs \['a', 'b'\]"):
         calib.raise_if_failed()
 
 
 def test_fewer_batches_than_min_batches_writes_no_cache(trt, tmp_path):
-    calib = make_calibrator(two_input_batches(1), cache_file=tmp_path / "c.cache", device="host", min_batches=2)
+    calib = make_calibrator(two_input_batches(1), cache_file=tmp_path / "c.cache", device=GPU, min_batches=2)
     trt_standin.drive(calib, INPUTS)
     assert not (tmp_path / "c.cache").exists()
     with pytest.raises(CalibrationError, match="from 1 batch\\(es\\), fewer than min_batches=2"):
@@ -308,7 +309,7 @@ def test_a_failing_cache_write_leaves_the_old_file_and_no_temp_file(trt, tmp_pat
     cache_file = tmp_path / "c.cache"
     old = CalibrationCache.from_amax({"a": 2.0}, algorithm="MinMaxCalibration").dumps()
     cache_file.write_text(old)
-    calib = make_calibrator(two_input_batches(2), cache_file=cache_file, device="host",
+    calib = make_calibrator(two_input_batches(2), cache_file=cache_file, device=GPU,
                             cache_mismatch="recalibrate")
 
     def broken_replace(src, dst):
@@ -328,7 +329,7 @@ def test_a_failing_cache_write_leaves_the_old_file_and_no_temp_file(trt, tmp_pat
 
 def test_the_cache_is_copied_out_of_the_memoryview_and_written_atomically(trt, tmp_path):
     cache_file = tmp_path / "c.cache"
-    calib = make_calibrator(two_input_batches(2), cache_file=cache_file, device="host")
+    calib = make_calibrator(two_input_batches(2), cache_file=cache_file, device=GPU)
     result = trt_standin.drive(calib, INPUTS)
     # the stand-in zeroes and releases its memory after the callback: a kept view would now read zeros or fail
     assert cache_file.read_bytes() == result.cache_written
@@ -361,7 +362,7 @@ def test_the_standin_catches_a_calibrator_that_keeps_the_memoryview(trt):
         def write_calibration_cache(self, cache):
             kept.append(cache)
 
-    trt_standin.drive(Keeper(), {"x": ((1, 2), np.float32)})
+    trt_standin.drive(Keeper(), {"x": ((1, 2), np.float32)}, memory="host")  # a dry run: host pointers allowed
     with pytest.raises(ValueError, match="released memoryview"):
         bytes(kept[0])
 
@@ -390,14 +391,14 @@ def test_the_standin_flags_a_short_pointer_list_as_undefined_behaviour(trt):
 
 def test_a_matching_cache_is_used_and_no_batch_is_asked_for(trt, tmp_path):
     cache_file = tmp_path / "c.cache"
-    first = make_calibrator(two_input_batches(2), cache_file=cache_file, device="host")
+    first = make_calibrator(two_input_batches(2), cache_file=cache_file, device=GPU)
     written = trt_standin.drive(first, INPUTS).cache_written
 
     def untouchable():
         raise AssertionError("the batches must not be read when the cache is used")
         yield  # pragma: no cover
 
-    second = make_calibrator(untouchable(), cache_file=cache_file, device="host")
+    second = make_calibrator(untouchable(), cache_file=cache_file, device=GPU)
     result = trt_standin.drive(second, INPUTS)
     assert result.cache_read == written
     assert result.pointers == []
@@ -406,9 +407,9 @@ def test_a_matching_cache_is_used_and_no_batch_is_asked_for(trt, tmp_path):
 
 def test_a_cache_of_another_algorithm_is_refused_naming_both(trt, tmp_path):
     cache_file = tmp_path / "c.cache"
-    trt_standin.drive(make_calibrator(two_input_batches(2), "minmax", cache_file=cache_file, device="host"), INPUTS)
+    trt_standin.drive(make_calibrator(two_input_batches(2), "minmax", cache_file=cache_file, device=GPU), INPUTS)
     before = cache_file.read_bytes()
-    calib = make_calibrator(two_input_batches(2), "entropy2", cache_file=cache_file, device="host")
+    calib = make_calibrator(two_input_batches(2), "entropy2", cache_file=cache_file, device=GPU)
     result = trt_standin.drive(calib, INPUTS)
     assert result.cache_read is None and result.pointers == []
     assert cache_file.read_bytes() == before
@@ -423,8 +424,8 @@ def test_a_cache_of_another_algorithm_is_refused_naming_both(trt, tmp_path):
 
 def test_cache_mismatch_recalibrate_overwrites_the_other_algorithms_cache(trt, tmp_path):
     cache_file = tmp_path / "c.cache"
-    trt_standin.drive(make_calibrator(two_input_batches(2), "minmax", cache_file=cache_file, device="host"), INPUTS)
-    calib = make_calibrator(two_input_batches(2), "entropy2", cache_file=cache_file, device="host",
+    trt_standin.drive(make_calibrator(two_input_batches(2), "minmax", cache_file=cache_file, device=GPU), INPUTS)
+    calib = make_calibrator(two_input_batches(2), "entropy2", cache_file=cache_file, device=GPU,
                             cache_mismatch="recalibrate")
     result = trt_standin.drive(calib, INPUTS)
     assert len(result.pointers) == 2
@@ -434,7 +435,7 @@ def test_cache_mismatch_recalibrate_overwrites_the_other_algorithms_cache(trt, t
 def test_an_empty_cache_file_is_ignored_and_calibration_runs(trt, tmp_path):
     cache_file = tmp_path / "c.cache"
     cache_file.write_bytes(b"")
-    calib = make_calibrator(two_input_batches(2), cache_file=cache_file, device="host")
+    calib = make_calibrator(two_input_batches(2), cache_file=cache_file, device=GPU)
     result = trt_standin.drive(calib, INPUTS)
     assert len(result.pointers) == 2
     assert cache_file.read_bytes() == result.cache_written
@@ -443,7 +444,7 @@ def test_an_empty_cache_file_is_ignored_and_calibration_runs(trt, tmp_path):
 def test_a_malformed_cache_is_a_failure_naming_the_line(trt, tmp_path):
     cache_file = tmp_path / "c.cache"
     cache_file.write_text("TRT-100300-EntropyCalibration2\nx: zz\n")
-    calib = make_calibrator(two_input_batches(2), cache_file=cache_file, device="host")
+    calib = make_calibrator(two_input_batches(2), cache_file=cache_file, device=GPU)
     trt_standin.drive(calib, INPUTS)
     with pytest.raises(Exception, match=r"c.cache:2"):
         calib.raise_if_failed()
@@ -452,13 +453,13 @@ def test_a_malformed_cache_is_a_failure_naming_the_line(trt, tmp_path):
 def test_a_malformed_cache_is_overwritten_with_cache_mismatch_recalibrate(trt, tmp_path):
     cache_file = tmp_path / "c.cache"
     cache_file.write_text("calibration table v1\n")
-    calib = make_calibrator(two_input_batches(2), cache_file=cache_file, device="host", cache_mismatch="recalibrate")
+    calib = make_calibrator(two_input_batches(2), cache_file=cache_file, device=GPU, cache_mismatch="recalibrate")
     result = trt_standin.drive(calib, INPUTS)
     assert len(result.pointers) == 2 and cache_file.read_bytes() == result.cache_written
 
 
 def test_the_cache_from_a_successful_calibration_is_reused_by_the_next_build(trt):
-    calib = make_calibrator(two_input_batches(2), device="host")  # no cache file: kept in memory
+    calib = make_calibrator(two_input_batches(2), device=GPU)  # no cache file: kept in memory
     first = trt_standin.drive(calib, INPUTS)
     second = trt_standin.drive(calib, INPUTS)
     assert second.cache_read == first.cache_written and second.pointers == []
@@ -468,7 +469,7 @@ def test_the_cache_from_a_successful_calibration_is_reused_by_the_next_build(trt
 
 
 def test_the_legacy_calibrator_answers_its_extra_callbacks(trt):
-    calib = make_calibrator(two_input_batches(1), "legacy", device="host", quantile=0.999, regression_cutoff=0.5)
+    calib = make_calibrator(two_input_batches(1), "legacy", device=GPU, quantile=0.999, regression_cutoff=0.5)
     assert calib.get_quantile() == 0.999
     assert calib.get_regression_cutoff() == 0.5
     assert calib.read_histogram_cache(0) is None
@@ -476,7 +477,7 @@ def test_the_legacy_calibrator_answers_its_extra_callbacks(trt):
 
 
 def test_context_manager_frees_the_buffers(trt):
-    with make_calibrator(two_input_batches(1), device="host") as calib:
+    with make_calibrator(two_input_batches(1), device=GPU) as calib:
         trt_standin.drive(calib, INPUTS)
         backend = calib.backend
         assert backend.capacity("a") == 2 * 3 * 4
@@ -501,7 +502,7 @@ def test_bad_arguments_fail_at_construction(trt, tmp_path):
 def test_tensorrt_deprecation_warnings_do_not_escape(trt, tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error", DeprecationWarning)
-        calib = make_calibrator(two_input_batches(2), cache_file=tmp_path / "c.cache", device="host")
+        calib = make_calibrator(two_input_batches(2), cache_file=tmp_path / "c.cache", device=GPU)
         trt_standin.drive(calib, INPUTS)
     assert not calib.failed
 
@@ -525,7 +526,7 @@ def test_dry_run_reports_batches_shapes_dtypes_and_writes_no_cache(tmp_path, mon
 
 def test_dry_run_then_the_real_calibration_sees_every_batch(trt):
     batches = two_input_batches(3)
-    calib = make_calibrator(batches, device="host")
+    calib = make_calibrator(batches, device=GPU)
     dry_run(calib)
     result = trt_standin.drive(calib, INPUTS)
     assert len(result.batches) == 3
@@ -533,7 +534,7 @@ def test_dry_run_then_the_real_calibration_sees_every_batch(trt):
 
 
 def test_dry_run_raises_the_first_loader_failure():
-    core = CalibratorCore(failing_source("shape"), device="host")
+    core = CalibratorCore(failing_source("shape"), device=GPU)
     with pytest.raises(DataError, match="batch 2: input 'a' has shape"):
         dry_run(core, names=["a", "b"])
 
@@ -559,7 +560,7 @@ def test_dry_run_max_batches_and_an_existing_cache(tmp_path):
 
 
 def test_dry_run_refuses_a_used_calibrator(trt):
-    calib = make_calibrator(two_input_batches(2), device="host")
+    calib = make_calibrator(two_input_batches(2), device=GPU)
     trt_standin.drive(calib, INPUTS)
     with pytest.raises(CalibrationError, match="fresh calibrator"):
         dry_run(calib)
@@ -567,14 +568,14 @@ def test_dry_run_refuses_a_used_calibrator(trt):
 
 def test_peek_does_not_consume_and_validates(trt):
     batches = two_input_batches(2)
-    calib = make_calibrator(batches, device="host")
+    calib = make_calibrator(batches, device=GPU)
     peeked = calib.peek(["a", "b"])
     np.testing.assert_array_equal(peeked["a"], batches[0]["a"])
     result = trt_standin.drive(calib, INPUTS)
     assert len(result.batches) == 2
     np.testing.assert_array_equal(result.batches[0]["a"], batches[0]["a"])
-    bad = make_calibrator([{"a": np.zeros((2, 3), np.float64), "b": np.zeros((2, 4), np.float32)}], device="host")
-    with pytest.raises(DataError, match="batch 0: input 'a' has dtype float64"):
+    bad = make_calibrator([{"a": np.zeros((2, 3), np.complex64), "b": np.zeros((2, 4), np.float32)}], device=GPU)
+    with pytest.raises(DataError, match="batch 0: input 'a' has dtype complex64, but TensorRT reads float32"):
         bad.peek(["a", "b"])
     assert not bad.failed  # peek raises to its caller; nothing recorded
 
@@ -602,7 +603,7 @@ def single_input_batches(n=4, seed=0):
 
 def test_cross_check_agrees_when_the_cache_comes_from_the_same_batches(trt, tmp_path):
     model = relu_sigmoid_model(tmp_path / "m.onnx")
-    calib = make_calibrator(single_input_batches(), cache_file=tmp_path / "m.cache", device="host",
+    calib = make_calibrator(single_input_batches(), cache_file=tmp_path / "m.cache", device=GPU,
                             cross_check=model)
     # the stand-in computes its cache with our CPU calibration of the bytes it read behind the pointers
     trt_standin.drive(calib, {"x": ((2, 4), np.float32)}, model=model)
@@ -614,7 +615,7 @@ def test_cross_check_agrees_when_the_cache_comes_from_the_same_batches(trt, tmp_
 
 def test_cross_check_reports_disagreement(trt, tmp_path, caplog):
     model = relu_sigmoid_model(tmp_path / "m.onnx")
-    calib = make_calibrator(single_input_batches(), device="host", cross_check=model)
+    calib = make_calibrator(single_input_batches(), device=GPU, cross_check=model)
     with caplog.at_level("WARNING", logger="trt_calib.trt.calibrator"):
         trt_standin.drive(calib, {"x": ((2, 4), np.float32)})  # stand-in cache: max|x| of the input only
     comparison = calib.cross_check_result
@@ -628,8 +629,8 @@ def test_cross_check_reports_disagreement(trt, tmp_path, caplog):
 def test_cross_check_is_skipped_when_the_cache_file_is_used(trt, tmp_path):
     model = relu_sigmoid_model(tmp_path / "m.onnx")
     cache_file = tmp_path / "m.cache"
-    trt_standin.drive(make_calibrator(single_input_batches(), cache_file=cache_file, device="host"),
+    trt_standin.drive(make_calibrator(single_input_batches(), cache_file=cache_file, device=GPU),
                       {"x": ((2, 4), np.float32)}, model=model)
-    calib = make_calibrator(single_input_batches(), cache_file=cache_file, device="host", cross_check=model)
+    calib = make_calibrator(single_input_batches(), cache_file=cache_file, device=GPU, cross_check=model)
     result = trt_standin.drive(calib, {"x": ((2, 4), np.float32)})
     assert result.cache_read is not None and calib.cross_check_result is None

@@ -145,6 +145,7 @@ class FakePycuda:
         self.log: list[str] = []
         self.stack: list[object] = []
         self.memory: dict[int, np.ndarray] = {}
+        self.allocations: list = []
         self.init_error = init_error
         self.devices = devices
         self.detached = 0
@@ -161,6 +162,15 @@ class FakePycuda:
 
         class Context:
             handle = 0xC0FFEE
+
+            def __init__(self, device=None):
+                self.device = device
+
+            @staticmethod
+            def get_device():  # cuCtxGetDevice: the current context's device, an error when none is current
+                if not fake.stack:
+                    raise RuntimeError_("cuCtxGetDevice failed: invalid device context")
+                return fake.stack[-1].device
 
             def push(self):
                 fake.log.append("push")
@@ -184,15 +194,22 @@ class FakePycuda:
 
         class Device:
             def __init__(self, index):
-                self.index = index
+                if not 0 <= index < fake.devices:
+                    raise RuntimeError_("cuDeviceGet failed: invalid device ordinal")
+                self.index = index  # pycuda's Device has no ordinal attribute; only the fake reads it
+
+            def __eq__(self, other):
+                return isinstance(other, Device) and other.index == self.index
+
+            __hash__ = None
 
             @staticmethod
             def count():
                 return fake.devices
 
             def retain_primary_context(self):
-                fake.log.append("retain_primary_context")
-                return Context()
+                fake.log.append(f"retain_primary_context {self.index}")
+                return Context(self)
 
         class Stream:
             def synchronize(self):
@@ -200,6 +217,7 @@ class FakePycuda:
 
         class Allocation:
             def __init__(self, nbytes):
+                self.device = fake.stack[-1].device.index  # the device of the context current at allocation
                 self.buf = np.zeros(nbytes, np.uint8)
                 fake.memory[self.buf.ctypes.data] = self.buf
                 self.freed = False
@@ -227,7 +245,9 @@ class FakePycuda:
         def mem_alloc(nbytes):
             fake.require_context("mem_alloc")
             fake.log.append(f"mem_alloc {nbytes}")
-            return Allocation(nbytes)
+            allocation = Allocation(nbytes)
+            fake.allocations.append(allocation)
+            return allocation
 
         def pagelocked_empty(shape, dtype):
             fake.log.append(f"pagelocked_empty {shape[0]}")
@@ -284,7 +304,7 @@ def fake_pycuda(monkeypatch):
 def test_pycuda_uses_the_primary_context_and_leaves_the_context_stack_as_it_found_it(fake_pycuda):
     backend = select_backend("pycuda")
     assert backend.name == "pycuda"
-    assert fake_pycuda.log[:2] == ["init", "retain_primary_context"]
+    assert fake_pycuda.log[:2] == ["init", "retain_primary_context 0"]
     a = np.arange(6, dtype=np.float32)
     pointer = backend.upload("x", a)
     assert fake_pycuda.stack == []  # pushed for the operation, popped after
@@ -330,7 +350,7 @@ def test_pycuda_free_releases_everything_and_the_context_hold(fake_pycuda):
 def test_a_pycuda_driver_error_is_caught_although_it_is_no_builtin_runtime_error(fake_pycuda):
     fake_pycuda.init_error = "cuInit failed: no CUDA-capable device is detected"
     assert not issubclass(fake_pycuda.RuntimeError, RuntimeError)
-    with pytest.raises(CalibrationError, match="pycuda could not use CUDA device 0: RuntimeError: cuInit failed"):
+    with pytest.raises(CalibrationError, match="pycuda could not use the current CUDA device: RuntimeError: cuInit fail"):
         select_backend("pycuda")
 
 
@@ -342,7 +362,7 @@ def test_auto_goes_past_a_failing_pycuda_and_keeps_its_reason(fake_pycuda, monke
     torch.__version__ = "2.99.0+cpu"
     torch.cuda = types.SimpleNamespace(is_available=lambda: False)
     monkeypatch.setitem(sys.modules, "torch", torch)
-    with pytest.raises(MissingDependencyError, match="pycuda: pycuda could not use CUDA device 0: RuntimeError"):
+    with pytest.raises(MissingDependencyError, match="pycuda: pycuda could not use the current CUDA device: Runtim"):
         select_backend("auto")
 
 
@@ -466,11 +486,11 @@ def test_gpu_calibrator_with_pycuda_fed_by_the_standin_driver(monkeypatch):
     import trt_standin
     from trt_calib.trt.calibrator import make_calibrator
 
-    trt_standin.install(monkeypatch, "10.3.0")
+    trt_standin.install(monkeypatch, "10.3.0", cuda_python="keep")
     rng = np.random.default_rng(1)
     batches = [{"x": rng.normal(size=(2, 3, 4)).astype(np.float32)} for _ in range(3)]
     with make_calibrator(batches, device="pycuda") as calib:
-        result = trt_standin.drive(calib, {"x": ((2, 3, 4), np.float32)}, host_reader=False)
+        result = trt_standin.drive(calib, {"x": ((2, 3, 4), np.float32)}, memory="real-gpu")
         assert len(result.pointers) == 3 and len(set(p[0] for p in result.pointers)) == 1
         back = np.empty_like(batches[-1]["x"])
         ctx = cuda.Device(0).retain_primary_context()
@@ -482,3 +502,77 @@ def test_gpu_calibrator_with_pycuda_fed_by_the_standin_driver(monkeypatch):
             ctx.detach()
         np.testing.assert_array_equal(back, batches[-1]["x"])
         assert calib.backend.name == "pycuda"
+
+
+def _current_device(backend: str) -> int:
+    """The current CUDA device as the backend's own library sees it."""
+    if backend == "pycuda":
+        return 0  # no context is current in a fresh test: the CUDA runtime's default device
+    if backend == "cuda-python":
+        from cuda.bindings import runtime
+
+        err, device = runtime.cudaGetDevice()
+        assert err == runtime.cudaError_t.cudaSuccess
+        return device
+    if backend == "cupy":
+        import cupy
+
+        return int(cupy.cuda.runtime.getDevice())
+    import torch
+
+    return int(torch.cuda.current_device())
+
+
+def _read_back(backend: str, pointer: int, like: np.ndarray) -> np.ndarray:
+    """`like.nbytes` bytes of device memory at `pointer`, copied to the host with the backend's own library."""
+    out = np.empty_like(like)
+    if backend == "pycuda":
+        import pycuda.driver as cuda
+
+        context = cuda.Device(0).retain_primary_context()
+        context.push()
+        try:
+            cuda.memcpy_dtoh(out, pointer)
+        finally:
+            cuda.Context.pop()
+            context.detach()
+    elif backend == "cuda-python":
+        from cuda.bindings import runtime
+
+        err, = runtime.cudaMemcpy(out.ctypes.data, pointer, out.nbytes, runtime.cudaMemcpyKind.cudaMemcpyDeviceToHost)
+        assert err == runtime.cudaError_t.cudaSuccess
+    elif backend == "cupy":
+        import cupy
+
+        out = cupy.asarray(_CudaArray(pointer, like.shape)).get()
+    else:
+        import torch
+
+        out = torch.as_tensor(_CudaArray(pointer, like.shape), device="cuda").cpu().numpy()
+    return out
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend, module", [("pycuda", "pycuda.driver"), ("cuda-python", "cuda.bindings.runtime"),
+                                             ("cupy", "cupy"), ("torch", "torch")])
+def test_gpu_calibrator_fed_through_each_backend_on_the_current_device(monkeypatch, backend, module):
+    """float16 batches reach TensorRT as float32 device buffers of the current device, through every backend."""
+    pytest.importorskip(module)
+    if backend == "torch":
+        import torch
+
+        if not torch.cuda.is_available():
+            pytest.skip("torch without CUDA")
+    import trt_standin
+    from trt_calib.trt.calibrator import make_calibrator
+
+    trt_standin.install(monkeypatch, "10.3.0", cuda_python="keep")  # the real GPU libraries
+    rng = np.random.default_rng(2)
+    batches = [{"x": rng.normal(size=(2, 3, 4)).astype(np.float16)} for _ in range(3)]
+    with make_calibrator(batches, device=backend) as calib:
+        result = trt_standin.drive(calib, {"x": ((2, 3, 4), np.float16)}, memory="real-gpu")
+        assert len(result.pointers) == 3 and calib.backend.name == backend
+        assert calib.backend.device_index == _current_device(backend)
+        assert calib.backend.capacity("x") == 2 * 3 * 4 * 4  # float32: what TensorRT reads
+        back = _read_back(backend, result.pointers[-1][0], batches[-1]["x"].astype(np.float32))
+        np.testing.assert_array_equal(back, batches[-1]["x"].astype(np.float32))

@@ -41,6 +41,10 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    "calibration runs at OPT")
     p.add_argument("--no-fp16", action="store_true", help="do not enable FP16 for layers that stay out of INT8")
     p.add_argument("--workspace", type=float, default=4.0, help="builder workspace in GiB (default: 4)")
+    p.add_argument("--override-ranges", metavar="FILE",
+                   help="calibrate, then override these tensors' ranges: a JSON object {tensor: amax} (as `trt-calib "
+                   "convert --to json` writes) or a calibration cache. TensorRT documents that set ranges override "
+                   "calibrated ones (sampleINT8API)")
     p.add_argument("--cross-check", action="store_true",
                    help="recompute the calibration on the CPU from the same batches and compare per tensor")
     p.add_argument("--dry-run", action="store_true",
@@ -62,6 +66,7 @@ def run_build(args: argparse.Namespace) -> int:
     if args.data is None and not (args.cache and Path(args.cache).is_file()):
         raise DataError("build needs --data (or an existing --cache to reuse). Hint: --data calib.npz")
     shapes = parse_shapes(args.shapes) if args.shapes else None
+    overrides = _load_overrides(args.override_ranges) if args.override_ranges else None
     inputs = model_inputs_of(model)
     source = open_data(args, inputs) if args.data is not None else []
     if args.dry_run:
@@ -73,13 +78,49 @@ def run_build(args: argparse.Namespace) -> int:
     )
     with calibrator:
         result = build_engine(
-            model, calibrator=calibrator, engine_path=args.engine, fp16=not args.no_fp16,
+            model, calibrator=calibrator, ranges=overrides, engine_path=args.engine, fp16=not args.no_fp16,
             workspace=int(args.workspace * (1 << 30)), shapes=shapes,
         )
     fed = "a cache (no batches)" if calibrator.cache_used else f"{result.batches_fed} calibration batch(es)"
     print(f"wrote {result.engine_path} ({len(result.plan)} bytes, TensorRT {result.trt_version}) from {fed}")
     if args.cache and not calibrator.cache_used:
         print(f"wrote calibration cache {args.cache}")
+    if result.ranges_report is not None:
+        print(f"overrode the calibrated range of {len(result.ranges_report.applied)} tensor(s) from "
+              f"{args.override_ranges}")
     if calibrator.cross_check_result is not None:
         print(calibrator.cross_check_result.summary())
+    if calibrator.cross_check_error is not None:
+        error = calibrator.cross_check_error
+        print(f"the cross-check could not run: {type(error).__name__}: {error} (the engine and cache are kept)")
     return 0
+
+
+def _load_overrides(path: str) -> dict[str, float]:
+    """{tensor: amax} from a JSON object or a calibration cache; DataError naming the file otherwise."""
+    import json
+
+    from ..core.cache import CalibrationCache
+    from ..errors import CacheFormatError
+
+    try:
+        text = Path(path).read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"--override-ranges {path}: cannot read it ({exc})") from None
+    if text.lstrip().startswith("{"):
+        try:
+            data = json.loads(text)
+        except ValueError as exc:
+            raise DataError(f"--override-ranges {path}: not valid JSON ({exc})") from None
+        out = {}
+        for name, value in data.items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise DataError(f"--override-ranges {path}: tensor {name!r} has amax {value!r}, not a number")
+            out[str(name)] = float(value)
+        if not out:
+            raise DataError(f"--override-ranges {path}: no tensors")
+        return out
+    try:
+        return CalibrationCache.parse(text, source=path).amaxes()
+    except CacheFormatError as exc:
+        raise DataError(f"--override-ranges {path}: neither a JSON object nor a calibration cache ({exc})") from None

@@ -213,8 +213,16 @@ def _parse_preprocess_value(key: str, value: str) -> Any:
 # Validation shared by every source and by iter_batches
 
 
+#: Inputs TensorRT calibrates in their own type; it reads every other input as float32 (NVIDIA/TensorRT
+#: `tools/Polygraphy/polygraphy/backend/trt/calibrator.py`: "TensorRT requires non-index calibration inputs to be
+#: provided in float32"). Float data for an index input is refused; for the others it is calibration data.
+_INDEX_DTYPES = frozenset({np.dtype(np.int32), np.dtype(np.int64), np.dtype(np.bool_)})
+
+
 def _check_dtype(src: np.dtype, spec: InputSpec, where: str) -> bool:
-    """Refuse conversions that change meaning (float -> int, anything -> bool); True when a conversion is needed."""
+    """Refuse conversions that change meaning (float -> index int, anything -> bool); True when a conversion is
+    needed. Float data for a uint8/int8 input (read as float32 by TensorRT) is converted when its values are whole
+    numbers in range (`_conform` checks the values)."""
     dst = spec.dtype
     if src.kind not in "biuf":
         raise DataError(
@@ -225,7 +233,7 @@ def _check_dtype(src: np.dtype, spec: InputSpec, where: str) -> bool:
         return False
     if dst.kind not in "biuf":
         raise DataError(f"{where}: input {spec.name!r} is declared {dst}, which trt-calib cannot feed")
-    if dst.kind in "iu" and src.kind == "f":
+    if dst in _INDEX_DTYPES and dst.kind in "iu" and src.kind == "f":
         raise DataError(
             f"{where}: input {spec.name!r} is {src} but the model wants {dst}; refusing to truncate floats to "
             "integers. Hint: convert the data to the model's dtype yourself if that is really meant"
@@ -257,7 +265,15 @@ def _conform(value: Any, spec: InputSpec, where: str, note: set[tuple[str, str]]
         raise DataError(f"{where}: input {spec.name!r} is an empty batch {_shape_text(arr.shape)}")
     if _check_dtype(arr.dtype, spec, where):
         dst = spec.dtype
-        if dst.kind in "iu" and arr.dtype.kind in "iu" and not np.can_cast(arr.dtype, dst, "safe") and arr.size:
+        if dst.kind in "iu" and arr.dtype.kind == "f" and arr.size:
+            whole = np.isfinite(arr) & (arr == np.trunc(arr))
+            if not whole.all():
+                first = tuple(int(i) for i in np.unravel_index(int(np.argmin(whole)), arr.shape))
+                raise DataError(
+                    f"{where}: input {spec.name!r} is declared {dst} but holds {arr[first]} at index {first}, not a "
+                    f"whole number. Hint: pass {dst} data, or whole numbers in the {dst} range"
+                )
+        if dst.kind in "iu" and arr.dtype.kind in "iuf" and not np.can_cast(arr.dtype, dst, "safe") and arr.size:
             lo, hi, info = arr.min(), arr.max(), np.iinfo(dst)
             if lo < info.min or hi > info.max:
                 raise DataError(

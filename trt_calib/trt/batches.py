@@ -1,5 +1,12 @@
 """Calibration batches as TensorRT's callbacks consume them: pulled one at a time from any iterable, peeked without
-being consumed (preflight), and validated against the network's inputs and the first batch before a pointer is made.
+being consumed (preflight), validated against the network's inputs and the first batch, and converted to the type
+TensorRT reads, before a pointer is made.
+
+TensorRT reads INT32, INT64 and BOOL calibration inputs in their own type and every other input as float32
+(NVIDIA/TensorRT `tools/Polygraphy/polygraphy/backend/trt/calibrator.py`, `set_input_metadata`: "TensorRT requires
+non-index calibration inputs to be provided in float32"; trtexec's calibrator allocates `elemCount * sizeof(float)`,
+`samples/common/sampleEngines.cpp`). So float16, bfloat16, float64, uint8 and int8 batches are converted to float32
+(once-per-input warning) and index inputs are handed over as they are.
 
 Errors name the input and the batch, and say what TensorRT would read instead.
 """
@@ -7,6 +14,7 @@ Errors name the input and the batch, and say what TensorRT would read instead.
 from __future__ import annotations
 
 import collections.abc
+import logging
 import os
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -15,7 +23,52 @@ import numpy as np
 from ..errors import CalibrationError, DataError
 from .device import is_device_array
 
-__all__ = ["BatchFeed", "torch_like", "describe", "count_non_finite", "host_copy", "leading_dim", "shape_text", "is_one_shot"]
+__all__ = [
+    "BatchFeed", "INDEX_DTYPES", "read_dtype", "torch_like", "describe", "count_non_finite", "host_copy", "leading_dim",
+    "shape_text", "is_one_shot",
+]
+
+logger = logging.getLogger("trt_calib.trt.calibrator")
+
+#: The calibration inputs TensorRT reads in their own type; it reads every other input as float32.
+INDEX_DTYPES = frozenset({np.dtype(np.int32), np.dtype(np.int64), np.dtype(np.bool_)})
+_FLOAT32 = np.dtype(np.float32)
+
+
+def read_dtype(dtype: Any) -> np.dtype:
+    """What TensorRT reads from the calibration buffer of an input of `dtype`: int32, int64 and bool as themselves,
+    float32 for everything else (float16, bfloat16, float64, uint8, int8, ...)."""
+    try:
+        dtype = np.dtype(dtype)
+    except TypeError:
+        return _FLOAT32  # bfloat16 and other types numpy has no name for
+    return dtype if dtype in INDEX_DTYPES else _FLOAT32
+
+
+def _type_name(value: Any, dtype: np.dtype) -> str:
+    """The element type's name, also for types numpy cannot name (torch.bfloat16)."""
+    if torch_like(value):
+        return str(value.dtype).rpartition(".")[2]
+    return str(dtype)
+
+
+def _is_number_type(name: str, dtype: np.dtype) -> bool:
+    return dtype.kind in "fiu" or name == "bfloat16"
+
+
+def _to_float32(name: str, value: Any, index: int) -> Any:
+    """`value` as a C-contiguous float32 array on the same side (host or GPU) it came from."""
+    if isinstance(value, np.ndarray):
+        with np.errstate(over="ignore", invalid="ignore"):  # out-of-range float64 becomes inf, reported after
+            return np.ascontiguousarray(value, dtype=np.float32)
+    if torch_like(value):
+        return value.float().contiguous()
+    if type(value).__module__.split(".")[0] == "cupy":
+        return value.astype("float32", order="C")
+    raise DataError(
+        f"batch {index}: input {name!r} is a {type(value).__name__} of another type than float32, and TensorRT reads "
+        "float32 for it; trt-calib converts numpy, torch and CuPy arrays only. Hint: convert it to float32 yourself"
+    )
 
 
 def torch_like(value: Any) -> bool:
@@ -119,6 +172,7 @@ class BatchFeed:
             raise DataError(f"batches: {type(source).__name__} is not iterable")
         self.source = source
         self.input_specs = {s.name: s for s in input_specs} if input_specs else {}
+        self._converted: set[str] = set()  # inputs whose conversion to float32 was already announced
         self.restart()
 
     @property
@@ -226,17 +280,17 @@ class BatchFeed:
                     raise DataError(f"batch {index}: input {name!r} cannot be read as an array ({exc})") from None
             shape, dtype, contiguous = describe(value)
             spec = self.input_specs.get(name)
-            allowed = [np.dtype(np.float32)] + ([np.dtype(spec.dtype)] if spec is not None else [])
-            if dtype not in allowed:
-                want = " or ".join(sorted({str(d) for d in allowed}))
-                raise DataError(
-                    f"batch {index}: input {name!r} has dtype {dtype}, but TensorRT reads {want} for it. "
-                    f"Hint: convert the data (e.g. x.astype(np.{allowed[-1]}))"
-                )
-            if not contiguous:
+            value, dtype, converted = self._as_read_type(name, value, dtype, spec, index)
+            if not contiguous and not converted:
                 raise DataError(
                     f"batch {index}: input {name!r} is not C-contiguous; TensorRT reads the bytes in order. "
                     "Hint: np.ascontiguousarray(x) (or .contiguous() for torch)"
+                )
+            first_dtype = self.dtypes.get(name)
+            if first_dtype is not None and dtype != first_dtype:
+                raise DataError(
+                    f"batch {index}: input {name!r} has dtype {dtype} but batch 0 had {first_dtype}. "
+                    "Hint: give every batch the same dtype"
                 )
             first = self.first_shapes.get(name)
             if first is not None and shape != first:
@@ -249,9 +303,10 @@ class BatchFeed:
                 self._check_spec_shape(spec, shape, index)
             nan, inf = count_non_finite(value)
             if nan or inf:
+                after = " (after conversion to float32)" if converted else ""
                 raise DataError(
-                    f"batch {index}: input {name!r} contains {nan} NaN and {inf} infinite value(s); calibration "
-                    "data must be finite. Hint: check the data and its preprocessing"
+                    f"batch {index}: input {name!r} contains {nan} NaN and {inf} infinite value(s){after}; "
+                    "calibration data must be finite. Hint: check the data and its preprocessing"
                 )
             out[name] = value
             shapes[name] = shape
@@ -259,6 +314,37 @@ class BatchFeed:
         for name, shape in shapes.items():
             self.first_shapes.setdefault(name, shape)
         return out
+
+    def _as_read_type(self, name: str, value: Any, dtype: np.dtype, spec: Any,
+                      index: int) -> tuple[Any, np.dtype, bool]:
+        """`value` in the type TensorRT reads for input `name`, that type, and whether it was converted.
+
+        The network's type of the input comes from its InputSpec; without one, int32, int64 and bool data is taken
+        for an index input (TensorRT reads it as it is) and any other number type for a float input.
+        """
+        type_name = _type_name(value, dtype)
+        network_type = np.dtype(spec.dtype) if spec is not None else dtype
+        if network_type in INDEX_DTYPES:
+            if dtype != network_type:
+                raise DataError(
+                    f"batch {index}: input {name!r} has dtype {type_name}, but the network input is {network_type} "
+                    f"and TensorRT reads {network_type} for it. Hint: convert the data (x.astype(np.{network_type}))"
+                )
+            return value, dtype, False
+        if dtype == _FLOAT32:
+            return value, dtype, False
+        if not _is_number_type(type_name, dtype):
+            raise DataError(
+                f"batch {index}: input {name!r} has dtype {type_name}, but TensorRT reads float32 for it. "
+                "Hint: pass numbers (x.astype(np.float32))"
+            )
+        if name not in self._converted:
+            self._converted.add(name)
+            logger.warning(
+                "input %r: %s calibration batches are converted to float32, which TensorRT reads for every "
+                "calibration input that is not INT32, INT64 or BOOL", name, type_name,
+            )
+        return _to_float32(name, value, index), _FLOAT32, True
 
     @staticmethod
     def _check_spec_shape(spec: Any, shape: tuple[int, ...], index: int) -> None:

@@ -1,8 +1,11 @@
-"""Build an INT8 TensorRT engine (TensorRT 8.6 and 10.x) from ONNX, with a calibrator or with dynamic ranges.
+"""Build an INT8 TensorRT engine (TensorRT 8.6 and 10.x) from ONNX, with a calibrator, with dynamic ranges, or with
+a calibrator whose ranges are overridden for some tensors; and (any version with a parser) a strongly typed engine
+from a Q/DQ model, TensorRT 11's only INT8 path.
 
 The build can take minutes, so what can be checked first is checked first: a calibrator or ranges given, the
-calibrator attached and of the right kind, its first batch producible and matching the calibration shapes.
-After the build, a failure inside a calibrator callback is re-raised before any engine is written.
+calibrator attached and of the right kind, its cache usable or its first batch producible, matching the calibration
+shapes and of the type TensorRT reads. After the build, a failure inside a calibrator callback is re-raised before
+any engine is written.
 """
 
 from __future__ import annotations
@@ -16,10 +19,11 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from .._util import atomic_write
+from .batches import read_dtype
 from .calibrator import CalibratorCore, import_tensorrt, quiet_trt_deprecations
 from ..errors import CalibrationError, DataError, MissingDependencyError, ModelError
 
-__all__ = ["BuildResult", "build_engine", "explicit_batch_flags", "parse_shapes"]
+__all__ = ["BuildResult", "build_engine", "build_qdq_engine", "explicit_batch_flags", "parse_shapes", "init_plugins"]
 
 logger = logging.getLogger(__name__)
 
@@ -34,10 +38,11 @@ class BuildResult:
     engine_path: Path | None
     calibration_shapes: dict[str, Shape] = field(default_factory=dict)
     profile_shapes: dict[str, tuple[Shape, Shape, Shape]] = field(default_factory=dict)
-    batches_fed: int | None = None
+    batches_fed: int | None = None  # batches TensorRT calibrated on in this build (0 when a cache was used)
     ranges_report: Any = None
     trt_version: str = ""
     log: list[str] = field(default_factory=list)
+    cache_used: bool = False  # the calibrator handed TensorRT a cache instead of batches
 
 
 def parse_shapes(text: str) -> dict[str, tuple[Shape, Shape, Shape]]:
@@ -101,8 +106,25 @@ def _make_logger(trt: Any, verbose: bool) -> Any:
     return _Logger()
 
 
+def init_plugins(trt: Any, trt_logger: Any) -> None:
+    """Register TensorRT's plugin library (EfficientNMS_TRT, BatchedNMSDynamic_TRT, ...) before any ONNX parser.
+
+    Since 10.0 the ONNX parser no longer does it itself (onnx/onnx-tensorrt `ModelImporter.cpp` called
+    `initLibNvInferPlugins` up to 9.x); Polygraphy calls it right before creating the parser
+    (NVIDIA/TensorRT `tools/Polygraphy/polygraphy/backend/trt/loader.py`) and NVIDIA's samples before the builder
+    (`samples/python/efficientdet/build_engine.py`). Calling it on 8.6 too is harmless.
+    """
+    init = getattr(trt, "init_libnvinfer_plugins", None)
+    if init is None:
+        logger.warning("this tensorrt has no init_libnvinfer_plugins: models with TensorRT plugins will not parse")
+        return
+    if not init(trt_logger, ""):
+        logger.warning("init_libnvinfer_plugins reported a failure: models with TensorRT plugins may not parse")
+
+
 def _parse_onnx(trt: Any, network: Any, trt_logger: Any, onnx_path: Path) -> Any:
     parser = trt.OnnxParser(network, trt_logger)
+    logged = len(trt_logger.errors)
     if hasattr(parser, "parse_from_file"):
         ok = parser.parse_from_file(str(onnx_path))
     else:
@@ -117,7 +139,11 @@ def _parse_onnx(trt: Any, network: Any, trt_logger: Any, onnx_path: Path) -> Any
         op = err.node_operator() if hasattr(err, "node_operator") else ""
         where = f"node {node}" + (f" {name!r}" if name else "") + (f" ({op})" if op else "")
         errors.append(f"{where}: {err.desc()}")
-    details = "\n  ".join(errors) if errors else "no details from the parser"
+    if not errors:
+        # parse() can fail with num_errors == 0: some failures are only logged (onnx/onnx-tensorrt ModelImporter.cpp:
+        # "Failed to parse ONNX model from file", "Parse was called with a non-empty network definition")
+        errors = [f"TensorRT logged: {line}" for line in trt_logger.errors[logged:]]
+    details = "\n  ".join(errors) if errors else "no details from the parser or TensorRT's log"
     raise ModelError(f"{onnx_path}: TensorRT's ONNX parser failed:\n  {details}")
 
 
@@ -142,12 +168,24 @@ def _check_profile_shape(name: str, declared: Shape, shapes: tuple[Shape, Shape,
         raise DataError(f"shapes[{name!r}] needs 1 <= min <= opt <= max in every dim, got {shapes}")
 
 
-_FLOAT_TYPES = frozenset({"FLOAT", "HALF", "BF16"})
-_NUMPY_OF_TRT = {"INT32": np.int32, "INT64": np.int64, "INT8": np.int8, "UINT8": np.uint8, "BOOL": np.bool_}
+def _trt_read_dtype(trt_type: str) -> np.dtype:
+    """What TensorRT reads from the calibration buffer of a network input of TensorRT type `trt_type`."""
+    return read_dtype({"INT32": np.int32, "INT64": np.int64, "BOOL": np.bool_}.get(trt_type, np.float32))
+
+
+def _calibrator_cache(calibrator: Any) -> bytes | None:
+    """The cache a trt-calib calibrator will hand TensorRT (from its file, or kept from an earlier build), checked
+    now so that a cache of another algorithm stops the build before it starts; None when TensorRT will calibrate."""
+    core = getattr(calibrator, "_core", None)
+    if not isinstance(core, CalibratorCore):
+        return None
+    cached = core.read_calibration_cache()
+    core.raise_if_failed()  # a cache of another algorithm: say so now, not after the build
+    return cached
 
 
 def _preflight_calibrator(trt: Any, calibrator: Any, inputs: list[tuple[str, Shape, str]],
-                          calib_shapes: Mapping[str, Shape]) -> None:
+                          calib_shapes: Mapping[str, Shape], cached: bytes | None) -> None:
     """Before the long build: the calibrator is a TensorRT calibrator and its first batch fits the network."""
     if not isinstance(calibrator, trt.IInt8Calibrator):
         raise CalibrationError(
@@ -158,15 +196,12 @@ def _preflight_calibrator(trt: Any, calibrator: Any, inputs: list[tuple[str, Sha
     if not isinstance(core, CalibratorCore):
         logger.info("calibrator is not a trt-calib calibrator: skipping the first-batch preflight")
         return
-    if core.cache_file is not None:
-        cached = core.read_calibration_cache()
-        core.raise_if_failed()  # a cache of another algorithm: say so now, not after the build
-        if cached is not None:
-            logger.info("calibration cache %s matches: TensorRT will use it and ask for no batches", core.cache_file)
-            return
+    if cached is not None:
+        logger.info("the calibrator has a matching calibration cache: TensorRT will use it and ask for no batches")
+        return
     names = [name for name, _, _ in inputs]
-    batch = core.peek(names)  # raises DataError naming the input and batch
-    for name, _, dtype in inputs:
+    batch = core.peek(names)  # raises DataError naming the input and batch; converted to what TensorRT reads
+    for name, _, trt_type in inputs:
         shape = tuple(int(d) for d in batch[name].shape)
         want = calib_shapes[name]
         if shape != want:
@@ -175,12 +210,20 @@ def _preflight_calibrator(trt: Any, calibrator: Any, inputs: list[tuple[str, Sha
                 "(the calibration profile's OPT shape, or the static shape). Hint: make the batches that shape, "
                 "or set the OPT shape with shapes={name: (min, opt, max)}"
             )
-        got = np.dtype(str(getattr(batch[name], "dtype", "float32")).rpartition(".")[2])
-        if dtype in _FLOAT_TYPES:
-            if got != np.float32:
-                raise DataError(f"calibration batch 0: input {name!r} is {got}; TensorRT reads float32 for {dtype}")
-        elif dtype in _NUMPY_OF_TRT and got != np.dtype(_NUMPY_OF_TRT[dtype]):
-            raise DataError(f"calibration batch 0: input {name!r} is {got}; the network input is {dtype}")
+        got = core.dtypes.get(name)
+        reads = _trt_read_dtype(trt_type)
+        if got != reads:
+            raise DataError(
+                f"calibration batch 0: input {name!r} is {got}, but the network input is {trt_type} and TensorRT "
+                f"reads {reads} for it (INT32, INT64 and BOOL inputs as they are, every other input as float32). "
+                f"Hint: pass input_specs=model_inputs(model) so the calibrator knows the input types"
+            )
+
+
+def _default_shape(declared: Shape) -> Shape:
+    """trtexec's shape for a dynamic input given no shapes: every dynamic dim 1 (NVIDIA/TensorRT
+    `samples/common/sampleEngines.cpp`: "Dynamic dimensions required for input ... Automatically overriding shape")."""
+    return tuple(d if d >= 0 else 1 for d in declared)
 
 
 def build_engine(
@@ -195,20 +238,20 @@ def build_engine(
     range_policy: str = "symmetric",
     verbose: bool = False,
 ) -> BuildResult:
-    """Build an INT8 engine from `onnx_path` with `calibrator` (a TensorRT calibrator) or `ranges` (a cache, a
-    mapping name -> amax or a CalibrationResult, applied with set_dynamic_range), for TensorRT 8.6 and 10.x.
+    """Build an INT8 engine from `onnx_path` with `calibrator` (a TensorRT calibrator), `ranges` (a cache, a
+    mapping name -> amax or a CalibrationResult, applied with set_dynamic_range), or both: then TensorRT calibrates
+    and the ranges override the calibrated ones for the tensors they name, as sampleINT8API documents
+    (NVIDIA/TensorRT `samples/sampleINT8API/README.md`: "manual dynamic range will override calibration generate
+    dynamic range/scale"). For TensorRT 8.6 and 10.x.
 
     Dynamic inputs need `shapes` name -> (min, opt, max); calibration runs at OPT. Without `shapes`, dynamic
-    inputs take the calibrator's first batch shape for min, opt and max (logged). FP16 is enabled too (`fp16`) so
-    layers TensorRT keeps out of INT8 need not fall back to FP32. The plan is written atomically to `engine_path`.
+    inputs take the calibrator's first batch shape for min, opt and max (logged); when the calibrator has a cache
+    and no batch, every dynamic dim is 1, as trtexec does (logged). FP16 is enabled too (`fp16`) so layers TensorRT
+    keeps out of INT8 need not fall back to FP32. The plan is written atomically to `engine_path`.
     """
     onnx_path = Path(onnx_path)
     if calibrator is None and ranges is None:
         raise CalibrationError("an INT8 build needs a calibrator or ranges (set_dynamic_range); got neither")
-    if calibrator is not None and ranges is not None:
-        raise CalibrationError(
-            "pass a calibrator or ranges, not both: which one TensorRT prefers for a tensor is not documented"
-        )
     if not onnx_path.is_file():
         raise ModelError(f"{onnx_path}: no such ONNX model")
     trt = import_tensorrt("building an INT8 engine")
@@ -222,6 +265,7 @@ def build_engine(
         raise MissingDependencyError(f"TensorRT {trt.__version__} has no calibrators. Hint: use `trt-calib quantize`")
 
     trt_logger = _make_logger(trt, verbose)
+    init_plugins(trt, trt_logger)
     builder = trt.Builder(trt_logger)
     network = builder.create_network(explicit_batch_flags(trt, builder))
     parser = _parse_onnx(trt, network, trt_logger, onnx_path)  # noqa: F841  owns the weights: keep it until built
@@ -244,6 +288,9 @@ def build_engine(
         if fp16:
             config.set_flag(trt.BuilderFlag.FP16)
 
+    core = getattr(calibrator, "_core", None)
+    core = core if isinstance(core, CalibratorCore) else None
+    cached = _calibrator_cache(calibrator) if calibrator is not None else None
     profile_shapes: dict[str, tuple[Shape, Shape, Shape]] = {}
     calib_shapes: dict[str, Shape] = {}
     dynamic = [(n, s) for n, s, _ in inputs if any(d < 0 for d in s)]
@@ -251,17 +298,24 @@ def build_engine(
         if name in shapes:
             chosen = shapes[name]
         else:
-            core = getattr(calibrator, "_core", None)
-            if not isinstance(core, CalibratorCore):
+            if core is None:
                 raise DataError(
                     f"input {name!r} has dynamic shape {declared}; pass shapes={{{name!r}: (min, opt, max)}}"
                 )
-            first = tuple(int(d) for d in core.peek([n for n, _, _ in inputs])[name].shape)
+            first = _first_batch_shape(core, [n for n, _, _ in inputs], name, cached is not None)
+            if first is None:
+                first = _default_shape(declared)
+                logger.warning(
+                    "input %r has dynamic shape %s, no shapes were given and the calibration cache needs no batch: "
+                    "building for %s only (every dynamic dim 1, as trtexec does). Hint: pass shapes={name: (min, "
+                    "opt, max)}", name, declared, first,
+                )
+            else:
+                logger.warning(
+                    "input %r has dynamic shape %s and no shapes were given: building for the calibration batch "
+                    "shape %s only. Hint: pass shapes={name: (min, opt, max)}", name, declared, first,
+                )
             chosen = (first, first, first)
-            logger.warning(
-                "input %r has dynamic shape %s and no shapes were given: building for the calibration batch shape "
-                "%s only. Hint: pass shapes={name: (min, opt, max)}", name, declared, first,
-            )
         _check_profile_shape(name, declared, chosen)
         profile_shapes[name] = chosen
     for name, declared, _ in inputs:
@@ -277,21 +331,26 @@ def build_engine(
 
     ranges_report = None
     if calibrator is not None:
-        _preflight_calibrator(trt, calibrator, inputs, calib_shapes)
+        _preflight_calibrator(trt, calibrator, inputs, calib_shapes, cached)
+    if ranges is not None:
+        from .ranges import apply_dynamic_ranges, range_names
+
+        # With a calibrator, the ranges are overrides: only the tensors they name get one (the calibrator gives
+        # the rest); without, every tensor with a range gets it and constants get theirs from their weights.
+        only = range_names(ranges) if calibrator is not None else None
+        ranges_report = apply_dynamic_ranges(network, ranges, policy=range_policy, only=only)
+    if calibrator is not None:
         with quiet_trt_deprecations():
             config.int8_calibrator = calibrator
             attached = config.int8_calibrator
         if attached is None:
             raise CalibrationError("the calibrator did not attach to the builder config (config.int8_calibrator)")
-    else:
-        from .ranges import apply_dynamic_ranges
-
-        ranges_report = apply_dynamic_ranges(network, ranges, policy=range_policy)
 
     with quiet_trt_deprecations():
         if not config.get_flag(trt.BuilderFlag.INT8):
             raise CalibrationError("the INT8 builder flag did not stick (config.get_flag(BuilderFlag.INT8) is False)")
     logger.info("building the INT8 engine for %s (TensorRT %s); this can take minutes", onnx_path, trt.__version__)
+    fed_before = core.batches_fed if core is not None else 0
     plan = builder.build_serialized_network(network, config)
     if calibrator is not None and hasattr(calibrator, "raise_if_failed"):
         calibrator.raise_if_failed()  # before anything is written: the engine may come from partial data
@@ -299,17 +358,94 @@ def build_engine(
         errors = "\n  ".join(trt_logger.errors[-10:]) or "(TensorRT logged no error)"
         raise CalibrationError(f"TensorRT could not build the engine for {onnx_path}. TensorRT said:\n  {errors}")
     data = memoryview(plan).tobytes()
+    cache_used = bool(core is not None and core.cache_used)
     result = BuildResult(
         plan=data,
         engine_path=None,
         calibration_shapes=calib_shapes,
         profile_shapes=profile_shapes,
-        batches_fed=getattr(getattr(calibrator, "_core", None), "batches_fed", None),
+        batches_fed=None if core is None else (0 if cache_used else core.batches_fed - fed_before),
         ranges_report=ranges_report,
         trt_version=str(getattr(trt, "__version__", "")),
         log=list(trt_logger.lines),
+        cache_used=cache_used,
     )
     if engine_path is not None:
         result.engine_path = atomic_write(engine_path, data)
         logger.info("wrote %s (%d bytes)", result.engine_path, len(data))
+    return result
+
+
+def _first_batch_shape(core: CalibratorCore, names: list[str], name: str, cached: bool) -> Shape | None:
+    """The shape of input `name` in the calibrator's first batch; with a cache, None when there is no batch to see
+    (TensorRT will not ask for one)."""
+    known = core.feed.first_shapes.get(name)
+    if known is not None:
+        return tuple(int(d) for d in known)
+    if not cached:
+        return tuple(int(d) for d in core.peek(names)[name].shape)
+    if core.feed.exhausted:
+        return None
+    try:
+        return tuple(int(d) for d in core.peek(names)[name].shape)
+    except DataError:
+        return None
+
+
+def build_qdq_engine(
+    onnx_path: str | os.PathLike,
+    *,
+    engine_path: str | os.PathLike | None = None,
+    workspace: int = 4 << 30,
+    shapes: Mapping[str, Sequence[int]] | None = None,
+    verbose: bool = False,
+) -> BuildResult:
+    """Build a strongly typed engine from a Q/DQ ONNX model (what `trt-calib quantize` writes): INT8 comes from the
+    QuantizeLinear/DequantizeLinear nodes alone, with no precision flag and no calibrator. TensorRT 11 has no other
+    INT8 path; 10.x gets the STRONGLY_TYPED flag; 8.6 (no strong typing) gets explicit batch and BuilderFlag.INT8,
+    which its explicit quantization needs. Dynamic inputs need `shapes` name -> shape (min = opt = max)."""
+    onnx_path = Path(onnx_path)
+    if not onnx_path.is_file():
+        raise ModelError(f"{onnx_path}: no such ONNX model")
+    trt = import_tensorrt("building a Q/DQ engine")
+    trt_logger = _make_logger(trt, verbose)
+    init_plugins(trt, trt_logger)
+    builder = trt.Builder(trt_logger)
+    creation = getattr(trt, "NetworkDefinitionCreationFlag", None)
+    strongly_typed = getattr(creation, "STRONGLY_TYPED", None)
+    flags = explicit_batch_flags(trt, builder)
+    major = int(str(getattr(trt, "__version__", "0")).split(".")[0] or 0)
+    if strongly_typed is not None and major < 11:  # deprecated and ignored in 11: always strongly typed
+        flags |= 1 << int(strongly_typed)
+    network = builder.create_network(flags)
+    parser = _parse_onnx(trt, network, trt_logger, onnx_path)  # noqa: F841  owns the weights: keep it until built
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace))
+    if strongly_typed is None and hasattr(getattr(trt, "BuilderFlag", None), "INT8"):
+        with quiet_trt_deprecations():
+            config.set_flag(trt.BuilderFlag.INT8)
+    shapes = dict(shapes or {})
+    profile_shapes: dict[str, tuple[Shape, Shape, Shape]] = {}
+    for name, declared, _ in _network_inputs(network):
+        if any(d < 0 for d in declared):
+            if name not in shapes:
+                raise DataError(f"input {name!r} has dynamic shape {declared}; pass shapes={{{name!r}: shape}}")
+            shape = tuple(int(d) for d in shapes[name])
+            _check_profile_shape(name, declared, (shape, shape, shape))
+            profile_shapes[name] = (shape, shape, shape)
+    if profile_shapes:
+        profile = builder.create_optimization_profile()
+        for name, (lo, opt, hi) in profile_shapes.items():
+            profile.set_shape(name, lo, opt, hi)
+        config.add_optimization_profile(profile)
+    logger.info("building the strongly typed Q/DQ engine for %s (TensorRT %s)", onnx_path, trt.__version__)
+    plan = builder.build_serialized_network(network, config)
+    if plan is None:
+        errors = "\n  ".join(trt_logger.errors[-10:]) or "(TensorRT logged no error)"
+        raise CalibrationError(f"TensorRT could not build the engine for {onnx_path}. TensorRT said:\n  {errors}")
+    data = memoryview(plan).tobytes()
+    result = BuildResult(plan=data, engine_path=None, profile_shapes=profile_shapes,
+                         trt_version=str(getattr(trt, "__version__", "")), log=list(trt_logger.lines))
+    if engine_path is not None:
+        result.engine_path = atomic_write(engine_path, data)
     return result

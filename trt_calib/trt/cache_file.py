@@ -42,6 +42,7 @@ class CacheFile:
     def read(self) -> bytes | None:
         """The cache bytes if there is a cache for this algorithm, else None (TensorRT then calibrates)."""
         if self.data is not None:
+            self.used = True  # a cache kept from an earlier build with this calibrator
             return self.data
         if self.path is None:
             return None
@@ -53,15 +54,27 @@ class CacheFile:
         if not data:
             logger.warning("calibration cache %s is empty; ignoring it, TensorRT will calibrate", path)
             return None
+        legacy = self.algorithm.key == "legacy"
         try:
             cache = CalibrationCache.parse(data, source=path)
         except CacheFormatError as exc:
+            if legacy:
+                logger.warning("%s. The Legacy calibrator's cache format is not documented: handing the file to "
+                               "TensorRT as it is, which decides whether to use it", exc)
+                return self._use(data)
             if self.mismatch != "recalibrate":
                 raise
             logger.warning("%s; TensorRT would reject it: recalibrating, the file will be overwritten", exc)
             return None
         if cache.algorithm != self.algorithm.header:
             match = next((a.class_name for a in ALGORITHMS.values() if a.header == cache.algorithm), None)
+            if legacy and match is None:
+                logger.warning(
+                    "calibration cache %s has the header %r. The header TensorRT writes for the Legacy calibrator is "
+                    "not known (trt-calib presumes %s), so this is no reason to refuse it: handing it to TensorRT, "
+                    "which decides whether to use it", path, cache.header, self.algorithm.header,
+                )
+                return self._use(data)
             message = (
                 f"calibration cache {path} was written by {cache.algorithm or 'an unknown calibrator'} "
                 f"(header {cache.header!r}) but this is a {self.algorithm.class_name} "
@@ -79,6 +92,9 @@ class CacheFile:
             "using calibration cache %s (%s, TensorRT %s, %d tensors): TensorRT will not ask for batches",
             path, cache.algorithm, cache.trt_version, len(cache),
         )
+        return self._use(data)
+
+    def _use(self, data: bytes) -> bytes:
         self.data = data
         self.used = True
         return data
@@ -95,10 +111,6 @@ class CacheFile:
                 "calibration cache %s was written by TensorRT %s, this is TensorRT %s: TensorRT may ignore it "
                 "and recalibrate", path, cache.trt_version, self.trt_version,
             )
-
-    def unchanged(self, data: bytes) -> bool:
-        """True when TensorRT hands back the very cache it was given."""
-        return self.used and data == self.data
 
     def write(self, data: bytes, batches: int) -> None:
         """Keep `data` and write it atomically to the path, if there is one."""

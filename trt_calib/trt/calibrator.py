@@ -53,6 +53,10 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+#: The Legacy calibrator's quantile and regression cutoff when none is given: Polygraphy's defaults
+#: (NVIDIA/TensorRT `tools/Polygraphy/polygraphy/backend/trt/calibrator.py`, `util.default(quantile, 0.5)`).
+_LEGACY_DEFAULT = 0.5
+
 
 @contextlib.contextmanager
 def quiet_trt_deprecations() -> Iterator[None]:
@@ -92,7 +96,8 @@ class CalibratorCore:
         device: device backend name (``auto``, ``pycuda``, ``cuda-python``, ``cupy``, ``torch``, ``host``) or
             a `DeviceBuffers`; created at the first batch.
         algorithm: ``entropy2``, ``minmax``, ``entropy`` or ``legacy``.
-        input_specs: the network inputs (`trt_calib.ort.data.InputSpec`); their dtype is accepted besides float32
+        input_specs: the network inputs (`trt_calib.ort.data.InputSpec`): their dtypes decide what TensorRT reads
+            (INT32, INT64 and BOOL inputs as they are, every other input as float32, so such batches are converted)
             and their static dims are checked.
         cross_check: an ONNX model (path or ModelProto): keep host copies of the batches and, when TensorRT writes
             its cache, recompute it on the CPU and compare (`cross_check_result`). Costs host memory.
@@ -100,6 +105,10 @@ class CalibratorCore:
         min_batches: refuse to write a cache computed from fewer batches.
         cache_mismatch: ``error`` (default) refuses a cache written by another algorithm; ``recalibrate`` logs a
             warning, lets TensorRT recalibrate and overwrites the file.
+        device_index: the CUDA device of the buffers; None (default) is the current device, the one TensorRT builds
+            on.
+        quantile, regression_cutoff: the Legacy calibrator's settings; None means 0.5 and 0.5, Polygraphy's defaults
+            (NVIDIA/TensorRT `tools/Polygraphy/polygraphy/backend/trt/calibrator.py`).
     """
 
     def __init__(
@@ -114,9 +123,9 @@ class CalibratorCore:
         max_batches: int | None = None,
         min_batches: int = 1,
         cache_mismatch: str = "error",
-        device_index: int = 0,
-        quantile: float = 0.9999,
-        regression_cutoff: float = 1.0,
+        device_index: int | None = None,
+        quantile: float | None = None,
+        regression_cutoff: float | None = None,
         trt_version: str | None = None,
     ) -> None:
         self.algorithm = find_algorithm(algorithm)
@@ -132,8 +141,8 @@ class CalibratorCore:
         self.device_index = device_index
         self.max_batches = max_batches
         self.min_batches = min_batches
-        self.quantile = float(quantile)
-        self.regression_cutoff = float(regression_cutoff)
+        self.quantile = _LEGACY_DEFAULT if quantile is None else float(quantile)
+        self.regression_cutoff = _LEGACY_DEFAULT if regression_cutoff is None else float(regression_cutoff)
         self.trt_version = trt_version
         self._cross_check_model = None if cross_check is None or cross_check is False else cross_check
         self.crosscheck = None if self._cross_check_model is None else CrossCheck(self._cross_check_model, self.algorithm)
@@ -144,10 +153,11 @@ class CalibratorCore:
         """(Re)set the per-calibration state."""
         self.feed.restart()
         self.failures = FailureRecord()
+        self.cache_written = False  # a cache was written (file or memory) during this calibration
         self._batch_size: int | None = None
         self.seconds_per_batch: list[float] = []
         if self.crosscheck is not None:
-            self.crosscheck.kept = []
+            self.crosscheck.kept, self.crosscheck.error = [], None
 
     # ------------------------------------------------------------------------------------------ state
     @property
@@ -173,6 +183,11 @@ class CalibratorCore:
     def cross_check_result(self) -> Any:
         """The per-tensor comparison with the CPU calibration, once TensorRT wrote its cache (else None)."""
         return None if self.crosscheck is None else self.crosscheck.result
+
+    @property
+    def cross_check_error(self) -> BaseException | None:
+        """The exception that stopped the cross-check (a cross-check problem, not a calibration failure), or None."""
+        return None if self.crosscheck is None else self.crosscheck.error
 
     @property
     def batches_fed(self) -> int:
@@ -219,7 +234,7 @@ class CalibratorCore:
 
     def _record_failure(self, exc: BaseException, callback: str, batch_index: int | None) -> None:
         self.feed.exhausted = True
-        self.failures.record(exc, callback, batch_index)
+        self.failures.record(exc, callback, batch_index, cache_written=self.cache_written)
 
     def input_names(self) -> tuple[str, ...] | None:
         """Input names known without TensorRT: TensorRT's order once seen, else the specs, else the first batch."""
@@ -306,7 +321,12 @@ class CalibratorCore:
             return None
 
     def write_calibration_cache(self, cache: Any) -> None:
-        """Copy TensorRT's cache (a memoryview of its memory) and write it atomically, never after a failure."""
+        """Copy TensorRT's cache (a memoryview of its memory) and write it atomically, never after a failure.
+
+        TensorRT may write back a cache it has just read (TensorRT 5.1 did, pfnet-research/chainer-trt PR 14; NVIDIA
+        documents neither way). That is no calibration: `min_batches` does not apply, nothing fails, and the file
+        is rewritten (atomically) only when the bytes differ from those read.
+        """
         try:
             data = bytes(cache)  # the memoryview dies with the callback
             first = self.failures.first
@@ -316,7 +336,11 @@ class CalibratorCore:
                     "from partial data", first.where(),
                 )
                 return None
-            if self.cache.unchanged(data):
+            if self.cache.used and self.batches_fed == 0:  # a cache written back, not a calibration
+                if data != self.cache.data:
+                    logger.info("TensorRT wrote back the calibration cache it read, changed (%d bytes)", len(data))
+                    self.cache.write(data, 0)
+                    self.cache_written = True
                 return None
             if self.batches_fed < self.min_batches:
                 raise CalibrationError(
@@ -324,10 +348,12 @@ class CalibratorCore:
                     f"min_batches={self.min_batches}; not writing it. Hint: provide more calibration data"
                 )
             self.cache.write(data, self.batches_fed)
-            if self.crosscheck is not None:
-                self.crosscheck.run(data)
+            self.cache_written = True
         except BaseException as exc:
             self._record_failure(exc, "write_calibration_cache", None)
+            return None
+        if self.crosscheck is not None:
+            self.crosscheck.run_safely(data)
         return None
 
     # ------------------------------------------------------------------------------------------ lifetime

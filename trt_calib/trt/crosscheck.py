@@ -42,10 +42,24 @@ class CrossCheck:
         self.algorithm = algorithm
         self.kept: list[dict[str, np.ndarray]] = []
         self.result: Comparison | None = None
+        self.error: BaseException | None = None
 
     def keep(self, batch: Mapping[str, Any], names: Sequence[str]) -> None:
         """Copy one fed batch to the host (device arrays included)."""
         self.kept.append({name: host_copy(batch[name]) for name in names})
+
+    def run_safely(self, data: bytes) -> None:
+        """`run`, keeping an exception as `error`: the cache is already written, so a cross-check that cannot run
+        is a cross-check problem, not a calibration failure (the engine is kept)."""
+        try:
+            self.run(data)
+        except BaseException as exc:  # Ctrl-C too: inside a TensorRT callback it would be swallowed anyway
+            self.error = exc
+            self.kept = []
+            logger.warning(
+                "the cross-check could not run (%s: %s); the calibration cache was written and the build goes on",
+                type(exc).__name__, exc,
+            )
 
     def run(self, data: bytes) -> None:
         """Recompute the calibration from the kept batches and compare it with TensorRT's cache `data`."""

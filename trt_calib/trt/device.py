@@ -4,12 +4,16 @@ TensorRT's calibrator asks for one device pointer per network input and batch. A
 buffer per input, grown when a batch needs more bytes and reused otherwise, copies each host batch into it and
 returns the pointer. The GPU libraries (pycuda, cuda-python, CuPy, PyTorch) are imported only when a backend
 is created, never at module import.
+
+Buffers are allocated on the *current* CUDA device unless a device index is given: TensorRT builds, and reads the
+calibration buffers, on the device that is current when the build runs.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import importlib
 import logging
 from typing import Any, Callable, Iterator
 
@@ -88,6 +92,7 @@ class DeviceBuffers:
     """
 
     name = "abstract"
+    device_index: int | None = None  # the CUDA device the buffers live on (None: host memory)
 
     def __init__(self) -> None:
         self._buffers: dict[str, tuple[Any, int]] = {}
@@ -227,7 +232,7 @@ class PycudaBuffers(DeviceBuffers):
 
     name = "pycuda"
 
-    def __init__(self, device_index: int = 0) -> None:
+    def __init__(self, device_index: int | None = None) -> None:
         super().__init__()
         self._cuda = require("pycuda.driver", extra="gpu", purpose="the pycuda device backend")
         cuda = self._cuda
@@ -235,6 +240,8 @@ class PycudaBuffers(DeviceBuffers):
         try:
             cuda.init()
             count = cuda.Device.count()
+            if device_index is None:
+                device_index = _pycuda_current_device(cuda, count)
             if device_index >= count:
                 raise CalibrationError(
                     f"pycuda sees {count} CUDA device(s); device index {device_index} does not exist. "
@@ -250,7 +257,8 @@ class PycudaBuffers(DeviceBuffers):
             if self._context is not None:
                 self._context.detach()
             raise CalibrationError(
-                f"pycuda could not use CUDA device {device_index}: {type(exc).__name__}: {exc}. "
+                f"pycuda could not use {'the current CUDA device' if device_index is None else f'CUDA device {device_index}'}"
+                f": {type(exc).__name__}: {exc}. "
                 "Hint: check the NVIDIA driver with nvidia-smi."
             ) from exc
         self.device_index = device_index
@@ -307,6 +315,34 @@ class PycudaBuffers(DeviceBuffers):
             self._context = None
 
 
+def _pycuda_current_device(cuda: Any, count: int) -> int:
+    """The ordinal of the current context's device (cuCtxGetDevice), or 0, the CUDA runtime's default device, when
+    no context is current. pycuda's Device has no ordinal, so it is found by comparing with each Device(i)."""
+    try:
+        current = cuda.Context.get_device()
+    except cuda.Error:  # CUDA_ERROR_INVALID_CONTEXT: nothing is current on this thread
+        return 0
+    return next((i for i in range(count) if cuda.Device(i) == current), 0)
+
+
+def _import_cuda_runtime() -> Any:
+    """cuda-python's runtime: `cuda.bindings.runtime` (cuda-python >= 12.6.1), else the older `cuda.cudart`.
+
+    cuda-python 12.6.1 moved `cuda.cudart` to `cuda.bindings.runtime` and 13.0 removed the old name (its release
+    notes); NVIDIA's samples used `from cuda import cudart` up to TensorRT 10.12 (`samples/python/common_runtime.py`).
+    """
+    try:
+        return importlib.import_module("cuda.bindings.runtime")
+    except ImportError as new:
+        try:
+            return importlib.import_module("cuda.cudart")
+        except ImportError as old:
+            raise MissingDependencyError(
+                f"cuda-python is needed for the cuda-python device backend but neither cuda.bindings.runtime "
+                f"({new}) nor cuda.cudart ({old}) imports. Hint: pip install cuda-python"
+            ) from new
+
+
 def _check_cuda_python(runtime: Any, result: tuple, what: str) -> Any:
     """Unpack a cuda-python `(error, *values)` result, raising CalibrationError on a CUDA error."""
     err, *values = result
@@ -320,17 +356,19 @@ def _check_cuda_python(runtime: Any, result: tuple, what: str) -> Any:
 
 
 class CudaPythonBuffers(DeviceBuffers):
-    """cuda-python (`cuda.bindings.runtime`): cudaMalloc buffers, pinned staging from cudaMallocHost and
-    cudaMemcpyAsync on one stream, synchronised before the pointer is returned."""
+    """cuda-python (`cuda.bindings.runtime`, or `cuda.cudart` before 12.6.1): cudaMalloc buffers, pinned staging
+    from cudaMallocHost and cudaMemcpyAsync on one stream, synchronised before the pointer is returned."""
 
     name = "cuda-python"
 
-    def __init__(self, device_index: int = 0) -> None:
+    def __init__(self, device_index: int | None = None) -> None:
         super().__init__()
-        self._rt = require("cuda.bindings.runtime", purpose="the cuda-python device backend")
-        self.device_index = device_index
+        self._rt = _import_cuda_runtime()
         self._staging: tuple[int, int] | None = None
         self._stream = None
+        if device_index is None:
+            device_index = _check_cuda_python(self._rt, self._rt.cudaGetDevice(), "cudaGetDevice")
+        self.device_index = int(device_index)
         count = _check_cuda_python(self._rt, self._rt.cudaGetDeviceCount(), "cudaGetDeviceCount")
         if device_index >= count:
             raise CalibrationError(
@@ -398,12 +436,14 @@ class CupyBuffers(DeviceBuffers):
 
     name = "cupy"
 
-    def __init__(self, device_index: int = 0) -> None:
+    def __init__(self, device_index: int | None = None) -> None:
         super().__init__()
         self._cp = require("cupy", purpose="the cupy device backend")
         cp = self._cp
-        self.device_index = device_index
         try:
+            if device_index is None:
+                device_index = int(cp.cuda.runtime.getDevice())
+            self.device_index = device_index
             count = cp.cuda.runtime.getDeviceCount()
             if device_index >= count:
                 raise CalibrationError(f"CuPy sees {count} CUDA device(s); device index {device_index} does not exist.")
@@ -454,7 +494,7 @@ class TorchBuffers(DeviceBuffers):
 
     name = "torch"
 
-    def __init__(self, device_index: int = 0) -> None:
+    def __init__(self, device_index: int | None = None) -> None:
         super().__init__()
         self._torch = require("torch", purpose="the torch device backend")
         torch = self._torch
@@ -463,6 +503,8 @@ class TorchBuffers(DeviceBuffers):
                 f"torch {torch.__version__} is installed but torch.cuda.is_available() is False "
                 "(a CPU-only build, or no GPU/driver visible)."
             )
+        if device_index is None:
+            device_index = int(torch.cuda.current_device())
         count = torch.cuda.device_count()
         if device_index >= count:
             raise CalibrationError(f"torch sees {count} CUDA device(s); device index {device_index} does not exist.")
@@ -520,14 +562,16 @@ BACKENDS: dict[str, Callable[..., DeviceBuffers]] = {
 }
 
 
-def _create(name: str, device_index: int) -> DeviceBuffers:
+def _create(name: str, device_index: int | None) -> DeviceBuffers:
     if name == "host":
         return HostBuffers()
     return BACKENDS[name](device_index)
 
 
-def select_backend(name: str = "auto", *, device_index: int = 0) -> DeviceBuffers:
+def select_backend(name: str = "auto", *, device_index: int | None = None) -> DeviceBuffers:
     """Create the device backend `name`, or with "auto" the first of pycuda, cuda-python, cupy, torch that works.
+
+    `device_index` None (the default) means the current CUDA device, the one TensorRT builds on.
 
     An explicit backend that fails raises with its reason; "auto" raises listing every backend's reason.
     `host` is never picked automatically: it hands host pointers to TensorRT and exists for dry runs.
@@ -541,7 +585,7 @@ def select_backend(name: str = "auto", *, device_index: int = 0) -> DeviceBuffer
             raise
         except Exception as exc:  # a GPU library failing in a way we did not anticipate
             raise CalibrationError(f"the {name} device backend failed to start: {type(exc).__name__}: {exc}") from exc
-        logger.info("device backend: %s (device %d)", backend.name, device_index)
+        logger.info("device backend: %s (device %s)", backend.name, backend.device_index)
         return backend
     reasons: list[str] = []
     for candidate in AUTO_ORDER:
@@ -551,7 +595,7 @@ def select_backend(name: str = "auto", *, device_index: int = 0) -> DeviceBuffer
             reasons.append(f"{candidate}: {exc}")
             logger.debug("device backend %s unavailable: %s", candidate, exc)
             continue
-        logger.info("device backend: %s (device %d; auto)", backend.name, device_index)
+        logger.info("device backend: %s (device %s; auto)", backend.name, backend.device_index)
         return backend
     raise MissingDependencyError(
         "no GPU device backend works; tried, in order:\n  - "

@@ -22,6 +22,7 @@ class Failure:
     exception: BaseException
     callback: str
     batch_index: int | None
+    cache_written: bool = False  # a calibration cache had been written before the failure
     noted: bool = False
 
     def where(self) -> str:
@@ -35,16 +36,21 @@ class FailureRecord:
     def __init__(self) -> None:
         self.first: Failure | None = None
 
-    def record(self, exc: BaseException, callback: str, batch_index: int | None) -> None:
-        """Note `exc` raised in `callback`; only the first failure is kept and logged as an error."""
+    def record(self, exc: BaseException, callback: str, batch_index: int | None, *,
+               cache_written: bool = False) -> None:
+        """Note `exc` raised in `callback`; only the first failure is kept and logged as an error.
+
+        `cache_written`: a cache was already written before the failure, so the messages must not deny it.
+        """
         if self.first is not None:
             logger.debug("after the first failure, %s() also raised %s: %s", callback, type(exc).__name__, exc)
             return
-        self.first = Failure(exc, callback, batch_index)
+        self.first = Failure(exc, callback, batch_index, cache_written)
+        cache = "the calibration cache written before it stays" if cache_written else "no cache will be written"
         logger.error(
-            "calibration failed in %s: %s: %s. Calibration ends here and no cache will be written; TensorRT may "
-            "still finish the build from partial data, so call raise_if_failed() after it.",
-            self.first.where(), type(exc).__name__, exc,
+            "calibration failed in %s: %s: %s. Calibration ends here and %s; TensorRT may still finish the build "
+            "from partial data, so call raise_if_failed() after it.",
+            self.first.where(), type(exc).__name__, exc, cache,
         )
 
     def raise_if_failed(self) -> None:
@@ -54,9 +60,10 @@ class FailureRecord:
             return
         exc = failure.exception
         if not failure.noted and hasattr(exc, "add_note"):
+            cache = ("the calibration cache had been written before" if failure.cache_written
+                     else "no calibration cache was written")
             exc.add_note(
-                f"trt-calib: raised inside TensorRT's {failure.where()} callback; calibration ended there and "
-                "no calibration cache was written."
+                f"trt-calib: raised inside TensorRT's {failure.where()} callback; calibration ended there and {cache}."
             )
             failure.noted = True
         raise exc

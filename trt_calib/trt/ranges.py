@@ -1,5 +1,12 @@
 """Dynamic ranges for TensorRT <= 10: `ITensor.set_dynamic_range` from a cache, a mapping or our CPU calibration.
 
+Manually set ranges override the ones a calibrator computes (NVIDIA/TensorRT `samples/sampleINT8API/README.md`: "If
+you want to provide the calibrator, manual dynamic range will override calibration generate dynamic range/scale"), so
+"calibrate, then override these tensors" is `apply_dynamic_ranges(network, ranges, only=names)` next to a
+calibrator. Without a calibrator, TensorRT-internal constant outputs (which no ONNX calibration sees) get their
+range from their weights, max |w|, as sampleINT8API does (`sampleINT8API.cpp`, "Computing missing dynamic range
+for tensor ... from weights").
+
 TensorRT keeps only max(|min|, |max|) of a range: INT8 is symmetric, so the only choice is the amax. The
 ``sign-aware`` policy still looks at each tensor's sign structure (from the histograms of a CPU calibration) to
 choose that amax and says per tensor what it chose and why. Note that the squared error of a symmetric quantiser
@@ -9,8 +16,9 @@ depends on |x| alone, so the |x| histogram gives it exactly (up to bin resolutio
 from __future__ import annotations
 
 import logging
+import sys
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import numpy as np
 
@@ -23,6 +31,7 @@ __all__ = [
     "RangeDecision",
     "DynamicRangeReport",
     "apply_dynamic_ranges",
+    "range_names",
     "classify_sign",
     "expected_mse",
     "network_tensors",
@@ -42,7 +51,7 @@ class RangeDecision:
     amax: float
     given: float  # the amax the ranges held for this tensor
     sign: str  # non-negative, non-positive, skewed, symmetric, unknown
-    choice: str  # given, minmax, mse
+    choice: str  # given, minmax, mse, or weights (a constant's max |w|)
     reason: str
 
 
@@ -59,7 +68,12 @@ class DynamicRangeReport:
     @property
     def changed(self) -> list[RangeDecision]:
         """Tensors where the policy set another amax than the one given."""
-        return [d for d in self.applied if d.choice != "given"]
+        return [d for d in self.applied if d.choice not in ("given", "weights")]
+
+    @property
+    def derived(self) -> list[RangeDecision]:
+        """Constant-layer outputs whose range came from their weights (the ranges had none for them)."""
+        return [d for d in self.applied if d.choice == "weights"]
 
     def summary(self) -> str:
         """A few lines for people: counts, then the tensors whose amax the policy changed, then what is missing."""
@@ -68,6 +82,9 @@ class DynamicRangeReport:
             f"range, {len(self.unused)} range entr{'y' if len(self.unused) == 1 else 'ies'} not in the network"
             + (f", {len(self.invalid)} invalid skipped" if self.invalid else "")
         ]
+        if self.derived:
+            shown = ", ".join(d.name for d in self.derived[:10]) + (" ..." if len(self.derived) > 10 else "")
+            lines.append(f"  from constant weights (max |w|, as sampleINT8API does): {shown}")
         for d in self.changed:
             lines.append(f"  {d.name}: amax {d.given:.6g} -> {d.amax:.6g} ({d.sign}, {d.choice}): {d.reason}")
         if self.missing:
@@ -182,23 +199,78 @@ def _ranges_and_histograms(ranges: Any) -> tuple[dict[str, float], Mapping[str, 
     )
 
 
+def range_names(ranges: Any) -> list[str]:
+    """The tensor names `ranges` (a cache, a CalibrationResult or a mapping) holds a range for."""
+    return list(_ranges_and_histograms(ranges)[0])
+
+
+def _layer_type_name(layer: Any) -> str:
+    kind = getattr(layer, "type", None)
+    return str(getattr(kind, "name", None) or str(kind).rpartition(".")[2]).upper()
+
+
+def _constant_weights(layer: Any) -> np.ndarray | None:
+    """A constant layer's weights as numpy. TensorRT's `network.get_layer` gives an ILayer; its IConstantLayer
+    attributes need the cast Polygraphy does (`layer.__class__ = trt.IConstantLayer`, `backend/trt/util.py`)."""
+    if not hasattr(layer, "weights"):
+        cls = getattr(sys.modules.get("tensorrt"), "IConstantLayer", None)
+        if cls is None:
+            return None
+        try:
+            layer.__class__ = cls
+        except TypeError:
+            return None
+    weights = getattr(layer, "weights", None)
+    if weights is not None and not isinstance(weights, np.ndarray) and hasattr(weights, "numpy"):
+        weights = weights.numpy()  # trt.Weights of a type numpy cannot hold are returned as Weights
+    if weights is None:
+        return None
+    try:
+        return np.asarray(weights)
+    except (TypeError, ValueError):
+        return None
+
+
+def _constant_ranges(network: Any) -> dict[str, tuple[float, str]]:
+    """Output name -> (max |w|, why) for each constant layer whose weights numpy can read."""
+    out: dict[str, tuple[float, str]] = {}
+    for i in range(network.num_layers):
+        layer = network.get_layer(i)
+        if _layer_type_name(layer) != "CONSTANT" or layer.num_outputs != 1:
+            continue
+        weights = _constant_weights(layer)
+        if weights is None or weights.dtype.kind not in "biuf" or weights.size == 0:
+            continue
+        amax = float(np.abs(weights.astype(np.float64)).max())
+        if np.isfinite(amax) and amax > 0:
+            name = getattr(layer, "name", "") or "?"
+            out[layer.get_output(0).name] = (amax, f"constant layer {name!r}: max |w| of its {weights.size} weights")
+    return out
+
+
 def apply_dynamic_ranges(
     network: Any,
     ranges: Any,
     policy: str = "symmetric",
     *,
     skip_invalid: bool = False,
+    only: Iterable[str] | None = None,
 ) -> DynamicRangeReport:
     """Set `tensor.set_dynamic_range(-amax, amax)` on every network tensor that has a range (TensorRT <= 10).
 
     `ranges` is a CalibrationCache, a mapping name -> amax, or a `collect.CalibrationResult` (whose histograms
     let the ``sign-aware`` policy see each tensor's sign structure). Non-finite or non-positive amaxes raise
     CalibrationError unless `skip_invalid`. Returns the report of what was set, missing and unused.
+
+    `only`: set ranges on these tensors alone and report no other tensor as missing: the pattern "calibrate, then
+    override these tensors" (manual ranges override a calibrator's, sampleINT8API README). Without `only`, constant
+    layer outputs the ranges do not name get max |w| of their weights, as sampleINT8API does (`report.derived`).
     """
     if policy not in POLICIES:
         raise CalibrationError(f"unknown range policy {policy!r}. Choices: {', '.join(POLICIES)}")
     choose = POLICIES[policy]
     amaxes, histograms = _ranges_and_histograms(ranges)
+    selected = None if only is None else {str(n) for n in only}
     if policy == "sign-aware" and not histograms:
         logger.warning(
             "sign-aware ranges need histograms (a CalibrationResult from trt_calib.collect.calibrate); "
@@ -221,8 +293,20 @@ def apply_dynamic_ranges(
             "this TensorRT has no ITensor.set_dynamic_range: TensorRT 11 removed dynamic ranges. "
             "Hint: run `trt-calib quantize` to write a Q/DQ ONNX model instead"
         )
+    constants = _constant_ranges(network) if selected is None else {}
     for tensor in tensors:
         name = tensor.name
+        if selected is not None and name not in selected:
+            continue
+        if (name not in amaxes or name in bad) and name in constants:
+            amax, why = constants[name]
+            amax = float(np.float32(amax))
+            with quiet_trt_deprecations():
+                ok = tensor.set_dynamic_range(-amax, amax)
+            if ok is False:
+                raise CalibrationError(f"TensorRT refused set_dynamic_range({-amax}, {amax}) for constant {name!r}")
+            report.applied.append(RangeDecision(name, amax, amax, "unknown", "weights", why))
+            continue
         if name not in amaxes or name in bad:
             if _dtype_name(tensor) not in _UNQUANTISED_TYPES and name not in bad:
                 report.missing.append(name)
@@ -239,7 +323,7 @@ def apply_dynamic_ranges(
             )
         report.applied.append(RangeDecision(name, amax, given, sign, choice, reason))
     report.unused = [n for n in amaxes if n not in used and n not in bad]
-    if not report.applied:
+    if not used:
         names = ", ".join(list(amaxes)[:5])
         raise CalibrationError(
             f"none of the {len(amaxes)} range entries names a tensor of this network (entries: {names} ...). "
