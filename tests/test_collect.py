@@ -232,3 +232,22 @@ def test_lenet_in_parts_still_reproduces_the_table():
     comparison = compare(CalibrationCache.load(TRT_TABLE), result)
     assert comparison.consistent, comparison.summary()
     assert result.cache.scales["data"] == CalibrationCache.load(TRT_TABLE).scales["data"]
+
+
+def test_tensorrt_internal_reference_entries_are_not_inconsistencies():
+    """A real cache also names tensors TensorRT made up; only ONNX-named entries we lack make the pair inconsistent."""
+    h = AbsHistogram()
+    h.update(np.linspace(0, 2, 1000, dtype=np.float32))
+    from trt_calib.core.result import CalibrationResult
+
+    ours = CalibrationResult(amax={"x": 2.0}, histograms={"x": h}, algorithm="minmax", trt_version="10.3.0")
+    x = f"x: {ours.cache.entries[0].hex}\n"
+    internal = "(Unnamed Layer* 7) [Constant]_output: 3c010a14\nONNXTRT_Broadcast_1: 3c010a14\nw_output: 3c010a14\n"
+    reference = CalibrationCache.parse("TRT-100300-MinMaxCalibration\n" + x + internal)
+    comparison = compare(reference, ours, initializers=["w"])
+    assert comparison.consistent
+    assert comparison.internal == ["(Unnamed Layer* 7) [Constant]_output", "ONNXTRT_Broadcast_1", "w_output"]
+    assert "3 TensorRT-internal entries not checked" in comparison.summary()
+    without_initializers = compare(reference, ours)  # w_output is then an ONNX-looking name we lack
+    assert not without_initializers.consistent
+    assert [r.name for r in without_initializers.rows if r.verdict == "only-reference"] == ["w_output"]

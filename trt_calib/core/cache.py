@@ -35,6 +35,8 @@ __all__ = [
     "encode_version",
     "decode_version",
     "make_header",
+    "entry_kind",
+    "UNNAMED_RE",
 ]
 
 # Header names of TensorRT's calibrators. The first two are seen in real caches; the others are presumed.
@@ -265,3 +267,24 @@ class CalibrationCache:
         if not isinstance(other, CalibrationCache):
             return NotImplemented
         return self.dumps() == other.dumps()
+
+
+# A tensor name TensorRT made up (numbered per build, so it moves whenever the network changes), and the ONNX parser's
+# helper tensors: entries a recomputation from the ONNX graph cannot have.
+UNNAMED_RE = re.compile(r"^\(Unnamed Layer\* (\d+)\) \[[^\]]+\]_output(?:_\d+)?$")
+ONNXTRT_RE = re.compile(r"^ONNXTRT_")
+
+
+def entry_kind(name: str, initializers: Iterable[str] = ()) -> str:
+    """'unnamed' for TensorRT's (Unnamed Layer* N) names, 'internal' for parser helpers, else 'named'.
+
+    Internal names are ONNXTRT_* helpers of the ONNX parser and TensorRT 10's `<initializer>_output` tensors of
+    initializers that became constant layers (only recognised when the model's initializer names are given).
+    """
+    if UNNAMED_RE.match(name):
+        return "unnamed"
+    if ONNXTRT_RE.match(name):
+        return "internal"
+    if name.endswith("_output") and name[: -len("_output")] in set(initializers):
+        return "internal"
+    return "named"

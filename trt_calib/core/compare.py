@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 
-from .cache import CalibrationCache, amax_to_scale
+from .cache import CalibrationCache, amax_to_scale, entry_kind
 from .result import CalibrationResult
 
 __all__ = ["TensorAgreement", "Comparison", "compare", "ulp_distance", "DEFAULT_MAX_ULPS"]
@@ -45,7 +45,7 @@ class TensorAgreement:
     ratio: float | None
     reference_index: float | None  # the reference amax expressed as a KL index on our histogram
     our_index: int | None
-    verdict: str  # exact | same-bin | within-ulps | differs | only-reference | only-ours
+    verdict: str  # exact | same-bin | within-ulps | differs | only-reference | only-ours | internal
 
     @property
     def consistent(self) -> bool:
@@ -67,11 +67,16 @@ class Comparison:
 
     @property
     def shared(self) -> list[TensorAgreement]:
-        return [r for r in self.rows if r.verdict not in ("only-reference", "only-ours")]
+        return [r for r in self.rows if r.verdict not in ("only-reference", "only-ours", "internal")]
+
+    @property
+    def internal(self) -> list[str]:
+        """Reference entries TensorRT made up (unnamed layers, parser helpers): no ONNX tensor to recompute them from."""
+        return [r.name for r in self.rows if r.verdict == "internal"]
 
     @property
     def consistent(self) -> bool:
-        """Every tensor both have agrees, and no reference tensor is missing from ours."""
+        """Every tensor both have agrees, and no reference tensor of the ONNX graph is missing from ours."""
         return all(r.consistent for r in self.shared) and not any(r.verdict == "only-reference" for r in self.rows)
 
     def counts(self) -> dict[str, int]:
@@ -89,6 +94,8 @@ class Comparison:
         for k in ("only-reference", "only-ours"):
             if counts.get(k):
                 parts.append(f"{counts[k]} {k.replace('-', ' ')}")
+        if counts.get("internal"):
+            parts.append(f"{counts['internal']} TensorRT-internal entries not checked")
         return ", ".join(parts)
 
     def to_json(self) -> dict[str, Any]:
@@ -106,15 +113,27 @@ def _index_of(amax: float, width: float) -> float | None:
     return amax / width - 0.5
 
 
-def compare(reference: CalibrationCache, ours: CalibrationResult, *, max_ulps: int = DEFAULT_MAX_ULPS) -> Comparison:
-    """Compare a reference cache with our calibration, tensor by tensor (names must match exactly)."""
+def compare(
+    reference: CalibrationCache,
+    ours: CalibrationResult,
+    *,
+    max_ulps: int = DEFAULT_MAX_ULPS,
+    initializers: Iterable[str] = (),
+) -> Comparison:
+    """Compare a reference cache with our calibration, tensor by tensor (names must match exactly).
+
+    A reference entry we lack is `internal` when TensorRT made its name up (`core.cache.entry_kind`; pass the
+    model's `initializers` to recognise TensorRT 10's `<initializer>_output` constants), else `only-reference`.
+    """
     rows = []
     ref_amax = reference.amaxes()
     ref_scale = reference.scales
+    initializers = frozenset(initializers)
     for name, r in ref_amax.items():
         o = ours.amax.get(name)
         if o is None:
-            rows.append(TensorAgreement(name, r, None, None, None, None, None, "only-reference"))
+            verdict = "only-reference" if entry_kind(name, initializers) == "named" else "internal"
+            rows.append(TensorAgreement(name, r, None, None, None, None, None, verdict))
             continue
         ulps = ulp_distance(ref_scale[name], amax_to_scale(o))  # in the stored scale, the number a cache holds
         ratio = (r / o) if (o and math.isfinite(o) and math.isfinite(r)) else None

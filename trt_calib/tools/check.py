@@ -8,7 +8,7 @@ from typing import Any, Callable, Iterable
 
 from ..core.cache import CalibrationCache
 from ..errors import CalibrationError
-from .entries import cache_version, check_version, entry_kind, load_cache
+from .entries import cache_version, check_version, load_cache
 
 __all__ = ["CheckReport", "check_cache"]
 
@@ -25,22 +25,20 @@ class CheckReport:
     algorithm: str
     trt_version: str
     comparison: Any
-    not_recomputable: list[str]
     num_batches: int
+
+    @property
+    def not_recomputable(self) -> list[str]:
+        """Entries TensorRT made up (unnamed layers, parser helpers): no model tensor to recompute them from."""
+        return self.comparison.internal
 
     @property
     def consistent(self) -> bool:
         """Every cache entry we recomputed agrees, and every entry that names a model tensor was recomputed."""
-        skipped = set(self.not_recomputable)
-        rows = [r for r in self.comparison.rows if r.name not in skipped]
-        shared_ok = all(r.consistent for r in rows if r.verdict not in ("only-reference", "only-ours"))
-        return shared_ok and not any(r.verdict == "only-reference" for r in rows)
+        return self.comparison.consistent
 
     def summary(self) -> str:
-        text = self.comparison.summary()
-        if self.not_recomputable:
-            text += f"; {len(self.not_recomputable)} TensorRT-internal entries not checked"
-        return f"{text} -> {'consistent' if self.consistent else 'NOT consistent'}"
+        return f"{self.comparison.summary()} -> {'consistent' if self.consistent else 'NOT consistent'}"
 
     def to_json(self) -> dict[str, Any]:
         out = self.comparison.to_json()
@@ -88,8 +86,6 @@ def check_cache(
         check_version(trt_version)
     model = load_model(model)
     result = calibrate(model, batches, algorithm=algorithm, trt_version=trt_version, progress=progress, threads=threads)
-    comparison = compare(parsed, result, max_ulps=DEFAULT_MAX_ULPS if max_ulps is None else max_ulps)
-    initializers = {t.name for t in model.graph.initializer}
-    internal = [e.name for e in parsed.entries if e.name not in result.amax and entry_kind(e.name, initializers) != "named"]
-    return CheckReport(parsed.source, parsed.header, algorithm, trt_version, comparison,
-                       list(dict.fromkeys(internal)), result.num_batches)
+    comparison = compare(parsed, result, max_ulps=DEFAULT_MAX_ULPS if max_ulps is None else max_ulps,
+                         initializers=(t.name for t in model.graph.initializer))
+    return CheckReport(parsed.source, parsed.header, algorithm, trt_version, comparison, result.num_batches)

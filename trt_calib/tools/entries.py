@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import math
 import os
-import re
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 
-from ..core.cache import TRT_ALGORITHMS, CalibrationCache, decode_version, encode_version
+from ..core.cache import TRT_ALGORITHMS, CalibrationCache, decode_version, encode_version, entry_kind
 from ..errors import TrtCalibError
 
 __all__ = [
@@ -44,8 +43,6 @@ CALIBRATOR_NAMES = {
 }
 
 # A tensor name TensorRT made up: numbered per build, so it moves whenever the network changes.
-_UNNAMED_RE = re.compile(r"^\(Unnamed Layer\* (\d+)\) \[[^\]]+\]_output(?:_\d+)?$")
-_ONNXTRT_RE = re.compile(r"^ONNXTRT_")
 
 
 
@@ -139,16 +136,3 @@ def cache_version(cache: CalibrationCache) -> tuple[int, int, int]:
     return (4, 0, 0) if number is None else decode_version(number)
 
 
-def entry_kind(name: str, initializers: Iterable[str] = ()) -> str:
-    """'unnamed' for TensorRT's (Unnamed Layer* N) names, 'internal' for parser helpers, else 'named'.
-
-    Internal names are ONNXTRT_* helpers of the ONNX parser and TensorRT 10's `<initializer>_output` tensors of
-    initializers that became constant layers (only recognised when the model's initializer names are given).
-    """
-    if _UNNAMED_RE.match(name):
-        return "unnamed"
-    if _ONNXTRT_RE.match(name):
-        return "internal"
-    if name.endswith("_output") and name[: -len("_output")] in set(initializers):
-        return "internal"
-    return "named"

@@ -12,7 +12,8 @@ from typing import Any, Iterable, Mapping
 
 from ..core.cache import CalibrationCache, scale_to_hex
 from ..errors import CacheFormatError, TrtCalibError
-from .entries import _UNNAMED_RE, cache_version, check_version, entry_flags, entry_kind, header_algorithm, load_cache
+from ..core.cache import UNNAMED_RE
+from .entries import cache_version, check_version, entry_flags, entry_kind, header_algorithm, load_cache
 
 __all__ = ["SEVERITIES", "ValidationReport", "validate_cache", "MOST_MISSING_FRACTION", "OUTLIER_FACTOR"]
 
@@ -323,7 +324,7 @@ def _coverage_findings(report: ValidationReport, cache: CalibrationCache, g: _Gr
                    "calibrate (a constant, an initializer, an integer or an unused tensor): it probably "
                    "belongs to a different tensor of another export", name)
     if groups["unnamed"]:
-        numbers = sorted(int(_UNNAMED_RE.match(n).group(1)) for n in groups["unnamed"])  # type: ignore[union-attr]
+        numbers = sorted(int(UNNAMED_RE.match(n).group(1)) for n in groups["unnamed"])  # type: ignore[union-attr]
         report.add(
             "info",
             "unnamed-entries",
