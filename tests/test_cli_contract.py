@@ -83,13 +83,17 @@ def test_guard_refuses_two_outputs_on_one_path_and_bad_folders(tmp_path):
     guard_paths(inputs={"MODEL": tmp_path / "m.onnx"}, outputs={"--cache": out, "--json": None})
 
 
-def test_guard_refuses_an_output_folder_holding_an_input(tmp_path):
+def test_guard_refuses_an_output_folder_that_is_an_input_or_a_file(tmp_path):
     model = tmp_path / "m.onnx"
     model.write_bytes(b"x")
-    with pytest.raises(UsageError, match="holds the input MODEL"):
-        guard_paths(inputs={"MODEL": model}, outputs={}, folders={"-o": tmp_path})
+    data = tmp_path / "images"
+    data.mkdir()
+    with pytest.raises(UsageError, match="is the input --data"):
+        guard_paths(inputs={"--data": data}, outputs={}, folders={"-o": data})
     with pytest.raises(UsageError, match="is a file"):
         guard_paths(inputs={}, outputs={}, folders={"-o": model})
+    # a folder that merely holds an input is fine: a report never deletes what it did not write
+    guard_paths(inputs={"MODEL": model}, outputs={}, folders={"-o": tmp_path})
 
 
 def test_write_output_failure_is_one_line_naming_the_path(tmp_path):
