@@ -449,6 +449,13 @@ def model_inputs_of(model: str | os.PathLike) -> list[Any]:
     return list(model_inputs(load_model(model, weights=False)))
 
 
+class _BelowError:
+    """A logging filter that drops ERROR records (and worse)."""
+
+    def filter(self, record: Any) -> bool:
+        return record.levelno < 40
+
+
 def calibrator_dry_run(
     source: Any,
     inputs: Sequence[Any],
@@ -463,8 +470,18 @@ def calibrator_dry_run(
     (0; a failing batch raises)."""
     from ..trt.calibrator import CalibratorCore, dry_run
 
+    import logging
+
     core = CalibratorCore(source, cache, "host", algorithm=algorithm, input_specs=inputs)
-    summary = dry_run(core, names=[s.name for s in inputs], max_batches=max_batches)
+    # The calibrator logs a failing batch for TensorRT builds, which swallow it; a dry run raises the same failure,
+    # printed once by main as the command's one error line.
+    calibrator_log = logging.getLogger("trt_calib.trt.calibrator")
+    drop_errors = _BelowError()
+    calibrator_log.addFilter(drop_errors)
+    try:
+        summary = dry_run(core, names=[s.name for s in inputs], max_batches=max_batches)
+    finally:
+        calibrator_log.removeFilter(drop_errors)
     if json_result:
         print_json({
             "dry_run": True, "algorithm": summary.algorithm, "batches": summary.batches,

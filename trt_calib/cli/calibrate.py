@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 from ._common import (
     add_calibrator_dry_run,
@@ -79,7 +80,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
     from ..ort.collect import ALGORITHM_HEADERS, calibrate
     from ..tools.provenance import make_provenance, provenance_text, sidecar_path
 
-    sidecar = sidecar_path(args.cache)
+    sidecar = sidecar_path(args.cache) if Path(args.cache).name else None  # "" and "." are refused below
     out_json = json_file(args)
     inputs_guard = {"MODEL": model_paths(args.model), "--data": data_path(args.data), "--compare": args.compare}
     if args.dry_run:

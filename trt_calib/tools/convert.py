@@ -10,7 +10,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from ..core.cache import MAX_CACHE_BYTES, CalibrationCache, make_header, scale_to_hex
+from ..core.cache import MAX_CACHE_BYTES, CalibrationCache, make_header, scale_to_amax, scale_to_hex
 from ..errors import TrtCalibError
 from .entries import check_version, header_algorithm, load_cache
 
@@ -109,9 +109,10 @@ def cache_from_json(
         amax = _amax_from_json(name, value, where)
         with np.errstate(over="ignore", under="ignore"):
             scale = np.float32(amax / 127.0)
-        if math.isfinite(amax) and not np.isfinite(scale):
-            raise TrtCalibError(f"{where}: tensor {name!r} has amax {amax!r}, beyond float32: its scale would be "
-                                "written as inf. Hint: write \"inf\" if an infinite range is meant")
+        if math.isfinite(amax) and not np.isfinite(scale_to_amax(float(scale))):
+            raise TrtCalibError(f"{where}: tensor {name!r} has amax {amax!r}, beyond float32's largest value: TensorRT "
+                                "reads amax = scale * 127 in float32, which would be inf. Hint: write \"inf\" if an "
+                                "infinite range is meant")
         if amax > 0 and scale == 0:
             raise TrtCalibError(f"{where}: tensor {name!r} has amax {amax!r}, below the smallest float32 scale: it "
                                 "would be written as 0, TensorRT's value for an all-zero tensor. Hint: write 0 if "
