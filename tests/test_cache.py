@@ -266,7 +266,8 @@ def test_hypothesis_parse_raises_only_cache_format_errors_and_what_parses_round_
     raw_bytes = st.binary(max_size=64).map(lambda b: b"TRT-8601-EntropyCalibration2\n" + b)
     outcomes = {"parse refused": 0, "save refused": 0, "round trip": 0}
 
-    @settings(max_examples=800, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+    @settings(max_examples=800, deadline=None, derandomize=True, database=None,
+              suppress_health_check=list(HealthCheck))
     @given(st.one_of(text, text.map(lambda t: t.encode("utf-8", "surrogatepass")), raw_bytes, clean))
     def fuzz(data):
         try:

@@ -13,11 +13,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import logging
 import math
 import os
 import sys
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence, TypeVar
+from typing import Any, Callable, Iterator, Mapping, Sequence, TypeVar
 
 from .._util import atomic_write
 from ..errors import TrtCalibError, UsageError
@@ -274,8 +275,6 @@ def guard_paths(
             raise UsageError(f"{name} {path}: the folder {parent} does not exist")
         if not os.access(parent, os.W_OK | os.X_OK):
             raise UsageError(f"{name} {path}: the folder {parent} is not writable")
-        if path.exists() and not os.access(path, os.W_OK) and not os.access(parent, os.W_OK):
-            raise UsageError(f"{name} {path} is not writable")
     names = list(given_out)
     for i, a in enumerate(names):
         for b in names[i + 1:]:
@@ -306,10 +305,9 @@ def data_path(data: str | None) -> str | None:
     """The file or folder behind --data (a data script's `FILE.py:function` without the function)."""
     if data is None:
         return None
-    from ..ort.data import _split_script
+    from ..ort.data import data_file
 
-    script, _ = _split_script(str(data))
-    return str(script) if script.suffix.lower() == ".py" else str(data)
+    return str(data_file(data))
 
 
 def model_paths(model: str | os.PathLike | None) -> list[Path]:
@@ -469,8 +467,6 @@ def calibrator_dry_run(
     """Drive a calibrator over `source` on the CPU, print the summary with `out` (or as JSON), return the exit code
     (0; a failing batch raises)."""
     from ..trt.calibrator import CalibratorCore, dry_run
-
-    import logging
 
     core = CalibratorCore(source, cache, "host", algorithm=algorithm, input_specs=inputs)
     # The calibrator logs a failing batch for TensorRT builds, which swallow it; a dry run raises the same failure,

@@ -10,7 +10,6 @@ import argparse
 import json
 import math
 import sys
-from pathlib import Path
 from typing import Any
 
 from ..errors import TrtCalibError, UsageError
@@ -18,10 +17,8 @@ from ._common import (
     add_data_arguments,
     add_json_flag,
     calibrator_arg,
-    data_path,
     fmt_float,
     guard_paths,
-    model_paths,
     non_negative_int,
     open_data,
     print_comparison,
@@ -356,7 +353,9 @@ def _run_convert(args: argparse.Namespace) -> int:
     try:
         guard_paths(inputs={} if args.force else {"INPUT": args.input}, outputs={"-o": args.output})
     except UsageError as exc:
-        raise UsageError(f"{exc} (--force allows writing over the input)") from None
+        if "is the input" not in str(exc):
+            raise
+        raise UsageError(f"{exc} (or --force to replace it)") from None
     if args.json and not args.output:
         raise UsageError("--json prints a summary of the conversion; give -o OUT for the converted file")
     from_json = _is_json_file(args.input)

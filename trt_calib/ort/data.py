@@ -34,6 +34,7 @@ __all__ = [
     "Preprocess",
     "BatchSource",
     "open_source",
+    "data_file",
     "from_arrays",
     "iter_batches",
     "IMAGE_EXTENSIONS",
@@ -1067,6 +1068,12 @@ def _split_script(text: str) -> tuple[Path, str]:
     if sep and head.lower().endswith(".py") and tail.isidentifier():
         return Path(head), tail
     return Path(text), _DEFAULT_FUNCTION
+
+
+def data_file(path: str | os.PathLike) -> Path:
+    """The file or folder a --data value reads: a data script's FILE.py of FILE.py:function, else the path itself."""
+    script, _ = _split_script(os.fspath(path))
+    return script if script.suffix.lower() == ".py" else Path(path)
 
 
 def _load_function(path: Path, name: str) -> Callable[[], Any]:
