@@ -447,6 +447,18 @@ def test_item16_report_shows_inf_for_a_tensor_reaching_flt_max(tmp_path):
     assert ">inf<" in (tmp_path / "r" / "index.html").read_text()
 
 
+def test_item16_report_on_a_model_whose_tensors_overflow_to_inf(tmp_path, capsys):
+    model = save_model(tmp_path / "exp.onnx", [helper.make_node("Exp", ["x"], ["e"]), helper.make_node("Neg", ["e"],
+                       ["y"])], [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])])
+    np.save(tmp_path / "x.npy", np.full((8, 4), 100.0, np.float32))  # exp(100) is inf in float32
+    code, out, err = run(capsys, "-q", "report", model, "--data", tmp_path / "x.npy", "-o", tmp_path / "r",
+                         "--max-tensors", "0", "--json")
+    assert code == 0, err
+    amax = {t["name"]: t["amax"] for t in json.loads((tmp_path / "r" / "report.json").read_text())["tensors"]}
+    assert amax["e"] == "inf" and amax["y"] == "inf" and amax["x"] == pytest.approx(100.0, rel=1e-3)
+
+
 @pytest.mark.parametrize("sidecar", ['[1]', '"str"', '{"model": {"sha256": 5}}', '{"model": "x"}',
                                      '{"cache": {"sha256": []}}', "{not json"])
 def test_item17_a_malformed_sidecar_is_a_finding_not_a_crash(tmp_path, capsys, sidecar):
