@@ -78,16 +78,30 @@ def load_model(model: Any, *, weights: bool = True) -> Any:
 
 def external_data_files(model: Any) -> list[Path]:
     """The external-data files a model file names (resolved next to it), without reading them."""
-    from onnx.external_data_helper import ExternalDataInfo, _get_all_tensors, uses_external_data
+    from onnx.external_data_helper import ExternalDataInfo, uses_external_data
 
     path = Path(model)
     proto = load_model(path, weights=False)
     files: dict[str, Path] = {}
-    for tensor in _get_all_tensors(proto):
+    for tensor in _graph_tensors(proto.graph):
         if uses_external_data(tensor):
             location = ExternalDataInfo(tensor).location
             files.setdefault(location, path.parent / location)
     return list(files.values())
+
+
+def _graph_tensors(graph: Any) -> Iterable[Any]:
+    """Every TensorProto of a graph: initializers and tensor attributes, subgraphs included."""
+    yield from graph.initializer
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                yield attr.t
+            yield from attr.tensors
+            if attr.HasField("g"):
+                yield from _graph_tensors(attr.g)
+            for sub in attr.graphs:
+                yield from _graph_tensors(sub)
 
 
 def _describe(model: Any, default: str) -> str:
