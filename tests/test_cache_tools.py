@@ -118,7 +118,7 @@ def test_validate_header_mismatch_with_the_target_is_an_error(tmp_path):
     cache = write_cache(tmp_path / "c.cache", "TRT-8601-MinMaxCalibration", GOOD)
     report = validate_cache(cache, model, trt_version="10.3.0", algorithm="entropy2")
     assert codes(report, "error") == {"header-version-mismatch": 1, "header-algorithm-mismatch": 1}
-    assert report.exit_code == 2
+    assert report.exit_code == 3
     message = next(f["message"] for f in report.findings if f["code"] == "header-version-mismatch")
     assert "TensorRT will ignore this cache and recalibrate" in message and "8.6.1" in message and "10.3.0" in message
     # header names are accepted too, and match regardless of case
@@ -154,7 +154,7 @@ def test_validate_flags_suspicious_values_by_severity(tmp_path):
     assert ("denormal-scale", "warning", "pool") in by_tensor
     assert ("negative-scale", "error", "shifted") in by_tensor
     assert ("inf-scale", "warning", "act") in by_tensor
-    assert report.exit_code == 2
+    assert report.exit_code == 3
 
 
 def test_validate_zero_network_input_points_at_the_data(tmp_path):
@@ -216,9 +216,9 @@ def test_validate_unparsable_cache_is_an_error_finding_with_json(tmp_path, capsy
     bad = tmp_path / "bad.cache"
     bad.write_text("TRT-8601-EntropyCalibration2\nconv 3c010a14\n")
     report = validate_cache(bad)
-    assert codes(report) == {"unparsable": 1} and report.exit_code == 2
+    assert codes(report) == {"unparsable": 1} and report.exit_code == 3
     assert f"{bad}:2:" in report.findings[0]["message"]
-    assert run(["validate", str(bad), "--json"]) == 2
+    assert run(["validate", str(bad), "--json"]) == 3
     assert json.loads(capsys.readouterr().out)["findings"][0]["code"] == "unparsable"
     assert run(["validate", str(tmp_path / "missing.cache")]) == 2  # a user error: one line on stderr
     assert capsys.readouterr().err.strip().endswith("no such calibration cache")
@@ -283,14 +283,14 @@ def test_validate_lannyyip_reports_the_renumbered_export(capsys):
         "model_tensors": 76, "covered": 37, "missing": 39, "cache_entries": 108, "not_in_model": 17,
         "uncalibrated_in_model": 22, "unnamed": 32, "internal": 0, "duplicates": 0,
     }
-    assert codes(report, "error") == {"most-tensors-missing": 1} and report.exit_code == 2
+    assert codes(report, "error") == {"most-tensors-missing": 1} and report.exit_code == 3
     missing = tensors(report, "missing-entry")
     assert missing[0] == "93" and all(int(n) >= 93 for n in missing) and len(missing) == 39
     (shift,) = [f for f in report.findings if f["code"] == "renumbered"]
     assert shift["offset"] == 8 and shift["matches"] == 39 and "93 -> 101" in shift["message"]
     # "102" is a Conv output in the cache's model but an InstanceNormalization Constant here
     assert "102" in tensors(report, "uncalibrated-entry")
-    assert run(["validate", str(LANNYYIP_CACHE), "--model", str(LANNYYIP_MODEL), "--json"]) == 2
+    assert run(["validate", str(LANNYYIP_CACHE), "--model", str(LANNYYIP_MODEL), "--json"]) == 3
     out = json.loads(capsys.readouterr().out)
     assert out["verdict"] == "errors" and out["findings"][0]["severity"] == "error"
 

@@ -177,8 +177,13 @@ def test_cli_calibrate_writes_cache_sidecar_json_and_compares(tmp_path, capsys):
     code = main(["-q", "calibrate", str(LENET), "--data", str(LENET_BATCHES), "--cache", str(out),
                  "--trt-version", "7.0.0", "--json", str(details), "--compare", str(TRT_TABLE)])
     assert code == 0
-    printed = capsys.readouterr().out
-    assert "8/8 shared tensors consistent" in printed and "3c008912" in printed
+    captured = capsys.readouterr()
+    # --json FILE: stdout holds the JSON alone (also written to FILE); the comparison table goes to stderr
+    assert "8/8 shared tensors consistent" in captured.err and "3c008912" in captured.err
+    printed = json.loads(captured.out)
+    assert printed["comparison"]["summary"].startswith("8/8 shared tensors consistent")
+    assert {k: v for k, v in printed.items() if k not in ("cache", "sidecar", "comparison")} == \
+        json.loads(details.read_text())
     cache = CalibrationCache.load(out)
     assert cache.header == "TRT-7000-EntropyCalibration2" and len(cache) == 10
     sidecar = json.loads((tmp_path / "lenet.cache.json").read_text())

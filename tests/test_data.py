@@ -232,6 +232,12 @@ def test_batching_uses_each_selected_sample_once(n, bs, policy, offset, limit, s
         with pytest.raises(DataError, match=f"{len(selected)} samples but batch_size={bs}"):
             from_arrays(numbered(n, 1), [spec(shape=("N", 1))], batch_size=bs, offset=offset, limit=limit)
         return
+    rest = len(selected) % bs
+    if policy == "pad" and rest and bs - rest > len(selected):  # more copies than samples: refused (issue 12)
+        with pytest.raises(DataError, match=f"would add {bs - rest} copies of one sample"):
+            from_arrays(numbered(n, 1), [spec(shape=("N", 1))], batch_size=bs, last_batch="pad", offset=offset,
+                        limit=limit)
+        return
     src = from_arrays(
         numbered(n, 1), [spec(shape=("N", 1))], batch_size=bs, last_batch=policy, shuffle=True, seed=seed,
         offset=offset, limit=limit,
@@ -460,7 +466,9 @@ def test_image_folder_manifest_tracks_file_contents(colour_folder):
     write_png(folder / "b.png", np.full((4, 4, 3), 1))
     after = open_source(folder, inputs).manifest()
     assert after["sha256"] != before["sha256"]
-    assert {k: v for k, v in after.items() if k != "sha256"} == {k: v for k, v in before.items() if k != "sha256"}
+    assert after["batches_sha256"] != before["batches_sha256"]  # the pixels fed changed too
+    content = ("sha256", "batches_sha256")
+    assert {k: v for k, v in after.items() if k not in content} == {k: v for k, v in before.items() if k not in content}
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -621,7 +629,7 @@ def test_open_source_path_errors(tmp_path):
     with pytest.raises(DataError, match=r"scalar\.npy: 'x' is a scalar"):
         open_source(tmp_path / "scalar.npy", [spec()])
     np.save(tmp_path / "obj.npy", np.array([[1, "a"]], dtype=object), allow_pickle=True)
-    with pytest.raises(DataError, match=r"obj\.npy: input 'x' has non-numeric dtype object"):
+    with pytest.raises(DataError, match=r"obj\.npy: holds Python objects \(dtype object\), not numbers"):
         open_source(tmp_path / "obj.npy", [spec(shape=("N", 2))])
 
 

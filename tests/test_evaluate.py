@@ -392,9 +392,11 @@ def test_cli_evaluate_prints_the_report_and_writes_json(lenet_qdq, mnist, tmp_pa
                "--labels", str(tmp_path / "labels.npy"), "--offset", "100", "--batch-size", "64",
                "--json", str(out), "--no-progress", "--worst", "3"])
     assert rc == 0
-    text = capsys.readouterr().out
+    captured = capsys.readouterr()
+    text = captured.err  # with --json, stdout holds the JSON alone and the text report goes to stderr
     assert "approximates TensorRT" in text and "ORT_DISABLE_ALL" in text and "top-1 accuracy (500 labels)" in text
     data = json.loads(out.read_text())
+    assert json.loads(captured.out) == data
     assert data["num_samples"] == 500 and len(data["worst_tensors"]) == 3
     pred = _predictions(LENET / "lenet.onnx", x[100:])
     assert data["outputs"][0]["accuracy_fp32"] == pytest.approx(float((pred == labels[100:]).mean()))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 from html.parser import HTMLParser
@@ -162,10 +163,63 @@ def test_report_refuses_to_replace_a_folder_that_is_not_a_report(lenet_report, t
     assert (out / "notes.txt").read_text() == "mine"
     assert run(str(LENET), "--histograms", str(hist), "-o", str(out), "--max-tensors", "0", "--no-progress",
                "--force") == 0
-    assert not (out / "notes.txt").exists()
+    assert (out / "notes.txt").read_text() == "mine"  # --force adds the report beside it, deletes nothing
     # a previous report is replaced without --force
     assert run(str(LENET), "--histograms", str(hist), "-o", str(out), "--max-tensors", "1", "--no-progress") == 0
     assert len(json.loads((out / "report.json").read_text())["drawn"]) == 1
+    assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_report_replaces_only_the_files_it_wrote_and_never_deletes_others(lenet_report, tmp_path):
+    """Issue 12 item 5: `report -o DIR` over an earlier report deleted the whole folder, unrelated files included."""
+    _, hist = lenet_report
+    out = tmp_path / "r"
+    assert run(str(LENET), "--histograms", str(hist), "-o", str(out), "--max-tensors", "2", "--no-progress") == 0
+    manifest = json.loads((out / "report-manifest.json").read_text())
+    first_figures = sorted(f for f in manifest["files"] if f.startswith("figures/"))
+    assert len(first_figures) == 2 and all((out / f).is_file() for f in first_figures)
+    (out / "notes.txt").write_text("mine")
+    (out / "figures" / "my_plot.png").write_bytes(b"not ours")
+    (out / "sub").mkdir()
+    (out / "sub" / "keep.txt").write_text("also mine")
+    assert run(str(LENET), "--histograms", str(hist), "-o", str(out), "--max-tensors", "1", "--no-progress") == 0
+    manifest = json.loads((out / "report-manifest.json").read_text())
+    figures = sorted(f for f in manifest["files"] if f.startswith("figures/"))
+    assert len(figures) == 1 and (out / figures[0]).is_file()
+    assert not any((out / f).exists() for f in first_figures if f not in figures)  # its own stale figures go
+    assert (out / "notes.txt").read_text() == "mine"
+    assert (out / "figures" / "my_plot.png").read_bytes() == b"not ours"
+    assert (out / "sub" / "keep.txt").read_text() == "also mine"
+    # a file the report would write but did not write (or that changed since) is refused before anything changes
+    (out / figures[0]).write_bytes(b"edited by hand")
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    with pytest.raises(TrtCalibError, match=r"would replace figures/.*no earlier report there wrote .*nothing was "
+                                            r"changed"):
+        run(str(LENET), "--histograms", str(hist), "-o", str(out), "--max-tensors", "1", "--no-progress")
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    os.unlink(out / figures[0])
+    unlisted = sorted(set(first_figures) - set(figures))[0]  # a figure the next report draws, not listed now
+    (out / unlisted).write_bytes(b"someone else's")
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    with pytest.raises(TrtCalibError, match=f"would replace {unlisted}"):
+        run(str(LENET), "--histograms", str(hist), "-o", str(out), "--max-tensors", "2", "--no-progress")
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r"]  # no temporary folder left
+
+
+def test_a_report_written_before_manifests_is_still_recognised_and_replaced(lenet_report, tmp_path):
+    from trt_calib.tools.report import report_files
+
+    _, hist = lenet_report
+    out = tmp_path / "r"
+    assert run(str(LENET), "--histograms", str(hist), "-o", str(out), "--max-tensors", "2", "--no-progress") == 0
+    listed = set(report_files(out))
+    os.unlink(out / "report-manifest.json")  # as an older trt-calib left it
+    assert set(report_files(out)) == listed - {"report-manifest.json"}
+    (out / "notes.txt").write_text("mine")
+    assert run(str(LENET), "--histograms", str(hist), "-o", str(out), "--max-tensors", "0", "--no-progress") == 0
+    assert (out / "notes.txt").read_text() == "mine"
+    assert not list((out / "figures").iterdir())
 
 
 def test_a_failed_report_leaves_the_previous_one_and_no_temporary_folder(lenet_report, tmp_path, monkeypatch):

@@ -2,21 +2,28 @@
 writes, the data options, the dry run and the comparison table. Command modules import from here, never from each
 other or from `cli.main`.
 
-The CLI contract (README, "Exit codes"): every argument is checked before any data is read (a bad one is one line,
-exit 2); no output may be an input or another output of the same run; outputs are written atomically, and a write
-that fails is one line naming the path.
+The CLI contract (README, "The command-line contract"): every argument is checked before any data is read (a bad one
+is one line, exit 2); no output may be an input or another output of the same run; outputs are written atomically,
+and a write that fails is one line naming the path; with `--json` stdout holds exactly one JSON object (the result,
+or {"error", "exit"}), everything else goes to stderr.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
+import logging
 import math
 import os
+import sys
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence, TypeVar
 
 from .._util import atomic_write
-from ..errors import UsageError
+from ..errors import TrtCalibError, UsageError
+
+T = TypeVar("T")
 
 __all__ = [
     "positive_int",
@@ -24,11 +31,25 @@ __all__ = [
     "int_in",
     "finite_float",
     "trt_version_arg",
+    "checked_by",
+    "threads_arg",
+    "percentile_arg",
+    "calibrator_arg",
+    "MAX_THREADS",
     "add_json_flag",
     "add_executor_arguments",
     "open_executor",
+    "json_file",
+    "json_text",
+    "print_json",
+    "json_mode",
     "guard_paths",
+    "data_path",
+    "model_paths",
     "write_output",
+    "writing",
+    "written_outputs",
+    "reset_written",
     "add_data_arguments",
     "open_data",
     "print_comparison",
@@ -112,9 +133,87 @@ def trt_version_arg(text: str) -> str:
     return text
 
 
-def add_json_flag(p: argparse.ArgumentParser, help: str = "print machine-readable JSON on stdout (errors too)") -> None:
-    """`--json`: the command's result as one JSON object on stdout; errors become {"error": ..., "exit": N}."""
-    p.add_argument("--json", action="store_true", help=help)
+def checked_by(parse: Callable[[str], T], what: str = "") -> Callable[[str], T]:
+    """An argparse type from a parser that raises TrtCalibError or ValueError (e.g. `Preprocess.parse`)."""
+
+    def run(text: str) -> T:
+        try:
+            return parse(text)
+        except (TrtCalibError, ValueError) as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    run.__name__ = what or getattr(parse, "__name__", "value")
+    return run
+
+
+#: --threads above this is a typo, not a machine (100000 threads took 16 GB before anything ran).
+MAX_THREADS = 256
+threads_arg = int_in(1, MAX_THREADS)
+#: A percentile of |x| in (0, 100].
+percentile_arg = finite_float(0, 100, lo_open=True)
+
+
+def calibrator_arg(text: str) -> str:
+    """A calibrator as trt-calib names it (entropy2, minmax, ...) or as a cache header does; the header name."""
+    from ..tools.entries import header_algorithm
+
+    try:
+        return header_algorithm(text)
+    except TrtCalibError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _preprocess_arg(text: str) -> Any:
+    from ..ort.data import Preprocess
+
+    return Preprocess.parse(text)
+
+
+def add_json_flag(p: argparse.ArgumentParser, *, file: bool = False, help: str | None = None) -> None:
+    """`--json`: the result as one JSON object on stdout (all other output goes to stderr); errors are
+    {"error": ..., "exit": N} on stdout. With `file=True` it is `--json [FILE]`: FILE also gets the JSON."""
+    if file:
+        p.add_argument("--json", nargs="?", const=True, default=None, metavar="FILE",
+                       help=help or "print the result as JSON on stdout (errors too); with FILE also write it there")
+    else:
+        p.add_argument("--json", action="store_true",
+                       help=help or "print the result as one JSON object on stdout (errors too)")
+
+
+def json_file(args: argparse.Namespace) -> str | None:
+    """The FILE of `--json FILE`, None for a bare `--json` or none."""
+    value = getattr(args, "json", None)
+    return value if isinstance(value, str) else None
+
+
+# stdout as it was before `json_mode` sent print() to stderr: where the one JSON object goes.
+_result_streams: list[Any] = []
+
+
+@contextlib.contextmanager
+def json_mode(enabled: bool) -> Iterator[None]:
+    """While enabled, print() (ours, a data script's) goes to stderr; `print_json` still reaches stdout."""
+    if not enabled:
+        yield
+        return
+    _result_streams.append(sys.stdout)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        _result_streams.pop()
+
+
+def print_json(obj: Any) -> None:
+    """The command's result as one JSON object on stdout (non-finite floats must already be strings)."""
+    stream = _result_streams[-1] if _result_streams else sys.stdout
+    stream.write(json.dumps(obj, indent=2, allow_nan=False, default=str) + "\n")
+    stream.flush()
+
+
+def json_text(obj: Any) -> str:
+    """`obj` as the JSON text a command writes to a --json FILE."""
+    return json.dumps(obj, indent=2, allow_nan=False, default=str) + "\n"
 
 
 def add_executor_arguments(p: argparse.ArgumentParser, *, default: str = "local") -> None:
@@ -150,20 +249,35 @@ def _same_file(a: Path, b: Path) -> bool:
     return os.path.realpath(a) == os.path.realpath(b)
 
 
+def _paths(value: Any) -> list[Path]:
+    if value is None:
+        return []
+    if isinstance(value, (str, os.PathLike)):
+        return [Path(value)] if str(value) != "" else []
+    return [Path(v) for v in value if v is not None and str(v) != ""]
+
+
+def _image_like(path: Path) -> bool:
+    from ..ort.data import IMAGE_EXTENSIONS
+
+    return path.suffix.lower() in IMAGE_EXTENSIONS
+
+
 def guard_paths(
     *,
-    inputs: Mapping[str, str | os.PathLike | None],
+    inputs: Mapping[str, Any],
     outputs: Mapping[str, str | os.PathLike | None],
     folders: Mapping[str, str | os.PathLike | None] | None = None,
 ) -> None:
     """Refuse, before any work, outputs that would destroy an input or each other, or that cannot be written.
 
-    `inputs` and `outputs` map an option name (e.g. "--cache", "MODEL") to a path (None: not given). An output that
-    resolves (realpath / samefile) to any input or to another output, an empty path, a directory where a file goes,
-    or a missing or read-only folder is a UsageError naming both options. `folders` are output folders (report -o):
-    they may exist, and must not contain or be an input file.
+    `inputs` map an option name (e.g. "--data", "MODEL") to a path or a list of paths (a model's external data);
+    `outputs` map an option name to a file path (None: not given). An output that resolves (realpath / samefile) to
+    any input or to another output, an empty path, a directory where a file goes, a missing or read-only folder, or an
+    image written into an image folder that is read as data, is a UsageError naming both options. `folders` are
+    output folders (report -o): they may exist, must not be an input, and must be creatable and writable.
     """
-    given_in = {k: Path(v) for k, v in inputs.items() if v is not None and str(v) != ""}
+    given_in = [(name, path) for name, value in inputs.items() for path in _paths(value)]
     given_out = {}
     for name, value in outputs.items():
         if value is None:
@@ -172,9 +286,13 @@ def guard_paths(
             raise UsageError(f"{name}: empty path")
         given_out[name] = Path(value)
     for name, path in given_out.items():
-        for in_name, in_path in given_in.items():
+        for in_name, in_path in given_in:
             if _same_file(path, in_path):
-                raise UsageError(f"{name} {path} is the input {in_name}; refusing to overwrite it")
+                raise UsageError(f"{name} {path} is the input {in_name}; refusing to overwrite the input. Hint: write "
+                                 "elsewhere")
+            if in_path.is_dir() and _image_like(path) and _same_file(path.parent, in_path):
+                raise UsageError(f"{name} {path} would add an image to the data folder {in_name} {in_path}, which "
+                                 "the next run reads as data. Hint: write elsewhere")
         if path.is_dir():
             raise UsageError(f"{name} {path} is a directory; give a file path")
         parent = path.parent if str(path.parent) else Path(".")
@@ -195,9 +313,9 @@ def guard_paths(
         folder = Path(value)
         if folder.exists() and not folder.is_dir():
             raise UsageError(f"{name} {folder} is a file; give a folder")
-        for in_name, in_path in given_in.items():
-            if _same_file(folder, in_path) or os.path.realpath(in_path).startswith(os.path.realpath(folder) + os.sep):
-                raise UsageError(f"{name} {folder} holds the input {in_name} ({in_path}); give another folder")
+        for in_name, in_path in given_in:
+            if _same_file(folder, in_path):
+                raise UsageError(f"{name} {folder} is the input {in_name}; give another folder")
         for out_name, out_path in given_out.items():
             if _same_file(folder, out_path):
                 raise UsageError(f"{name} and {out_name} are the same path ({folder})")
@@ -208,12 +326,54 @@ def guard_paths(
             raise UsageError(f"{name} {folder}: {parent} is not writable")
 
 
-def write_output(path: str | os.PathLike, data: bytes | str, *, what: str) -> Path:
-    """Write one output atomically; a failure (disk full, permissions) is one line naming the path, exit 2."""
+def data_path(data: str | None) -> str | None:
+    """The file or folder behind --data (a data script's `FILE.py:function` without the function)."""
+    if data is None:
+        return None
+    from ..ort.data import data_file
+
+    return str(data_file(data))
+
+
+def model_paths(model: str | os.PathLike | None) -> list[Path]:
+    """The files a model is read from: the .onnx and any external-data files it names (inputs for the guard)."""
+    if model is None:
+        return []
+    from ..ort.collect import external_data_files
+
+    return [Path(model), *external_data_files(model)]
+
+
+# Outputs written during this run, so an error or an interrupt can say what is already on disk.
+_written: list[str] = []
+
+
+def reset_written() -> None:
+    """Forget the outputs written so far (main() calls it at the start of every run)."""
+    _written.clear()
+
+
+def written_outputs() -> list[str]:
+    """The outputs written so far in this run, in order."""
+    return list(_written)
+
+
+@contextlib.contextmanager
+def writing(path: str | os.PathLike, *, what: str) -> Iterator[Path]:
+    """Around a library call that writes `path` atomically: an OSError becomes one line naming the path, and the
+    path is recorded as written once the call returns."""
     try:
-        return atomic_write(path, data)
+        yield Path(path)
     except OSError as exc:
         raise UsageError(f"cannot write {what} {path}: {exc.strerror or exc}") from None
+    _written.append(str(path))
+
+
+def write_output(path: str | os.PathLike, data: bytes | str, *, what: str) -> Path:
+    """Write one output atomically; a failure (disk full, permissions) is one line naming the path, exit 2."""
+    with writing(path, what=what):
+        written = atomic_write(path, data)
+    return written
 
 
 def fmt_float(value: float) -> str:
@@ -226,7 +386,7 @@ def fmt_float(value: float) -> str:
 
 
 def add_data_arguments(p: argparse.ArgumentParser, *, required: bool = True) -> None:
-    """The data options shared by every command that reads calibration data."""
+    """The data options shared by every command that reads calibration data (checked at parse time)."""
     g = p.add_argument_group("data")
     g.add_argument(
         "--data",
@@ -235,22 +395,28 @@ def add_data_arguments(p: argparse.ArgumentParser, *, required: bool = True) -> 
         help=".npy (single input), .npz (keys = input names), a folder of images (see --preprocess), "
         "or a Python file with a generator of {input_name: batch} (FILE.py or FILE.py:function, default load_data)",
     )
-    g.add_argument("--batch-size", type=int, default=None, help="samples per calibration batch (default: the "
-                   "model's static batch dim, else 8). TensorRT updates histograms once per batch, so it matters")
+    g.add_argument("--batch-size", type=positive_int, default=None, help="samples per calibration batch (default: "
+                   "the model's static batch dim, else 8). TensorRT updates histograms once per batch, so it matters")
     g.add_argument("--last-batch", choices=("drop", "keep", "pad"), default=None,
-                   help="what to do with a short last batch (default drop, with a warning)")
+                   help="what to do with a short last batch (default drop, with a warning; pad repeats the last "
+                   "sample and says how often)")
     g.add_argument("--shuffle", action="store_true", help="shuffle samples before batching (seed recorded)")
-    g.add_argument("--seed", type=int, default=None, help="seed for --shuffle")
-    g.add_argument("--offset", type=int, default=None, help="skip this many samples first")
-    g.add_argument("--limit", type=int, default=None, help="use at most this many samples")
-    g.add_argument("--preprocess", default=None, metavar="SPEC",
+    g.add_argument("--seed", type=non_negative_int, default=None, help="seed for --shuffle")
+    g.add_argument("--offset", type=non_negative_int, default=None, help="skip this many samples first")
+    g.add_argument("--limit", type=positive_int, default=None, help="use at most this many samples")
+    g.add_argument("--max-batches", type=positive_int, default=None, metavar="N",
+                   help="read at most N batches (a data script's generator is not asked for more)")
+    g.add_argument("--preprocess", type=checked_by(_preprocess_arg, "preprocess"), default=None, metavar="SPEC",
                    help="image preprocessing, e.g. size=224,resize=256,mean=0.485/0.456/0.406,"
                    "std=0.229/0.224/0.225,scale=1/255,layout=NCHW,order=RGB")
 
 
-def open_data(args: argparse.Namespace, inputs: list) -> Any:
-    """A `BatchSource` from the data options; only options the user gave are passed (data scripts refuse others)."""
-    from ..ort.data import Preprocess, open_source
+def open_data(args: argparse.Namespace, inputs: list, *, padding_is_data: bool = True) -> Any:
+    """A `BatchSource` from the data options; only options the user gave are passed (data scripts refuse others).
+
+    `padding_is_data=False` for commands that leave a padded last batch's copies out (evaluate).
+    """
+    from ..ort.data import open_source
 
     kwargs: dict[str, Any] = {}
     if args.batch_size is not None:
@@ -258,13 +424,15 @@ def open_data(args: argparse.Namespace, inputs: list) -> Any:
     elif not str(args.data).split(":")[0].endswith(".py"):
         first = inputs[0].shape[0] if inputs and inputs[0].shape else None
         kwargs["batch_size"] = first if isinstance(first, int) and first > 0 else 8
-    for key in ("last_batch", "seed", "offset", "limit"):
-        if getattr(args, key) is not None:
+    for key in ("last_batch", "seed", "offset", "limit", "max_batches"):
+        if getattr(args, key, None) is not None:
             kwargs[key] = getattr(args, key)
     if args.shuffle:
         kwargs["shuffle"] = True
     if args.preprocess:
-        kwargs["preprocess"] = Preprocess.parse(args.preprocess)
+        kwargs["preprocess"] = args.preprocess
+    if not padding_is_data:
+        kwargs["padding_is_data"] = False
     return open_source(args.data, inputs, **kwargs)
 
 
@@ -297,11 +465,18 @@ def add_calibrator_dry_run(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def model_inputs_of(model: Path) -> list[Any]:
-    """The model's inputs; ModelError names a missing or unreadable file."""
-    from ..ort.collect import model_inputs
+def model_inputs_of(model: str | os.PathLike) -> list[Any]:
+    """The model's inputs, read without its external weights; ModelError names a missing, empty or unreadable file."""
+    from ..ort.collect import load_model, model_inputs
 
-    return list(model_inputs(model))
+    return list(model_inputs(load_model(model, weights=False)))
+
+
+class _BelowError:
+    """A logging filter that drops ERROR records (and worse)."""
+
+    def filter(self, record: Any) -> bool:
+        return record.levelno < 40
 
 
 def calibrator_dry_run(
@@ -312,12 +487,32 @@ def calibrator_dry_run(
     cache: str | None = None,
     max_batches: int | None = None,
     out: Callable[[str], None] = print,
+    json_result: bool = False,
 ) -> int:
-    """Drive a calibrator over `source` on the CPU, print the summary with `out`, return the exit code (0)."""
+    """Drive a calibrator over `source` on the CPU, print the summary with `out` (or as JSON), return the exit code
+    (0; a failing batch raises)."""
     from ..trt.calibrator import CalibratorCore, dry_run
 
     core = CalibratorCore(source, cache, "host", algorithm=algorithm, input_specs=inputs)
-    summary = dry_run(core, names=[s.name for s in inputs], max_batches=max_batches)
+    # The calibrator logs a failing batch for TensorRT builds, which swallow it; a dry run raises the same failure,
+    # printed once by main as the command's one error line.
+    calibrator_log = logging.getLogger("trt_calib.trt.calibrator")
+    drop_errors = _BelowError()
+    calibrator_log.addFilter(drop_errors)
+    try:
+        summary = dry_run(core, names=[s.name for s in inputs], max_batches=max_batches)
+    finally:
+        calibrator_log.removeFilter(drop_errors)
+    if json_result:
+        print_json({
+            "dry_run": True, "algorithm": summary.algorithm, "batches": summary.batches,
+            "batch_size": summary.batch_size,
+            "inputs": {n: {"shape": list(shape), "dtype": dtype} for n, (shape, dtype) in summary.inputs.items()},
+            "seconds_per_batch": summary.seconds_per_batch, "reached_end": summary.reached_end,
+            "cache_file": summary.cache_file, "cache_would_be_used": summary.cache_would_be_used,
+            "notes": list(summary.notes), "written": [],
+        })
+        return 0
     out(str(summary))
     out("dry run: nothing was built or written")
     return 0

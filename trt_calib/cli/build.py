@@ -10,7 +10,19 @@ import argparse
 from pathlib import Path
 
 from ..errors import DataError
-from ._common import add_data_arguments, calibrator_dry_run, model_inputs_of, open_data
+from ._common import (
+    add_data_arguments,
+    add_json_flag,
+    calibrator_dry_run,
+    checked_by,
+    data_path,
+    finite_float,
+    guard_paths,
+    model_inputs_of,
+    model_paths,
+    open_data,
+    print_json,
+)
 
 __all__ = ["register", "run_build", "DEVICE_CHOICES"]
 
@@ -34,13 +46,13 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--cache", help="calibration cache: used if it exists and matches the algorithm, else written")
     p.add_argument("--algorithm", choices=list(ALGORITHMS), default="entropy2",
                    help="TensorRT calibrator (default: entropy2 = IInt8EntropyCalibrator2)")
-    p.add_argument("--max-batches", type=int, help="stop calibration after this many batches")
     p.add_argument("--device", choices=DEVICE_CHOICES, default="auto",
                    help="GPU library for device buffers (default: auto = the first that works)")
-    p.add_argument("--shapes", help="shapes for dynamic inputs: NAME:MINxDIMS,OPTxDIMS,MAXxDIMS[;NAME2:...]; "
-                   "calibration runs at OPT")
+    p.add_argument("--shapes", type=checked_by(_parse_shapes, "shapes"), help="shapes for dynamic inputs: "
+                   "NAME:MINxDIMS,OPTxDIMS,MAXxDIMS[;NAME2:...]; calibration runs at OPT")
     p.add_argument("--no-fp16", action="store_true", help="do not enable FP16 for layers that stay out of INT8")
-    p.add_argument("--workspace", type=float, default=4.0, help="builder workspace in GiB (default: 4)")
+    p.add_argument("--workspace", type=finite_float(0, 1 << 20, lo_open=True), default=4.0,
+                   help="builder workspace in GiB (default: 4)")
     p.add_argument("--override-ranges", metavar="FILE",
                    help="calibrate, then override these tensors' ranges: a JSON object {tensor: amax} (as `trt-calib "
                    "convert --to json` writes) or a calibration cache. TensorRT documents that set ranges override "
@@ -49,13 +61,20 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="recompute the calibration on the CPU from the same batches and compare per tensor")
     p.add_argument("--dry-run", action="store_true",
                    help="drive the calibrator on the CPU (host memory) to check the data; build nothing")
+    add_json_flag(p)
     p.set_defaults(handler=run_build)
     return p
 
 
+def _parse_shapes(text: str) -> object:
+    from ..trt.build import parse_shapes
+
+    return parse_shapes(text)
+
+
 def run_build(args: argparse.Namespace) -> int:
     """The `build` command: returns the exit code; user errors raise TrtCalibError (printed by the CLI)."""
-    from ..trt.build import build_engine, parse_shapes
+    from ..trt.build import build_engine
     from ..trt.calibrator import make_calibrator
 
     model = Path(args.model)
@@ -65,13 +84,16 @@ def run_build(args: argparse.Namespace) -> int:
         raise DataError("build needs --engine OUT.plan (or --dry-run to only check the data)")
     if args.data is None and not (args.cache and Path(args.cache).is_file()):
         raise DataError("build needs --data (or an existing --cache to reuse). Hint: --data calib.npz")
-    shapes = parse_shapes(args.shapes) if args.shapes else None
+    shapes = args.shapes
+    guard_paths(inputs={"MODEL": model_paths(model), "--data": data_path(args.data),
+                        "--override-ranges": args.override_ranges},
+                outputs={"--engine": None if args.dry_run else args.engine, "--cache": args.cache})
     overrides = _load_overrides(args.override_ranges) if args.override_ranges else None
     inputs = model_inputs_of(model)
     source = open_data(args, inputs) if args.data is not None else []
     if args.dry_run:
         return calibrator_dry_run(source, inputs, algorithm=args.algorithm, cache=args.cache,
-                                  max_batches=args.max_batches)
+                                  max_batches=args.max_batches, json_result=bool(args.json))
     calibrator = make_calibrator(
         source, args.algorithm, cache_file=args.cache, device=args.device, input_specs=inputs,
         max_batches=args.max_batches, cross_check=model if args.cross_check else None,
@@ -81,6 +103,13 @@ def run_build(args: argparse.Namespace) -> int:
             model, calibrator=calibrator, ranges=overrides, engine_path=args.engine, fp16=not args.no_fp16,
             workspace=int(args.workspace * (1 << 30)), shapes=shapes,
         )
+    if args.json:
+        print_json({"engine": str(result.engine_path), "bytes": len(result.plan), "trt_version": result.trt_version,
+                    "batches_fed": result.batches_fed, "cache_used": bool(calibrator.cache_used),
+                    "cache": args.cache,
+                    "cross_check": None if calibrator.cross_check_result is None
+                    else calibrator.cross_check_result.summary()})
+        return 0
     fed = "a cache (no batches)" if calibrator.cache_used else f"{result.batches_fed} calibration batch(es)"
     print(f"wrote {result.engine_path} ({len(result.plan)} bytes, TensorRT {result.trt_version}) from {fed}")
     if args.cache and not calibrator.cache_used:

@@ -10,11 +10,23 @@ import argparse
 import json
 import math
 import sys
-from pathlib import Path
 from typing import Any
 
-from ..errors import TrtCalibError
-from ._common import add_data_arguments, fmt_float, open_data, print_comparison
+from ..errors import TrtCalibError, UsageError
+from ._common import (
+    add_data_arguments,
+    add_json_flag,
+    calibrator_arg,
+    fmt_float,
+    guard_paths,
+    non_negative_int,
+    open_data,
+    print_comparison,
+    print_json,
+    threads_arg,
+    trt_version_arg,
+    write_output,
+)
 
 __all__ = ["register"]
 
@@ -30,10 +42,6 @@ def _fmt(value: float | None, spec: str = ".6g") -> str:
     if math.isinf(value):
         return "inf" if value > 0 else "-inf"
     return format(value, spec)
-
-
-def _print_json(obj: Any) -> None:
-    print(json.dumps(obj, indent=2, allow_nan=False, default=str))
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -54,7 +62,7 @@ def _add_inspect(sub: argparse._SubParsersAction) -> None:
         "and flag suspicious entries (zero, inf, NaN, denormal, duplicate names).",
     )
     p.add_argument("cache", help="calibration cache file (e.g. calibration.cache)")
-    p.add_argument("--json", action="store_true", help="print machine-readable JSON instead of a table")
+    add_json_flag(p, help="print machine-readable JSON instead of a table (errors too)")
     p.set_defaults(handler=_run_inspect)
 
 
@@ -63,7 +71,7 @@ def _run_inspect(args: argparse.Namespace) -> int:
 
     report = inspect_cache(args.cache)
     if args.json:
-        print(json.dumps(report, indent=2, allow_nan=False, default=str))
+        print_json(report)
         return 0
     print(f"file:        {report['file']}")
     print(f"header:      {report['header']}")
@@ -80,6 +88,8 @@ def _run_inspect(args: argparse.Namespace) -> int:
     if counts:
         print()
         print("flags: " + ", ".join(f"{k}: {v}" for k, v in counts.items()))
+    for note in report["notes"]:
+        print(f"note: {note['message']}")
     return 0
 
 
@@ -92,15 +102,16 @@ def _add_validate(sub: argparse._SubParsersAction) -> None:
         "--trt-version/--algorithm (a mismatch makes TensorRT ignore the cache and recalibrate), model tensors "
         "without an entry, entries the model lacks (renumbered exports, TensorRT's unstable (Unnamed Layer* N) "
         "names), duplicates, zero/inf/NaN/denormal scales, outlier ranges, untied pool scales, and a model or "
-        "data (--data) that changed since calibration (CACHE.json sidecar). Exit status: 0 clean, 1 warnings, "
-        "2 errors.",
+        "data (--data) that changed since calibration (CACHE.json sidecar, which records the cache's and the "
+        "batches' sha256). Exit status: 0 clean, 1 warnings, 3 errors (2: a usage or input error).",
     )
     p.add_argument("cache", help="calibration cache")
     p.add_argument("--model", help="the ONNX model the cache is meant for (coverage and graph checks need it)")
-    p.add_argument("--trt-version", help="the TensorRT version that will read the cache, e.g. 8.6.1")
-    p.add_argument("--algorithm", help="the calibrator that will read it: entropy2 (EntropyCalibration2, also "
-                   "trtexec --calib), minmax (MinMaxCalibration), entropy, legacy")
-    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--trt-version", type=trt_version_arg, help="the TensorRT version that will read the cache, "
+                   "e.g. 8.6.1")
+    p.add_argument("--algorithm", type=calibrator_arg, help="the calibrator that will read it: entropy2 "
+                   "(EntropyCalibration2, also trtexec --calib), minmax (MinMaxCalibration), entropy, legacy")
+    add_json_flag(p, help="print the report as JSON (errors too)")
     p.add_argument("--all", action="store_true", help=f"list every finding (default: {_SHOW_PER_CODE} per kind)")
     p.add_argument("--dla", action="store_true", help="DLA readiness (needs --model): layers DLA cannot run in INT8 "
                    "and why, scales its eligible layers lack, from TensorRT's DLA documentation (docs/qdq.md)")
@@ -116,12 +127,14 @@ def _run_validate(args: argparse.Namespace) -> int:
         from ..ort.collect import model_inputs
 
         if not args.model:
-            raise TrtCalibError("--data needs --model (the model's inputs decide how the data is read)")
-        manifest = open_data(args, model_inputs(args.model)).manifest()
+            raise UsageError("--data needs --model (the model's inputs decide how the data is read)")
+        from ..ort.collect import load_model
+
+        manifest = open_data(args, model_inputs(load_model(args.model, weights=False))).manifest()
     report = validate_cache(args.cache, args.model, trt_version=args.trt_version, algorithm=args.algorithm,
                             data_manifest=manifest, dla=args.dla)
     if args.json:
-        _print_json(report.to_json())
+        print_json(report.to_json())
         return report.exit_code
     print(f"cache:     {report.cache}")
     if report.header is not None:
@@ -182,11 +195,11 @@ def _add_diff(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("a", help="first cache (A)")
     p.add_argument("b", help="second cache (B)")
-    p.add_argument("--top", type=int, default=None, metavar="N", help="show the N largest changes (default: all "
-                   "changed tensors in the table, all tensors in --json)")
+    p.add_argument("--top", type=non_negative_int, default=None, metavar="N", help="show the N largest changes "
+                   "(default: all changed tensors in the table, all tensors in --json)")
     p.add_argument("--histograms-a", metavar="H.npz", help="A's saved histograms: exact bin differences")
     p.add_argument("--histograms-b", metavar="H.npz", help="B's saved histograms (used where A's are missing)")
-    p.add_argument("--json", action="store_true", help="print the comparison as JSON")
+    add_json_flag(p, help="print the comparison as JSON (errors too)")
     p.set_defaults(handler=_run_diff)
 
 
@@ -204,18 +217,18 @@ def _load_histograms(path: str | None) -> Any:
 def _run_diff(args: argparse.Namespace) -> int:
     from ..tools.diff import diff_caches
 
-    if args.top is not None and args.top < 0:
-        raise TrtCalibError(f"--top must be >= 0, got {args.top}")
     diff = diff_caches(args.a, args.b, histograms_a=_load_histograms(args.histograms_a),
                        histograms_b=_load_histograms(args.histograms_b))
     status = 0 if diff.identical else 1
     if args.json:
-        _print_json(diff.to_json(args.top))
+        print_json(diff.to_json(args.top))
         return status
     print(f"A: {diff.a} ({diff.a_header})")
     print(f"B: {diff.b} ({diff.b_header})")
     for line in diff.header_differences:
         print(f"header differs: {line}")
+    for line in diff.duplicate_notes():
+        print(f"note: {line}")
     rows = diff.changed if args.top is None else diff.rows[: args.top]
     if rows:
         width = max([len(r.name) for r in rows] + [6])
@@ -252,24 +265,25 @@ def _add_check(sub: argparse._SubParsersAction) -> None:
     p.add_argument("cache", help="calibration cache to check (e.g. the one TensorRT wrote)")
     p.add_argument("--model", required=True, help="the ONNX model the cache was calibrated for")
     add_data_arguments(p)
-    p.add_argument("--trt-version", default=None, help="TensorRT version to emulate (default: the header's); "
-                   "<= 8.0 also ties Concat inputs")
-    p.add_argument("--max-ulps", type=int, default=None, help="float32 ULPs within which a value counts as "
-                   "consistent when the KL bin cannot be compared (default 4)")
-    p.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads (default: all cores)")
+    p.add_argument("--trt-version", type=trt_version_arg, default=None, help="TensorRT version to emulate "
+                   "(default: the header's); <= 8.0 also ties Concat inputs")
+    p.add_argument("--max-ulps", type=non_negative_int, default=None, help="float32 ULPs within which a value "
+                   "counts as consistent when the KL bin cannot be compared (default 4)")
+    p.add_argument("--threads", type=threads_arg, default=None, help="onnxruntime intra-op threads, 1 to 256 "
+                   "(default: all cores)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--json", action="store_true", help="print the per-tensor agreement as JSON")
+    add_json_flag(p, help="print the per-tensor agreement as JSON (errors too)")
     p.set_defaults(handler=_run_check)
 
 
 def _run_check(args: argparse.Namespace) -> int:
     from ..core.cache import CalibrationCache
-    from ..tools.check import check_cache
-    from ..ort.collect import load_model, model_inputs
+    from ..tools.check import check_cache, check_recomputable
+    from ._common import model_inputs_of
 
     cache = CalibrationCache.load(args.cache)
-    model = load_model(args.model)
-    source = open_data(args, model_inputs(model))
+    check_recomputable(cache)  # before the data pass: a header-only or foreign cache has nothing to check
+    source = open_data(args, model_inputs_of(args.model))
     bar = None
     if not args.no_progress and not getattr(args, "quiet", False):
         from tqdm import tqdm
@@ -277,14 +291,14 @@ def _run_check(args: argparse.Namespace) -> int:
         total = len(source) if getattr(source, "kind", None) != "generator" else None
         bar = tqdm(total=total, unit="batch", desc="recomputing", file=sys.stderr, leave=False, disable=None)
     try:
-        report = check_cache(cache, model, source, trt_version=args.trt_version, max_ulps=args.max_ulps,
+        report = check_cache(cache, args.model, source, trt_version=args.trt_version, max_ulps=args.max_ulps,
                              progress=bar.update if bar is not None else None, threads=args.threads)
     finally:
         if bar is not None:
             bar.close()
     status = 0 if report.consistent else 1
     if args.json:
-        _print_json(report.to_json())
+        print_json(report.to_json())
         return status
     print(f"{report.cache} ({report.header}) against trt-calib {report.algorithm}, TensorRT {report.trt_version} "
           f"emulated, {report.num_batches} batches:")
@@ -310,17 +324,20 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
     p.add_argument("input", help="calibration cache or JSON file")
     p.add_argument("--to", choices=("json", "cache"), required=True, help="output format")
     p.add_argument("-o", "--output", metavar="OUT", help="file to write (default: standard output)")
-    p.add_argument("--trt-version", help="TensorRT version for the new header (needed for --to cache)")
-    p.add_argument("--algorithm", help="calibrator for the new header: entropy2 (default for JSON input), minmax, "
-                   "or a header name such as EntropyCalibration2; a rewrite keeps the cache's unless given")
+    p.add_argument("--trt-version", type=trt_version_arg, help="TensorRT version for the new header (needed for "
+                   "--to cache)")
+    p.add_argument("--algorithm", type=calibrator_arg, help="calibrator for the new header: entropy2 (default for "
+                   "JSON input), minmax, or a header name such as EntropyCalibration2; a rewrite keeps the cache's "
+                   "unless given")
     p.add_argument("--rewrite-header", action="store_true", help="cache -> cache: replace the header, keep the "
                    "scales (read the printed warning)")
     p.add_argument("--force", action="store_true", help="allow OUT to be the input file")
-    p.add_argument("--json", action="store_true", help="print a JSON summary of what was done")
+    add_json_flag(p, help="print a JSON summary of what was done (errors too); needs -o")
     p.set_defaults(handler=_run_convert)
 
 
 def _is_json_file(path: str) -> bool:
+    """Whether `path` holds JSON (an object or an array; an array is refused later with a clear message)."""
     try:
         with open(path, "rb") as f:
             head = f.read(4096).lstrip()
@@ -328,21 +345,23 @@ def _is_json_file(path: str) -> bool:
         raise TrtCalibError(f"{path}: no such file") from None
     except IsADirectoryError:
         raise TrtCalibError(f"{path}: is a directory") from None
-    return head.startswith(b"{")
+    except OSError as exc:
+        raise TrtCalibError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    return head.startswith((b"{", b"["))
 
 
 def _run_convert(args: argparse.Namespace) -> int:
-    from .._util import atomic_write
     from ..core.cache import CalibrationCache
     from ..tools.convert import cache_from_json, cache_to_json, header_rewrite_warning, rewrite_header
 
-    if args.output and Path(args.output).exists() and Path(args.output).resolve() == Path(args.input).resolve() \
-            and not args.force:
-        raise TrtCalibError(f"{args.output}: refusing to overwrite the input. Hint: write elsewhere, or --force")
-    if args.output and not Path(args.output).resolve().parent.is_dir():
-        raise TrtCalibError(f"{args.output}: the folder to write it in does not exist")
+    try:
+        guard_paths(inputs={} if args.force else {"INPUT": args.input}, outputs={"-o": args.output})
+    except UsageError as exc:
+        if "is the input" not in str(exc):
+            raise
+        raise UsageError(f"{exc} (or --force to replace it)") from None
     if args.json and not args.output:
-        raise TrtCalibError("--json prints a summary of the conversion; give -o OUT for the converted file")
+        raise UsageError("--json prints a summary of the conversion; give -o OUT for the converted file")
     from_json = _is_json_file(args.input)
     warning = None
     if args.to == "json":
@@ -355,8 +374,9 @@ def _run_convert(args: argparse.Namespace) -> int:
         if cache.duplicates():
             warning = (f"{args.input}: duplicated names {', '.join(cache.duplicates()[:5])}: JSON keeps the last "
                        "value of each")
-        payload = json.dumps(cache_to_json(cache), indent=2) + "\n"
-        header, entries = cache.header, len(cache_to_json(cache))
+        converted = cache_to_json(cache)
+        payload = json.dumps(converted, indent=2, allow_nan=False) + "\n"
+        header, entries = cache.header, len(converted)
     elif from_json:
         if args.rewrite_header:
             raise TrtCalibError("--rewrite-header applies to a cache input; JSON -> cache writes a new header "
@@ -380,9 +400,9 @@ def _run_convert(args: argparse.Namespace) -> int:
     if warning:
         print(warning, file=sys.stderr)
     if args.output:
-        atomic_write(args.output, payload)
+        write_output(args.output, payload.encode("utf-8"), what="the converted file")
     if args.json:
-        _print_json({"input": args.input, "output": args.output, "to": args.to, "header": header,
+        print_json({"input": args.input, "output": args.output, "to": args.to, "header": header,
                      "entries": entries, "warning": warning})
     elif not args.output:
         sys.stdout.write(payload)

@@ -3,12 +3,31 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
+from pathlib import Path
 
-from ..errors import TrtCalibError
-from ._common import add_calibrator_dry_run, add_data_arguments, calibrator_dry_run, open_data, print_comparison
+from ._common import (
+    add_calibrator_dry_run,
+    add_data_arguments,
+    add_json_flag,
+    calibrator_dry_run,
+    data_path,
+    finite_float,
+    guard_paths,
+    json_file,
+    json_text,
+    model_inputs_of,
+    model_paths,
+    open_data,
+    percentile_arg,
+    print_comparison,
+    print_json,
+    threads_arg,
+    trt_version_arg,
+    write_output,
+    writing,
+)
 
 __all__ = ["register"]
 
@@ -33,18 +52,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("model", help="ONNX model")
     add_data_arguments(p)
     p.add_argument("--cache", required=True, metavar="OUT", help="calibration cache to write (also OUT.json "
-                   "provenance next to it)")
+                   "provenance next to it, which records the cache's sha256)")
     p.add_argument("--algorithm", choices=list(ALGORITHM_HEADERS), default="entropy2", help="default entropy2")
-    p.add_argument("--percentile", type=float, default=99.99, help="for --algorithm percentile (default 99.99)")
-    p.add_argument("--trt-version", default=DEFAULT_TRT_VERSION,
+    p.add_argument("--percentile", type=percentile_arg, default=99.99,
+                   help="for --algorithm percentile, in (0, 100] (default 99.99)")
+    p.add_argument("--trt-version", type=trt_version_arg, default=DEFAULT_TRT_VERSION,
                    help=f"TensorRT version to write the header for and to emulate (default {DEFAULT_TRT_VERSION}); "
                    "<= 8.0 also ties Concat inputs to the output's scale")
-    p.add_argument("--json", metavar="OUT.json", help="also write per-tensor details (amax, index, ranges) as JSON")
+    add_json_flag(p, file=True, help="print per-tensor details (amax, index, ranges) as JSON on stdout (errors "
+                  "too); with FILE also write them there")
     p.add_argument("--save-histograms", metavar="H.npz", help="also save every histogram (for reports, re-runs)")
     p.add_argument("--compare", metavar="REF.cache", help="print our table next to a reference cache "
                    "(e.g. TensorRT's) with the difference of each entry in float32 ULP")
-    p.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads (default: all cores)")
-    p.add_argument("--max-activation-mb", type=float, default=256,
+    p.add_argument("--threads", type=threads_arg, default=None, help="onnxruntime intra-op threads, 1 to 256 "
+                   "(default: all cores)")
+    p.add_argument("--max-activation-mb", type=finite_float(0, lo_open=True), default=256,
                    help="run a batch in parts when its activations exceed this (default 256); the histograms "
                    "stay those of whole batches")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -54,33 +76,34 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run_calibrate(args: argparse.Namespace) -> int:
     """The `calibrate` command: calibrate, write the cache, its sidecar and the extras; compare when asked."""
-    from pathlib import Path
-
     from ..core.cache import CalibrationCache, make_header
-    from ..ort.collect import ALGORITHM_HEADERS, calibrate, load_model, model_inputs
-    from ..tools.provenance import make_provenance, sidecar_path, write_provenance
-    from .._util import atomic_write
+    from ..ort.collect import ALGORITHM_HEADERS, calibrate
+    from ..tools.provenance import make_provenance, provenance_text, sidecar_path
 
-    model = load_model(args.model)
-    inputs = model_inputs(model)
+    sidecar = sidecar_path(args.cache) if Path(args.cache).name else None  # "" and "." are refused below
+    out_json = json_file(args)
+    inputs_guard = {"MODEL": model_paths(args.model), "--data": data_path(args.data), "--compare": args.compare}
+    if args.dry_run:
+        guard_paths(inputs=inputs_guard, outputs={})
+    else:
+        guard_paths(inputs=inputs_guard, outputs={"--cache": args.cache, "the sidecar (--cache OUT.json)": sidecar,
+                                                  "--json": out_json, "--save-histograms": args.save_histograms})
+    inputs = model_inputs_of(args.model)
     source = open_data(args, inputs)
     if args.dry_run:
         algorithm = args.algorithm if args.algorithm in ("entropy2", "minmax") else "entropy2"
-        return calibrator_dry_run(source, inputs, algorithm=algorithm)
+        return calibrator_dry_run(source, inputs, algorithm=algorithm, json_result=bool(args.json))
     reference = CalibrationCache.load(args.compare) if args.compare else None
-    for out in (args.cache, args.json, args.save_histograms):
-        if out and not Path(out).resolve().parent.is_dir():
-            raise TrtCalibError(f"{out}: the folder to write it in does not exist")
 
     bar = None
-    if not args.no_progress and not args.quiet:
+    if not args.no_progress and not getattr(args, "quiet", False):
         from tqdm import tqdm
 
         total = len(source) if source.kind != "generator" else None
         bar = tqdm(total=total, unit="batch", desc="calibrating", file=sys.stderr, leave=False, disable=None)
     try:
         result = calibrate(
-            model,
+            args.model,
             source,
             algorithm=args.algorithm,
             trt_version=args.trt_version,
@@ -94,37 +117,45 @@ def run_calibrate(args: argparse.Namespace) -> int:
             bar.close()
 
     cache = result.cache
-    cache.save(args.cache)
+    payload = cache.to_bytes()  # refuses names the format cannot carry before anything is written
     manifest = source.manifest()
-    write_provenance(
-        args.cache,
-        make_provenance(
-            model_path=args.model,
-            inputs=[{"name": s.name, "shape": list(s.shape), "dtype": s.dtype.name} for s in inputs],
-            data_manifest=manifest,
-            algorithm=args.algorithm,
-            header=make_header(ALGORITHM_HEADERS[args.algorithm], args.trt_version),
-            trt_version=args.trt_version,
-            options={"percentile": args.percentile} if args.algorithm == "percentile" else {},
-        ),
+    provenance = make_provenance(
+        model_path=args.model,
+        inputs=[{"name": s.name, "shape": list(s.shape), "dtype": s.dtype.name} for s in inputs],
+        data_manifest=manifest,
+        algorithm=args.algorithm,
+        header=make_header(ALGORITHM_HEADERS[args.algorithm], args.trt_version),
+        trt_version=args.trt_version,
+        options={"percentile": args.percentile} if args.algorithm == "percentile" else {},
+        cache_bytes=payload,
     )
-    if args.json:
-        atomic_write(args.json, json.dumps(result.to_json(), indent=2) + "\n")
+    write_output(args.cache, payload, what="the cache")
+    write_output(sidecar, provenance_text(provenance), what="the sidecar")
+    details = result.to_json()
+    if out_json:
+        write_output(out_json, json_text(details), what="the --json details")
     if args.save_histograms:
         from ..core.histogram import save_histograms
 
-        save_histograms(args.save_histograms, result.histograms)
+        with writing(args.save_histograms, what="the histograms"):
+            save_histograms(args.save_histograms, result.histograms)
 
     log.info(
         "calibrated %d tensors on %d batches (%d samples) in %.2f s, peak memory %.0f MB",
         len(result.amax), result.num_batches, manifest.get("num_samples", 0), result.seconds, result.peak_rss_mb,
     )
-    log.info("wrote %s (%s) and %s", args.cache, cache.header, sidecar_path(args.cache))
-    if reference is None:
-        return 0
-    from ..core.compare import compare
+    log.info("wrote %s (%s) and %s", args.cache, cache.header, sidecar)
+    comparison = None
+    if reference is not None:
+        from ..core.compare import compare
 
-    comparison = compare(reference, result)
-    print(f"ours ({cache.header}) against {args.compare} ({reference.header}):")
-    print_comparison(comparison, ours_label="ours", ref_label="reference")
-    return 0 if comparison.consistent else 1
+        comparison = compare(reference, result)
+        print(f"ours ({cache.header}) against {args.compare} ({reference.header}):")
+        print_comparison(comparison, ours_label="ours", ref_label="reference")
+    status = 0 if comparison is None or comparison.consistent else 1
+    if args.json:
+        summary = {"cache": str(args.cache), "sidecar": str(sidecar), "header": cache.header, **details}
+        if comparison is not None:
+            summary["comparison"] = {"reference": str(args.compare), **comparison.to_json()}
+        print_json(summary)
+    return status

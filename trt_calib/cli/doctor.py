@@ -8,11 +8,10 @@ Exit 0 when no check failed, 1 when one did (skips are no failure).
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
-from ._common import add_json_flag, write_output
+from ._common import add_json_flag, print_json, write_output
 
 __all__ = ["register", "run_doctor_command"]
 
@@ -50,5 +49,8 @@ def run_doctor_command(args: argparse.Namespace) -> int:
     from ..trt.doctor import run_doctor
 
     report = run_doctor(device=args.device, qdq_model=_qdq_model)
-    print(json.dumps(report.to_dict()) if args.json else report.table())
+    if args.json:
+        print_json(report.to_dict())
+    else:
+        print(report.table())
     return 1 if report.failed else 0

@@ -1,4 +1,4 @@
-"""`trt-calib evaluate MODEL.onnx QDQ.onnx --data D [--labels L.npy] [--json OUT]`: what INT8 costs, measured.
+"""`trt-calib evaluate MODEL.onnx QDQ.onnx --data D [--labels L.npy] [--json [OUT]]`: what INT8 costs, measured.
 
 `register(subparsers)` adds the command; its handler is `run_evaluate`. The logic lives in `trt_calib.evaluate`.
 """
@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path
@@ -14,8 +13,23 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import DataError, TrtCalibError
-from ._common import add_data_arguments, open_data
+from ..errors import DataError, UsageError
+from ._common import (
+    add_data_arguments,
+    add_json_flag,
+    data_path,
+    finite_float,
+    guard_paths,
+    json_file,
+    json_text,
+    model_inputs_of,
+    model_paths,
+    non_negative_int,
+    open_data,
+    print_json,
+    threads_arg,
+    write_output,
+)
 
 __all__ = ["register", "run_evaluate", "load_labels"]
 
@@ -42,12 +56,14 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    "file; --offset/--limit apply to both) for top-1 accuracy")
     p.add_argument("--label-output", metavar="NAME", help="the output the labels score (default: the first (N, C) "
                    "output)")
-    p.add_argument("--margin", type=float, default=DEFAULT_MARGIN, help="agreement is also reported on samples "
-                   f"whose FP32 top-1/top-2 logit margin exceeds this (default {DEFAULT_MARGIN:g})")
-    p.add_argument("--worst", type=int, default=10, help="list this many tensors with the lowest SQNR (default 10; "
-                   "0 skips the per-tensor comparison)")
-    p.add_argument("--json", metavar="OUT.json", help="also write the report as JSON")
-    p.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads (default: all cores)")
+    p.add_argument("--margin", type=finite_float(0), default=DEFAULT_MARGIN, help="agreement is also reported on "
+                   f"samples whose FP32 top-1/top-2 logit margin exceeds this (default {DEFAULT_MARGIN:g})")
+    p.add_argument("--worst", type=non_negative_int, default=10, help="list this many tensors with the lowest SQNR "
+                   "(default 10; 0 skips the per-tensor comparison)")
+    add_json_flag(p, file=True, help="print the report as JSON on stdout (errors too); with FILE also write it "
+                  "there (the text report then goes to stderr)")
+    p.add_argument("--threads", type=threads_arg, default=None, help="onnxruntime intra-op threads, 1 to 256 "
+                   "(default: all cores)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(handler=run_evaluate)
     return p
@@ -82,14 +98,15 @@ def _labels_for(source: Any, labels: np.ndarray, path: str) -> np.ndarray:
 
 def run_evaluate(args: argparse.Namespace) -> int:
     """Evaluate, print the report, and write --json if asked."""
-    from .._util import atomic_write
-    from ..ort.collect import load_model, model_inputs
+    from ..ort.collect import load_model
     from ..ort.evaluate import evaluate
 
-    if args.json and not Path(args.json).resolve().parent.is_dir():
-        raise TrtCalibError(f"{args.json}: the folder to write it in does not exist")
-    inputs = model_inputs(load_model(args.model))
-    load_model(args.int8_model)  # fail on an unreadable second model before reading any data
+    out_json = json_file(args)
+    guard_paths(inputs={"MODEL": model_paths(args.model), "QDQ_MODEL": model_paths(args.int8_model),
+                        "--data": data_path(args.data), "--labels": args.labels},
+                outputs={"--json": out_json})
+    inputs = model_inputs_of(args.model)
+    load_model(args.int8_model, weights=False)  # fail on an unreadable second model before reading any data
     is_script = str(args.data).split(":")[0].endswith(".py")
     if args.last_batch is None and not is_script:
         # Evaluation must see every sample: a model with a fixed batch dim gets a padded last batch, whose
@@ -98,9 +115,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
     labels = None
     if args.labels:
         if args.shuffle:
-            raise DataError("--shuffle with --labels: evaluation does not depend on order. Hint: drop --shuffle")
+            raise UsageError("--shuffle with --labels: evaluation does not depend on order. Hint: drop --shuffle")
         labels = load_labels(args.labels)
-    source = open_data(args, inputs)
+    source = open_data(args, inputs, padding_is_data=False)  # evaluate leaves a padded batch's copies out
     if labels is not None:
         labels = _labels_for(source, labels, args.labels)
 
@@ -118,12 +135,17 @@ def run_evaluate(args: argparse.Namespace) -> int:
     finally:
         if bar is not None:
             bar.close()
-    print(report.format())
-    if args.json:
-        payload = report.to_json()
-        payload["model"] = str(args.model)
-        payload["int8_model"] = str(args.int8_model)
-        payload["data"] = source.manifest()
-        atomic_write(args.json, json.dumps(payload, indent=2, allow_nan=False, default=str) + "\n")
-        log.info("wrote %s", args.json)
+    if not args.json:
+        print(report.format())
+        return 0
+    payload = report.to_json()
+    payload["model"] = str(args.model)
+    payload["int8_model"] = str(args.int8_model)
+    payload["data"] = source.manifest()
+    if out_json:
+        write_output(out_json, json_text(payload), what="the --json report")
+        log.info("wrote %s", out_json)
+    if not getattr(args, "quiet", False):
+        print(report.format(), file=sys.stderr)
+    print_json(payload)
     return 0

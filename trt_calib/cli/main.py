@@ -3,9 +3,11 @@
 Each command module (`calibrate`, `cache`, `build`, `quantize`, `qdq_to_cache`, `evaluate`, `report`, `doctor`) has
 `register(subparsers)`; the handlers parse nothing themselves, call the layers below, print and return an exit code.
 
-Exit codes, the same for every command: 0 ok; 1 findings (warnings, differences, not consistent); 2 usage or input
-error; 3 findings that are errors; 70 an unexpected error (a bug: one line, the traceback with --debug). With
-`--json`, an error is also a JSON object on stdout: {"error": "...", "exit": N}.
+Exit codes, the same for every command: 0 ok; 1 findings (warnings, differences, not consistent) and a broken pipe;
+2 usage or input error; 3 findings that are errors; 70 an unexpected error (a bug: one line, the traceback with
+--debug); 130 interrupted. With `--json`, stdout holds exactly one JSON object: the result, or for an error
+{"error": "...", "exit": N}; everything else (a data script's prints too) goes to stderr. An error or an interrupt
+after some outputs were written names them.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any, NoReturn, Sequence
 
 from .. import __version__
 from ..errors import TrtCalibError, UsageError
+from ._common import json_mode, reset_written, written_outputs
 
 __all__ = ["main", "build_parser", "EXIT_OK", "EXIT_FINDINGS", "EXIT_USAGE", "EXIT_ERRORS", "EXIT_UNEXPECTED"]
 
@@ -91,6 +94,9 @@ def _command(argv: Sequence[str], args: argparse.Namespace | None) -> str:
 
 def _fail(message: str, code: int, *, argv: Sequence[str], args: argparse.Namespace | None) -> int:
     command = _command(argv, args)
+    written = written_outputs()
+    if written:
+        message = f"{message} (already written before this: {', '.join(written)})"
     line = " ".join(str(message).split())  # one line, whatever the message held
     print(f"trt-calib{' ' + command if command else ''}: error: {line}", file=sys.stderr)
     if _wants_json(argv, args):
@@ -103,6 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args: argparse.Namespace | None = None
     debug = "--debug" in argv
+    reset_written()
     try:
         args = build_parser().parse_args(argv)
         debug = bool(getattr(args, "debug", False))
@@ -113,13 +120,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             format="%(levelname)s: %(message)s" if debug else "%(message)s",
             stream=sys.stderr,
         )
-        return int(args.handler(args) or 0)
+        with json_mode(_wants_json(argv, args)):
+            return int(args.handler(args) or 0)
     except TrtCalibError as exc:
         if debug:
             raise
         return _fail(str(exc), exc.exit_code, argv=argv, args=args)
     except KeyboardInterrupt:
-        return _fail("interrupted", 130, argv=argv, args=args)
+        return _fail("interrupted" if written_outputs() else "interrupted; no output was written", 130, argv=argv,
+                     args=args)
     except BrokenPipeError:
         # stdout went away (`trt-calib diff A B | head`): not a success; keep Python from complaining at exit.
         try:

@@ -8,11 +8,21 @@ error; 3 the model holds Q/DQ nodes implicit TensorRT cannot express (nothing wr
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from typing import Any
 
-from ._common import add_data_arguments, add_json_flag, guard_paths, open_data, positive_int, trt_version_arg, write_output
+from ._common import (
+    add_data_arguments,
+    add_json_flag,
+    data_path,
+    guard_paths,
+    model_paths,
+    open_data,
+    positive_int,
+    print_json,
+    trt_version_arg,
+    write_output,
+)
 
 __all__ = ["register"]
 
@@ -73,7 +83,8 @@ def _run(args: argparse.Namespace) -> int:
     from ..tools.entries import CALIBRATOR_NAMES
 
     guard_paths(
-        inputs={"Q.onnx": args.model, "--original": args.original, "--data": _data_path(args.data)},
+        inputs={"Q.onnx": model_paths(args.model), "--original": model_paths(args.original),
+                "--data": data_path(args.data)},
         outputs={"--onnx": args.onnx, "--cache": args.cache},
     )
     algorithm = CALIBRATOR_NAMES[args.algorithm]
@@ -109,26 +120,18 @@ def _run(args: argparse.Namespace) -> int:
     if args.json:
         doc = report.to_json()
         doc.update(model=str(args.model), onnx=str(args.onnx), cache=str(args.cache), refused=[])
-        print(json.dumps(doc, indent=2, allow_nan=False, default=str))
+        print_json(doc)
     elif not getattr(args, "quiet", False):
         print(report.table())
     log.info("wrote %s and %s", args.onnx, args.cache)
     return report.exit_code
 
 
-def _data_path(data: str | None) -> str | None:
-    """The file behind --data (a script spec FILE.py:function names FILE.py)."""
-    if data is None:
-        return None
-    head, sep, tail = str(data).rpartition(":")
-    return head if sep and head.endswith(".py") and tail.isidentifier() else data
-
-
 def _refused(args: argparse.Namespace, exc: Any) -> int:
     """Every refused node, as text or JSON; nothing is written."""
     if args.json:
-        print(json.dumps({"model": str(args.model), "refused": [{"node": n, "reason": r} for n, r in exc.refusals],
-                          "exit_code": EXIT_REFUSED, "error": str(exc)}, indent=2))
+        print_json({"model": str(args.model), "refused": [{"node": n, "reason": r} for n, r in exc.refusals],
+                    "exit_code": EXIT_REFUSED, "error": str(exc)})
     else:
         print(f"{args.model}: {len(exc.refusals)} Q/DQ node(s) implicit TensorRT cannot express; nothing written")
         for node, reason in exc.refusals:

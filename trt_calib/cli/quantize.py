@@ -6,12 +6,26 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
-from pathlib import Path
 from typing import Any
-from ._common import add_data_arguments, open_data
+
+from ._common import (
+    add_data_arguments,
+    add_json_flag,
+    data_path,
+    guard_paths,
+    json_text,
+    model_inputs_of,
+    model_paths,
+    open_data,
+    percentile_arg,
+    positive_int,
+    print_json,
+    threads_arg,
+    trt_version_arg,
+    write_output,
+)
 
 __all__ = ["register"]
 
@@ -42,8 +56,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                      "(--data is then only used by --bias-correction)")
     src.add_argument("--algorithm", choices=list(ALGORITHM_HEADERS), default=None,
                      help="threshold algorithm when calibrating on --data (default entropy2; not with --asymmetric)")
-    src.add_argument("--percentile", type=float, default=99.99, help="for --algorithm percentile (default 99.99)")
-    src.add_argument("--trt-version", default=DEFAULT_TRT_VERSION,
+    src.add_argument("--percentile", type=percentile_arg, default=99.99,
+                     help="for --algorithm percentile, in (0, 100] (default 99.99)")
+    src.add_argument("--trt-version", type=trt_version_arg, default=DEFAULT_TRT_VERSION,
                      help=f"TensorRT version whose calibration to emulate (default {DEFAULT_TRT_VERSION})")
     src.add_argument("--asymmetric", nargs="?", const="mse", choices=ASYMMETRIC_METHODS, default=None,
                      help="activations with zero points from signed histograms of --data: the range is the observed "
@@ -62,10 +77,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--bias-correction", action="store_true",
                    help="fold each quantised layer's measured per-channel mean error into its bias, layer after "
                    "layer (needs --data)")
-    p.add_argument("--bias-correction-batches", type=int, default=4, metavar="N",
+    p.add_argument("--bias-correction-batches", type=positive_int, default=4, metavar="N",
                    help="calibration batches bias correction runs (default 4)")
-    p.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads for calibration")
+    p.add_argument("--threads", type=threads_arg, default=None, help="onnxruntime intra-op threads for "
+                   "calibration, 1 to 256")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_json_flag(p, help="print the coverage report as JSON on stdout (errors too)")
     p.set_defaults(handler=_run_quantize)
 
 
@@ -78,10 +95,9 @@ def _bar(args: argparse.Namespace, total: Any, desc: str, unit: str) -> Any:
 
 
 def _run_quantize(args: argparse.Namespace) -> int:
-    from .._util import atomic_write
     from ..core.cache import CalibrationCache
-    from ..ort.collect import calibrate, load_model, model_inputs
-    from ..errors import TrtCalibError
+    from ..ort.collect import calibrate, load_model
+    from ..errors import TrtCalibError, UsageError
     from ..qdq import quantize_model
     from ..ort.collect import collect_signed
 
@@ -104,28 +120,28 @@ def _run_quantize(args: argparse.Namespace) -> int:
     algorithm = args.algorithm or "entropy2"
     dtype = args.asymmetric_dtype or "uint8"
     if args.bias_correction and args.data is None:
-        raise TrtCalibError("--bias-correction runs the model on calibration data: give --data too")
-    if args.bias_correction_batches < 1:
-        raise TrtCalibError(f"--bias-correction-batches must be at least 1, got {args.bias_correction_batches}")
-    for out in (args.output, args.report):
-        if out and not Path(out).resolve().parent.is_dir():
-            raise TrtCalibError(f"{out}: the folder to write it in does not exist")
+        raise UsageError("--bias-correction runs the model on calibration data: give --data too")
+    guard_paths(inputs={"MODEL": model_paths(args.model), "--data": data_path(args.data),
+                        "--from-cache": args.from_cache},
+                outputs={"-o": args.output, "--report": args.report})
 
-    model = load_model(args.model)
-    source = open_data(args, model_inputs(model)) if args.data is not None else None
+    source = open_data(args, model_inputs_of(args.model)) if args.data is not None else None
     if args.from_cache is not None:
-        scales: Any = CalibrationCache.load(args.from_cache)
+        from_cache = CalibrationCache.load(args.from_cache)  # before the model's weights and any data are read
+    model = load_model(args.model)
+    if args.from_cache is not None:
+        scales: Any = from_cache
         scales_from = str(args.from_cache)
     else:
         bar = _bar(args, len(source) if source.kind != "generator" else None, "calibrating", "batch")
         try:
             if args.asymmetric is not None:
                 scales, _ = collect_signed(model, source, progress=bar.update if bar is not None else None,
-                                           threads=args.threads)
+                                           threads=args.threads, name=str(args.model))
                 scales_from = f"signed histograms (asymmetric {args.asymmetric}, {dtype})"
             else:
                 scales = calibrate(
-                    model, source, algorithm=algorithm, trt_version=args.trt_version, percentile=args.percentile,
+                    args.model, source, algorithm=algorithm, trt_version=args.trt_version, percentile=args.percentile,
                     progress=bar.update if bar is not None else None, threads=args.threads,
                 )
                 scales_from = f"calibration ({algorithm})"
@@ -154,14 +170,16 @@ def _run_quantize(args: argparse.Namespace) -> int:
         payload = qdq.SerializeToString()
     except ValueError as exc:  # protobuf refuses messages over 2 GiB
         raise TrtCalibError(f"{args.output}: the Q/DQ model cannot be serialised ({exc})") from None
-    atomic_write(args.output, payload)
+    write_output(args.output, payload, what="the Q/DQ model")
+    document = report.to_json()
+    document["model"] = str(args.model)
+    document["output"] = str(args.output)
+    document["scales_from"] = scales_from
     if args.report:
-        document = report.to_json()
-        document["model"] = str(args.model)
-        document["output"] = str(args.output)
-        document["scales_from"] = scales_from
-        atomic_write(args.report, json.dumps(document, indent=2, allow_nan=False) + "\n")
-    if not getattr(args, "quiet", False):
+        write_output(args.report, json_text(document), what="the coverage report")
+    if args.json:
+        print_json(document)
+    elif not getattr(args, "quiet", False):
         print(report.table())
     left = report.float_weighted_nodes
     if left:

@@ -6,8 +6,22 @@ import argparse
 import logging
 from pathlib import Path
 
-from ..errors import TrtCalibError
-from ._common import add_data_arguments, open_data
+from ..errors import UsageError
+from ._common import (
+    add_data_arguments,
+    add_json_flag,
+    data_path,
+    guard_paths,
+    model_inputs_of,
+    model_paths,
+    non_negative_int,
+    open_data,
+    percentile_arg,
+    print_json,
+    threads_arg,
+    trt_version_arg,
+    writing,
+)
 
 __all__ = ["register", "run_report"]
 
@@ -34,71 +48,82 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     add_data_arguments(p, required=False)
     p.add_argument("--histograms", metavar="H.npz", help="saved histograms instead of --data "
                    "(from calibrate --save-histograms or report --save-histograms)")
-    p.add_argument("-o", "--output", required=True, metavar="DIR", help="report folder to write (replaced "
-                   "atomically; a non-empty folder that is not a previous report needs --force)")
+    p.add_argument("-o", "--output", required=True, metavar="DIR", help="report folder to write (a new one is "
+                   "renamed into place whole; in an earlier report's folder only the files that report wrote, listed "
+                   "in its report-manifest.json, are replaced; a non-empty folder that is not a report needs "
+                   "--force, and nothing in it is deleted)")
     p.add_argument("--tensors", metavar="PATTERN", help="only tensors matching these shell globs, comma-separated "
                    "(e.g. 'conv*,ip1')")
-    p.add_argument("--max-tensors", type=int, metavar="N", help="draw figures for the N tensors with the lowest SQNR "
-                   "(default: all); every tensor stays in the table")
+    p.add_argument("--max-tensors", type=non_negative_int, metavar="N", help="draw figures for the N tensors with "
+                   "the lowest SQNR (default: all); every tensor stays in the table")
     p.add_argument("--algorithm", choices=list(THRESHOLDS), default="entropy2",
                    help="the threshold the report judges (default entropy2, what TensorRT picks)")
-    p.add_argument("--percentile", type=float, default=99.99, help="percentile threshold to draw (default 99.99)")
-    p.add_argument("--trt-version", default=DEFAULT_TRT_VERSION,
+    p.add_argument("--percentile", type=percentile_arg, default=99.99,
+                   help="percentile threshold to draw, in (0, 100] (default 99.99)")
+    p.add_argument("--trt-version", type=trt_version_arg, default=DEFAULT_TRT_VERSION,
                    help=f"TensorRT version whose scale ties to apply (default {DEFAULT_TRT_VERSION})")
     p.add_argument("--save-histograms", metavar="H.npz", help="with --data: also save the signed histograms, "
                    "for later reports without a second pass")
-    p.add_argument("--force", action="store_true", help="replace a non-empty -o folder that is not a report")
-    p.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads (default: all cores)")
+    p.add_argument("--force", action="store_true", help="write into a non-empty -o folder that is not a report "
+                   "(the report's files are added; nothing there is deleted)")
+    p.add_argument("--threads", type=threads_arg, default=None, help="onnxruntime intra-op threads, 1 to 256 "
+                   "(default: all cores)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_json_flag(p, help="print what was written as JSON on stdout (errors too)")
     p.set_defaults(handler=run_report)
     return p
 
 
 def run_report(args: argparse.Namespace) -> int:
     """Handler of `trt-calib report`: returns 0 once the report folder is in place."""
-    from ..tools.report import build_report
+    from ..tools.report import MANIFEST, build_report
 
     if (args.data is None) == (args.histograms is None):
-        raise TrtCalibError("report needs exactly one of --data D (run the model) or --histograms H.npz "
-                            "(reuse a calibration's histograms)")
+        raise UsageError("report needs exactly one of --data D (run the model) or --histograms H.npz "
+                         "(reuse a calibration's histograms)")
     if args.save_histograms and args.histograms:
-        raise TrtCalibError("--save-histograms goes with --data; the histograms of --histograms are saved already")
-    if args.max_tensors is not None and args.max_tensors < 0:
-        raise TrtCalibError(f"--max-tensors must be >= 0, got {args.max_tensors}")
-    if args.save_histograms and not Path(args.save_histograms).resolve().parent.is_dir():
-        raise TrtCalibError(f"{args.save_histograms}: the folder to write it in does not exist")
+        raise UsageError("--save-histograms goes with --data; the histograms of --histograms are saved already")
+    out = Path(args.output)
+    guard_paths(
+        inputs={"MODEL": model_paths(args.model), "--data": data_path(args.data), "--histograms": args.histograms},
+        outputs={"--save-histograms": args.save_histograms, "the report's index.html": out / "index.html",
+                 "the report's report.json": out / "report.json", "the report's manifest": out / MANIFEST}
+        if out.is_dir() else {"--save-histograms": args.save_histograms},
+        folders={"-o": args.output},
+    )
     patterns = [p.strip() for p in args.tensors.split(",") if p.strip()] if args.tensors else None
     progress = not args.no_progress and not getattr(args, "quiet", False)
     meta: dict[str, object] = {}
     batches = histograms = None
     if args.data is not None:
-        from ..ort.collect import load_model, model_inputs
-
-        batches = open_data(args, model_inputs(load_model(args.model)))
-        manifest = batches.manifest()
-        meta["data"] = f"{args.data} ({manifest.get('num_batches')} batches of {manifest.get('batch_size')}, " \
-                       f"{manifest.get('num_samples')} samples)"
+        batches = open_data(args, model_inputs_of(args.model))
+        meta["data"] = f"{args.data} ({len(batches)} batches of {batches.batch_size}, {batches.num_samples} samples)"
     else:
         from ..core.signs import load_any_histograms
 
         histograms = load_any_histograms(args.histograms)
         signed = sum(1 for h in histograms.values() if hasattr(h, "negative"))
         meta["histograms"] = f"{args.histograms} ({len(histograms)} tensors, {signed} with signs)"
-    result = build_report(
-        args.model,
-        args.output,
-        batches=batches,
-        histograms=histograms,
-        tensors=patterns,
-        max_tensors=args.max_tensors,
-        algorithm=args.algorithm,
-        percentile=args.percentile,
-        trt_version=args.trt_version,
-        force=args.force,
-        progress=progress,
-        threads=args.threads,
-        meta=meta,
-        save_histograms=args.save_histograms,
-    )
-    log.info("open %s", (Path(result.path) / "index.html").resolve().as_uri())
+    with writing(args.output, what="the report"):
+        result = build_report(
+            args.model,
+            args.output,
+            batches=batches,
+            histograms=histograms,
+            tensors=patterns,
+            max_tensors=args.max_tensors,
+            algorithm=args.algorithm,
+            percentile=args.percentile,
+            trt_version=args.trt_version,
+            force=args.force,
+            progress=progress,
+            threads=args.threads,
+            meta=meta,
+            save_histograms=args.save_histograms,
+        )
+    index = (Path(result.path) / "index.html").resolve()
+    if getattr(args, "json", False):
+        print_json({"output": str(result.path), "index": str(index), "tensors": len(result.summaries),
+                    "drawn": result.drawn, "save_histograms": args.save_histograms})
+    log.info("open %s", index.as_uri())
     return 0

@@ -37,6 +37,7 @@ __all__ = [
     "make_header",
     "entry_kind",
     "UNNAMED_RE",
+    "MAX_CACHE_BYTES",
 ]
 
 # Header names of TensorRT's calibrators. The first two are seen in real caches; the others are presumed.
@@ -44,8 +45,19 @@ TRT_ALGORITHMS = ("EntropyCalibration2", "MinMaxCalibration", "EntropyCalibratio
 DEFAULT_TRT_VERSION = "10.16.1"
 LEGACY_HEADER = "1"
 
-_HEADER_RE = re.compile(r"^TRT-(\d+)-([A-Za-z0-9_]+)$")
-_HEX_RE = re.compile(r"^[0-9a-fA-F]{1,8}$")
+_HEADER_RE = re.compile(r"TRT-(\d+)-([A-Za-z0-9_]+)")
+_HEX_RE = re.compile(r"[0-9a-fA-F]{1,8}")
+_LINE_END = re.compile(r"(\r\n|\n)")
+_BOMS = ((b"\xef\xbb\xbf", "UTF-8"), (b"\xff\xfe", "UTF-16 little-endian"), (b"\xfe\xff", "UTF-16 big-endian"))
+#: No calibration cache comes near this (one short line per tensor); reading stops here (`inspect /dev/zero`).
+MAX_CACHE_BYTES = 64 << 20
+_CLIP = 200
+
+
+def _clip(text: str) -> str:
+    """repr() of a line for a message, cut to 200 characters (a bad line may be megabytes long)."""
+    shown = repr(text)
+    return shown if len(shown) <= _CLIP else f"{shown[:_CLIP]}... ({len(text)} characters)"
 
 
 def scale_to_hex(scale: float) -> str:
@@ -127,57 +139,114 @@ class CalibrationCache:
         newline: str = "\n",
         final_newline: bool = True,
         source: str | None = None,
+        notes: Iterable[tuple[str, str]] = (),
     ) -> None:
         self.header = header
         self.entries: list[CacheEntry] = [e if isinstance(e, CacheEntry) else CacheEntry(*e) for e in entries]
         self.newline = newline
         self.final_newline = final_newline
         self.source = source
+        self.notes: list[tuple[str, str]] = list(notes)  # (code, message): what parsing accepted but noticed
 
     # ------------------------------------------------------------------ reading
     @classmethod
     def parse(cls, text: str | bytes, source: str | os.PathLike | None = None) -> "CalibrationCache":
-        """Parse cache text; malformed input raises `CacheFormatError` naming the source and line."""
+        """Parse cache text; malformed input raises `CacheFormatError` naming the source and line.
+
+        Lines end with LF or CRLF (a file may mix both; each line is split and checked on its own). Names are
+        UTF-8 text. What TensorRT may read differently from us (whitespace around the header or a scale, mixed line
+        endings) is accepted and recorded in `notes` as (code, message) pairs.
+        """
         where = str(source) if source is not None else "<cache>"
         if isinstance(text, (bytes, bytearray, memoryview)):
+            data = bytes(text)
+            for bom, name in _BOMS:
+                if data.startswith(bom):
+                    raise CacheFormatError(
+                        f"{where}: starts with a {name} byte-order mark (BOM), which TensorRT never writes and would "
+                        "read as part of the header. Hint: save the file without a BOM (plain ASCII/UTF-8)"
+                    )
             try:
-                text = bytes(text).decode("ascii")
+                text = data.decode("utf-8")
             except UnicodeDecodeError as exc:
-                raise CacheFormatError(f"{where}: not a text calibration cache (byte {exc.start} is not ASCII)") from None
+                raise CacheFormatError(
+                    f"{where}: not a text calibration cache (byte {exc.start} is not UTF-8 text)"
+                ) from None
+        elif text.startswith("\ufeff"):
+            raise CacheFormatError(
+                f"{where}: starts with a UTF-8 byte-order mark (BOM), which TensorRT never writes and would read as part "
+                "of the header. Hint: save the file without a BOM"
+            )
         if not text:
             raise CacheFormatError(f"{where}: empty file, expected a header such as TRT-8601-EntropyCalibration2")
-        newline = "\r\n" if "\r\n" in text else "\n"
-        final_newline = text.endswith(newline)
-        body = text[: -len(newline)] if final_newline else text
-        lines = body.split(newline)
+        pieces = _LINE_END.split(text)
+        lines, ends = pieces[0::2], pieces[1::2]
+        final_newline = len(ends) == len(lines) - 1 and lines[-1] == ""
+        if final_newline:
+            lines.pop()
+        crlf = ends.count("\r\n")
+        newline = "\r\n" if crlf > len(ends) - crlf else "\n"
+        notes: list[tuple[str, str]] = []
+        if crlf and crlf != len(ends):
+            notes.append(("mixed-line-endings", f"mixed line endings: {crlf} CRLF and {len(ends) - crlf} LF (each "
+                          "line is read on its own; a rewrite uses " + ("CRLF" if newline == "\r\n" else "LF") + ")"))
+        for number, line in enumerate(lines, start=1):
+            if "\r" in line:
+                raise CacheFormatError(
+                    f"{where}:{number}: carriage return inside the line {_clip(line)} (lines end with LF or CRLF)"
+                )
         header = lines[0].strip()
-        if header != LEGACY_HEADER and not _HEADER_RE.match(header):
+        if header != LEGACY_HEADER and not _HEADER_RE.fullmatch(header):
             raise CacheFormatError(
-                f"{where}:1: header {lines[0]!r} is not a TensorRT calibration header "
+                f"{where}:1: header {_clip(lines[0])} is not a TensorRT calibration header "
                 "(expected TRT-<version>-<Algorithm>, e.g. TRT-8601-EntropyCalibration2, or 1 for TensorRT 4)"
             )
+        if header != lines[0]:
+            notes.append(("header-whitespace", f"the header line {_clip(lines[0])} has whitespace around "
+                          f"{header!r}; TensorRT may compare the line as written, not match it and recalibrate. "
+                          "Hint: remove the whitespace"))
         entries = []
+        padded = 0
+        last = len(lines)
         for number, line in enumerate(lines[1:], start=2):
-            name, sep, value = line.rpartition(": ")
-            value = value.strip()
+            name, sep, raw = line.rpartition(": ")
             if not sep or not name:
-                raise CacheFormatError(f"{where}:{number}: expected '<tensor name>: <hex scale>', got {line!r}")
-            if not _HEX_RE.match(value):
+                raise CacheFormatError(f"{where}:{number}: expected '<tensor name>: <hex scale>', got {_clip(line)}")
+            value = raw.strip(" \t")
+            if not _HEX_RE.fullmatch(value):
                 raise CacheFormatError(
-                    f"{where}:{number}: tensor {name!r} has scale {value!r}, not 1-8 hex digits of a float32"
+                    f"{where}:{number}: tensor {_clip(name)} has scale {_clip(raw)}, not 1-8 hex digits of a float32"
                 )
+            if number == last and not final_newline and value != "0" and len(value) < 8:
+                raise CacheFormatError(
+                    f"{where}:{number}: the file ends without a newline inside tensor {_clip(name)}'s scale "
+                    f"{value!r} ({len(value)} of 8 hex digits): it looks truncated. Hint: TensorRT ends every line "
+                    "with a newline; rewrite or recalibrate the cache"
+                )
+            padded += value != raw
             entries.append(CacheEntry(name, value))
-        return cls(header, entries, newline=newline, final_newline=final_newline, source=where)
+        if padded:
+            notes.append(("value-whitespace", f"{padded} scale(s) have spaces or tabs around the hex digits "
+                          "(ignored; a rewrite drops them)"))
+        return cls(header, entries, newline=newline, final_newline=final_newline, source=where, notes=notes)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "CalibrationCache":
-        """Read and parse a cache file; a missing file is a `CacheFormatError` naming it."""
+        """Read and parse a cache file; a missing, unreadable or oversized file is a `CacheFormatError` naming it."""
         try:
-            data = Path(path).read_bytes()
+            with open(path, "rb") as f:
+                data = f.read(MAX_CACHE_BYTES + 1)
         except FileNotFoundError:
             raise CacheFormatError(f"{path}: no such calibration cache") from None
         except IsADirectoryError:
             raise CacheFormatError(f"{path}: is a directory, not a calibration cache") from None
+        except OSError as exc:
+            raise CacheFormatError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+        if len(data) > MAX_CACHE_BYTES:
+            raise CacheFormatError(
+                f"{path}: more than {MAX_CACHE_BYTES >> 20} MiB, far larger than any calibration cache (one short "
+                "line per tensor); not read further"
+            )
         return cls.parse(data, source=path)
 
     @classmethod
@@ -193,14 +262,43 @@ class CalibrationCache:
         return cls(make_header(algorithm, trt_version), entries)
 
     # ------------------------------------------------------------------ writing
+    def check_writable(self) -> None:
+        """Refuse (CacheFormatError naming the tensor) what TensorRT's one-line-per-tensor format cannot carry."""
+        where = self.source or "cache"
+        if self.header != LEGACY_HEADER and not _HEADER_RE.fullmatch(self.header):
+            raise CacheFormatError(f"{where}: header {_clip(self.header)} is not a TensorRT calibration header")
+        for e in self.entries:
+            bad = None
+            if not e.name:
+                bad = "an empty name"
+            elif "\n" in e.name or "\r" in e.name:
+                bad = "a line break in its name"
+            elif not _HEX_RE.fullmatch(e.hex):
+                bad = f"the scale {_clip(e.hex)}, not 1-8 hex digits"
+            else:
+                try:
+                    e.name.encode("utf-8")
+                except UnicodeEncodeError:
+                    bad = "a name that is not valid Unicode text (a lone surrogate)"
+            if bad:
+                raise CacheFormatError(
+                    f"{where}: tensor {_clip(e.name)} has {bad}: TensorRT's cache format (one '<name>: <hex>' line "
+                    "per tensor) cannot carry it, so the cache is not written. Hint: rename the tensor in the model"
+                )
+
     def dumps(self) -> str:
         """The cache text, byte for byte what was parsed (or TensorRT's layout for a new cache)."""
+        self.check_writable()
         lines = [self.header] + [f"{e.name}: {e.hex}" for e in self.entries]
         return self.newline.join(lines) + (self.newline if self.final_newline else "")
 
+    def to_bytes(self) -> bytes:
+        """The file's bytes: `dumps()` as UTF-8 (TensorRT writes names as the bytes it was given)."""
+        return self.dumps().encode("utf-8")
+
     def save(self, path: str | os.PathLike) -> Path:
         """Write atomically: a temporary file renamed into place, so a failure never leaves half a cache."""
-        return atomic_write(path, self.dumps().encode("ascii"))
+        return atomic_write(path, self.to_bytes())
 
     # ------------------------------------------------------------------ header
     @property
@@ -213,13 +311,13 @@ class CalibrationCache:
         """Calibrator name from the header; TensorRT 4's `1` header came from its (v1) EntropyCalibrator."""
         if self.is_legacy:
             return "EntropyCalibration"
-        match = _HEADER_RE.match(self.header)
+        match = _HEADER_RE.fullmatch(self.header)
         return match.group(2) if match else ""
 
     @property
     def version_number(self) -> int | None:
         """The raw number in the header (e.g. 8601), None for TensorRT 4's header."""
-        match = _HEADER_RE.match(self.header)
+        match = _HEADER_RE.fullmatch(self.header)
         return int(match.group(1)) if match else None
 
     @property

@@ -591,7 +591,9 @@ def compare_choices(
     sh = as_signed(hist)
     if isinstance(hist, SignedHistogram) and hist.num_negative:
         amaxes["signed-kl"] = signed_entropy_search(hist).amax
-    quantizers = {name: symmetric_quantizer(a) for name, a in amaxes.items()}
+    # A threshold can overflow float32 ((i + 0.5) * width for a tensor reaching FLT_MAX): TensorRT writes inf for
+    # it; such a threshold has no grid, so it is left out of the choices (the report shows it as inf).
+    quantizers = {name: symmetric_quantizer(a) for name, a in amaxes.items() if np.isfinite(a)}
     if sh is not None:
         quantizers["uint8-minmax"] = asymmetric_quantizer(sh, "minmax")
         quantizers["uint8-mse"] = asymmetric_quantizer(sh, "mse")

@@ -4,14 +4,20 @@ Every floating-point tensor TensorRT's ONNX parser calibrates (network inputs an
 Constant outputs, integer or bool tensors, unused outputs) becomes an extra output of an in-memory copy of the
 graph. Each batch's activations update one `AbsHistogram` per tensor and are dropped before the next batch runs,
 so memory is one batch's activations plus the histograms, whatever the dataset size.
+
+Models over protobuf's 2 GB limit (weights in external data) are handed to onnxruntime as a file: the copy with the
+extra outputs is saved with external data in a temporary folder.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import os
 import resource
+import tempfile
 import time
+import weakref
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -28,6 +34,7 @@ __all__ = [
     "ALGORITHM_HEADERS",
     "CalibrationResult",
     "load_model",
+    "external_data_files",
     "model_inputs",
     "ort_session",
     "calibrated_tensors",
@@ -41,11 +48,16 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 _POOL_OPS = ("MaxPool", "AveragePool")
+#: protobuf cannot serialise a message this large; bigger models go to onnxruntime as a file with external data.
+PROTO_LIMIT = 2**31 - 1
 
 
 # ---------------------------------------------------------------------------------------------- the graph
-def load_model(model: Any) -> Any:
-    """An `onnx.ModelProto` from a path or a proto; errors name the file."""
+def load_model(model: Any, *, weights: bool = True) -> Any:
+    """An `onnx.ModelProto` from a path or a proto; errors name the file.
+
+    `weights=False` leaves external data on disk (the graph of a model over 2 GB, for inspection and shape inference).
+    """
     import onnx
 
     if isinstance(model, onnx.ModelProto):
@@ -53,10 +65,47 @@ def load_model(model: Any) -> Any:
     path = Path(model)
     if not path.is_file():
         raise ModelError(f"{path}: no such ONNX model")
+    if path.stat().st_size == 0:
+        raise ModelError(f"{path}: empty file, not an ONNX model")
     try:
-        return onnx.load(str(path))
-    except Exception as exc:  # protobuf raises DecodeError, a plain Exception subclass
+        proto = onnx.load(str(path), load_external_data=weights)
+    except Exception as exc:  # protobuf raises DecodeError, a plain Exception subclass; missing external data OSError
         raise ModelError(f"{path}: not a readable ONNX model ({exc})") from None
+    if not proto.HasField("graph"):
+        raise ModelError(f"{path}: not an ONNX model (it parses, but holds no graph)")
+    return proto
+
+
+def external_data_files(model: Any) -> list[Path]:
+    """The external-data files a model file names (resolved next to it), without reading them."""
+    from onnx.external_data_helper import ExternalDataInfo, uses_external_data
+
+    path = Path(model)
+    proto = load_model(path, weights=False)
+    files: dict[str, Path] = {}
+    for tensor in _graph_tensors(proto.graph):
+        if uses_external_data(tensor):
+            location = ExternalDataInfo(tensor).location
+            files.setdefault(location, path.parent / location)
+    return list(files.values())
+
+
+def _graph_tensors(graph: Any) -> Iterable[Any]:
+    """Every TensorProto of a graph: initializers and tensor attributes, subgraphs included."""
+    yield from graph.initializer
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                yield attr.t
+            yield from attr.tensors
+            if attr.HasField("g"):
+                yield from _graph_tensors(attr.g)
+            for sub in attr.graphs:
+                yield from _graph_tensors(sub)
+
+
+def _describe(model: Any, default: str) -> str:
+    return str(model) if isinstance(model, (str, os.PathLike)) else default
 
 
 def _np_dtype(elem_type: int) -> np.dtype:
@@ -96,7 +145,7 @@ def _tensor_types(model: Any) -> dict[str, int]:
     import onnx
 
     try:
-        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
+        inferred = onnx.shape_inference.infer_shapes(_without_weights(model), strict_mode=False)
     except Exception as exc:  # inference is best effort; untyped tensors are reported below
         log.warning("ONNX shape inference failed (%s); only tensors typed in the graph are calibrated", exc)
         inferred = model
@@ -105,6 +154,43 @@ def _tensor_types(model: Any) -> dict[str, int]:
         if vi.type.HasField("tensor_type") and vi.type.tensor_type.elem_type:
             types[vi.name] = vi.type.tensor_type.elem_type
     return types
+
+
+def _without_weights(model: Any) -> Any:
+    """`model` itself, or for a model over the protobuf limit a copy whose large initializers carry no data
+    (shape inference serialises the model, and needs only the small constants: shapes, axes)."""
+    import onnx
+
+    if model.ByteSize() <= PROTO_LIMIT:
+        return model
+    light = onnx.ModelProto()
+    _copy_fields(model, light, skip="graph")
+    _copy_fields(model.graph, light.graph, skip="initializer")
+    for tensor in model.graph.initializer:
+        copy = light.graph.initializer.add()
+        if tensor.ByteSize() <= 1 << 16:
+            copy.CopyFrom(tensor)
+            continue
+        copy.name, copy.data_type = tensor.name, tensor.data_type
+        copy.dims.extend(tensor.dims)
+        copy.data_location = onnx.TensorProto.EXTERNAL
+        entry = copy.external_data.add()
+        entry.key, entry.value = "location", "(not loaded)"
+    return light
+
+
+def _copy_fields(src: Any, dst: Any, *, skip: str) -> None:
+    """Copy every set field of one protobuf message into another, except `skip`."""
+    for field, value in src.ListFields():
+        if field.name == skip:
+            continue
+        repeated = field.is_repeated if hasattr(field, "is_repeated") else field.label == field.LABEL_REPEATED
+        if repeated:
+            getattr(dst, field.name).extend(value)
+        elif field.message_type is not None:
+            getattr(dst, field.name).CopyFrom(value)
+        else:
+            setattr(dst, field.name, value)
 
 
 def calibrated_tensors(model: Any) -> list[str]:
@@ -169,10 +255,38 @@ def ort_session(
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if threads:
         options.intra_op_num_threads = threads
+    if copy.ByteSize() > PROTO_LIMIT:
+        return _session_from_file(copy, options, role)
     try:
         return ort.InferenceSession(copy.SerializeToString(), options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
         raise ModelError(f"{role}: onnxruntime cannot load it ({exc})") from None
+
+
+def _session_from_file(model: Any, options: Any, role: str) -> Any:
+    """A session over `model` (over 2 GB) saved with external data in a temporary folder, removed with the session.
+
+    `model` is consumed: saving moves its weights out of the proto.
+    """
+    import onnx
+    import onnxruntime as ort
+
+    folder = tempfile.TemporaryDirectory(prefix="trt-calib-model-")
+    path = Path(folder.name) / "model.onnx"
+    try:
+        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location="model.onnx.data", size_threshold=1024)
+    except OSError as exc:
+        folder.cleanup()
+        raise ModelError(f"{role}: cannot save its copy for onnxruntime in {folder.name} "
+                         f"({exc.strerror or exc}). Hint: set TMPDIR to a folder with room for the model") from None
+    try:
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        folder.cleanup()
+        raise ModelError(f"{role}: onnxruntime cannot load it ({exc})") from None
+    weakref.finalize(session, folder.cleanup)
+    return session
 
 
 # ---------------------------------------------------------------------------------------------- collection
@@ -197,18 +311,30 @@ class _Runner:
         self.specs = specs
         self.budget = budget_bytes
         self.part_size: int | None = None  # samples per part, fixed from the first batch
+        self.role = "the model"
 
     @classmethod
-    def open(cls, model: Any, tensors: Sequence[str] | None, *, threads: int | None, budget_bytes: int) -> "_Runner":
-        """A runner over `tensors` (default: every tensor TensorRT calibrates) of `model`, its session ready."""
+    def open(
+        cls, model: Any, tensors: Sequence[str] | None, *, threads: int | None, budget_bytes: int,
+        name: str | None = None,
+    ) -> "_Runner":
+        """A runner over `tensors` (default: every tensor TensorRT calibrates) of `model`, its session ready;
+        `name` (default: the model's path, if given one) names the model in errors."""
+        role = name or _describe(model, "the model")
         model = load_model(model)
         names = list(tensors) if tensors is not None else calibrated_tensors(model)
+        if not names:
+            raise CalibrationError(
+                f"{role}: has no float tensor TensorRT would calibrate (inputs and node outputs are all integer, "
+                "bool or constant), so a cache would be empty. Hint: INT8 calibration needs a float model"
+            )
         types = _tensor_types(model)
         missing = [n for n in names if n not in types]
         if missing:
             raise ModelError(f"no typed tensor named {', '.join(repr(n) for n in missing[:10])} in the model")
         runner = cls(None, names, model_inputs(model), budget_bytes)
-        runner.session = ort_session(model, runner.run_names, types=types, threads=threads)
+        runner.role = role
+        runner.session = ort_session(model, runner.run_names, types=types, threads=threads, role=role)
         return runner
 
     def parts(self, batch: Mapping[str, np.ndarray]) -> Iterable[dict[str, np.ndarray]]:
@@ -217,7 +343,8 @@ class _Runner:
             try:
                 outputs = self.session.run(self.run_names, part)
             except Exception as exc:
-                raise CalibrationError(f"onnxruntime failed: {exc}") from None
+                fed = ", ".join(f"{n!r} {tuple(v.shape)} {v.dtype}" for n, v in part.items())
+                raise CalibrationError(f"{self.role}: onnxruntime failed on inputs {fed}: {exc}") from None
             values = dict(zip(self.run_names, outputs))
             del outputs
             values.update({n: part[n] for n in self.names if n in self.input_names})
@@ -252,6 +379,7 @@ def collect_histograms(
     progress: Callable[[int], None] | None = None,
     threads: int | None = None,
     max_activation_mb: float = 256,
+    name: str | None = None,
 ) -> tuple[dict[str, AbsHistogram], int]:
     """One histogram per calibrated tensor, updated once per batch in batch order; returns (histograms, batches).
 
@@ -259,7 +387,7 @@ def collect_histograms(
     batches (the first batch costs one extra forward pass to learn its ranges). `progress` is called with 1 after
     each batch.
     """
-    runner = _Runner.open(model, tensors, threads=threads, budget_bytes=int(max_activation_mb * 2**20))
+    runner = _Runner.open(model, tensors, threads=threads, budget_bytes=int(max_activation_mb * 2**20), name=name)
     histograms = {n: AbsHistogram(num_bins) for n in runner.names}
     count = 0
     for batch in iter_batches(batches, runner.specs):
@@ -286,12 +414,13 @@ def collect_signed(
     num_bins: int = DEFAULT_NUM_BINS,
     progress: Callable[[int], None] | None = None,
     threads: int | None = None,
+    name: str | None = None,
 ) -> tuple[dict[str, SignedHistogram], int]:
     """One SignedHistogram per calibrated tensor (or per name in `tensors`), updated once per batch; (histograms, batches).
 
     The `.abs` part of each equals what `collect_histograms` builds from the same batches.
     """
-    runner = _Runner.open(model, tensors, threads=threads, budget_bytes=1 << 62)  # signed histograms take no parts
+    runner = _Runner.open(model, tensors, threads=threads, budget_bytes=1 << 62, name=name)  # no parts for signs
     histograms = {n: SignedHistogram(num_bins) for n in runner.names}
     count = 0
     for batch in iter_batches(batches, runner.specs):
@@ -362,9 +491,11 @@ def calibrate(
         raise ValueError(f"unknown algorithm {algorithm!r}; choose one of {', '.join(ALGORITHM_HEADERS)}")
     _version_tuple(trt_version)
     started = time.perf_counter()
+    name = _describe(model, "the model")
     model = load_model(model)
     histograms, count = collect_histograms(
-        model, batches, num_bins=num_bins, progress=progress, threads=threads, max_activation_mb=max_activation_mb
+        model, batches, num_bins=num_bins, progress=progress, threads=threads, max_activation_mb=max_activation_mb,
+        name=name,
     )
     input_names = {s.name for s in model_inputs(model)}
     bad_inputs = [n for n in input_names if n in histograms and histograms[n].num_nan]

@@ -3,7 +3,8 @@
 The same source feeds the CPU collection (onnxruntime) and the TensorRT calibrator, so a cross-check compares like
 with like. TensorRT updates its histograms once per batch, so batch size, order and the last-batch policy are explicit
 and recorded in `BatchSource.manifest()`. Data is read batch by batch: images are decoded per batch and `.npy` files
-are memory-mapped.
+are read row by row (never memory-mapped: a file that shrinks while mapped kills the process with SIGBUS).
+`manifest()` also records a sha256 of the batches themselves, so changed files behind a data script are noticed.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import inspect
+import io
 import json
 import logging
 import os
@@ -32,6 +34,7 @@ __all__ = [
     "Preprocess",
     "BatchSource",
     "open_source",
+    "data_file",
     "from_arrays",
     "iter_batches",
     "IMAGE_EXTENSIONS",
@@ -44,6 +47,8 @@ IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".pbm", ".pnm", ".webp", ".tif", ".tiff", ".gif"}
 )
 LAST_BATCH_POLICIES = ("drop", "keep", "pad")
+#: Largest image side preprocessing may produce (resize=100000 took 22 GB before anything ran).
+MAX_IMAGE_SIDE = 8192
 _DEFAULT_FUNCTION = "load_data"
 _HASH_BLOCK = 1 << 20
 
@@ -114,8 +119,13 @@ class Preprocess:
             size = tuple(int(v) for v in size)
             if len(size) != 2 or min(size) < 1:
                 raise DataError(f"preprocess: size must be (H, W) with positive values, got {self.size!r}")
+            if max(size) > MAX_IMAGE_SIDE:
+                raise DataError(f"preprocess: size {size[0]}x{size[1]} exceeds {MAX_IMAGE_SIDE} pixels a side")
         if self.resize is not None and int(self.resize) < 1:
             raise DataError(f"preprocess: resize must be a positive int, got {self.resize!r}")
+        if self.resize is not None and int(self.resize) > MAX_IMAGE_SIDE:
+            raise DataError(f"preprocess: resize={self.resize} exceeds {MAX_IMAGE_SIDE} pixels (the shorter side "
+                            "after resizing; the longer one is larger still)")
         mean = tuple(float(v) for v in np.atleast_1d(self.mean))
         std = tuple(float(v) for v in np.atleast_1d(self.std))
         if not mean or not std:
@@ -342,6 +352,7 @@ class _Checker:
                 got.append(f"unexpected {', '.join(map(repr, extra))}")
             raise DataError(f"{where}: {'; '.join(got)}. Hint: the model's inputs are {_input_names(self.inputs)}")
         out = {s.name: _conform(batch[s.name], s, where, self.note) for s in self.inputs}
+        _check_shared_dims(self.inputs, {n: a.shape for n, a in out.items()}, where)
         if self.first is None:
             self.first = {n: a.shape for n, a in out.items()}
             return out
@@ -361,6 +372,35 @@ class _Checker:
                 "Hint: every batch must have the same shape (only the last may have fewer samples)"
             )
         return out
+
+
+def _check_shared_dims(inputs: Sequence[InputSpec], shapes: Mapping[str, Sequence[int]], where: str) -> None:
+    """Inputs that name the same dynamic dim (e.g. both (N, 4)) must get the same size for it."""
+    seen: dict[str, tuple[str, int, int]] = {}
+    for spec in inputs:
+        for axis, dim in enumerate(spec.shape):
+            if not isinstance(dim, str) or not dim or axis >= len(shapes[spec.name]):
+                continue
+            size = int(shapes[spec.name][axis])
+            if dim not in seen:
+                seen[dim] = (spec.name, axis, size)
+                continue
+            other, other_axis, other_size = seen[dim]
+            if size != other_size:
+                raise DataError(
+                    f"{where}: input {spec.name!r} has {dim}={size} (dim {axis} of {_shape_text(shapes[spec.name])}) "
+                    f"but input {other!r} has {dim}={other_size} (dim {other_axis} of "
+                    f"{_shape_text(shapes[other])}); the model declares both with the dimension {dim!r}, so they "
+                    "must agree. Hint: feed both inputs the same size"
+                )
+
+
+def _hash_batch(digest: Any, batch: Mapping[str, np.ndarray], inputs: Sequence[InputSpec]) -> None:
+    """Fold one validated batch (names, dtypes, shapes and bytes) into `digest`."""
+    for spec in inputs:
+        arr = np.ascontiguousarray(batch[spec.name])
+        digest.update(json.dumps([spec.name, arr.dtype.str, list(arr.shape)]).encode())
+        digest.update(arr.reshape(-1).view(np.uint8) if arr.size else b"")
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -384,15 +424,37 @@ class BatchSource:
         self.num_samples = 0
         self.num_dropped = 0
         self.num_padded = 0
+        self.max_batches: int | None = None
+        self._content: tuple[int, str] | None = None  # (batches, sha256) of the last complete pass
 
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
         check = _Checker(self.inputs, self.origin, note=not self._noted_at_open)
+        digest = hashlib.sha256()
         count = 0
-        for index, raw in enumerate(self._raw_batches()):
-            yield check(raw, index)
-            count += 1
+        raw_batches = self._raw_batches()
+        try:
+            for index, raw in enumerate(raw_batches):
+                batch = check(raw, index)
+                _hash_batch(digest, batch, self.inputs)
+                yield batch
+                count += 1
+                if self.max_batches is not None and count >= self.max_batches:
+                    break
+        finally:
+            close = getattr(raw_batches, "close", None)
+            if close is not None:
+                close()
         if count == 0:
             raise DataError(f"{self.origin}: no batches")
+        self._content = (count, digest.hexdigest())
+
+    def content_sha256(self) -> str:
+        """sha256 of the batches themselves (what a model is fed), from the last complete pass or a new one."""
+        if self._content is None:
+            for _ in self:
+                pass
+        assert self._content is not None
+        return self._content[1]
 
     def __len__(self) -> int:
         raise NotImplementedError
@@ -421,6 +483,8 @@ class BatchSource:
             "num_samples": self.num_samples,
             "num_dropped": self.num_dropped,
             "num_padded": self.num_padded,
+            "max_batches": self.max_batches,
+            "batches_sha256": self.content_sha256(),
             "inputs": [
                 {"name": s.name, "dtype": s.dtype.name, "batch_shape": shapes.get(s.name)} for s in self.inputs
             ],
@@ -443,7 +507,7 @@ class _Plan:
     num_padded: int
 
 
-def _check_batching(batch_size: Any, last_batch: str, offset: Any, limit: Any) -> None:
+def _check_batching(batch_size: Any, last_batch: str, offset: Any, limit: Any, max_batches: Any = None) -> None:
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise DataError(f"batch_size must be a positive int, got {batch_size!r}")
     if last_batch not in LAST_BATCH_POLICIES:
@@ -452,13 +516,26 @@ def _check_batching(batch_size: Any, last_batch: str, offset: Any, limit: Any) -
         raise DataError(f"offset must be an int >= 0, got {offset!r}")
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, np.integer)) or limit < 1):
         raise DataError(f"limit must be a positive int or None, got {limit!r}")
+    _check_max_batches(max_batches)
+
+
+def _check_max_batches(max_batches: Any) -> None:
+    if max_batches is not None and (
+        isinstance(max_batches, bool) or not isinstance(max_batches, (int, np.integer)) or max_batches < 1
+    ):
+        raise DataError(f"max_batches must be a positive int or None, got {max_batches!r}")
 
 
 def _plan(
     available: int, origin: str, *, batch_size: int, shuffle: bool, seed: int | None, last_batch: str,
-    limit: int | None, offset: int,
+    limit: int | None, offset: int, max_batches: int | None = None, padding_is_data: bool = True,
 ) -> _Plan:
-    """Select samples [offset, offset+limit), shuffle them with a recorded seed, cut them into batches."""
+    """Select samples [offset, offset+limit), shuffle them with a recorded seed, cut them into batches, keep the
+    first `max_batches`.
+
+    A padded last batch repeats its last sample; unless the caller leaves the copies out (`padding_is_data=False`),
+    that is a warning with the counts, and refused when the copies would outnumber the samples.
+    """
     if available == 0:
         raise DataError(f"{origin}: no samples")
     if offset >= available:
@@ -493,8 +570,23 @@ def _plan(
             )
     elif last_batch == "pad" and rest:
         padded = batch_size - rest
+        if padding_is_data and (max_batches is None or max_batches > full):
+            if padded > n:
+                raise DataError(
+                    f"{origin}: batch_size={batch_size} but only {n} samples: last_batch='pad' would add {padded} "
+                    f"copies of one sample, more than all the real samples, and they would move the scales. "
+                    f"Hint: lower batch_size (e.g. {n}), or use last_batch='keep'"
+                )
+            logger.warning(
+                "%s: padding the last batch with %d copies of sample %d (%d real samples in it, %d in all); the "
+                "copies count in the histograms like real samples", origin, padded, int(order[-1]), rest, n,
+            )
         order = np.concatenate([order, np.full(padded, order[-1], dtype=order.dtype)])
     batches = tuple(order[i : i + batch_size] for i in range(0, len(order), batch_size))
+    if max_batches is not None and max_batches < len(batches):
+        logger.info("%s: reading the first %d of %d batches (max_batches)", origin, max_batches, len(batches))
+        batches = batches[:max_batches]
+        return _Plan(batches, seed, sum(len(b) for b in batches), 0, 0)
     return _Plan(batches, seed, n - dropped, dropped, padded)
 
 
@@ -506,12 +598,14 @@ class _SampleSource(BatchSource):
     def __init__(
         self, inputs: Sequence[InputSpec], origin: str, path: str | None, available: int, *, batch_size: int,
         shuffle: bool, seed: int | None, last_batch: str, limit: int | None, offset: int,
+        max_batches: int | None = None, padding_is_data: bool = True,
     ) -> None:
         super().__init__(inputs, origin, path)
         plan = _plan(
             available, origin, batch_size=batch_size, shuffle=shuffle, seed=seed, last_batch=last_batch,
-            limit=limit, offset=offset,
+            limit=limit, offset=offset, max_batches=max_batches, padding_is_data=padding_is_data,
         )
+        self.max_batches = max_batches
         self._plan = plan
         self.available = available
         self.batch_size = batch_size
@@ -553,6 +647,9 @@ class _SampleSource(BatchSource):
                     "%s: input %r is %s and will be converted to the declared %s",
                     self.origin, spec.name, dtypes[spec.name], spec.dtype,
                 )
+        _check_shared_dims(
+            self.inputs, {n: (self.batch_size, *shape) for n, shape in sample_shapes.items()}, self.origin
+        )
 
     def _extra_manifest(self) -> dict:
         order = hashlib.sha256()
@@ -609,6 +706,9 @@ class _ArraySource(_SampleSource):
 
 
 class _NpySource(_ArraySource):
+    """An .npy file read row by row with plain reads: its size is checked against the header at open, and a file
+    that shrinks while being read is a DataError (a memory map would end the process with SIGBUS)."""
+
     kind = "npy"
 
     def __init__(self, path: Path, inputs: Sequence[InputSpec], **batching: Any) -> None:
@@ -619,15 +719,52 @@ class _NpySource(_ArraySource):
                 "Hint: use an .npz with one key per input"
             )
         self._file = path
-        shape, dtype = _npy_header(path)
+        shape, dtype, self._fortran, self._data_offset = _npy_layout(path)
         super().__init__(inputs, origin, str(path), {inputs[0].name: (shape, dtype)}, **batching)
+        self._dtype = dtype
+        self._row_shape = tuple(shape[1:])
+
+    def _raw_batches(self) -> Iterator[dict[str, np.ndarray]]:
+        name = self.inputs[0].name
+        if self._fortran:  # rows are not contiguous on disk: read the whole array once per pass
+            arrays = self._arrays()
+            for rows in self._plan.batches:
+                yield {name: np.asarray(arrays[name][rows])}
+            return
+        try:
+            f = open(self._file, "rb")
+        except OSError as exc:
+            raise DataError(f"{self.origin}: cannot read ({exc.strerror or exc})") from None
+        with f:
+            for rows in self._plan.batches:
+                yield {name: self._read_rows(f, rows)}
+
+    def _read_rows(self, f: Any, rows: np.ndarray) -> np.ndarray:
+        out = np.empty((len(rows), *self._row_shape), dtype=self._dtype)
+        row_bytes = out[0].nbytes if len(out) else 0
+        flat = out.reshape(len(rows), -1).view(np.uint8) if out.size else None
+        if flat is None:
+            return out
+        consecutive = len(rows) > 1 and bool(np.all(np.diff(rows) == 1))
+        spans = [(int(rows[0]), slice(0, len(rows)))] if consecutive else [(int(r), slice(k, k + 1)) for k, r in
+                                                                              enumerate(rows)]
+        for first, where in spans:
+            want = (where.stop - where.start) * row_bytes
+            f.seek(self._data_offset + first * row_bytes)
+            got = f.readinto(memoryview(flat[where]).cast("B"))
+            if got != want:
+                raise DataError(
+                    f"{self.origin}: ended {want - (got or 0)} bytes early while reading sample {first}: the file was "
+                    "truncated or replaced while being read. Hint: do not change calibration data during a run"
+                )
+        return out
 
     def _arrays(self) -> Mapping[str, np.ndarray]:
         try:
-            mm = np.load(self._file, mmap_mode="r", allow_pickle=False)
-        except (OSError, ValueError) as exc:
+            arr = np.load(self._file, allow_pickle=False)
+        except (OSError, ValueError, EOFError) as exc:
             raise DataError(f"{self.origin}: cannot read ({exc})") from None
-        return {self.inputs[0].name: mm.view(np.ndarray)}
+        return {self.inputs[0].name: arr}
 
     def _digest(self) -> str:
         return _file_sha256(self._file)
@@ -635,26 +772,45 @@ class _NpySource(_ArraySource):
 
 def _read_npy_header(f: Any, origin: str) -> tuple[tuple[int, ...], np.dtype] | None:
     """Shape and dtype from an .npy header without reading the data; None for header versions read only whole."""
+    layout = _read_npy_layout(f, origin)
+    return None if layout is None else (layout[0], layout[1])
+
+
+def _read_npy_layout(f: Any, origin: str) -> tuple[tuple[int, ...], np.dtype, bool] | None:
     try:
         version = np.lib.format.read_magic(f)
         if version == (1, 0):
-            shape, _, dtype = np.lib.format.read_array_header_1_0(f)
-        elif version == (2, 0):
-            shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+        elif version in ((2, 0), (3, 0)):
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
         else:
             return None
-    except ValueError as exc:
+    except (ValueError, EOFError, OSError) as exc:
         raise DataError(f"{origin}: not a readable .npy array ({exc})") from None
-    return tuple(int(d) for d in shape), np.dtype(dtype)
+    return tuple(int(d) for d in shape), np.dtype(dtype), bool(fortran)
 
 
-def _npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype]:
-    with open(path, "rb") as f:
-        header = _read_npy_header(f, str(path))
-    if header is None:
-        arr = np.load(path, mmap_mode="r", allow_pickle=False)
-        header = arr.shape, arr.dtype
-    return header
+def _npy_layout(path: Path) -> tuple[tuple[int, ...], np.dtype, bool, int]:
+    """Shape, dtype, Fortran order and data offset of an .npy file whose size matches its header."""
+    try:
+        with open(path, "rb") as f:
+            layout = _read_npy_layout(f, str(path))
+            offset = f.tell()
+            size = os.fstat(f.fileno()).st_size
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    if layout is None:
+        raise DataError(f"{path}: unsupported .npy format version. Hint: save it with numpy.save")
+    shape, dtype, fortran = layout
+    if dtype.hasobject:
+        raise DataError(f"{path}: holds Python objects (dtype {dtype}), not numbers. Hint: save a numeric array")
+    need = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if size - offset < need:
+        raise DataError(
+            f"{path}: truncated: the header declares {_shape_text(shape)} {dtype} ({need} bytes of data) but the "
+            f"file holds {max(size - offset, 0)}. Hint: save it again"
+        )
+    return shape, dtype, fortran, offset
 
 
 class _NpzSource(_ArraySource):
@@ -693,11 +849,13 @@ class _NpzSource(_ArraySource):
 
     def _arrays(self) -> Mapping[str, np.ndarray]:
         # An npz member cannot be memory-mapped in general (it may be compressed): each key is read once per pass.
+        import zlib
+
         try:
             with np.load(self._file, allow_pickle=False) as z:
                 return {s.name: z[s.name] for s in self.inputs}
-        except (OSError, ValueError, zipfile.BadZipFile) as exc:
-            raise DataError(f"{self.origin}: cannot read ({exc})") from None
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+            raise DataError(f"{self.origin}: cannot read ({type(exc).__name__}: {exc})") from None
 
     def _digest(self) -> str:
         return _file_sha256(self._file)
@@ -836,7 +994,9 @@ class _ImageSource(_SampleSource):
         resampling = getattr(image_mod, "Resampling", image_mod).BILINEAR
         pre, (h, w) = self.preprocess, self.size
         try:
-            with image_mod.open(path) as im:
+            # From bytes, not the path: Pillow memory-maps some formats, and a file that shrinks while mapped
+            # ends the process with SIGBUS.
+            with image_mod.open(io.BytesIO(path.read_bytes())) as im:
                 im = im.convert(self._mode)
                 if pre.resize is None:
                     im = im.resize((w, h), resampling)
@@ -926,6 +1086,12 @@ def _split_script(text: str) -> tuple[Path, str]:
     return Path(text), _DEFAULT_FUNCTION
 
 
+def data_file(path: str | os.PathLike) -> Path:
+    """The file or folder a --data value reads: a data script's FILE.py of FILE.py:function, else the path itself."""
+    script, _ = _split_script(os.fspath(path))
+    return script if script.suffix.lower() == ".py" else Path(path)
+
+
 def _load_function(path: Path, name: str) -> Callable[[], Any]:
     digest = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:16]
     module_name = f"_trt_calib_data_script_{digest}"
@@ -936,6 +1102,12 @@ def _load_function(path: Path, name: str) -> Callable[[], Any]:
     sys.modules[module_name] = module
     try:
         spec.loader.exec_module(module)
+    except SystemExit as exc:
+        sys.modules.pop(module_name, None)
+        raise DataError(
+            f"{path}: the data script called sys.exit({exc.code!r}) while being imported; it must define a "
+            "function that yields batches, not exit. Hint: guard script code with `if __name__ == '__main__':`"
+        ) from None
     except Exception as exc:
         sys.modules.pop(module_name, None)
         raise DataError(f"{path}: importing the data script failed ({type(exc).__name__}: {exc})") from exc
@@ -960,8 +1132,11 @@ class _GeneratorSource(BatchSource):
 
     kind = "generator"
 
-    def __init__(self, path: Path, function: str, inputs: Sequence[InputSpec]) -> None:
+    def __init__(
+        self, path: Path, function: str, inputs: Sequence[InputSpec], max_batches: int | None = None
+    ) -> None:
         super().__init__(inputs, f"{path}:{function}", str(path))
+        self.max_batches = max_batches
         self._file = path
         self.function = function
         self._fn = _load_function(path, function)
@@ -973,6 +1148,11 @@ class _GeneratorSource(BatchSource):
             it = iter(items)
         except TrtCalibError:
             raise
+        except SystemExit as exc:
+            raise DataError(
+                f"{self.origin}: called sys.exit({exc.code!r}) instead of returning batches; no batch was made. "
+                "Hint: a data script ends its data by returning, never by exiting"
+            ) from None
         except Exception as exc:
             raise DataError(
                 f"{self.origin}: calling it failed ({type(exc).__name__}: {exc}). "
@@ -986,6 +1166,12 @@ class _GeneratorSource(BatchSource):
                 return
             except TrtCalibError:
                 raise
+            except SystemExit as exc:
+                raise DataError(
+                    f"{self.origin}: called sys.exit({exc.code!r}) while making batch {index}, after {index} "
+                    "batch(es); calibrating on part of the data would give other scales. Hint: a data script ends "
+                    "its data by returning, never by exiting"
+                ) from None
             except Exception as exc:
                 raise DataError(
                     f"{self.origin}: raised {type(exc).__name__} while making batch {index}: {exc}"
@@ -1060,12 +1246,18 @@ def open_source(
     preprocess: Preprocess | None = None,
     limit: int | None = None,
     offset: int = 0,
+    max_batches: int | None = None,
+    padding_is_data: bool = True,
 ) -> BatchSource:
     """Open calibration data by path: .npy, .npz (keys = input names), a folder of images, or a data script .py[:func].
 
-    Samples [offset, offset+limit) are selected, then shuffled (with `seed`), then batched per `last_batch`.
+    Samples [offset, offset+limit) are selected, then shuffled (with `seed`), then batched per `last_batch`; at most
+    `max_batches` batches are read (a data script's generator is not asked for more). A padded last batch is
+    warned about with its counts (refused when the copies outnumber the samples) unless `padding_is_data=False`
+    says the caller leaves the copies out.
     """
     inputs = _check_inputs(inputs)
+    _check_max_batches(max_batches)
     if path is None:
         raise DataError(
             "no calibration data given. Hint: pass an .npy, an .npz keyed by input name, a folder of images, "
@@ -1087,11 +1279,11 @@ def open_source(
                 f"{script}: a data script yields ready batches, so {', '.join(given)} cannot apply. "
                 "Hint: batch, order and select the data inside the script"
             )
-        return _GeneratorSource(script, function, inputs)
+        return _GeneratorSource(script, function, inputs, max_batches)
     _check_batching(batch_size, last_batch, offset, limit)
     batching = dict(
         batch_size=int(batch_size), shuffle=bool(shuffle), seed=seed, last_batch=last_batch, limit=limit,
-        offset=int(offset),
+        offset=int(offset), max_batches=max_batches, padding_is_data=bool(padding_is_data),
     )
     p = Path(text)
     if not p.exists():

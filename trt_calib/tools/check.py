@@ -10,7 +10,7 @@ from ..core.cache import CalibrationCache
 from ..errors import CalibrationError
 from .entries import cache_version, check_version, load_cache
 
-__all__ = ["CheckReport", "check_cache"]
+__all__ = ["CheckReport", "check_cache", "check_recomputable"]
 
 # The header algorithms `check` can recompute, as `collect.calibrate` algorithms.
 _RECOMPUTABLE = {"EntropyCalibration2": "entropy2", "MinMaxCalibration": "minmax"}
@@ -55,6 +55,24 @@ class CheckReport:
         return out
 
 
+def check_recomputable(cache: CalibrationCache) -> str:
+    """The `calibrate` algorithm that recomputes `cache`; CalibrationError for a cache `check` cannot verify (another
+    calibrator, or no entries at all), raised before any data is read."""
+    algorithm = _RECOMPUTABLE.get(cache.algorithm)
+    if algorithm is None:
+        raise CalibrationError(
+            f"{cache.source or 'cache'}: header {cache.header!r} names calibrator {cache.algorithm}, which "
+            f"trt-calib cannot recompute (it reimplements {', '.join(_RECOMPUTABLE)}). Hint: use `trt-calib "
+            "validate` for the checks that need no recomputation"
+        )
+    if not cache.entries:
+        raise CalibrationError(
+            f"{cache.source or 'cache'}: holds only the header {cache.header!r} and no entries, so there is nothing "
+            "to check (TensorRT would calibrate every tensor itself). Hint: check the file that was meant"
+        )
+    return algorithm
+
+
 def check_cache(
     cache: CalibrationCache | str | os.PathLike,
     model: Any,
@@ -73,19 +91,13 @@ def check_cache(
     from ..core.compare import DEFAULT_MAX_ULPS, compare
 
     parsed = load_cache(cache)
-    algorithm = _RECOMPUTABLE.get(parsed.algorithm)
-    if algorithm is None:
-        raise CalibrationError(
-            f"{parsed.source or 'cache'}: header {parsed.header!r} names calibrator {parsed.algorithm}, which "
-            f"trt-calib cannot recompute (it reimplements {', '.join(_RECOMPUTABLE)}). Hint: use `trt-calib "
-            "validate` for the checks that need no recomputation"
-        )
+    algorithm = check_recomputable(parsed)
     if trt_version is None:
         trt_version = ".".join(map(str, cache_version(parsed)))
     else:
         check_version(trt_version)
-    model = load_model(model)
     result = calibrate(model, batches, algorithm=algorithm, trt_version=trt_version, progress=progress, threads=threads)
+    graph = load_model(model, weights=False)  # the initializer names only
     comparison = compare(parsed, result, max_ulps=DEFAULT_MAX_ULPS if max_ulps is None else max_ulps,
-                         initializers=(t.name for t in model.graph.initializer))
+                         initializers=(t.name for t in graph.graph.initializer))
     return CheckReport(parsed.source, parsed.header, algorithm, trt_version, comparison, result.num_batches)

@@ -10,7 +10,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from ..core.cache import CalibrationCache, make_header, scale_to_hex
+from ..core.cache import MAX_CACHE_BYTES, CalibrationCache, make_header, scale_to_amax, scale_to_hex
 from ..errors import TrtCalibError
 from .entries import check_version, header_algorithm, load_cache
 
@@ -32,16 +32,38 @@ def cache_to_json(cache: CalibrationCache | str | os.PathLike) -> dict[str, floa
 
 
 def _amax_from_json(name: str, value: Any, where: str) -> float:
-    if isinstance(value, str) and value.strip().lower() in ("inf", "+inf", "infinity", "nan"):
-        return float(value.strip().lower().replace("infinity", "inf"))
+    if isinstance(value, str) and value.strip().lower() in ("inf", "+inf", "infinity"):
+        return math.inf
+    if isinstance(value, str) and value.strip().lower() == "nan":
+        raise TrtCalibError(f"{where}: tensor {name!r} has amax NaN: TensorRT cannot quantize with a NaN scale. "
+                            "Hint: fix the tensor's range, or leave the tensor out")
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TrtCalibError(f"{where}: tensor {name!r} has amax {value!r}, not a number. Hint: the JSON must map "
                             "tensor names to amax values, e.g. {\"input\": 2.64}")
     amax = float(value)
+    if math.isnan(amax):
+        raise TrtCalibError(f"{where}: tensor {name!r} has amax NaN: TensorRT cannot quantize with a NaN scale. "
+                            "Hint: fix the tensor's range, or leave the tensor out")
     if amax < 0:
         raise TrtCalibError(f"{where}: tensor {name!r} has negative amax {amax!r}; amax is the symmetric range "
                             "|x| <= amax. Hint: use abs() of the range")
     return amax
+
+
+def _read_limited(path: Path) -> str:
+    """A JSON file's text, refusing files no {name: amax} table comes near (`convert /dev/zero`)."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_CACHE_BYTES + 1)
+    except IsADirectoryError:
+        raise TrtCalibError(f"{path}: is a directory") from None
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise TrtCalibError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    if len(data) > MAX_CACHE_BYTES:
+        raise TrtCalibError(f"{path}: more than {MAX_CACHE_BYTES >> 20} MiB, not a {{name: amax}} table")
+    return data.decode("utf-8")
 
 
 def cache_from_json(
@@ -59,7 +81,7 @@ def cache_from_json(
     if not isinstance(data, Mapping):
         where = str(data)
         try:
-            data = json.loads(Path(data).read_text())
+            data = json.loads(_read_limited(Path(data)))
         except FileNotFoundError:
             raise TrtCalibError(f"{where}: no such file") from None
         except (ValueError, UnicodeDecodeError) as exc:
@@ -69,7 +91,12 @@ def cache_from_json(
             data = {t["name"]: t["amax"] for t in data["tensors"]}
         except (KeyError, TypeError):
             raise TrtCalibError(f"{where}: 'tensors' entries need 'name' and 'amax'") from None
-    if not isinstance(data, Mapping) or not data:
+    if not isinstance(data, Mapping):
+        raise TrtCalibError(
+            f"{where}: holds a JSON {type(data).__name__} ({json.dumps(data)[:60]}), not a {{name: amax}} mapping. "
+            "Hint: the JSON must be an object mapping tensor names to amax values, e.g. {\"input\": 2.64}"
+        )
+    if not data:
         raise TrtCalibError(f"{where}: expected a non-empty JSON object {{tensor name: amax}}")
     if not trt_version:
         raise TrtCalibError("a cache header needs the TensorRT version that will read it. Hint: --trt-version X.Y.Z")
@@ -80,8 +107,16 @@ def cache_from_json(
         if not isinstance(name, str) or not name or "\n" in name or "\r" in name:
             raise TrtCalibError(f"{where}: tensor name {name!r} cannot be written on one cache line")
         amax = _amax_from_json(name, value, where)
-        with np.errstate(over="ignore"):
+        with np.errstate(over="ignore", under="ignore"):
             scale = np.float32(amax / 127.0)
+        if math.isfinite(amax) and not np.isfinite(scale_to_amax(float(scale))):
+            raise TrtCalibError(f"{where}: tensor {name!r} has amax {amax!r}, beyond float32's largest value: TensorRT "
+                                "reads amax = scale * 127 in float32, which would be inf. Hint: write \"inf\" if an "
+                                "infinite range is meant")
+        if amax > 0 and scale == 0:
+            raise TrtCalibError(f"{where}: tensor {name!r} has amax {amax!r}, below the smallest float32 scale: it "
+                                "would be written as 0, TensorRT's value for an all-zero tensor. Hint: write 0 if "
+                                "that is meant")
         entries.append((name, scale_to_hex(float(scale))))
     return CalibrationCache(header, entries, source=where)
 

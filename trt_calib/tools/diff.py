@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 import numpy as np
@@ -60,6 +60,18 @@ class CacheDiff:
     only_a: list[DiffRow]
     only_b: list[DiffRow]
     header_differences: list[str]
+    duplicates_a: list[str] = field(default_factory=list)
+    duplicates_b: list[str] = field(default_factory=list)
+
+    def duplicate_notes(self) -> list[str]:
+        """One line per side whose cache repeats names: the diff compares the last value of each."""
+        notes = []
+        for side, names in (("A", self.duplicates_a), ("B", self.duplicates_b)):
+            if names:
+                shown = ", ".join(names[:10]) + (f", ... ({len(names)} in all)" if len(names) > 10 else "")
+                notes.append(f"{side} repeats {len(names)} name(s) ({shown}); the diff compares the last value of "
+                             "each (what trt-calib reads; TensorRT's choice is not documented)")
+        return notes
 
     @property
     def changed(self) -> list[DiffRow]:
@@ -90,6 +102,9 @@ class CacheDiff:
             "a_header": self.a_header,
             "b_header": self.b_header,
             "header_differences": self.header_differences,
+            "duplicates_a": self.duplicates_a,
+            "duplicates_b": self.duplicates_b,
+            "notes": self.duplicate_notes(),
             "identical": self.identical,
             "summary": self.summary(),
             "bins_note": "bins = (B - A) / bin width; the width is A's saved histogram's when given, else the "
@@ -151,4 +166,5 @@ def diff_caches(
         if name not in sa:
             only_b.append(DiffRow(name, None, amax_b[name], None, hb[name], None, None, None, False, "only-b"))
     rows.sort(key=lambda r: -(r.log_ratio if r.log_ratio is not None else math.inf))
-    return CacheDiff(ca.source, cb.source, ca.header, cb.header, rows, only_a, only_b, header_differences)
+    return CacheDiff(ca.source, cb.source, ca.header, cb.header, rows, only_a, only_b, header_differences,
+                     ca.duplicates(), cb.duplicates())

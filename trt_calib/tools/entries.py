@@ -101,6 +101,7 @@ def inspect_cache(cache: CalibrationCache | str | os.PathLike) -> dict[str, Any]
         "num_entries": len(cache),
         "duplicates": sorted(duplicates),
         "flag_counts": flag_counts,
+        "notes": [{"code": code, "message": message} for code, message in cache.notes],
         "entries": entries,
     }
 

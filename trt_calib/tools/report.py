@@ -3,6 +3,8 @@ structure, the expected quantisation error and the effective bits; a model-level
 
 The numbers come from `thresholds`, `signs` and `collect`; this module assembles and draws them. A report is a folder
 (`index.html`, `report.json`, `figures/*.png`) that opens from disk: no server, no external script or style sheet.
+`report-manifest.json` lists the files the report wrote: a new report replaces those and never touches anything else
+in the folder.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from .._util import atomic_write
 from ..core.cache import DEFAULT_TRT_VERSION
 from ..errors import DataError, TrtCalibError
 from ..core.histogram import AbsHistogram
@@ -45,6 +48,8 @@ from ..ort.collect import collect_signed
 
 __all__ = [
     "REPORT_MARKER",
+    "MANIFEST",
+    "report_files",
     "TensorSummary",
     "ReportResult",
     "analyse",
@@ -58,6 +63,9 @@ log = logging.getLogger(__name__)
 
 #: report.json's "generator" value: a folder holding it is a previous report, which `write_report` may replace.
 REPORT_MARKER = "trt-calib report"
+#: The files a report wrote (relative path -> sha256): the only files a later report replaces or deletes, and only
+#: while they still hold what was written.
+MANIFEST = "report-manifest.json"
 #: The symmetric thresholds every report draws, in drawing order.
 THRESHOLDS = ("entropy2", "minmax", "percentile", "mse")
 _STYLE = {
@@ -576,7 +584,8 @@ lowest SQNR. "uint8 gain" is the SQNR of the best asymmetric uint8 grid minus th
 
 # ---------------------------------------------------------------------------------------------- folder
 def _check_target(out_dir: Path, force: bool) -> None:
-    """Refuse to replace anything but a previous report or an empty folder, unless forced."""
+    """Refuse a file, a missing parent, or a non-empty folder holding no previous report unless forced (then the
+    report's files are added beside what is there; nothing is deleted that the report did not write)."""
     if out_dir.exists() and not out_dir.is_dir():
         raise TrtCalibError(f"{out_dir}: exists and is not a folder. Hint: choose another -o")
     if not out_dir.resolve().parent.is_dir():
@@ -584,20 +593,69 @@ def _check_target(out_dir: Path, force: bool) -> None:
     if out_dir.is_dir() and any(out_dir.iterdir()) and not force and not _is_report(out_dir):
         raise TrtCalibError(
             f"{out_dir}: folder is not empty and holds no previous report (no report.json from trt-calib). "
-            "Hint: choose another -o, or pass --force to replace it"
+            "Hint: choose another -o, or pass --force to write the report's files beside what is there"
         )
 
 
-def _is_report(folder: Path) -> bool:
+def _read_json(path: Path) -> Any:
     try:
-        return json.loads((folder / "report.json").read_text("utf-8")).get("generator") == REPORT_MARKER
-    except (OSError, ValueError, AttributeError):
+        with open(path, "rb") as f:
+            data = f.read(64 << 20)
+        return json.loads(data.decode("utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def report_files(folder: str | os.PathLike) -> dict[str, str | None] | None:
+    """The files (relative path -> sha256 when recorded) a previous report wrote in `folder`, from its manifest (or,
+    for a report written before manifests, from its report.json); None when the folder holds no report."""
+    folder = Path(folder)
+    manifest = _read_json(folder / MANIFEST)
+    if isinstance(manifest, dict) and manifest.get("generator") == REPORT_MARKER:
+        listed = manifest.get("files")
+        if isinstance(listed, dict):
+            files = {f: h if isinstance(h, str) else None for f, h in listed.items() if _safe_relative(f)}
+            return {**files, MANIFEST: None}
+    report = _read_json(folder / "report.json")
+    if not (isinstance(report, dict) and report.get("generator") == REPORT_MARKER):
+        return None
+    names = {"index.html", "report.json"}
+    for tensor in report.get("tensors") or []:
+        figure = tensor.get("figure") if isinstance(tensor, dict) else None
+        if isinstance(figure, str) and _safe_relative(figure):
+            names.add(figure)
+    return dict.fromkeys(names)
+
+
+def _still_ours(path: Path, sha256: str | None) -> bool:
+    """A listed file still holds what the report wrote (unknown for reports written before hashes were kept)."""
+    if sha256 is None:
+        return True
+    from .provenance import file_sha256
+
+    try:
+        return file_sha256(path) == sha256
+    except OSError:
         return False
+
+
+def _safe_relative(name: str) -> bool:
+    """A manifest entry that stays inside the report folder (a hand-edited manifest must not reach outside)."""
+    parts = Path(name).parts
+    return bool(parts) and not Path(name).is_absolute() and ".." not in parts
+
+
+def _is_report(folder: Path) -> bool:
+    return report_files(folder) is not None
 
 
 def _figure_name(index: int, name: str) -> str:
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._")[:60] or "tensor"
     return f"figures/{index:04d}_{slug}.png"
+
+
+def _manifest_text(files: Mapping[str, str | None]) -> str:
+    return json.dumps({"generator": REPORT_MARKER, "files": dict(sorted(files.items()))}, indent=1) + "\n"
 
 
 def write_report(
@@ -610,9 +668,13 @@ def write_report(
     force: bool = False,
     progress: bool = False,
 ) -> list[str]:
-    """Write the report folder atomically (built in a temporary folder, renamed into place); returns the drawn names.
+    """Write the report into `out_dir`; returns the drawn names.
 
-    Figures are drawn for the `max_tensors` tensors with the lowest SQNR (all when None), kept in model order.
+    Everything is built in a temporary folder first. A new folder is renamed into place whole; in an existing one only
+    the report's own files are replaced (those of the previous report's manifest), stale ones of the previous report
+    are deleted, and nothing else is touched: a file the report would write that it did not write before is refused
+    before anything changes. Figures are drawn for the `max_tensors` tensors with the lowest SQNR (all when None),
+    kept in model order.
     """
     out_dir = Path(out_dir)
     _check_target(out_dir, force)
@@ -628,20 +690,25 @@ def write_report(
         from tqdm import tqdm
 
         by_name = {s.name: s for s in summaries}
+        files = ["index.html", "report.json", MANIFEST]
         for name in tqdm(drawn, desc="drawing", unit="tensor", file=sys.stderr,
                          disable=None if progress else True, leave=False):
             s = by_name[name]
             s.figure = _figure_name(s.order, s.name)
             render_figure(s, histograms[name], tmp / s.figure)
+            files.append(s.figure)
         (tmp / "index.html").write_text(_page(summaries, drawn, meta), encoding="utf-8")
         report = {"generator": REPORT_MARKER, **_jsonable(dict(meta)), "drawn": drawn,
                   "tensors": [s.to_dict() for s in summaries]}
         (tmp / "report.json").write_text(json.dumps(report, indent=1, allow_nan=False) + "\n", encoding="utf-8")
+        from .provenance import file_sha256
+
+        hashes = {f: file_sha256(tmp / f) for f in files if f != MANIFEST}
+        (tmp / MANIFEST).write_text(_manifest_text(hashes), encoding="utf-8")
         os.chmod(tmp, 0o777 & ~_umask())
-        _swap_into_place(tmp, out_dir)
-    except BaseException:
+        _install(tmp, out_dir, hashes)
+    finally:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return drawn
 
 
@@ -656,20 +723,41 @@ def _umask() -> int:
     return mask
 
 
-def _swap_into_place(tmp: Path, out_dir: Path) -> None:
-    """Rename the finished folder to `out_dir`; a folder already there is moved aside first and deleted after."""
+def _install(tmp: Path, out_dir: Path, files: Mapping[str, str]) -> None:
+    """Move the finished report from `tmp` into `out_dir`, replacing only files a previous report wrote there and
+    that still hold what it wrote; `files` maps the new report's files (all but the manifest) to their sha256."""
     if not out_dir.exists():
         os.rename(tmp, out_dir)
         return
-    old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".old", dir=out_dir.resolve().parent))
-    os.rmdir(old)
-    os.rename(out_dir, old)
-    try:
-        os.rename(tmp, out_dir)
-    except BaseException:
-        os.rename(old, out_dir)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
+    listed = report_files(out_dir) or {}
+    owned = {f: h for f, h in listed.items() if f == MANIFEST or _still_ours(out_dir / f, h)}
+    foreign = [f for f in [*files, MANIFEST] if f not in owned and os.path.lexists(out_dir / f)]
+    if (out_dir / "figures").exists() and not (out_dir / "figures").is_dir():
+        foreign.append("figures")
+    if foreign:
+        raise TrtCalibError(
+            f"{out_dir}: the report would replace {', '.join(sorted(foreign)[:5])}"
+            f"{' ...' if len(foreign) > 5 else ''}, which no earlier report there wrote (or which changed since); "
+            "nothing was changed. Hint: move those files away, or choose another -o"
+        )
+    # The manifest on disk lists every file this run may write before any is moved, so an interruption leaves
+    # nothing a later report would take for someone else's.
+    pending = {**{f: h for f, h in owned.items() if f != MANIFEST}, **dict.fromkeys(files)}
+    atomic_write(out_dir / MANIFEST, _manifest_text(pending))
+    (out_dir / "figures").mkdir(exist_ok=True)
+    for name in sorted(files):
+        os.replace(tmp / name, out_dir / name)
+    for name in sorted(set(owned) - set(files) - {MANIFEST}):
+        try:
+            os.unlink(out_dir / name)
+        except FileNotFoundError:
+            pass
+        except IsADirectoryError:
+            log.warning("%s: listed in the report's manifest but a folder now; left in place", out_dir / name)
+    stale = sorted(set(listed) - set(owned))
+    if stale:
+        log.info("%s: kept %s, which the earlier report wrote but which changed since", out_dir, ", ".join(stale[:5]))
+    atomic_write(out_dir / MANIFEST, _manifest_text(files))
 
 
 # ---------------------------------------------------------------------------------------------- all of it

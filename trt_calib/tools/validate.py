@@ -56,13 +56,14 @@ class ValidationReport:
 
     @property
     def exit_code(self) -> int:
-        """2 with any error, 1 with warnings only, 0 when clean (info findings do not count)."""
+        """3 with any error, 1 with warnings only, 0 when clean (info findings do not count); the CLI's exit status,
+        where 2 stays a usage or input error."""
         counts = self.counts()
-        return 2 if counts["error"] else 1 if counts["warning"] else 0
+        return 3 if counts["error"] else 1 if counts["warning"] else 0
 
     @property
     def verdict(self) -> str:
-        return ("clean", "warnings", "errors")[self.exit_code]
+        return {0: "clean", 1: "warnings", 3: "errors"}[self.exit_code]
 
     def sorted_findings(self) -> list[dict[str, Any]]:
         """Findings by severity (errors first), in the order found within a severity."""
@@ -105,7 +106,7 @@ class _Graph:
 def _graph(model: Any) -> _Graph:
     from ..ort.collect import calibrated_tensors, load_model, model_inputs
 
-    model = load_model(model)
+    model = load_model(model, weights=False)  # the graph only: a model over 2 GB keeps its weights on disk
     graph = model.graph
     initializers = {t.name for t in graph.initializer}
     inputs = {s.name for s in model_inputs(model)}
@@ -190,6 +191,15 @@ def _header_findings(report: ValidationReport, cache: CalibrationCache, trt_vers
             "header calibrator is MinMaxCalibration: only IInt8MinMaxCalibrator reads it; trtexec --calib reads "
             "caches with EntropyCalibration2 and would ignore this one",
         )
+
+
+# What the parser accepted but noticed (CalibrationCache.notes), by code: the severity of each as a finding.
+_NOTE_SEVERITY = {"header-whitespace": "warning", "mixed-line-endings": "info", "value-whitespace": "info"}
+
+
+def _note_findings(report: ValidationReport, cache: CalibrationCache) -> None:
+    for code, message in cache.notes:
+        report.add(_NOTE_SEVERITY.get(code, "info"), code, message)
 
 
 def _value_findings(report: ValidationReport, cache: CalibrationCache, g: _Graph | None) -> None:
@@ -417,6 +427,8 @@ _DATA_FIELDS = {
     "batch_size": "batch size",
     "num_batches": "batches",
     "num_samples": "samples",
+    "batches_sha256": "batch content sha256",
+    "max_batches": "max batches",
     "order_sha256": "batch order",
     "shuffle": "shuffle",
     "seed": "seed",
@@ -462,8 +474,9 @@ def _provenance_findings(
     model_path: Path | None,
     data_manifest: Mapping[str, Any] | None,
 ) -> None:
-    from .provenance import file_sha256, read_provenance, sidecar_path
+    from .provenance import file_sha256, provenance_problems, read_provenance, sidecar_path
 
+    where = sidecar_path(cache_path).name
     try:
         record = read_provenance(cache_path)
     except (ValueError, OSError) as exc:
@@ -472,15 +485,36 @@ def _provenance_findings(
         return
     if record is None:
         if data_manifest is not None:
-            report.add("info", "no-provenance", f"no {sidecar_path(cache_path).name} next to the cache (it is "
+            report.add("info", "no-provenance", f"no {where} next to the cache (it is "
                        "written by `trt-calib calibrate`): cannot tell whether the data changed")
         return
+    problems = provenance_problems(record)
+    if problems:
+        report.add("warning", "provenance-malformed", f"{where} is not a trt-calib sidecar: {'; '.join(problems)}. "
+                   "Cannot tell whether the model or data changed since calibration. Hint: recalibrate, or delete "
+                   "the file", problems=problems)
+        return
+    recorded_cache = (record.get("cache") or {}).get("sha256")
+    if recorded_cache is not None:
+        actual_cache = file_sha256(cache_path)
+        if actual_cache != recorded_cache:
+            report.add(
+                "warning",
+                "provenance-stale",
+                f"{where} was written for another cache (sha256 {recorded_cache[:12]}...; this one has "
+                f"{actual_cache[:12]}...): the cache was replaced or rewritten after it, or two runs wrote to one "
+                "path, so its model and data records do not describe this cache and are not compared. Hint: "
+                "recalibrate to get a matching pair",
+                recorded_sha256=recorded_cache,
+                cache_sha256=actual_cache,
+            )
+            return
     if data_manifest is not None:
-        _data_findings(report, record, data_manifest, sidecar_path(cache_path).name)
+        _data_findings(report, record, data_manifest, where)
     recorded = (record.get("model") or {}).get("sha256")
     if record.get("header") and record["header"] != cache.header:
         report.add("warning", "provenance-header", f"header {cache.header!r} differs from {record['header']!r} "
-                   f"recorded in {sidecar_path(cache_path).name} when it was calibrated: the file was rewritten "
+                   f"recorded in {where} when it was calibrated: the file was rewritten "
                    "or replaced since")
     if model_path is None or not recorded:
         return
@@ -491,12 +525,12 @@ def _provenance_findings(
             "model-changed",
             f"{model_path} has sha256 {actual[:12]}..., but the cache was calibrated from "
             f"{(record.get('model') or {}).get('path')!s} with sha256 {recorded[:12]}... "
-            f"({sidecar_path(cache_path).name}): its scales describe other weights. Hint: recalibrate",
+            f"({where}): its scales describe other weights. Hint: recalibrate",
             recorded_sha256=recorded,
             model_sha256=actual,
         )
     else:
-        report.add("info", "provenance", f"model matches the one recorded in {sidecar_path(cache_path).name} "
+        report.add("info", "provenance", f"model matches the one recorded in {where} "
                    f"(sha256 {actual[:12]}...)")
 
 
@@ -535,6 +569,7 @@ def validate_cache(
         report.add("error", "unparsable", f"{exc}. Hint: TensorRT would fail to read it or ignore it")
         return report
     report = ValidationReport(parsed.source, parsed.header, parsed.trt_version, parsed.algorithm, model_name, target)
+    _note_findings(report, parsed)
     _header_findings(report, parsed, trt_version, algorithm)
     g = _graph(model) if model is not None else None
     _value_findings(report, parsed, g)
