@@ -36,6 +36,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "provenance next to it)")
     p.add_argument("--algorithm", choices=list(ALGORITHM_HEADERS), default="entropy2", help="default entropy2")
     p.add_argument("--percentile", type=float, default=99.99, help="for --algorithm percentile (default 99.99)")
+    p.add_argument("--range", dest="range_mode", choices=("trt", "global"), default="trt",
+                   help="histogram ranges: trt (TensorRT's: the first batch's max, doubled as later batches exceed "
+                   "it, so batch size and order matter; default) or global (each tensor's max over all batches, "
+                   "taken in a first pass: independent of batch size and order, but not TensorRT's algorithm; "
+                   "the sidecar and --json say so, and TensorRT uses the cache's scales as they are)")
     p.add_argument("--trt-version", default=DEFAULT_TRT_VERSION,
                    help=f"TensorRT version to write the header for and to emulate (default {DEFAULT_TRT_VERSION}); "
                    "<= 8.0 also ties Concat inputs to the output's scale")
@@ -57,6 +62,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from ..core.cache import CalibrationCache, make_header
+    from ..core.result import GLOBAL_RANGE_NOTE
     from ..ort.collect import ALGORITHM_HEADERS, calibrate, load_model, model_inputs
     from ..tools.provenance import make_provenance, sidecar_path, write_provenance
     from .._util import atomic_write
@@ -88,6 +94,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
             progress=bar.update if bar is not None else None,
             threads=args.threads,
             max_activation_mb=args.max_activation_mb,
+            range_mode=args.range_mode,
         )
     finally:
         if bar is not None:
@@ -105,9 +112,14 @@ def run_calibrate(args: argparse.Namespace) -> int:
             algorithm=args.algorithm,
             header=make_header(ALGORITHM_HEADERS[args.algorithm], args.trt_version),
             trt_version=args.trt_version,
-            options={"percentile": args.percentile} if args.algorithm == "percentile" else {},
+            options={
+                **({"percentile": args.percentile} if args.algorithm == "percentile" else {}),
+                **({"range": args.range_mode, "note": GLOBAL_RANGE_NOTE} if args.range_mode != "trt" else {}),
+            },
         ),
     )
+    if args.range_mode != "trt":
+        log.warning("--range %s: %s", args.range_mode, GLOBAL_RANGE_NOTE)
     if args.json:
         atomic_write(args.json, json.dumps(result.to_json(), indent=2) + "\n")
     if args.save_histograms:
