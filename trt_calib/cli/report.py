@@ -47,6 +47,9 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help=f"TensorRT version whose scale ties to apply (default {DEFAULT_TRT_VERSION})")
     p.add_argument("--save-histograms", metavar="H.npz", help="with --data: also save the signed histograms, "
                    "for later reports without a second pass")
+    p.add_argument("--stability", metavar="STAB.json", help="add the stability section (spread bars, settle "
+                   "curve, end-to-end effect) from `trt-calib stability -o STAB.json`; alone, without --data or "
+                   "--histograms, the page holds only that section")
     p.add_argument("--force", action="store_true", help="replace a non-empty -o folder that is not a report")
     p.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads (default: all cores)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -58,9 +61,15 @@ def run_report(args: argparse.Namespace) -> int:
     """Handler of `trt-calib report`: returns 0 once the report folder is in place."""
     from ..tools.report import build_report
 
-    if (args.data is None) == (args.histograms is None):
+    stability = None
+    if args.stability is not None:
+        from ..tools.stability import load_stability
+
+        stability = load_stability(args.stability)
+    if args.data is not None and args.histograms is not None or (
+            stability is None and args.data is None and args.histograms is None):
         raise TrtCalibError("report needs exactly one of --data D (run the model) or --histograms H.npz "
-                            "(reuse a calibration's histograms)")
+                            "(reuse a calibration's histograms), or --stability STAB.json alone")
     if args.save_histograms and args.histograms:
         raise TrtCalibError("--save-histograms goes with --data; the histograms of --histograms are saved already")
     if args.max_tensors is not None and args.max_tensors < 0:
@@ -78,7 +87,7 @@ def run_report(args: argparse.Namespace) -> int:
         manifest = batches.manifest()
         meta["data"] = f"{args.data} ({manifest.get('num_batches')} batches of {manifest.get('batch_size')}, " \
                        f"{manifest.get('num_samples')} samples)"
-    else:
+    elif args.histograms is not None:
         from ..core.signs import load_any_histograms
 
         histograms = load_any_histograms(args.histograms)
@@ -99,6 +108,7 @@ def run_report(args: argparse.Namespace) -> int:
         threads=args.threads,
         meta=meta,
         save_histograms=args.save_histograms,
+        stability=stability,
     )
     log.info("open %s", (Path(result.path) / "index.html").resolve().as_uri())
     return 0
