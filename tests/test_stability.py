@@ -121,6 +121,13 @@ def test_results_are_identical_whatever_the_executor(pool):
     e2e = serial["end_to_end"]
     assert e2e["metric"] == "mean_kl" and e2e["output"] == "prob"
     assert {r["variant"] for r in e2e["variants"]} == set(serial["spread_variants"])
+    # Q/DQ pairs go on the inputs of LeNet's Conv and Gemm nodes only; one model per distinct set of their scales
+    quantized = {t["name"] for t in serial["tensors"] if t["quantized"]}
+    assert quantized == {"data", "pool1", "pool2_flat", "ip1"}
+    by_name = {t["name"]: t for t in serial["tensors"]}
+    scale_of = [by_name[t["tied_to"] or t["name"]] for t in serial["tensors"] if t["quantized"]]  # after the ties
+    distinct = {tuple(t["amax"][i] for t in scale_of) for i in serial["spread_variants"]}
+    assert e2e["evaluations"] == len(distinct)
     kl = {r["variant"]: r["mean_kl"] for r in e2e["variants"]}
     assert kl[e2e["best"]] == min(kl.values()) and kl[e2e["worst"]] == max(kl.values())
 

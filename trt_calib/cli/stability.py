@@ -174,20 +174,25 @@ def format_summary(record: dict[str, Any], *, rows: int = 15) -> str:
     shown = judged[: max(rows, record["summary"]["unstable"])]
     width = max([len(t["name"]) for t in shown] + [6])
     lines.append(f"{'tensor':<{width}}  {'base amax':>10}  {'min':>10}  {'max':>10}  {'range %':>8}  {'bins':>7}  "
-                 "settled at")
+                 f"{'Q/DQ':>4}  settled at")
     for t in shown:
         settled = t["settle"]["settled_at"]
         settle_text = "-" if not record["subset_variants"] else ("not settled" if settled is None else
                                                                   f"{settled} samples")
         flag = "  UNSTABLE" if t["unstable"] else ""
         lines.append(f"{t['name']:<{width}}  {t['base_amax']:10.5g}  {t['min']:10.5g}  {t['max']:10.5g}  "
-                     f"{_pct(t['range_percent']):>8}  {_pct(t['range_bins'], '.1f'):>7}  {settle_text}{flag}")
+                     f"{_pct(t['range_percent']):>8}  {_pct(t['range_bins'], '.1f'):>7}  "
+                     f"{ {True: 'yes', False: 'no', None: '?'}[t.get('quantized')]:>4}  {settle_text}{flag}")
     if len(judged) > len(shown):
         lines.append(f"... {len(judged) - len(shown)} more tensors, all within the tolerance")
     s = record["summary"]
     lines.append(f"{s['unstable']} of {s['judged']} tensors unstable (amax range > {record['tolerance_percent']:g}% "
                  f"of the base; tensors tied to another's scale and those with amax 0 or inf are not judged)"
                  + (f": {', '.join(s['unstable_tensors'][:10])}" if s["unstable"] else ""))
+    if s.get("unstable_quantized") is not None:
+        lines.append(f"{len(s['unstable_quantized'])} of them get a Q/DQ pair where quantize_model places them "
+                     "(TensorRT's guidance); the others' scales matter only to an implicit-INT8 engine that runs "
+                     "their consumers in INT8")
     e2e = record["end_to_end"]
     if "skipped" in e2e:
         lines.append(f"end to end: skipped ({e2e['skipped']})")

@@ -685,6 +685,9 @@ def stability_section(record: Mapping[str, Any], figures: Mapping[str, str]) -> 
         f"<b>{s['unstable']} of {s['judged']}</b> tensors are unstable (max &minus; min of the amax above "
         f"{float(record['tolerance_percent']):g}% of the base amax)"
         + (": " + html.escape(", ".join(s["unstable_tensors"][:12])) if s["unstable"] else "")
+        + ("" if s.get("unstable_quantized") is None else
+           f"; {len(s['unstable_quantized'])} of them get a Q/DQ pair where <code>quantize_model</code> places "
+           "them (TensorRT's guidance; the others' scales matter only to an implicit-INT8 engine)")
         + ". Why: TensorRT's histogram range is the first batch's max, doubled as later batches exceed it, so "
         "which samples come first moves every bin edge, and the KL choice with them.</p>",
     ]
@@ -693,7 +696,8 @@ def stability_section(record: Mapping[str, Any], figures: Mapping[str, str]) -> 
     if "settle" in figures:
         parts.append(f'<img src="{html.escape(figures["settle"])}" alt="settle curve">')
     head = ("<tr><th class='name'>tensor</th><th>base amax</th><th>min</th><th>max</th><th>range %</th>"
-            "<th>range (bins)</th><th>settled at (samples)</th><th class='name'>verdict</th></tr>")
+            "<th>range (bins)</th><th>settled at (samples)</th><th class='name'>Q/DQ pair</th>"
+            "<th class='name'>verdict</th></tr>")
     rows = []
     for t in _judged(record):
         settled = t["settle"]["settled_at"]
@@ -705,6 +709,7 @@ def stability_section(record: Mapping[str, Any], figures: Mapping[str, str]) -> 
             + _cell(float(t["range_percent"]), _num(float(t["range_percent"]), ".2f"))
             + _cell(float(t["range_bins"]), _num(float(t["range_bins"]), ".1f"))
             + _cell(float("inf") if settled is None else float(settled), settled_text)
+            + _cell({True: "yes", False: "no"}.get(t.get("quantized"), "?"), cls="name")
             + _cell("unstable" if t["unstable"] else "stable", cls="name") + "</tr>"
         )
     parts.append(f'<table class="sortable" id="stability"><thead>{head}</thead><tbody>{"".join(rows)}</tbody></table>')

@@ -249,6 +249,20 @@ def _evaluate_scales(job: _EvaluationJob) -> dict[str, Any]:
     return row
 
 
+def _quantized_tensors(model: Any, amax: Mapping[str, float]) -> set[str] | None:
+    """The tensors that get a Q/DQ pair where `qdq.quantize_model` places them (TensorRT's guidance: inputs of
+    weighted ops, residual Adds, Concats); None when it places none. The others' spread cannot reach the output of
+    an explicit-quantization engine (a Conv output fused with its ReLU, a Softmax input)."""
+    from ..qdq import quantize_model
+
+    try:
+        _, coverage = quantize_model(model, dict(amax), check=False)
+    except TrtCalibError as exc:
+        log.info("stability: no Q/DQ placement (%s)", exc)
+        return None
+    return set(coverage.activations)
+
+
 # ---------------------------------------------------------------------------------------------- statistics
 def _finite(v: float) -> bool:
     return v is not None and math.isfinite(v)
@@ -376,6 +390,7 @@ def run_stability(
 
     tied = [tie_scales(proto, o.amax, trt_version=trt_version) for o in outcomes]
     tied_to = tied[0][1]
+    quantized = _quantized_tensors(proto, tied[0][0]) if end_to_end else None
     spread_ids = [v.id for v in variants if v.kind in SPREAD_KINDS]
     subset_ids = sorted((v.id for v in variants if v.kind == "subset"), key=lambda i: variants[i].num_samples)
     base = outcomes[0]
@@ -390,6 +405,7 @@ def run_stability(
         tensors.append({
             "name": name,
             "tied_to": tied_to.get(name),
+            "quantized": None if quantized is None else name in quantized,
             "base_amax": base.amax[name],
             "base_bin_width": width,
             "amax": amax,
@@ -406,6 +422,7 @@ def run_stability(
         "judged": len(judged),
         "unstable": len(unstable),
         "unstable_tensors": [t["name"] for t in unstable],
+        "unstable_quantized": None if quantized is None else [t["name"] for t in unstable if t["quantized"]],
         "largest_range_percent": max((t["range_percent"] for t in judged), default=None),
         "not_settled": [t["name"] for t in judged if subset_ids and t["settle"]["settled_at"] is None],
     }
@@ -414,7 +431,7 @@ def run_stability(
     if not end_to_end:
         e2e = {"skipped": "not asked for"}
     else:
-        e2e = _end_to_end(packed, specs, variants, [t[0] for t in tied], spread_ids,
+        e2e = _end_to_end(packed, specs, variants, [t[0] for t in tied], quantized, spread_ids,
                           heldout if heldout is not None else samples, batch_size, engine, progress,
                           on="held-out samples" if heldout is not None else "the calibration samples (no held-out data given)")
 
@@ -443,13 +460,17 @@ def run_stability(
 
 def _end_to_end(
     packed: _Model, specs: tuple[Any, ...], variants: list[Variant], tied: list[dict[str, float]],
-    spread_ids: list[int], samples: Mapping[str, np.ndarray], batch_size: int, engine: Any,
-    progress: Callable[[str, int], Callable[[int], None] | None] | None, *, on: str,
+    quantized: set[str] | None, spread_ids: list[int], samples: Mapping[str, np.ndarray], batch_size: int,
+    engine: Any, progress: Callable[[str, int], Callable[[int], None] | None] | None, *, on: str,
 ) -> dict[str, Any]:
-    """Evaluate each distinct set of scales among the spread variants; the most and least favourable by the error."""
+    """Evaluate each distinct set of scales among the spread variants; the most and least favourable by the error.
+
+    Variants whose scales differ only on tensors without a Q/DQ pair make the same Q/DQ model: it runs once."""
+    if quantized is None:
+        return {"skipped": "quantize_model places no Q/DQ pair in this model"}
     groups: dict[tuple, list[int]] = {}
     for i in spread_ids:
-        key = tuple(sorted((n, float(a)) for n, a in tied[i].items()))
+        key = tuple(sorted((n, float(a)) for n, a in tied[i].items() if n in quantized))
         groups.setdefault(key, []).append(i)
     firsts = [ids[0] for ids in groups.values()]
     jobs = [_EvaluationJob(packed, specs, tied[i], dict(samples), batch_size, engine.threads_per_worker)
