@@ -14,12 +14,13 @@ from trt_calib.cli import main
 from trt_calib.core.cache import CalibrationCache
 from trt_calib.core.thresholds import entropy_search
 from trt_calib.errors import DataError
-from trt_calib.ort.collect import calibrate, model_inputs
+from trt_calib.ort.collect import calibrate, collect_histograms, model_inputs
 from trt_calib.ort.data import open_source
 from trt_calib.ort.executor import make_executor
 from trt_calib.tools.stability import _settle, _spread, gather_samples, load_stability, plan_variants, run_stability
 
 from conftest import LENET, LENET_BATCHES, TRT_TABLE
+from test_report import check_folder
 
 SPECS = model_inputs(LENET)
 
@@ -90,7 +91,8 @@ def test_every_variant_is_tensorrts_algorithm_on_that_batching(pool):
     variants = record["variants"]
     assert [v["kind"] for v in variants] == ["base", "order", "order", "batch_size", "batch_size", "subset"]
     for v, outcome in zip(variants, result.outcomes):
-        order = np.arange(len(images)) if v["seed"] is None else np.random.default_rng(v["seed"]).permutation(len(images))
+        n = len(images)
+        order = np.arange(n) if v["seed"] is None else np.random.default_rng(v["seed"]).permutation(n)
         expected = _independent_amax(images[order[: v["num_samples"]]], v["batch_size"])
         assert outcome.amax == expected, v["label"]
     # the base variant is sampleINT8's calibration: on the KL index of TensorRT 7's published table, entry for entry
@@ -153,16 +155,18 @@ def test_cli_writes_stab_json_exits_1_on_unstable_tensors_and_the_report_draws_i
     assert record["model"]["path"] == str(LENET) and record["data"]["kind"] == "generator"
     assert all(len(t["amax"]) == len(record["variants"]) for t in record["tensors"])
 
-    assert main(["stability", str(LENET), "--data", str(LENET_BATCHES), "-o", str(out), "--orders", "0",
-                 "--batch-sizes", "50", "--fractions", "1", "--executor", "serial", "--no-end-to-end", "--json",
+    assert main(["stability", str(LENET), "--data", str(LENET_BATCHES), "-o", str(tmp_path / "one.json"),
+                 "--orders", "0", "--batch-sizes", "50", "--fractions", "1", "--executor", "serial", "--no-end-to-end", "--json",
                  "-q"]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["exit"] == 0 and printed["summary"]["unstable"] == 0 and len(printed["variants"]) == 1
 
     report = tmp_path / "report"
     assert main(["report", str(LENET), "--stability", str(tmp_path / "stab.json"), "-o", str(report), "-q"]) == 0
-    page = (report / "index.html").read_text()
-    assert "Stability: batch order, batch size" in page and (report / "figures" / "stability_spread.png").is_file()
+    meta, page = check_folder(report)  # parses, every image a PNG in the folder, nothing fetched from outside
+    assert sorted(page.images) == ["figures/stability_settle.png", "figures/stability_spread.png"]
+    assert meta["stability"]["unstable"] == record["summary"]["unstable"] >= 1
+    assert "Stability: batch order, batch size" in (report / "index.html").read_text()
 
 
 def test_cli_refuses_an_output_that_is_the_model_and_a_bad_list_before_reading_data(tmp_path, capsys):
@@ -178,3 +182,29 @@ def test_report_refuses_a_file_that_is_not_a_stab_json(tmp_path):
     bad.write_text("{}")
     with pytest.raises(DataError, match="not a trt-calib stability file"):
         load_stability(bad)
+
+
+def test_the_order_reaches_the_histogram_only_through_its_final_range(pool):
+    """docs/stability.md's claim: TensorRT's histogram after all batches is all the data binned at the final range,
+    except values equal to the range when their batch was binned (the first batch's max), one bin lower."""
+    from trt_calib.core.histogram import AbsHistogram
+    from trt_calib.ort.collect import calibrated_tensors, ort_session
+
+    samples, _ = pool
+    images = samples["data"][np.random.default_rng(3).permutation(500)]
+    batches = [{"data": images[i : i + 8]} for i in range(0, 496, 8)]
+    grown, _ = collect_histograms(LENET, batches)
+    names = [n for n in calibrated_tensors(onnx.load(str(LENET))) if n != "data"]
+    session = ort_session(onnx.load(str(LENET)), names)
+    direct = {n: AbsHistogram(range=grown[n].range) for n in names}
+    for batch in batches:
+        for name, value in zip(names, session.run(names, batch)):
+            direct[name].update(value)
+    moved = 0
+    for name in names:
+        diff = grown[name].counts - direct[name].counts
+        for j in np.flatnonzero(diff < 0):  # a value at 2048 / 2**d bins of the final width, held one bin lower
+            assert j & (j - 1) == 0 and diff[j - 1] == -diff[j], name
+            moved += 1
+        assert diff.sum() == 0 and np.count_nonzero(diff) == 2 * np.count_nonzero(diff < 0), name
+    assert moved >= 1

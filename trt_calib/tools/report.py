@@ -599,6 +599,11 @@ _KIND_STYLE = {
 _STABILITY_ROWS = 40  # tensors drawn in the spread bars (the least stable first)
 
 
+def _short(name: str, width: int = 34) -> str:
+    """A tensor name for a figure label: its start and its end, which tell layers apart, around an ellipsis."""
+    return name if len(name) <= width else f"{name[: width // 2 - 2]}...{name[-(width // 2 - 1):]}"
+
+
 def _judged(record: Mapping[str, Any]) -> list[dict[str, Any]]:
     """The tensors STAB.json judges (not tied, finite non-zero amax), least stable first."""
     rows = [t for t in record["tensors"] if t.get("tied_to") is None and not t.get("degenerate")]
@@ -636,7 +641,7 @@ def render_stability_figures(record: Mapping[str, Any], folder: str | os.PathLik
         ax.plot([], [], color="#d62728", linewidth=5, alpha=0.45, label=f"range > {tolerance:g}% (unstable)")
         ax.axvline(0.0, color="black", linewidth=0.8)
         ax.set_yticks(range(len(shown)))
-        ax.set_yticklabels([t["name"] if len(t["name"]) <= 32 else t["name"][:29] + "..." for t in shown], fontsize=7)
+        ax.set_yticklabels([_short(t["name"]) for t in shown], fontsize=7)
         ax.set_xlabel("amax relative to the base calibration (%)")
         ax.set_title(f"entropy2 amax over {len(record['spread_variants'])} orders / batch sizes "
                      f"({min(len(judged), _STABILITY_ROWS)} least stable of {len(judged)} tensors)", fontsize=10)
@@ -645,19 +650,18 @@ def render_stability_figures(record: Mapping[str, Any], folder: str | os.PathLik
         out["spread"] = "figures/stability_spread.png"
         fig.savefig(folder / out["spread"])
     if judged and record["subset_variants"]:
-        fig = Figure(figsize=(9.0, 4.2), dpi=80)
+        fig = Figure(figsize=(9.6, 4.2), dpi=80)
         FigureCanvasAgg(fig)
         ax = fig.subplots()
-        fig.subplots_adjust(left=0.09, right=0.76, bottom=0.13, top=0.91)
+        fig.subplots_adjust(left=0.08, right=0.70, bottom=0.13, top=0.91)
         ax.axhspan(-1.0, 1.0, color="#2ca02c", alpha=0.12, label="within one bin")
-        labelled = 0
-        for t in judged[::-1]:
+        loud = [t for t in judged if t["unstable"] or t["settle"]["settled_at"] is None][:10]  # least stable first
+        loud_names = {t["name"] for t in loud}
+        for t in [t for t in judged if t["name"] not in loud_names] + loud:  # the labelled lines drawn on top
             sizes = t["settle"]["num_samples"]
             bins = [(float(a) - float(t["base_amax"])) / float(t["base_bin_width"]) for a in t["settle"]["amax"]]
-            loud = t["unstable"] or t["settle"]["settled_at"] is None
-            if loud and labelled < 10:
-                ax.plot(sizes, bins, marker="o", markersize=3, linewidth=1.2, label=t["name"][:32])
-                labelled += 1
+            if t["name"] in loud_names:
+                ax.plot(sizes, bins, marker="o", markersize=3, linewidth=1.2, label=_short(t["name"]))
             else:
                 ax.plot(sizes, bins, color="#b0b0b0", linewidth=0.7)
         ax.set_yscale("symlog", linthresh=1.0)

@@ -413,7 +413,8 @@ def run_stability(
             "bin_width": [o.bin_width[name] for o in outcomes],
             "range": [o.range[name] for o in outcomes],
             **spread,
-            "settle": {"num_samples": sizes, "amax": curve, "settled_at": _settle(sizes, curve, base.amax[name], width)},
+            "settle": {"num_samples": sizes, "amax": curve,
+                       "settled_at": _settle(sizes, curve, base.amax[name], width)},
         })
     judged = [t for t in tensors if t["tied_to"] is None and not t["degenerate"]]
     unstable = sorted((t for t in judged if t["unstable"]), key=lambda t: -t["range_percent"])
@@ -431,9 +432,9 @@ def run_stability(
     if not end_to_end:
         e2e = {"skipped": "not asked for"}
     else:
+        on = "held-out samples" if heldout is not None else "the calibration samples (no held-out data given)"
         e2e = _end_to_end(packed, specs, variants, [t[0] for t in tied], quantized, spread_ids,
-                          heldout if heldout is not None else samples, batch_size, engine, progress,
-                          on="held-out samples" if heldout is not None else "the calibration samples (no held-out data given)")
+                          heldout if heldout is not None else samples, batch_size, engine, progress, on=on)
 
     record = {
         "format": FORMAT,
@@ -483,8 +484,8 @@ def _end_to_end(
     measured = []
     for ids, row in zip(groups.values(), rows):
         for i in ids:
-            measured.append({"variant": i, "label": variants[i].label, "same_scales_as": ids[0] if i != ids[0] else None,
-                             **row})
+            same = ids[0] if i != ids[0] else None
+            measured.append({"variant": i, "label": variants[i].label, "same_scales_as": same, **row})
     measured.sort(key=lambda r: r["variant"])
     ranked = sorted(measured, key=lambda r: (r[metric], r["variant"]))
     return {
