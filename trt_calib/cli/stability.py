@@ -51,7 +51,7 @@ def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         description="Calibrate MODEL with TensorRT's entropy2 again and again on the same data: in N random "
         "orders, at other batch sizes, and on growing subsets, each a whole calibration (the model rerun on those "
         "batches, so every amax is exactly what the algorithm gives for that batching). Per tensor: the spread of "
-        "the amax (min, max, range in %% and in KL bins), and the subset size from which it stays within one bin "
+        "the amax (min, max, range in % and in KL bins), and the subset size from which it stays within one bin "
         "of the full data's. Per model: the tensors whose range exceeds --tolerance, and the output error (the "
         "metric of `evaluate`) of the most and least favourable order/batch size, measured on Q/DQ models. "
         "Exit 1 when a tensor is unstable. `report --stability STAB.json` draws it.",
