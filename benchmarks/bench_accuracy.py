@@ -3,6 +3,7 @@
     python3 benchmarks/bench_accuracy.py                  # EfficientNet-Lite0 then LeNet (9-12 min on 2 cores)
     python3 benchmarks/bench_accuracy.py --only lenet     # LeNet alone (~25 s)
     python3 benchmarks/bench_accuracy.py --json out.json --markdown
+    python3 benchmarks/bench_accuracy.py --range-only     # entropy2 with TensorRT's ranges vs --range global
 
 Every contender is a Q/DQ ONNX model evaluated by `trt_calib.ort.evaluate` on the same held-out batches (onnxruntime
 CPU, ORT_DISABLE_ALL: the Q/DQ graph runs as written). Ours come from `trt_calib.qdq.quantize_model` (TensorRT
@@ -10,6 +11,9 @@ placement, int8 per-tensor activations, per-channel symmetric int8 weights):
 
 - minmax, entropy2 (TensorRT's EntropyCalibration2, histograms updated per batch of 16), percentile 99.99, mse:
   one histogram collection over the calibration data, four threshold rules;
+- entropy2 with `--range global` (`collect_histograms(range_mode="global")`): the same KL search on histograms whose
+  range is each tensor's max over all calibration batches (a second collection, two passes), which does not
+  depend on batch size or order; not TensorRT's algorithm;
 - per-tensor best: for each tensor that gets a Q/DQ pair, the one of those four thresholds with the highest SQNR of
   that tensor alone fake-quantised (its inputs in float) over the calibration data, i.e. the lowest measured
   squared error on the real activations (`evaluate.threshold_sqnr`; `mse` minimises the same error on the histogram
@@ -174,8 +178,10 @@ def run_suite(
     *,
     labels: np.ndarray | None,
     ort_methods: tuple[str, ...] = ("MinMax", "Entropy", "Entropy-2048"),
+    range_only: bool = False,
 ) -> list[Row]:
-    """Every contender on one model: `calib()` and `heldout()` make fresh batch iterables."""
+    """Every contender on one model: `calib()` and `heldout()` make fresh batch iterables (and may be iterated
+    twice). `range_only`: only entropy2 with TensorRT's ranges and with `range_mode="global"`."""
     from tqdm import tqdm
 
     from trt_calib.ort.collect import amax_from_histograms, collect_histograms, load_model, tie_scales
@@ -209,12 +215,24 @@ def run_suite(
         tied[algorithm], _ = tie_scales(model, raw[algorithm])
     labels_of = {"minmax": "minmax", "entropy2": "entropy2 (TensorRT)", "percentile": "percentile 99.99", "mse": "mse"}
     activations: list[str] = []
-    for algorithm in ALGORITHMS:
+    for algorithm in ("entropy2",) if range_only else ALGORITHMS:
         t0 = time.perf_counter()
         qdq, coverage = quantize_model(model, tied[algorithm])
         activations = list(coverage.activations)
         seconds = time.perf_counter() - t0 + collect_seconds
         measure(labels_of[algorithm], qdq, seconds)
+
+    t0 = time.perf_counter()
+    bar = tqdm(desc=f"{name}: global-range histograms", unit="batch", leave=False, file=sys.stderr)
+    fixed, _ = collect_histograms(model, calib(), progress=bar.update, range_mode="global")
+    bar.close()
+    amax_fixed, _ = amax_from_histograms(fixed, "entropy2")
+    moved = sum(raw["entropy2"][t] != amax_fixed[t] for t in amax_fixed)
+    qdq_fixed, _ = quantize_model(model, tie_scales(model, amax_fixed)[0])
+    measure("entropy2, --range global", qdq_fixed, time.perf_counter() - t0,
+            note=f"{moved} of {len(amax_fixed)} amax differ from TensorRT's ranges")
+    if range_only:
+        return rows
 
     t0 = time.perf_counter()
     candidates = {t: {a: raw[a][t] for a in ALGORITHMS} for t in activations if t in raw["mse"]}
@@ -272,6 +290,7 @@ def efficientnet(args: argparse.Namespace) -> list[Row]:
         lambda: from_arrays(calib, specs, batch_size=16),
         lambda: from_arrays(held, specs, batch_size=16, last_batch="keep"),
         labels=None,
+        range_only=args.range_only,
     )
 
 
@@ -286,6 +305,7 @@ def lenet(args: argparse.Namespace) -> list[Row]:
         lambda: open_source(LENET / "sampleint8_batches.py", specs),
         lambda: from_arrays(images, specs, batch_size=100),
         labels=np.load(LENET / "mnist_train_labels_0_599.npy"),
+        range_only=args.range_only,
     )
 
 
@@ -315,7 +335,7 @@ def print_table(rows: list[Row]) -> None:
 
 def print_goals(rows: list[Row]) -> None:
     eff = {r.method: r for r in rows if r.model.startswith("EfficientNet")}
-    if not eff:
+    if "per-tensor best + bias correction" not in eff:
         return
     thresholds = [eff[m] for m in ("minmax", "entropy2 (TensorRT)", "percentile 99.99", "mse", "per-tensor best")]
     best = min(thresholds, key=lambda r: r.mean_kl)
@@ -342,6 +362,8 @@ def main() -> None:
     parser.add_argument("--artifacts", default=str(ARTIFACTS), help=f"EfficientNet-Lite0 folder (default {ARTIFACTS})")
     parser.add_argument("--json", metavar="OUT.json", help="also write every row as JSON")
     parser.add_argument("--markdown", action="store_true", help="also print the table as Markdown")
+    parser.add_argument("--range-only", action="store_true",
+                        help="only entropy2 with TensorRT's ranges and with --range global (a few minutes)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     logging.getLogger("trt_calib").setLevel(logging.WARNING)

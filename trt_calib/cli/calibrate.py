@@ -59,6 +59,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--trt-version", type=trt_version_arg, default=DEFAULT_TRT_VERSION,
                    help=f"TensorRT version to write the header for and to emulate (default {DEFAULT_TRT_VERSION}); "
                    "<= 8.0 also ties Concat inputs to the output's scale")
+    p.add_argument("--range", dest="range_mode", choices=("trt", "global"), default="trt",
+                   help="histogram ranges: trt (TensorRT's: the first batch's max, doubled as later batches exceed "
+                   "it, so batch size and order matter; default) or global (each tensor's max over all batches, "
+                   "taken in a first pass: independent of batch size and order, but not TensorRT's algorithm; "
+                   "the sidecar and --json say so, and TensorRT uses the cache's scales as they are)")
     add_json_flag(p, file=True, help="print per-tensor details (amax, index, ranges) as JSON on stdout (errors "
                   "too); with FILE also write them there")
     p.add_argument("--save-histograms", metavar="H.npz", help="also save every histogram (for reports, re-runs)")
@@ -77,6 +82,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run_calibrate(args: argparse.Namespace) -> int:
     """The `calibrate` command: calibrate, write the cache, its sidecar and the extras; compare when asked."""
     from ..core.cache import CalibrationCache, make_header
+    from ..core.result import GLOBAL_RANGE_NOTE
     from ..ort.collect import ALGORITHM_HEADERS, calibrate
     from ..tools.provenance import make_provenance, provenance_text, sidecar_path
 
@@ -111,6 +117,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
             progress=bar.update if bar is not None else None,
             threads=args.threads,
             max_activation_mb=args.max_activation_mb,
+            range_mode=args.range_mode,
         )
     finally:
         if bar is not None:
@@ -126,7 +133,10 @@ def run_calibrate(args: argparse.Namespace) -> int:
         algorithm=args.algorithm,
         header=make_header(ALGORITHM_HEADERS[args.algorithm], args.trt_version),
         trt_version=args.trt_version,
-        options={"percentile": args.percentile} if args.algorithm == "percentile" else {},
+        options={
+            **({"percentile": args.percentile} if args.algorithm == "percentile" else {}),
+            **({"range": args.range_mode, "note": GLOBAL_RANGE_NOTE} if args.range_mode != "trt" else {}),
+        },
         cache_bytes=payload,
     )
     write_output(args.cache, payload, what="the cache")
@@ -134,6 +144,8 @@ def run_calibrate(args: argparse.Namespace) -> int:
     details = result.to_json()
     if out_json:
         write_output(out_json, json_text(details), what="the --json details")
+    if args.range_mode != "trt":
+        log.warning("--range %s: %s", args.range_mode, GLOBAL_RANGE_NOTE)
     if args.save_histograms:
         from ..core.histogram import save_histograms
 

@@ -64,6 +64,9 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help=f"TensorRT version whose scale ties to apply (default {DEFAULT_TRT_VERSION})")
     p.add_argument("--save-histograms", metavar="H.npz", help="with --data: also save the signed histograms, "
                    "for later reports without a second pass")
+    p.add_argument("--stability", metavar="STAB.json", help="add the stability section (spread bars, settle "
+                   "curve, end-to-end effect) from `trt-calib stability -o STAB.json`; alone, without --data or "
+                   "--histograms, the page holds only that section")
     p.add_argument("--force", action="store_true", help="write into a non-empty -o folder that is not a report "
                    "(the report's files are added; nothing there is deleted)")
     p.add_argument("--threads", type=threads_arg, default=None, help="onnxruntime intra-op threads, 1 to 256 "
@@ -78,19 +81,26 @@ def run_report(args: argparse.Namespace) -> int:
     """Handler of `trt-calib report`: returns 0 once the report folder is in place."""
     from ..tools.report import MANIFEST, build_report
 
-    if (args.data is None) == (args.histograms is None):
+    if args.data is not None and args.histograms is not None or (
+            args.stability is None and args.data is None and args.histograms is None):
         raise UsageError("report needs exactly one of --data D (run the model) or --histograms H.npz "
-                         "(reuse a calibration's histograms)")
+                         "(reuse a calibration's histograms), or --stability STAB.json alone")
     if args.save_histograms and args.histograms:
         raise UsageError("--save-histograms goes with --data; the histograms of --histograms are saved already")
     out = Path(args.output)
     guard_paths(
-        inputs={"MODEL": model_paths(args.model), "--data": data_path(args.data), "--histograms": args.histograms},
+        inputs={"MODEL": model_paths(args.model), "--data": data_path(args.data), "--histograms": args.histograms,
+                "--stability": args.stability},
         outputs={"--save-histograms": args.save_histograms, "the report's index.html": out / "index.html",
                  "the report's report.json": out / "report.json", "the report's manifest": out / MANIFEST}
         if out.is_dir() else {"--save-histograms": args.save_histograms},
         folders={"-o": args.output},
     )
+    stability = None
+    if args.stability is not None:
+        from ..tools.stability import load_stability
+
+        stability = load_stability(args.stability)
     patterns = [p.strip() for p in args.tensors.split(",") if p.strip()] if args.tensors else None
     progress = not args.no_progress and not getattr(args, "quiet", False)
     meta: dict[str, object] = {}
@@ -98,7 +108,7 @@ def run_report(args: argparse.Namespace) -> int:
     if args.data is not None:
         batches = open_data(args, model_inputs_of(args.model))
         meta["data"] = f"{args.data} ({len(batches)} batches of {batches.batch_size}, {batches.num_samples} samples)"
-    else:
+    elif args.histograms is not None:
         from ..core.signs import load_any_histograms
 
         histograms = load_any_histograms(args.histograms)
@@ -120,6 +130,7 @@ def run_report(args: argparse.Namespace) -> int:
             threads=args.threads,
             meta=meta,
             save_histograms=args.save_histograms,
+            stability=stability,
         )
     index = (Path(result.path) / "index.html").resolve()
     if getattr(args, "json", False):

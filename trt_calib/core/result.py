@@ -15,7 +15,7 @@ from .cache import CalibrationCache, amax_to_scale, make_header, scale_to_hex
 from .histogram import AbsHistogram
 from .thresholds import compute_amax, entropy_search
 
-__all__ = ["ALGORITHM_HEADERS", "CalibrationResult", "amax_from_histograms"]
+__all__ = ["ALGORITHM_HEADERS", "GLOBAL_RANGE_NOTE", "CalibrationResult", "amax_from_histograms"]
 
 # The cache header each algorithm is written with. TensorRT reads a cache only when the header names the calibrator
 # reading it; percentile and MSE are not TensorRT calibrators, so their scales go out under EntropyCalibration2,
@@ -26,6 +26,15 @@ ALGORITHM_HEADERS = {
     "percentile": "EntropyCalibration2",
     "mse": "EntropyCalibration2",
 }
+
+# What a cache calibrated with range_mode="global" must say about itself. It goes into the sidecar and the JSON, not
+# into the cache: TensorRT's own cache reader is closed source, and the readers we can see (trtexec, ModelOpt,
+# onnxruntime's TensorRT EP, ours) either fail on a line that is not "name: hex" or were not shown to skip it.
+GLOBAL_RANGE_NOTE = (
+    "not TensorRT's algorithm: each histogram's range is the tensor's max|x| over all batches (a first pass), not "
+    "the first batch's max doubled as later batches exceed it, so the scales do not depend on batch size or order. "
+    "TensorRT reads the cache and uses its scales as they are; it would not compute the same ones itself"
+)
 
 
 @dataclass
@@ -41,6 +50,7 @@ class CalibrationResult:
     num_batches: int = 0
     seconds: float = 0.0
     peak_rss_mb: float = 0.0
+    range_mode: str = "trt"  # "global": fixed ranges from a first pass (GLOBAL_RANGE_NOTE)
 
     @property
     def cache(self) -> CalibrationCache:
@@ -83,15 +93,19 @@ class CalibrationResult:
                     num_inf=h.num_inf,
                 )
             tensors.append(row)
-        return {
+        out: dict[str, Any] = {
             "algorithm": self.algorithm,
             "header": make_header(ALGORITHM_HEADERS[self.algorithm], self.trt_version),
             "trt_version": self.trt_version,
+            "range_mode": self.range_mode,
             "num_batches": self.num_batches,
             "seconds": round(self.seconds, 3),
             "peak_rss_mb": round(self.peak_rss_mb, 1),
             "tensors": tensors,
         }
+        if self.range_mode != "trt":
+            out["note"] = GLOBAL_RANGE_NOTE
+        return out
 
 
 def amax_from_histograms(

@@ -32,6 +32,7 @@ from ..core.result import ALGORITHM_HEADERS, CalibrationResult, amax_from_histog
 
 __all__ = [
     "ALGORITHM_HEADERS",
+    "RANGE_MODES",
     "CalibrationResult",
     "load_model",
     "external_data_files",
@@ -39,6 +40,7 @@ __all__ = [
     "ort_session",
     "calibrated_tensors",
     "collect_histograms",
+    "global_maxima",
     "collect_signed",
     "amax_from_histograms",
     "tie_scales",
@@ -50,6 +52,11 @@ log = logging.getLogger(__name__)
 _POOL_OPS = ("MaxPool", "AveragePool")
 #: protobuf cannot serialise a message this large; bigger models go to onnxruntime as a file with external data.
 PROTO_LIMIT = 2**31 - 1
+
+#: How histogram ranges are set: "trt" is TensorRT's (first batch's max, doubled as later batches exceed it, so batch
+#: size and order matter); "global" takes each tensor's max over all batches in a first pass and bins every batch
+#: into that fixed range, so the result depends on neither (not TensorRT's algorithm).
+RANGE_MODES = ("trt", "global")
 
 
 # ---------------------------------------------------------------------------------------------- the graph
@@ -380,18 +387,28 @@ def collect_histograms(
     threads: int | None = None,
     max_activation_mb: float = 256,
     name: str | None = None,
+    range_mode: str = "trt",
 ) -> tuple[dict[str, AbsHistogram], int]:
     """One histogram per calibrated tensor, updated once per batch in batch order; returns (histograms, batches).
 
     A batch whose activations exceed `max_activation_mb` runs in parts; the histograms are exactly those of whole
     batches (the first batch costs one extra forward pass to learn its ranges). `progress` is called with 1 after
-    each batch.
+    each batch. `range_mode="global"` (see `RANGE_MODES`) reads `batches` twice: a first pass over every batch
+    takes each tensor's max|x| (`global_maxima`), then fixed-range histograms of that range are filled.
     """
-    runner = _Runner.open(model, tensors, threads=threads, budget_bytes=int(max_activation_mb * 2**20), name=name)
-    histograms = {n: AbsHistogram(num_bins) for n in runner.names}
+    if range_mode not in RANGE_MODES:
+        raise ValueError(f"unknown range_mode {range_mode!r}; choose one of {', '.join(RANGE_MODES)}")
+    runner = _Runner.open(model, tensors, threads=threads, budget_bytes=int(max_activation_mb * 2**20),
+                          name=name)
+    if range_mode == "global":
+        # A tensor that is zero everywhere has no range to fix; its growing histogram stays at range 0 (amax 0).
+        fixed = global_maxima(runner, batches)
+        histograms = {n: AbsHistogram(num_bins, range=m) if m > 0 else AbsHistogram(num_bins) for n, m in fixed.items()}
+    else:
+        histograms = {n: AbsHistogram(num_bins) for n in runner.names}
     count = 0
     for batch in iter_batches(batches, runner.specs):
-        maxima = runner.size_parts(batch) if count == 0 else None
+        maxima = runner.size_parts(batch) if count == 0 and range_mode == "trt" else None
         for name, h in histograms.items():
             h.begin_batch(maxima[name] if maxima else None)
         for values in runner.parts(batch):
@@ -404,6 +421,24 @@ def collect_histograms(
         if progress is not None:
             progress(1)
     return histograms, count
+
+
+def global_maxima(runner: _Runner, batches: Iterable[Any]) -> dict[str, float]:
+    """Pass one of `range_mode="global"`: each tensor's finite max|x| over all batches (sizes the runner's parts)."""
+    if iter(batches) is batches:
+        raise CalibrationError(
+            "range_mode='global' reads the batches twice, but they are a one-shot iterator. "
+            "Hint: pass a list or a BatchSource (open_source / from_arrays), which can be iterated again"
+        )
+    maxima = dict.fromkeys(runner.names, 0.0)
+    for count, batch in enumerate(iter_batches(batches, runner.specs)):
+        if count == 0:
+            runner.size_parts(batch)
+        for values in runner.parts(batch):
+            for name, value in values.items():
+                maxima[name] = max(maxima[name], finite_abs_max(value))
+            del values
+    return maxima
 
 
 def collect_signed(
@@ -485,8 +520,13 @@ def calibrate(
     progress: Callable[[int], None] | None = None,
     threads: int | None = None,
     max_activation_mb: float = 256,
+    range_mode: str = "trt",
 ) -> CalibrationResult:
-    """Calibrate `model` on `batches` as TensorRT `trt_version` would with `algorithm`; nothing is written."""
+    """Calibrate `model` on `batches` as TensorRT `trt_version` would with `algorithm`; nothing is written.
+
+    `range_mode="global"` fixes each histogram's range to the tensor's max over all batches first, so the result
+    does not depend on batch size or order; that is not TensorRT's algorithm (the result says so).
+    """
     if algorithm not in ALGORITHM_HEADERS:
         raise ValueError(f"unknown algorithm {algorithm!r}; choose one of {', '.join(ALGORITHM_HEADERS)}")
     _version_tuple(trt_version)
@@ -496,6 +536,7 @@ def calibrate(
     histograms, count = collect_histograms(
         model, batches, num_bins=num_bins, progress=progress, threads=threads, max_activation_mb=max_activation_mb,
         name=name,
+        range_mode=range_mode,
     )
     input_names = {s.name for s in model_inputs(model)}
     bad_inputs = [n for n in input_names if n in histograms and histograms[n].num_nan]
@@ -521,4 +562,5 @@ def calibrate(
         num_batches=count,
         seconds=time.perf_counter() - started,
         peak_rss_mb=_peak_rss_mb(),
+        range_mode=range_mode,
     )
