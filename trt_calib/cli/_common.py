@@ -38,6 +38,10 @@ __all__ = [
     "MAX_THREADS",
     "add_json_flag",
     "add_executor_arguments",
+    "add_device_argument",
+    "open_progress",
+    "progress_bar",
+    "batch_count",
     "open_executor",
     "json_file",
     "json_text",
@@ -214,6 +218,40 @@ def print_json(obj: Any) -> None:
 def json_text(obj: Any) -> str:
     """`obj` as the JSON text a command writes to a --json FILE."""
     return json.dumps(obj, indent=2, allow_nan=False, default=str) + "\n"
+
+
+def add_device_argument(p: argparse.ArgumentParser) -> None:
+    """--device: the GPU library that holds the calibration buffers (trt.device's backends, or auto)."""
+    from ..trt.device import BACKENDS
+
+    p.add_argument("--device", choices=("auto", *BACKENDS), default="auto",
+                   help="GPU library for the calibration buffers (default: auto = the first that works)")
+
+
+def open_progress(args: argparse.Namespace, *, total: int | None, desc: str, unit: str = "batch") -> Any:
+    """A tqdm bar on stderr, or None with -q or --no-progress (tqdm itself stays silent off a terminal)."""
+    if getattr(args, "no_progress", False) or getattr(args, "quiet", False):
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit=unit, desc=desc, file=sys.stderr, leave=False, disable=None)
+
+
+@contextlib.contextmanager
+def progress_bar(args: argparse.Namespace, *, total: int | None, desc: str,
+                 unit: str = "batch") -> Iterator[Callable[[int], None] | None]:
+    """`open_progress` as a context: yields the bar's update (None without a bar) and closes the bar."""
+    bar = open_progress(args, total=total, desc=desc, unit=unit)
+    try:
+        yield None if bar is None else bar.update
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def batch_count(source: Any) -> int | None:
+    """How many batches a source holds, for a progress bar (None for a generator: unknown until it ends)."""
+    return None if getattr(source, "kind", None) == "generator" else len(source)
 
 
 def add_executor_arguments(p: argparse.ArgumentParser, *, default: str = "local") -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from ..errors import DataError
 from ._common import (
+    add_device_argument,
     add_data_arguments,
     add_json_flag,
     calibrator_dry_run,
@@ -24,9 +25,7 @@ from ._common import (
     print_json,
 )
 
-__all__ = ["register", "run_build", "DEVICE_CHOICES"]
-
-DEVICE_CHOICES = ("auto", "pycuda", "cuda-python", "cupy", "torch")
+__all__ = ["register", "run_build"]
 
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -46,8 +45,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--cache", help="calibration cache: used if it exists and matches the algorithm, else written")
     p.add_argument("--algorithm", choices=list(ALGORITHMS), default="entropy2",
                    help="TensorRT calibrator (default: entropy2 = IInt8EntropyCalibrator2)")
-    p.add_argument("--device", choices=DEVICE_CHOICES, default="auto",
-                   help="GPU library for device buffers (default: auto = the first that works)")
+    add_device_argument(p)
     p.add_argument("--shapes", type=checked_by(_parse_shapes, "shapes"), help="shapes for dynamic inputs: "
                    "NAME:MINxDIMS,OPTxDIMS,MAXxDIMS[;NAME2:...]; calibration runs at OPT")
     p.add_argument("--no-fp16", action="store_true", help="do not enable FP16 for layers that stay out of INT8")

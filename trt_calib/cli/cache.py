@@ -16,6 +16,7 @@ from ..errors import TrtCalibError, UsageError
 from ._common import (
     add_data_arguments,
     add_json_flag,
+    batch_count,
     calibrator_arg,
     fmt_float,
     guard_paths,
@@ -23,6 +24,7 @@ from ._common import (
     open_data,
     print_comparison,
     print_json,
+    progress_bar,
     threads_arg,
     trt_version_arg,
     write_output,
@@ -284,18 +286,9 @@ def _run_check(args: argparse.Namespace) -> int:
     cache = CalibrationCache.load(args.cache)
     check_recomputable(cache)  # before the data pass: a header-only or foreign cache has nothing to check
     source = open_data(args, model_inputs_of(args.model))
-    bar = None
-    if not args.no_progress and not getattr(args, "quiet", False):
-        from tqdm import tqdm
-
-        total = len(source) if getattr(source, "kind", None) != "generator" else None
-        bar = tqdm(total=total, unit="batch", desc="recomputing", file=sys.stderr, leave=False, disable=None)
-    try:
+    with progress_bar(args, total=batch_count(source), desc="recomputing") as progress:
         report = check_cache(cache, args.model, source, trt_version=args.trt_version, max_ulps=args.max_ulps,
-                             progress=bar.update if bar is not None else None, threads=args.threads)
-    finally:
-        if bar is not None:
-            bar.close()
+                             progress=progress, threads=args.threads)
     status = 0 if report.consistent else 1
     if args.json:
         print_json(report.to_json())

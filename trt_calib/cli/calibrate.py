@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from pathlib import Path
 
 from ._common import (
     add_calibrator_dry_run,
     add_data_arguments,
     add_json_flag,
+    batch_count,
     calibrator_dry_run,
     data_path,
     finite_float,
@@ -23,6 +23,7 @@ from ._common import (
     percentile_arg,
     print_comparison,
     print_json,
+    progress_bar,
     threads_arg,
     trt_version_arg,
     write_output,
@@ -101,27 +102,18 @@ def run_calibrate(args: argparse.Namespace) -> int:
         return calibrator_dry_run(source, inputs, algorithm=algorithm, json_result=bool(args.json))
     reference = CalibrationCache.load(args.compare) if args.compare else None
 
-    bar = None
-    if not args.no_progress and not getattr(args, "quiet", False):
-        from tqdm import tqdm
-
-        total = len(source) if source.kind != "generator" else None
-        bar = tqdm(total=total, unit="batch", desc="calibrating", file=sys.stderr, leave=False, disable=None)
-    try:
+    with progress_bar(args, total=batch_count(source), desc="calibrating") as progress:
         result = calibrate(
             args.model,
             source,
             algorithm=args.algorithm,
             trt_version=args.trt_version,
             percentile=args.percentile,
-            progress=bar.update if bar is not None else None,
+            progress=progress,
             threads=args.threads,
             max_activation_mb=args.max_activation_mb,
             range_mode=args.range_mode,
         )
-    finally:
-        if bar is not None:
-            bar.close()
 
     cache = result.cache
     payload = cache.to_bytes()  # refuses names the format cannot carry before anything is written

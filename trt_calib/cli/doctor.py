@@ -11,11 +11,9 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from ._common import add_json_flag, print_json, write_output
+from ._common import add_device_argument, add_json_flag, print_json, write_output
 
 __all__ = ["register", "run_doctor_command"]
-
-DEVICE_CHOICES = ("auto", "pycuda", "cuda-python", "cupy", "torch")
 
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -29,8 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "table, rebuilt from the cache and with set_dynamic_range overrides (TensorRT 11: the Q/DQ build). "
         "Each check is pass, fail or skip with a reason; include the output in bug reports. Writes nothing.",
     )
-    p.add_argument("--device", choices=DEVICE_CHOICES, default="auto",
-                   help="GPU library for the calibration buffers (default: auto = the first that works)")
+    add_device_argument(p)
     add_json_flag(p, help='print {"tensorrt": version or null, "checks": [{"name", "status", "detail"}]} on stdout')
     p.set_defaults(handler=run_doctor_command)
     return p

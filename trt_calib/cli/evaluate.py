@@ -17,6 +17,7 @@ from ..errors import DataError, UsageError
 from ._common import (
     add_data_arguments,
     add_json_flag,
+    batch_count,
     data_path,
     finite_float,
     guard_paths,
@@ -27,6 +28,7 @@ from ._common import (
     non_negative_int,
     open_data,
     print_json,
+    progress_bar,
     threads_arg,
     write_output,
 )
@@ -121,20 +123,11 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if labels is not None:
         labels = _labels_for(source, labels, args.labels)
 
-    bar = None
-    if not args.no_progress and not getattr(args, "quiet", False):
-        from tqdm import tqdm
-
-        total = len(source) if source.kind != "generator" else None
-        bar = tqdm(total=total, unit="batch", desc="evaluating", file=sys.stderr, leave=False, disable=None)
-    try:
+    with progress_bar(args, total=batch_count(source), desc="evaluating") as progress:
         report = evaluate(
             args.model, args.int8_model, source, labels=labels, worst=args.worst, margin=args.margin,
-            label_output=args.label_output, progress=bar.update if bar is not None else None, threads=args.threads,
+            label_output=args.label_output, progress=progress, threads=args.threads,
         )
-    finally:
-        if bar is not None:
-            bar.close()
     if not args.json:
         print(report.format())
         return 0

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from typing import Any
 
 from ._common import (
     add_data_arguments,
     add_json_flag,
+    batch_count,
     data_path,
     guard_paths,
     json_text,
@@ -22,6 +22,7 @@ from ._common import (
     percentile_arg,
     positive_int,
     print_json,
+    progress_bar,
     threads_arg,
     trt_version_arg,
     write_output,
@@ -86,14 +87,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_run_quantize)
 
 
-def _bar(args: argparse.Namespace, total: Any, desc: str, unit: str) -> Any:
-    if args.no_progress or getattr(args, "quiet", False):
-        return None
-    from tqdm import tqdm
-
-    return tqdm(total=total, unit=unit, desc=desc, file=sys.stderr, leave=False, disable=None)
-
-
 def _run_quantize(args: argparse.Namespace) -> int:
     from ..core.cache import CalibrationCache
     from ..ort.collect import calibrate, load_model
@@ -133,24 +126,20 @@ def _run_quantize(args: argparse.Namespace) -> int:
         scales: Any = from_cache
         scales_from = str(args.from_cache)
     else:
-        bar = _bar(args, len(source) if source.kind != "generator" else None, "calibrating", "batch")
-        try:
+        with progress_bar(args, total=batch_count(source), desc="calibrating") as progress:
             if args.asymmetric is not None:
-                scales, _ = collect_signed(model, source, progress=bar.update if bar is not None else None,
-                                           threads=args.threads, name=str(args.model))
+                scales, _ = collect_signed(model, source, progress=progress, threads=args.threads,
+                                           name=str(args.model))
                 scales_from = f"signed histograms (asymmetric {args.asymmetric}, {dtype})"
             else:
                 scales = calibrate(
                     args.model, source, algorithm=algorithm, trt_version=args.trt_version, percentile=args.percentile,
-                    progress=bar.update if bar is not None else None, threads=args.threads,
+                    progress=progress, threads=args.threads,
                 )
                 scales_from = f"calibration ({algorithm})"
-        finally:
-            if bar is not None:
-                bar.close()
 
-    bar = _bar(args, None, "bias correction", "layer") if args.bias_correction else None
-    try:
+    bias_args = args if args.bias_correction else argparse.Namespace(no_progress=True)
+    with progress_bar(bias_args, total=None, desc="bias correction", unit="layer") as progress:
         qdq, report = quantize_model(
             model,
             scales,
@@ -160,11 +149,8 @@ def _run_quantize(args: argparse.Namespace) -> int:
             asymmetric_dtype=dtype,
             bias_correction=source if args.bias_correction else None,
             bias_correction_batches=args.bias_correction_batches,
-            progress=bar.update if bar is not None else None,
+            progress=progress,
         )
-    finally:
-        if bar is not None:
-            bar.close()
 
     try:
         payload = qdq.SerializeToString()

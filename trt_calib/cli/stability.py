@@ -6,13 +6,13 @@ from __future__ import annotations
 import argparse
 import logging
 import math
-import sys
 from typing import Any, Callable
 
 from ._common import (
     add_data_arguments,
     add_executor_arguments,
     add_json_flag,
+    open_progress,
     json_text,
     print_json,
     finite_float,
@@ -119,15 +119,12 @@ def run_stability_command(args: argparse.Namespace) -> int:
             held_args.last_batch = "keep"
         heldout, _ = _samples_of(open_data(held_args, inputs))
 
-    quiet = bool(getattr(args, "quiet", False))
     bars: list[Any] = []
 
     def progress(what: str, total: int) -> Callable[[int], None] | None:
-        if args.no_progress or quiet:
+        bar = open_progress(args, total=total, desc=what, unit="run")
+        if bar is None:
             return None
-        from tqdm import tqdm
-
-        bar = tqdm(total=total, unit="run", desc=what, file=sys.stderr, leave=False, disable=None)
         bars.append(bar)
         return bar.update
 
