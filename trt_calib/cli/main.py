@@ -1,7 +1,7 @@
 """The `trt-calib` command line: the parser over every command module, logging, exit codes and one-line errors.
 
-Each command module (`calibrate`, `cache`, `build`, `quantize`, `evaluate`, `report`) has `register(subparsers)`;
-the handlers parse nothing themselves, call the layers below, print and return an exit code.
+Each command module (`calibrate`, `cache`, `build`, `quantize`, `evaluate`, `sensitivity`, `report`) has
+`register(subparsers)`; the handlers parse nothing themselves, call the layers below, print and return an exit code.
 
 Exit codes, the same for every command: 0 ok; 1 findings (warnings, differences, not consistent); 2 usage or input
 error; 3 findings that are errors; 70 an unexpected error (a bug: one line, the traceback with --debug). With
@@ -30,7 +30,7 @@ EXIT_ERRORS = 3
 EXIT_UNEXPECTED = 70
 
 #: The command modules, in the order their commands appear in --help.
-_COMMAND_MODULES = ("calibrate", "cache", "build", "quantize", "evaluate", "report")
+_COMMAND_MODULES = ("calibrate", "cache", "build", "quantize", "evaluate", "sensitivity", "report")
 
 
 class _Parser(argparse.ArgumentParser):

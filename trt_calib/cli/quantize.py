@@ -11,7 +11,7 @@ import logging
 import sys
 from pathlib import Path
 from typing import Any
-from ._common import add_data_arguments, open_data
+from ._common import add_data_arguments, non_negative_int, open_data
 
 __all__ = ["register"]
 
@@ -64,6 +64,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "layer (needs --data)")
     p.add_argument("--bias-correction-batches", type=int, default=4, metavar="N",
                    help="calibration batches bias correction runs (default 4)")
+    ex = p.add_argument_group("leaving nodes in float (the coverage report lists each, with why)")
+    ex.add_argument("--exclude-nodes", metavar="N1,N2", help="no Q/DQ for these nodes (names as the coverage "
+                    "report or `trt-calib sensitivity` lists them): float weights, float inputs")
+    ex.add_argument("--exclude-nodes-from", metavar="SENS.json", help="the top units of a `trt-calib sensitivity` "
+                    "ranking (how many: --keep)")
+    ex.add_argument("--keep", type=non_negative_int, metavar="K", help="with --exclude-nodes-from: the top K units "
+                    "(default: the k the sensitivity run chose)")
+    ex.add_argument("--exclude-op-types", metavar="OP1,OP2", help="no Q/DQ for any node of these op types, e.g. "
+                    "Add,LayerNormalization,Softmax,Sigmoid (a type this placement never quantises is listed as such)")
     p.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads for calibration")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(handler=_run_quantize)
@@ -77,12 +86,18 @@ def _bar(args: argparse.Namespace, total: Any, desc: str, unit: str) -> Any:
     return tqdm(total=total, unit=unit, desc=desc, file=sys.stderr, leave=False, disable=None)
 
 
+def _names(text: str | None) -> list[str]:
+    """A comma-separated option as a list (empty entries dropped)."""
+    return [t.strip() for t in text.split(",") if t.strip()] if text else []
+
+
 def _run_quantize(args: argparse.Namespace) -> int:
     from .._util import atomic_write
     from ..core.cache import CalibrationCache
     from ..ort.collect import calibrate, load_model, model_inputs
     from ..errors import TrtCalibError
     from ..qdq import quantize_model
+    from ..qdq.sensitivity import exclusions
     from ..ort.collect import collect_signed
 
     if args.asymmetric is not None and args.from_cache is not None:
@@ -111,7 +126,13 @@ def _run_quantize(args: argparse.Namespace) -> int:
         if out and not Path(out).resolve().parent.is_dir():
             raise TrtCalibError(f"{out}: the folder to write it in does not exist")
 
+    if args.keep is not None and args.exclude_nodes_from is None:
+        raise TrtCalibError("--keep K picks the top K units of --exclude-nodes-from SENS.json: give that too")
     model = load_model(args.model)
+    exclude = exclusions(
+        model, nodes=_names(args.exclude_nodes), sensitivity_file=args.exclude_nodes_from, keep=args.keep,
+        op_types=_names(args.exclude_op_types),
+    )
     source = open_data(args, model_inputs(model)) if args.data is not None else None
     if args.from_cache is not None:
         scales: Any = CalibrationCache.load(args.from_cache)
@@ -145,6 +166,7 @@ def _run_quantize(args: argparse.Namespace) -> int:
             bias_correction=source if args.bias_correction else None,
             bias_correction_batches=args.bias_correction_batches,
             progress=bar.update if bar is not None else None,
+            exclude=exclude,
         )
     finally:
         if bar is not None:
