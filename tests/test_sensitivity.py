@@ -1,19 +1,22 @@
 """Per-unit sensitivity on the bundled LeNet: every number a real run that quantize --exclude-nodes reproduces, the
-same JSON on every executor, and the exclusions in the Q/DQ model."""
+same JSON on every executor, the exclusions on both TensorRT paths (Q/DQ and layer precisions)."""
 
 from __future__ import annotations
 
 import json
+import shutil
+import warnings
 
 import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+import trt_standin
 from conftest import LENET, LENET_IMAGES, TRT_TABLE
 from trt_calib.cli import main
 from trt_calib.core.cache import CalibrationCache
-from trt_calib.errors import DataError, ModelError, UsageError
+from trt_calib.errors import DataError, MissingDependencyError, ModelError, UsageError
 from trt_calib.ort.collect import calibrate
 from trt_calib.ort.evaluate import evaluate
 from trt_calib.ort.executor import make_executor
@@ -28,6 +31,7 @@ from trt_calib.qdq.sensitivity import (
     sensitivity,
     trtexec_precision_flags,
 )
+from trt_calib.trt.build import build_engine, keep_layer_precisions
 
 UNITS = ["conv1", "conv2", "ip1", "ip2"]  # LeNet's Conv/Gemm nodes, all quantised under TensorRT placement
 
@@ -310,3 +314,77 @@ def test_cli_quantize_excludes_the_top_units_of_sens_json(tmp_path, sens_file):
                  "--exclude-nodes", "conv9", "-q"]) == 2
     assert main(["quantize", str(LENET), "--from-cache", str(TRT_TABLE), "-o", str(tmp_path / "q3.onnx"),
                  "--keep", "1", "-q"]) == 2
+
+
+# ---------------------------------------------------------------------------------------------- layer precisions
+@pytest.fixture
+def trt(monkeypatch):
+    return trt_standin.install(monkeypatch, "10.3.0")
+
+
+def test_build_keeps_the_named_layers_in_fp16_and_obeys(trt, tmp_path):
+    result = build_engine(LENET, ranges=CalibrationCache.load(TRT_TABLE), shapes={"data": ((1, 1, 28, 28),) * 3},
+                          keep_precision=["conv2", "ip1"])
+    state = trt_standin.state_of(trt)
+    half = trt.DataType.HALF
+    assert state.layer_precisions == {"conv2": (half, {0: half}), "ip1": (half, {0: half})}
+    assert ("config.set_flag", "OBEY_PRECISION_CONSTRAINTS") in state.calls
+    assert result.kept_layers == {"conv2": ["conv2"], "ip1": ["ip1"]}
+    with pytest.raises(ModelError, match="no TensorRT layer is named after node\\(s\\) 'conv9'"):
+        build_engine(LENET, ranges={"data": 1.0}, shapes={"data": ((1, 1, 28, 28),) * 3}, keep_precision=["conv9"])
+    with pytest.raises(DataError, match="needs the FP16 builder flag"):
+        build_engine(LENET, ranges={"data": 1.0}, fp16=False, keep_precision=["conv2"])
+
+
+def test_an_unnamed_node_is_found_under_the_name_the_parser_gives_it(trt, tmp_path):
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Sigmoid", ["r"], ["y"], name="sig")], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4])])
+    path = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(path))
+    layers = layer_names_for(path, ["Relu_0"])
+    result = build_engine(path, ranges={"x": 1.0, "r": 1.0, "y": 1.0}, keep_precision=list(layers.values()))
+    assert result.kept_layers == {"node_of_r": ["node_of_r"]}
+
+
+def test_further_layers_of_a_node_are_kept_too_but_not_another_nodes(trt):
+    t = trt_standin.FakeTensor
+    layers = [trt_standin.FakeLayer(name, [t(name + ":0", (), dtype)])
+              for name, dtype in (("conv", trt.DataType.FLOAT), ("conv_4", trt.DataType.FLOAT),
+                                  ("conv_1", trt.DataType.FLOAT), ("conv_7", trt.DataType.INT32),
+                                  ("ONNXTRT_Broadcast", trt.DataType.FLOAT))]
+    network = trt_standin.FakeNetwork([], layers)
+    config = trt.Builder(trt.Logger()).create_builder_config()
+    found = keep_layer_precisions(trt, network, config, ["conv"], "fp32", node_layers={"conv", "conv_1"})
+    assert found == {"conv": ["conv", "conv_4", "conv_7"]}
+    assert [layer.precision_is_set for layer in layers] == [True, True, False, True, False]
+    assert not layers[3].output_type_is_set(0)  # an INT32 (shape) output keeps its type
+
+
+def test_precision_api_deprecation_of_10_12_does_not_escape_and_11_has_none(monkeypatch, tmp_path):
+    trt = trt_standin.install(monkeypatch, "10.12.0")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)
+        build_engine(LENET, ranges=CalibrationCache.load(TRT_TABLE), shapes={"data": ((1, 1, 28, 28),) * 3},
+                     keep_precision=["conv1"])
+    assert trt_standin.state_of(trt).layer_precisions == {"conv1": (trt.DataType.HALF, {0: trt.DataType.HALF})}
+    trt11 = trt_standin.install(monkeypatch, "11.0.0")
+    network = trt_standin.FakeNetwork([], [trt_standin.NoPrecisionLayer("conv1", [])])
+    with pytest.raises(MissingDependencyError, match="TensorRT 11.*--exclude-nodes-from"):
+        keep_layer_precisions(trt11, network, object(), ["conv1"])
+
+
+def test_cli_build_keep_precision_from_sens_json(trt, tmp_path, sens_file, capsys):
+    cache = tmp_path / "c.cache"
+    shutil.copy(TRT_TABLE, cache)
+    common = ["build", str(LENET), "--cache", str(cache), "--shapes", "data:1x1x28x28", "--engine",
+              str(tmp_path / "m.plan")]
+    assert main(common + ["--keep-precision", str(sens_file), "--keep", "2", "--keep-dtype", "fp32"]) == 0
+    top2 = [u["node"] for u in json.loads(sens_file.read_text())["units"][:2]]
+    f32 = trt.DataType.FLOAT
+    assert trt_standin.state_of(trt).layer_precisions == {n: (f32, {0: f32}) for n in top2}
+    assert f"kept in fp32: {top2[0]} (layers {top2[0]})" in capsys.readouterr().out
+    assert main(common + ["--keep-precision", "conv1,ip2", "--keep", "1"]) == 2
+    assert main(common + ["--keep-precision", "conv1", "--no-fp16"]) == 2
+    assert main(common + ["--keep-precision", "conv1,nope"]) == 2

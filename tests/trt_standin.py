@@ -41,6 +41,7 @@ __all__ = [
     "FakeTensor",
     "NoRangeTensor",
     "FakeLayer",
+    "NoPrecisionLayer",
     "FakeNetwork",
     "install",
 ]
@@ -360,11 +361,20 @@ class NoRangeTensor(FakeTensor):
         raise AttributeError("'tensorrt.ITensor' object has no attribute 'set_dynamic_range'")
 
 
+DEPRECATED_10_12 = "Deprecated in TensorRT 10.12. Superseded by strong typing."
+
+
 class FakeLayer:
-    def __init__(self, name: str, outputs: Sequence[FakeTensor], op: str = "") -> None:
+    """An ILayer: name, type, outputs, and the precision API of 8.6-10.x (`precision`, `set_output_type`), whose
+    setters warn from 10.12 on (pyGraph.cpp deprecateMember) and are gone in 11 (`NoPrecisionLayer`)."""
+
+    def __init__(self, name: str, outputs: Sequence[FakeTensor], op: str = "", *, deprecated: bool = False) -> None:
         self.name = name
         self.type = op
         self._outputs = list(outputs)
+        self._deprecated = deprecated
+        self._precision: DataType | None = None
+        self._output_types: dict[int, DataType] = {}
 
     @property
     def num_outputs(self) -> int:
@@ -372,6 +382,49 @@ class FakeLayer:
 
     def get_output(self, index: int) -> FakeTensor:
         return self._outputs[index]
+
+    @property
+    def precision(self) -> DataType:
+        return DataType.FLOAT if self._precision is None else self._precision
+
+    @precision.setter
+    def precision(self, dtype: DataType) -> None:
+        if self._deprecated:
+            warnings.warn(DEPRECATED_10_12, DeprecationWarning, stacklevel=2)
+        if not isinstance(dtype, DataType):
+            raise TypeError("(): incompatible function arguments. precision takes a tensorrt.DataType")
+        self._precision = dtype
+
+    @property
+    def precision_is_set(self) -> bool:
+        return self._precision is not None
+
+    def set_output_type(self, index: int, dtype: DataType) -> None:
+        if self._deprecated:
+            warnings.warn(DEPRECATED_10_12, DeprecationWarning, stacklevel=2)
+        if not isinstance(dtype, DataType):
+            raise TypeError("set_output_type(): incompatible function arguments. dtype must be a tensorrt.DataType")
+        if not 0 <= index < len(self._outputs):  # TensorRT logs an API error and ignores it: we fail louder
+            raise IndexError(f"layer {self.name!r} has {len(self._outputs)} output(s), not an output {index}")
+        self._output_types[index] = dtype
+
+    def get_output_type(self, index: int) -> DataType:
+        return self._output_types.get(index, self._outputs[index].dtype)
+
+    def output_type_is_set(self, index: int) -> bool:
+        return index in self._output_types
+
+
+class NoPrecisionLayer(FakeLayer):
+    """An ILayer of TensorRT 11: no precision or output-type constraints (weak typing removed)."""
+
+    @property
+    def precision(self) -> Any:  # type: ignore[override]
+        raise AttributeError("'tensorrt.ILayer' object has no attribute 'precision'")
+
+    @property
+    def set_output_type(self) -> Any:  # type: ignore[override]
+        raise AttributeError("'tensorrt.ILayer' object has no attribute 'set_output_type'")
 
 
 class FakeNetwork:
@@ -438,6 +491,7 @@ class _State:
         self.version = version
         self.calls: list[tuple] = []
         self.drive_results: list[DriveResult] = []
+        self.layer_precisions: dict[str, tuple] = {}  # at the last build: layer -> (precision, {output: type})
 
     def record(self, *call: Any) -> None:
         self.calls.append(call)
@@ -515,13 +569,19 @@ def _make_builder_api(module: types.ModuleType, state: _State, deprecated: bool,
                     return False
                 outputs = [self.network._tensor(o, (), _ONNX_TO_TRT.get(types_.get(o, 1), DataType.FLOAT))
                            for o in node.output if o]
-                self.network._layers.append(FakeLayer(node.name or f"node_{index}", outputs, node.op_type))
+                # onnx-tensorrt names a node's first layer after the node, or node_of_<first output> (getNodeName)
+                name = node.name or (f"node_of_{node.output[0]}" if node.output else "")
+                self.network._layers.append(self.network._layer(name, outputs, node.op_type))
             return True
 
     class _Network(FakeNetwork):
         def _tensor(self, name: str, shape: Sequence[int], dtype: DataType) -> FakeTensor:
             cls = NoRangeTensor if v11 else FakeTensor
             return cls(name, shape, dtype, deprecated=deprecated)
+
+        def _layer(self, name: str, outputs: Sequence[FakeTensor], op: str) -> FakeLayer:
+            cls = NoPrecisionLayer if v11 else FakeLayer
+            return cls(name, outputs, op, deprecated=_version_tuple(state.version) >= (10, 12))
 
     class IOptimizationProfile:
         def __init__(self) -> None:
@@ -606,6 +666,8 @@ def _make_builder_api(module: types.ModuleType, state: _State, deprecated: bool,
 
         def build_serialized_network(self, network: FakeNetwork, config: IBuilderConfig) -> Any:
             state.record("build_serialized_network")
+            state.layer_precisions = {layer.name: (layer._precision, dict(layer._output_types))
+                                      for layer in network._layers if layer._precision is not None or layer._output_types}
             if module.BuilderFlag.INT8 in config.flags:
                 calibrator = config._calibrator
                 if calibrator is not None:

@@ -9,8 +9,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..errors import DataError
-from ._common import add_data_arguments, calibrator_dry_run, model_inputs_of, open_data
+from ..errors import DataError, UsageError
+from ._common import add_data_arguments, calibrator_dry_run, model_inputs_of, non_negative_int, open_data
 
 __all__ = ["register", "run_build", "DEVICE_CHOICES"]
 
@@ -45,6 +45,15 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="recompute the calibration on the CPU from the same batches and compare per tensor")
     p.add_argument("--dry-run", action="store_true",
                    help="drive the calibrator on the CPU (host memory) to check the data; build nothing")
+    keep = p.add_argument_group("mixed precision (TensorRT 8.6-10.x)")
+    keep.add_argument("--keep-precision", metavar="SENS.json|N1,N2",
+                      help="keep these nodes out of INT8: the top units of a `trt-calib sensitivity` file (how many: "
+                      "--keep) or node names; sets layer.precision and output types of the layers TensorRT makes "
+                      "from them, and OBEY_PRECISION_CONSTRAINTS")
+    keep.add_argument("--keep", type=non_negative_int, metavar="K",
+                      help="with a SENS.json: the top K units (default: the k the sensitivity run chose)")
+    keep.add_argument("--keep-dtype", choices=("fp16", "fp32"), default="fp16",
+                      help="precision of the kept layers (default fp16)")
     p.set_defaults(handler=run_build)
     return p
 
@@ -62,6 +71,7 @@ def run_build(args: argparse.Namespace) -> int:
     if args.data is None and not (args.cache and Path(args.cache).is_file()):
         raise DataError("build needs --data (or an existing --cache to reuse). Hint: --data calib.npz")
     shapes = parse_shapes(args.shapes) if args.shapes else None
+    kept = _kept_layers(args, model)
     inputs = model_inputs_of(model)
     source = open_data(args, inputs) if args.data is not None else []
     if args.dry_run:
@@ -75,6 +85,7 @@ def run_build(args: argparse.Namespace) -> int:
         result = build_engine(
             model, calibrator=calibrator, engine_path=args.engine, fp16=not args.no_fp16,
             workspace=int(args.workspace * (1 << 30)), shapes=shapes,
+            keep_precision=list(kept.values()) or None, keep_dtype=args.keep_dtype,
         )
     fed = "a cache (no batches)" if calibrator.cache_used else f"{result.batches_fed} calibration batch(es)"
     print(f"wrote {result.engine_path} ({len(result.plan)} bytes, TensorRT {result.trt_version}) from {fed}")
@@ -82,4 +93,30 @@ def run_build(args: argparse.Namespace) -> int:
         print(f"wrote calibration cache {args.cache}")
     if calibrator.cross_check_result is not None:
         print(calibrator.cross_check_result.summary())
+    for node, layers in result.kept_layers.items():
+        print(f"kept in {args.keep_dtype}: {node} (layers {', '.join(layers)})")
     return 0
+
+
+def _kept_layers(args: argparse.Namespace, model: Path) -> dict[str, str]:
+    """--keep-precision as node -> the TensorRT layer the ONNX parser names after it (checked against the model)."""
+    from ..qdq.sensitivity import layer_names_for, load_sensitivity
+
+    spec = args.keep_precision
+    if spec is None:
+        if args.keep is not None:
+            raise UsageError("--keep K picks the top K units of --keep-precision SENS.json: give that too")
+        return {}
+    if args.keep_dtype == "fp16" and args.no_fp16:
+        raise UsageError("--keep-dtype fp16 needs FP16 enabled: drop --no-fp16, or use --keep-dtype fp32")
+    if spec.lower().endswith(".json") or Path(spec).is_file():
+        nodes = load_sensitivity(spec).kept(args.keep)
+        if not nodes:
+            raise UsageError(f"--keep-precision {spec}: keeps no unit (k = 0). Hint: pass --keep K")
+    else:
+        if args.keep is not None:
+            raise UsageError("--keep goes with --keep-precision SENS.json, not with a list of nodes")
+        nodes = [n.strip() for n in spec.split(",") if n.strip()]
+        if not nodes:
+            raise UsageError("--keep-precision: no node names given")
+    return layer_names_for(model, nodes)

@@ -47,7 +47,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "(alone), with every unit but that one INT8 (excluded), and with only its weights or only its activations "
         "INT8; rank the units by what excluding them buys back, then run the model with the top k kept in float, "
         "k = 0, 1, 2, ... until --target or --max-keep. Every number is a real run with onnxruntime (CPU, graph as "
-        "written). Writes SENS.json; `quantize --exclude-nodes-from` acts on it, and "
+        "written). Writes SENS.json; `quantize --exclude-nodes-from` and `build --keep-precision` act on it, and "
         "the trtexec flags that do the same are printed.",
     )
     p.add_argument("model", help="ONNX model (float)")
@@ -198,6 +198,8 @@ def run_sensitivity(args: argparse.Namespace) -> int:
         if kept:
             print(f"\nkeep the top {len(kept)} in float ({', '.join(kept)}):")
             print(f"  TensorRT 11 (Q/DQ):   trt-calib quantize {args.model} ... --exclude-nodes-from {args.output}")
+            print(f"  TensorRT 8.6-10.x:    trt-calib build {args.model} ... --keep-precision {args.output}"
+                  + (f" --keep-dtype {args.keep_dtype}" if args.keep_dtype != "fp16" else ""))
             print(f"  trtexec (8.6-10.x):   {' '.join(flags)}  (with your --onnx, --int8, --fp16, --calib)")
         log.info("wrote %s (%d units, %d runs in %.1f s on %s)", args.output, len(result.units), result.run["runs"],
                  result.run["seconds"], result.run["executor"])
