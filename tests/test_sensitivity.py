@@ -1,5 +1,5 @@
 """Per-unit sensitivity on the bundled LeNet: every number a real run that quantize --exclude-nodes reproduces, the
-same JSON on every executor, the exclusions on both TensorRT paths (Q/DQ and layer precisions)."""
+same JSON on every executor, the exclusions on both TensorRT paths (Q/DQ and layer precisions), the report section."""
 
 from __future__ import annotations
 
@@ -314,6 +314,17 @@ def test_cli_quantize_excludes_the_top_units_of_sens_json(tmp_path, sens_file):
                  "--exclude-nodes", "conv9", "-q"]) == 2
     assert main(["quantize", str(LENET), "--from-cache", str(TRT_TABLE), "-o", str(tmp_path / "q3.onnx"),
                  "--keep", "1", "-q"]) == 2
+
+
+def test_report_section_draws_the_bars_and_the_curve(tmp_path, sens_file):
+    out = tmp_path / "rep"
+    assert main(["report", str(LENET), "--sensitivity", str(sens_file), "-o", str(out), "-q"]) == 0
+    page = (out / "index.html").read_text()
+    assert "Sensitivity: which units INT8 hurts" in page and "Greedy curve" in page
+    for png in ("figures/sensitivity_bars.png", "figures/sensitivity_greedy.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png in page
+    doc = json.loads((out / "report.json").read_text())
+    assert doc["sensitivity"]["units"] == json.loads(sens_file.read_text())["units"] and doc["tensors"] == []
 
 
 # ---------------------------------------------------------------------------------------------- layer precisions

@@ -34,6 +34,8 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     add_data_arguments(p, required=False)
     p.add_argument("--histograms", metavar="H.npz", help="saved histograms instead of --data "
                    "(from calibrate --save-histograms or report --save-histograms)")
+    p.add_argument("--sensitivity", metavar="SENS.json", help="add the per-unit sensitivity bars and the greedy curve "
+                   "of `trt-calib sensitivity` (alone, it needs neither --data nor --histograms)")
     p.add_argument("-o", "--output", required=True, metavar="DIR", help="report folder to write (replaced "
                    "atomically; a non-empty folder that is not a previous report needs --force)")
     p.add_argument("--tensors", metavar="PATTERN", help="only tensors matching these shell globs, comma-separated "
@@ -58,9 +60,14 @@ def run_report(args: argparse.Namespace) -> int:
     """Handler of `trt-calib report`: returns 0 once the report folder is in place."""
     from ..tools.report import build_report
 
-    if (args.data is None) == (args.histograms is None):
+    if (args.data is None) == (args.histograms is None) and not (args.data is None and args.sensitivity):
         raise TrtCalibError("report needs exactly one of --data D (run the model) or --histograms H.npz "
-                            "(reuse a calibration's histograms)")
+                            "(reuse a calibration's histograms), or only --sensitivity SENS.json")
+    sections = []
+    if args.sensitivity is not None:
+        from ..tools.sensitivity_report import SensitivitySection
+
+        sections.append(SensitivitySection(args.sensitivity))
     if args.save_histograms and args.histograms:
         raise TrtCalibError("--save-histograms goes with --data; the histograms of --histograms are saved already")
     if args.max_tensors is not None and args.max_tensors < 0:
@@ -78,7 +85,7 @@ def run_report(args: argparse.Namespace) -> int:
         manifest = batches.manifest()
         meta["data"] = f"{args.data} ({manifest.get('num_batches')} batches of {manifest.get('batch_size')}, " \
                        f"{manifest.get('num_samples')} samples)"
-    else:
+    elif args.histograms is not None:
         from ..core.signs import load_any_histograms
 
         histograms = load_any_histograms(args.histograms)
@@ -97,8 +104,9 @@ def run_report(args: argparse.Namespace) -> int:
         force=args.force,
         progress=progress,
         threads=args.threads,
-        meta=meta,
+        meta={**meta, **{k: v for sec in sections for k, v in sec.meta().items()}},
         save_histograms=args.save_histograms,
+        sections=sections,
     )
     log.info("open %s", (Path(result.path) / "index.html").resolve().as_uri())
     return 0

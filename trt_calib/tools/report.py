@@ -529,7 +529,7 @@ accept.</dd>
 """
 
 
-def _page(summaries: Sequence[TensorSummary], drawn: Sequence[str], meta: Mapping[str, Any]) -> str:
+def _page(summaries: Sequence[TensorSummary], drawn: Sequence[str], meta: Mapping[str, Any], extra: str = "") -> str:
     title = f"trt-calib report: {meta.get('model_name', 'model')}"
     meta_rows = "".join(
         f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(str(v))}</td></tr>"
@@ -554,6 +554,14 @@ def _page(summaries: Sequence[TensorSummary], drawn: Sequence[str], meta: Mappin
     omitted = len(summaries) - len(drawn)
     note = (f'<p class="small">Figures for the {len(drawn)} tensors with the lowest SQNR; {omitted} more are in the '
             "table only (raise --max-tensors to draw them).</p>" if omitted else "")
+    tensors = "" if not summaries else f"""<h2>Tensors</h2>
+<p class="small">Click a column to sort (e.g. SQNR dB for the tensors TensorRT quantises worst). Shaded rows: the three
+lowest SQNR. "uint8 gain" is the SQNR of the best asymmetric uint8 grid minus that of the chosen amax.</p>
+{_model_table(summaries, drawn_set)}
+{_definitions(summaries[0].algorithm)}
+<h2>Per tensor</h2>
+{note}
+{"".join(sections)}"""
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <meta name="viewport" content="width=device-width, initial-scale=1">
@@ -561,14 +569,8 @@ def _page(summaries: Sequence[TensorSummary], drawn: Sequence[str], meta: Mappin
 <body>
 <h1>{html.escape(title)}</h1>
 <table class="meta">{meta_rows}</table>
-<h2>Tensors</h2>
-<p class="small">Click a column to sort (e.g. SQNR dB for the tensors TensorRT quantises worst). Shaded rows: the three
-lowest SQNR. "uint8 gain" is the SQNR of the best asymmetric uint8 grid minus that of the chosen amax.</p>
-{_model_table(summaries, drawn_set)}
-{_definitions(summaries[0].algorithm if summaries else "entropy2")}
-<h2>Per tensor</h2>
-{note}
-{"".join(sections)}
+{extra}
+{tensors}
 <script>{_SORT_JS}</script>
 </body></html>
 """
@@ -609,10 +611,13 @@ def write_report(
     max_tensors: int | None = None,
     force: bool = False,
     progress: bool = False,
+    sections: Sequence[Any] = (),
 ) -> list[str]:
     """Write the report folder atomically (built in a temporary folder, renamed into place); returns the drawn names.
 
     Figures are drawn for the `max_tensors` tensors with the lowest SQNR (all when None), kept in model order.
+    `sections` (e.g. `sensitivity_report.SensitivitySection`) draw their figures into the folder with
+    `render(folder)`, which returns their HTML, shown before the tensors; `to_json()` goes into report.json.
     """
     out_dir = Path(out_dir)
     _check_target(out_dir, force)
@@ -633,9 +638,12 @@ def write_report(
             s = by_name[name]
             s.figure = _figure_name(s.order, s.name)
             render_figure(s, histograms[name], tmp / s.figure)
-        (tmp / "index.html").write_text(_page(summaries, drawn, meta), encoding="utf-8")
+        extra = "".join(section.render(tmp) for section in sections)
+        (tmp / "index.html").write_text(_page(summaries, drawn, meta, extra), encoding="utf-8")
         report = {"generator": REPORT_MARKER, **_jsonable(dict(meta)), "drawn": drawn,
                   "tensors": [s.to_dict() for s in summaries]}
+        for section in sections:
+            report[section.name] = _jsonable(section.to_json())
         (tmp / "report.json").write_text(json.dumps(report, indent=1, allow_nan=False) + "\n", encoding="utf-8")
         os.chmod(tmp, 0o777 & ~_umask())
         _swap_into_place(tmp, out_dir)
@@ -689,15 +697,19 @@ def build_report(
     threads: int | None = None,
     meta: Mapping[str, Any] | None = None,
     save_histograms: str | os.PathLike | None = None,
+    sections: Sequence[Any] = (),
 ) -> ReportResult:
     """Collect signed histograms from `batches` (or use saved `histograms`), analyse, and write the report folder.
 
-    `tensors` are glob patterns limiting the tensors reported. Nothing is written unless everything succeeded.
+    `tensors` are glob patterns limiting the tensors reported. `sections` are extra sections (`write_report`); with
+    them, neither batches nor histograms are needed. Nothing is written unless everything succeeded.
     """
     from ..ort.collect import calibrated_tensors, load_model
 
     started = time.perf_counter()
-    if (batches is None) == (histograms is None):
+    if batches is None and histograms is None and sections:
+        histograms = {}
+    elif (batches is None) == (histograms is None):
         raise TrtCalibError("give either calibration data or saved histograms (not both). "
                             "Hint: --data D runs the model; --histograms H.npz reuses a calibration's histograms")
     out_dir = Path(out_dir)
@@ -729,7 +741,7 @@ def build_report(
         if tensors:
             keep = set(names) | set(_tie_sources(model, names))
             histograms = {n: h for n, h in histograms.items() if n in keep}
-        graph_names = set(calibrated_tensors(model))
+        graph_names = set(calibrated_tensors(model)) if histograms else set()
         strangers = [n for n in histograms if n not in graph_names]
         if strangers and len(strangers) == len(histograms):
             raise DataError(
@@ -756,7 +768,7 @@ def build_report(
     if algorithm == "percentile":
         info["percentile"] = percentile
     drawn = write_report(out_dir, summaries, histograms, meta=info, max_tensors=max_tensors, force=force,
-                         progress=progress)
+                         progress=progress, sections=sections)
     seconds = time.perf_counter() - started
     log.info("wrote %s (%d tensors, %d figures) in %.1f s", out_dir / "index.html", len(summaries), len(drawn), seconds)
     return ReportResult(out_dir, summaries, drawn, seconds)
