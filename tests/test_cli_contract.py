@@ -151,7 +151,7 @@ def test_a_broken_pipe_is_not_exit_0(tmp_path):
 # also {"error", "exit": 2} as the only thing on stdout); a good run with --json prints exactly one JSON object.
 COMMANDS = (
     "calibrate", "inspect", "validate", "diff", "check", "convert", "build", "quantize", "qdq-to-cache", "evaluate",
-    "report", "stability", "doctor",
+    "sensitivity", "report", "stability", "doctor",
 )
 
 BAD_ARGUMENTS = {
@@ -167,6 +167,7 @@ BAD_ARGUMENTS = {
     "report": ["report", LENET, "--data", LENET_BATCHES, "-o", "{tmp}/r", "--max-tensors", "-1"],
     "qdq-to-cache": ["qdq-to-cache", LENET, "--onnx", "{tmp}/p.onnx", "--cache", "{tmp}/p.cache", "--samples", "0"],
     "doctor": ["doctor", "--device", "opencl"],
+    "sensitivity": ["sensitivity", LENET, "--data", LENET_BATCHES, "-o", "{tmp}/s.json", "--max-keep", "-1"],
     "stability": ["stability", LENET, "--data", LENET_BATCHES, "-o", "{tmp}/s.json", "--fractions", "0,1"],
 }
 
@@ -233,6 +234,8 @@ GOOD_RUNS = {
                 "--no-progress"], 0),
     "qdq-to-cache": (["qdq-to-cache", "{made}/q.onnx", "--onnx", "{tmp}/p.onnx", "--cache", "{tmp}/p.cache"], 0),
     "doctor": (["doctor"], 0),
+    "sensitivity": (["sensitivity", LENET, "--data", LENET_BATCHES, "--from-cache", TRT_TABLE, "-o", "{tmp}/s.json",
+                     "--eval-batches", "1", "--max-keep", "1", "--executor", "serial", "--no-progress"], 0),
     "stability": (["stability", LENET, "--data", LENET_BATCHES, "-o", "{tmp}/s.json", "--orders", "1",
                    "--batch-sizes", "50", "--fractions", "1", "--no-end-to-end", "--executor", "serial",
                    "--no-progress"], 1),  # LeNet's ip2 moves 8% with the batch order: a finding
@@ -266,6 +269,7 @@ GUARDED = {
     "report-folder": (["report", "{m}", "--data", "{tmp}/images", "-o", "{tmp}/images"], "{tmp}/images"),
     "qdq-to-cache": (["qdq-to-cache", "{m}", "--onnx", "{m}", "--cache", "{tmp}/p.cache"], "{m}"),
     "stability": (["stability", "{m}", "--data", "{d}", "-o", "{d}"], "{d}"),
+    "sensitivity": (["sensitivity", "{m}", "--data", "{d}", "-o", "{m}"], "{m}"),
     "qdq-to-cache-cache": (["qdq-to-cache", "{m}", "--onnx", "{tmp}/p.onnx", "--cache", "{m}"], "{m}"),
 }
 

@@ -73,6 +73,7 @@ __all__ = [
     "NoRangeTensor",
     "FakeLayer",
     "FakeConstantLayer",
+    "NoPrecisionLayer",
     "FakeNetwork",
     "install",
     "state_of",
@@ -679,14 +680,23 @@ class NoRangeTensor(FakeTensor):
         raise AttributeError("'tensorrt.ITensor' object has no attribute 'set_dynamic_range'")
 
 
+DEPRECATED_10_12 = "Deprecated in TensorRT 10.12. Superseded by strong typing."
+
+
+DEPRECATED_10_12 = "Deprecated in TensorRT 10.12. Superseded by strong typing."
+
+
 class FakeLayer:
-    """An ILayer: name, type, inputs and outputs, and (TensorRT <= 10) the per-layer precision settings, which are
-    only recorded here. Subclass attributes (a constant's weights) need the cast Polygraphy does
+    """An ILayer: name, type, inputs and outputs, and (TensorRT 8.6-10.x) the per-layer precision API (`precision`,
+    `set_output_type`), recorded and type-checked, whose setters warn from 10.12 on (pyGraph.cpp deprecateMember)
+    and are gone in 11 (`NoPrecisionLayer`). Subclass attributes (a constant's weights) need the cast Polygraphy does
     (`layer.__class__ = trt.IConstantLayer`, `backend/trt/util.py`)."""
 
     def __init__(self, name: str, outputs: Sequence[FakeTensor], op: str = "", *, inputs: Sequence[Any] = (),
-                 layer_type: LayerType | None = None, weights: np.ndarray | None = None) -> None:
+                 layer_type: LayerType | None = None, weights: np.ndarray | None = None,
+                 deprecated: bool = False) -> None:
         self.name = name
+        self._deprecated = deprecated
         self.op = op
         self.type = layer_type if layer_type is not None else _LAYER_OF_OP.get(op, LayerType.IDENTITY)
         self._inputs = list(inputs)
@@ -716,6 +726,10 @@ class FakeLayer:
 
     @precision.setter
     def precision(self, dtype: DataType) -> None:
+        if self._deprecated:
+            warnings.warn(DEPRECATED_10_12, DeprecationWarning, stacklevel=2)
+        if not isinstance(dtype, DataType):
+            raise TypeError("(): incompatible function arguments. precision takes a tensorrt.DataType")
         self._precision = dtype
 
     @property
@@ -723,6 +737,12 @@ class FakeLayer:
         return self._precision is not None
 
     def set_output_type(self, index: int, dtype: DataType) -> None:
+        if self._deprecated:
+            warnings.warn(DEPRECATED_10_12, DeprecationWarning, stacklevel=2)
+        if not isinstance(dtype, DataType):
+            raise TypeError("set_output_type(): incompatible function arguments. dtype must be a tensorrt.DataType")
+        if not 0 <= index < len(self._outputs):  # TensorRT logs an API error and ignores it: we fail louder
+            raise IndexError(f"layer {self.name!r} has {len(self._outputs)} output(s), not an output {index}")
         self._output_types[index] = dtype
 
     def get_output_type(self, index: int) -> DataType:
@@ -733,6 +753,18 @@ class FakeLayer:
 
     def __repr__(self) -> str:
         return f"<stand-in ILayer {self.name!r} {self.type.name}>"
+
+
+class NoPrecisionLayer(FakeLayer):
+    """An ILayer of TensorRT 11: no precision or output-type constraints (weak typing removed)."""
+
+    @property
+    def precision(self) -> Any:  # type: ignore[override]
+        raise AttributeError("'tensorrt.ILayer' object has no attribute 'precision'")
+
+    @property
+    def set_output_type(self) -> Any:  # type: ignore[override]
+        raise AttributeError("'tensorrt.ILayer' object has no attribute 'set_output_type'")
 
 
 class FakeConstantLayer(FakeLayer):
@@ -840,6 +872,7 @@ class _State:
         self.plugins_initialised = False
         self.engine_ranges: dict[str, float] | None = None  # the scales the last build would use, by tensor
         self.built_networks: list[tuple[FakeNetwork, bool]] = []  # and whether the build was DETAILED
+        self.layer_precisions: dict[str, tuple] = {}  # at the last build: layer -> (precision, {output: type})
 
     def record(self, *call: Any) -> None:
         self.calls.append(call)
@@ -884,6 +917,10 @@ def _make_builder_api(module: types.ModuleType, state: _State, gpu: FakeGpu, ver
         def _tensor(self, name: str, shape: Sequence[int], dtype: DataType) -> FakeTensor:
             cls = NoRangeTensor if v11 else FakeTensor
             return cls(name, shape, dtype, deprecated=deprecated)
+
+        def _layer(self, name: str, outputs: Sequence[FakeTensor], op: str = "", **kwargs: Any) -> FakeLayer:
+            cls = NoPrecisionLayer if v11 else FakeLayer
+            return cls(name, outputs, op, deprecated=version >= (10, 12), **kwargs)
 
     class OnnxParser:
         def __init__(self, network: _Network, logger: ILogger) -> None:
@@ -969,7 +1006,7 @@ def _make_builder_api(module: types.ModuleType, state: _State, gpu: FakeGpu, ver
                         array = numpy_helper.to_array(weights[src])
                         out = network._tensor(src, array.shape, _ONNX_TO_TRT.get(weights[src].data_type,
                                                                                  DataType.FLOAT))
-                        network._layers.append(FakeLayer(src, [out], layer_type=LayerType.CONSTANT, weights=array))
+                        network._layers.append(network._layer(src, [out], layer_type=LayerType.CONSTANT, weights=array))
                         tensors[src] = out
                     if src in tensors:
                         inputs.append(tensors[src])
@@ -978,7 +1015,7 @@ def _make_builder_api(module: types.ModuleType, state: _State, gpu: FakeGpu, ver
                 for t in outputs:
                     tensors[t.name] = t
                 layer_type = LayerType.PLUGIN_V2 if plugin else None
-                network._layers.append(FakeLayer(name, outputs, node.op_type, inputs=inputs, layer_type=layer_type))
+                network._layers.append(network._layer(name, outputs, node.op_type, inputs=inputs, layer_type=layer_type))
             return True
 
     class IOptimizationProfile:
@@ -1080,6 +1117,8 @@ def _make_builder_api(module: types.ModuleType, state: _State, gpu: FakeGpu, ver
 
         def build_serialized_network(self, network: FakeNetwork, config: IBuilderConfig) -> Any:
             state.record("build_serialized_network")
+            state.layer_precisions = {layer.name: (layer._precision, dict(layer._output_types))
+                                      for layer in network._layers if layer._precision is not None or layer._output_types}
             state.engine_ranges = None
             dynamic = [t for t in network._inputs if any(d < 0 for d in t.shape)]
             if dynamic and not config.profiles:

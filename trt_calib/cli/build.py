@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..errors import DataError
+from ..errors import DataError, UsageError
 from ._common import (
     add_device_argument,
     add_data_arguments,
@@ -21,6 +21,7 @@ from ._common import (
     guard_paths,
     model_inputs_of,
     model_paths,
+    non_negative_int,
     open_data,
     print_json,
 )
@@ -59,6 +60,15 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="recompute the calibration on the CPU from the same batches and compare per tensor")
     p.add_argument("--dry-run", action="store_true",
                    help="drive the calibrator on the CPU (host memory) to check the data; build nothing")
+    keep = p.add_argument_group("mixed precision (TensorRT 8.6-10.x)")
+    keep.add_argument("--keep-precision", metavar="SENS.json|N1,N2",
+                      help="keep these nodes out of INT8: the top units of a `trt-calib sensitivity` file (how many: "
+                      "--keep) or node names; sets layer.precision and output types of the layers TensorRT makes "
+                      "from them, and OBEY_PRECISION_CONSTRAINTS")
+    keep.add_argument("--keep", type=non_negative_int, metavar="K",
+                      help="with a SENS.json: the top K units (default: the k the sensitivity run chose)")
+    keep.add_argument("--keep-dtype", choices=("fp16", "fp32"), default="fp16",
+                      help="precision of the kept layers (default fp16)")
     add_json_flag(p)
     p.set_defaults(handler=run_build)
     return p
@@ -84,9 +94,11 @@ def run_build(args: argparse.Namespace) -> int:
         raise DataError("build needs --data (or an existing --cache to reuse). Hint: --data calib.npz")
     shapes = args.shapes
     guard_paths(inputs={"MODEL": model_paths(model), "--data": data_path(args.data),
-                        "--override-ranges": args.override_ranges},
+                        "--override-ranges": args.override_ranges,
+                        "--keep-precision": args.keep_precision if args.keep_precision and Path(args.keep_precision).is_file() else None},
                 outputs={"--engine": None if args.dry_run else args.engine, "--cache": args.cache})
     overrides = _load_overrides(args.override_ranges) if args.override_ranges else None
+    kept = _kept_layers(args, model)
     inputs = model_inputs_of(model)
     source = open_data(args, inputs) if args.data is not None else []
     if args.dry_run:
@@ -100,6 +112,7 @@ def run_build(args: argparse.Namespace) -> int:
         result = build_engine(
             model, calibrator=calibrator, ranges=overrides, engine_path=args.engine, fp16=not args.no_fp16,
             workspace=int(args.workspace * (1 << 30)), shapes=shapes,
+            keep_precision=list(kept.values()) or None, keep_dtype=args.keep_dtype,
         )
     if args.json:
         print_json({"engine": str(result.engine_path), "bytes": len(result.plan), "trt_version": result.trt_version,
@@ -120,6 +133,8 @@ def run_build(args: argparse.Namespace) -> int:
     if calibrator.cross_check_error is not None:
         error = calibrator.cross_check_error
         print(f"the cross-check could not run: {type(error).__name__}: {error} (the engine and cache are kept)")
+    for node, layers in result.kept_layers.items():
+        print(f"kept in {args.keep_dtype}: {node} (layers {', '.join(layers)})")
     return 0
 
 
@@ -151,3 +166,27 @@ def _load_overrides(path: str) -> dict[str, float]:
         return CalibrationCache.parse(text, source=path).amaxes()
     except CacheFormatError as exc:
         raise DataError(f"--override-ranges {path}: neither a JSON object nor a calibration cache ({exc})") from None
+
+
+def _kept_layers(args: argparse.Namespace, model: Path) -> dict[str, str]:
+    """--keep-precision as node -> the TensorRT layer the ONNX parser names after it (checked against the model)."""
+    from ..qdq.sensitivity import layer_names_for, load_sensitivity
+
+    spec = args.keep_precision
+    if spec is None:
+        if args.keep is not None:
+            raise UsageError("--keep K picks the top K units of --keep-precision SENS.json: give that too")
+        return {}
+    if args.keep_dtype == "fp16" and args.no_fp16:
+        raise UsageError("--keep-dtype fp16 needs FP16 enabled: drop --no-fp16, or use --keep-dtype fp32")
+    if spec.lower().endswith(".json") or Path(spec).is_file():
+        nodes = load_sensitivity(spec).kept(args.keep)
+        if not nodes:
+            raise UsageError(f"--keep-precision {spec}: keeps no unit (k = 0). Hint: pass --keep K")
+    else:
+        if args.keep is not None:
+            raise UsageError("--keep goes with --keep-precision SENS.json, not with a list of nodes")
+        nodes = [n.strip() for n in spec.split(",") if n.strip()]
+        if not nodes:
+            raise UsageError("--keep-precision: no node names given")
+    return layer_names_for(model, nodes)

@@ -1,8 +1,8 @@
 """The `trt-calib` command line: the parser over every command module, logging, exit codes and one-line errors.
 
-Each command module (`calibrate`, `cache`, `build`, `quantize`, `qdq_to_cache`, `evaluate`, `report`, `stability`,
-`doctor`) has `register(subparsers)`; the handlers parse nothing themselves, call the layers below, print and return
-an exit code.
+Each command module (`calibrate`, `cache`, `build`, `quantize`, `qdq_to_cache`, `evaluate`, `sensitivity`, `report`,
+`stability`, `doctor`) has `register(subparsers)`; the handlers parse nothing themselves, call the layers below, print
+and return an exit code.
 
 Exit codes, the same for every command: 0 ok; 1 findings (warnings, differences, not consistent) and a broken pipe;
 2 usage or input error; 3 findings that are errors; 70 an unexpected error (a bug: one line, the traceback with
@@ -35,7 +35,8 @@ EXIT_UNEXPECTED = 70
 
 #: The command modules, in the order their commands appear in --help.
 _COMMAND_MODULES = (
-    "calibrate", "cache", "build", "quantize", "qdq_to_cache", "evaluate", "report", "stability", "doctor",
+    "calibrate", "cache", "build", "quantize", "qdq_to_cache", "evaluate", "sensitivity", "report", "stability",
+    "doctor",
 )
 
 

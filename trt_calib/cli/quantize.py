@@ -18,6 +18,7 @@ from ._common import (
     json_text,
     model_inputs_of,
     model_paths,
+    non_negative_int,
     open_data,
     percentile_arg,
     positive_int,
@@ -80,6 +81,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "layer (needs --data)")
     p.add_argument("--bias-correction-batches", type=positive_int, default=4, metavar="N",
                    help="calibration batches bias correction runs (default 4)")
+    ex = p.add_argument_group("leaving nodes in float (the coverage report lists each, with why)")
+    ex.add_argument("--exclude-nodes", metavar="N1,N2", help="no Q/DQ for these nodes (names as the coverage "
+                    "report or `trt-calib sensitivity` lists them): float weights, float inputs")
+    ex.add_argument("--exclude-nodes-from", metavar="SENS.json", help="the top units of a `trt-calib sensitivity` "
+                    "ranking (how many: --keep)")
+    ex.add_argument("--keep", type=non_negative_int, metavar="K", help="with --exclude-nodes-from: the top K units "
+                    "(default: the k the sensitivity run chose)")
+    ex.add_argument("--exclude-op-types", metavar="OP1,OP2", help="no Q/DQ for any node of these op types, e.g. "
+                    "Add,LayerNormalization,Softmax,Sigmoid (a type this placement never quantises is listed as such)")
     p.add_argument("--threads", type=threads_arg, default=None, help="onnxruntime intra-op threads for "
                    "calibration, 1 to 256")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -87,11 +97,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_run_quantize)
 
 
+def _names(text: str | None) -> list[str]:
+    """A comma-separated option as a list (empty entries dropped)."""
+    return [t.strip() for t in text.split(",") if t.strip()] if text else []
+
+
 def _run_quantize(args: argparse.Namespace) -> int:
     from ..core.cache import CalibrationCache
     from ..ort.collect import calibrate, load_model
     from ..errors import TrtCalibError, UsageError
     from ..qdq import quantize_model
+    from ..qdq.sensitivity import exclusions
     from ..ort.collect import collect_signed
 
     if args.asymmetric is not None and args.from_cache is not None:
@@ -114,14 +130,20 @@ def _run_quantize(args: argparse.Namespace) -> int:
     dtype = args.asymmetric_dtype or "uint8"
     if args.bias_correction and args.data is None:
         raise UsageError("--bias-correction runs the model on calibration data: give --data too")
+    if args.keep is not None and args.exclude_nodes_from is None:
+        raise UsageError("--keep K picks the top K units of --exclude-nodes-from SENS.json: give that too")
     guard_paths(inputs={"MODEL": model_paths(args.model), "--data": data_path(args.data),
-                        "--from-cache": args.from_cache},
+                        "--from-cache": args.from_cache, "--exclude-nodes-from": args.exclude_nodes_from},
                 outputs={"-o": args.output, "--report": args.report})
 
     source = open_data(args, model_inputs_of(args.model)) if args.data is not None else None
     if args.from_cache is not None:
         from_cache = CalibrationCache.load(args.from_cache)  # before the model's weights and any data are read
     model = load_model(args.model)
+    exclude = exclusions(
+        model, nodes=_names(args.exclude_nodes), sensitivity_file=args.exclude_nodes_from, keep=args.keep,
+        op_types=_names(args.exclude_op_types),
+    )
     if args.from_cache is not None:
         scales: Any = from_cache
         scales_from = str(args.from_cache)
@@ -150,6 +172,7 @@ def _run_quantize(args: argparse.Namespace) -> int:
             bias_correction=source if args.bias_correction else None,
             bias_correction_batches=args.bias_correction_batches,
             progress=progress,
+            exclude=exclude,
         )
 
     try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 from pathlib import Path
+from typing import Any
 
 from ..errors import UsageError
 from ._common import (
@@ -48,6 +49,8 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     add_data_arguments(p, required=False)
     p.add_argument("--histograms", metavar="H.npz", help="saved histograms instead of --data "
                    "(from calibrate --save-histograms or report --save-histograms)")
+    p.add_argument("--sensitivity", metavar="SENS.json", help="add the per-unit sensitivity bars and the greedy curve "
+                   "of `trt-calib sensitivity` (alone, it needs neither --data nor --histograms)")
     p.add_argument("-o", "--output", required=True, metavar="DIR", help="report folder to write (a new one is "
                    "renamed into place whole; in an earlier report's folder only the files that report wrote, listed "
                    "in its report-manifest.json, are replaced; a non-empty folder that is not a report needs "
@@ -81,26 +84,31 @@ def run_report(args: argparse.Namespace) -> int:
     """Handler of `trt-calib report`: returns 0 once the report folder is in place."""
     from ..tools.report import MANIFEST, build_report
 
+    only_sections = args.data is None and args.histograms is None and (args.stability or args.sensitivity)
     if args.data is not None and args.histograms is not None or (
-            args.stability is None and args.data is None and args.histograms is None):
+            args.data is None and args.histograms is None and not only_sections):
         raise UsageError("report needs exactly one of --data D (run the model) or --histograms H.npz "
-                         "(reuse a calibration's histograms), or --stability STAB.json alone")
+                         "(reuse a calibration's histograms), or only --stability STAB.json / --sensitivity SENS.json")
     if args.save_histograms and args.histograms:
         raise UsageError("--save-histograms goes with --data; the histograms of --histograms are saved already")
     out = Path(args.output)
     guard_paths(
         inputs={"MODEL": model_paths(args.model), "--data": data_path(args.data), "--histograms": args.histograms,
-                "--stability": args.stability},
+                "--stability": args.stability, "--sensitivity": args.sensitivity},
         outputs={"--save-histograms": args.save_histograms, "the report's index.html": out / "index.html",
                  "the report's report.json": out / "report.json", "the report's manifest": out / MANIFEST}
         if out.is_dir() else {"--save-histograms": args.save_histograms},
         folders={"-o": args.output},
     )
-    stability = None
-    if args.stability is not None:
-        from ..tools.stability import load_stability
+    sections: list[Any] = []
+    if args.sensitivity is not None:
+        from ..tools.sensitivity_report import SensitivitySection
 
-        stability = load_stability(args.stability)
+        sections.append(SensitivitySection(args.sensitivity))
+    if args.stability is not None:
+        from ..tools.stability_report import StabilitySection
+
+        sections.append(StabilitySection(args.stability))
     patterns = [p.strip() for p in args.tensors.split(",") if p.strip()] if args.tensors else None
     progress = not args.no_progress and not getattr(args, "quiet", False)
     meta: dict[str, object] = {}
@@ -128,9 +136,9 @@ def run_report(args: argparse.Namespace) -> int:
             force=args.force,
             progress=progress,
             threads=args.threads,
-            meta=meta,
+            meta={**meta, **{k: v for sec in sections for k, v in sec.meta().items()}},
             save_histograms=args.save_histograms,
-            stability=stability,
+            sections=sections,
         )
     index = (Path(result.path) / "index.html").resolve()
     if getattr(args, "json", False):

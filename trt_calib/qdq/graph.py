@@ -75,6 +75,25 @@ def _node_label(node: Any, index: int) -> str:
     return node.name or f"{node.op_type}_{index}"
 
 
+def tensorrt_layer_name(node: Any) -> str:
+    """The name TensorRT's ONNX parser gives the first layer it creates for `node`: the node's name, or
+    ``node_of_<first output>`` for an unnamed node (onnx-tensorrt importerUtils.cpp getNodeName, 8.6 to 10.x)."""
+    if not node.name and node.output:
+        return f"node_of_{node.output[0]}"
+    return node.name
+
+
+def node_indices(graph: Any) -> dict[str, int]:
+    """Every name a node answers to -> its index: its label (name, or OpType_index when unnamed) and, for an
+    unnamed node, the TensorRT layer name ``node_of_<output>`` too. A name two nodes share points at the first."""
+    out: dict[str, int] = {}
+    for i, node in enumerate(graph.node):
+        out.setdefault(_node_label(node, i), i)
+    for i, node in enumerate(graph.node):
+        out.setdefault(tensorrt_layer_name(node), i)
+    return out
+
+
 def _opset(model: Any) -> int:
     return max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
 

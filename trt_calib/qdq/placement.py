@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+import difflib
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Collection, Mapping, Sequence
 
 import numpy as np
 
-from .graph import _FUSED_ACTIVATIONS, _POOLS, WEIGHTED_OPS, _Graph, _node_label
+from ..errors import ModelError
+from .graph import _FUSED_ACTIVATIONS, _POOLS, WEIGHTED_OPS, _Graph, _node_label, node_indices
 from .report import NodeCoverage
 from .scales import _Resolver
 from .weights import weight_axis
@@ -25,6 +27,25 @@ class _Plan:
     coverage: dict[int, NodeCoverage] = field(default_factory=dict)
     unquantized: dict[str, str] = field(default_factory=dict)
     groups: list[list[str]] = field(default_factory=list)  # Concat leaves sharing one grid
+    # node index -> the (tensor, slot) pairs placed for that node: what leaving it in float takes away
+    claims: dict[int, list[tuple[str, tuple[int, int]]]] = field(default_factory=dict)
+
+    @property
+    def units(self) -> list[int]:
+        """The quantised nodes (weighted ops, residual Adds), in graph order: what exclusions act on."""
+        return [i for i in sorted(self.coverage) if self.coverage[i].quantized]
+
+    def restricted(self, *, weights: Collection[int], activations: Collection[int]) -> "_Plan":
+        """This plan with int8 weights only for the nodes in `weights` and activation Q/DQ pairs only where a node in
+        `activations` reads them; every grid stays as planned, so a restricted model differs only in what is left out.
+        A pair that two nodes read (a shared input, a Concat feeding both) stays while either keeps it."""
+        keep = {(t, slot) for i in activations for t, slot in self.claims.get(i, [])}
+        slots = {}
+        for tensor, planned in self.act_slots.items():
+            kept = [slot for slot in planned if (tensor, slot) in keep]
+            if kept:
+                slots[tensor] = kept
+        return replace(self, act_slots=slots, weights={i: a for i, a in self.weights.items() if i in weights})
 
     def add(self, tensor: str, grid: Any, origin: str, slot: tuple[int, int]) -> None:
         if tensor in self.act_grid and self.act_grid[tensor] != grid:
@@ -65,8 +86,10 @@ def _plan(g: _Graph, resolver: _Resolver, *, per_channel: bool, placement: str) 
     def commit(index: int, j: int, tensor: str) -> None:
         grid, text, leaves = resolver.resolve(tensor)
         assert grid is not None
+        claims = plan.claims.setdefault(index, [])
         if leaves is None:
             plan.add(tensor, grid, text, (index, j))
+            claims.append((tensor, (index, j)))
             own = resolver.own(tensor)
             if own is not None:
                 resolver.used.add(own[2])
@@ -74,6 +97,7 @@ def _plan(g: _Graph, resolver: _Resolver, *, per_channel: bool, placement: str) 
         plan.groups.append([t for _, _, t in leaves])
         for li, lj, leaf in leaves:
             plan.add(leaf, grid, text, (li, lj))
+            claims.append((leaf, (li, lj)))
             own = resolver.own(leaf)
             if own is not None:
                 resolver.used.add(own[2])
@@ -95,14 +119,55 @@ def _plan(g: _Graph, resolver: _Resolver, *, per_channel: bool, placement: str) 
         elif op != "Constant":
             plan.coverage[index] = NodeCoverage(label, op, False, reason=_by_design(g, node))
     _unify_groups(plan)
-    for index, node in enumerate(nodes):
+    _describe_concats(g, plan)
+    return plan
+
+
+def _describe_concats(g: _Graph, plan: _Plan) -> None:
+    """Concat coverage: which inputs carry a shared pair (they do when a quantised op reads the Concat)."""
+    for index, node in enumerate(g.graph.node):
         if node.op_type == "Concat" and index in plan.coverage:
             shared = [j for j, t in enumerate(node.input) if (index, j) in plan.act_slots.get(t, [])]
+            cov = plan.coverage[index]
             if shared:
-                cov = plan.coverage[index]
                 cov.inputs = [node.input[j] for j in shared]
                 cov.reason = "inputs share one scale (its output feeds a quantised op)"
-    return plan
+            elif cov.inputs:
+                cov.inputs = []
+                cov.reason = "output not quantised: its quantised readers were excluded"
+
+
+def _exclude(g: _Graph, plan: _Plan, exclude: Mapping[str, str]) -> tuple[_Plan, dict[str, str]]:
+    """The plan without the nodes in `exclude` (name -> why): their weights stay float and they read float inputs.
+
+    Names are node labels (or TensorRT's ``node_of_<output>`` for unnamed nodes); an unknown name is a ModelError.
+    Returns the new plan and, per excluded name, the line the coverage report shows.
+    """
+    known = node_indices(g.graph)
+    unknown = [n for n in exclude if n not in known]
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], list(known), n=3)
+        hint = (f" Hint: did you mean {', '.join(close)}?" if close
+                else " Hint: names are ONNX node names, as the coverage report lists them")
+        raise ModelError(f"no node named {', '.join(repr(n) for n in unknown[:5])} in the model.{hint}")
+    units = set(plan.units)
+    dropped = {known[n] for n in exclude} & units
+    keep = units - dropped
+    new = plan.restricted(weights=keep, activations=keep)
+    new.coverage = {i: replace(c, inputs=list(c.inputs)) for i, c in plan.coverage.items()}
+    lines: dict[str, str] = {}
+    for name, why in exclude.items():
+        index = known[name]
+        label = _node_label(g.graph.node[index], index)
+        cov = new.coverage.get(index)
+        if index in dropped:
+            new.coverage[index] = NodeCoverage(cov.node, cov.op_type, False, reason=f"excluded: {why}")
+            lines[label] = why
+        elif label not in lines:
+            left = cov.reason if cov is not None and cov.reason else "not quantised by this placement"
+            lines[label] = f"{why} (no effect: {left})"
+    _describe_concats(g, new)
+    return new, lines
 
 
 def _plan_weighted(g, index, node, label, take, commit, plan, per_channel) -> NodeCoverage:

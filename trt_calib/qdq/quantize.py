@@ -21,6 +21,7 @@ so in its `metadata_props` (`ASYMMETRIC_METADATA_KEY`). Weights stay symmetric i
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
@@ -34,10 +35,10 @@ from ..ort.collect import load_model, model_inputs
 from ..ort.data import iter_batches
 from .bias import _correct_biases
 from .graph import _BIASED_OPS, _UNNAMED_PREFIX, MIN_OPSET, PLACEMENTS, _Graph, _opset
-from .placement import _plan
+from .placement import _exclude, _plan, _Plan
 from .report import ActivationScale, CoverageReport
 from .rewrite import _rewrite
-from .scales import ASYMMETRIC_DTYPES, ASYMMETRIC_METADATA_KEY, ASYMMETRIC_NOTE, _Affine, _Resolver, _scale_table
+from .scales import ASYMMETRIC_DTYPES, ASYMMETRIC_METADATA_KEY, ASYMMETRIC_NOTE, _Affine, _Resolver, _Scales, _scale_table
 
 __all__ = ["quantize_model"]
 
@@ -76,39 +77,28 @@ def _check(qdq: Any, float_model: Any) -> None:
         raise ModelError(f"the Q/DQ model fails onnx.checker, the float model does not: {exc}") from None
 
 
-def quantize_model(
-    model: Any,
-    scales: Mapping[str, float] | CalibrationCache | CalibrationResult | Mapping[str, SignedHistogram],
-    *,
-    per_channel: bool = True,
-    placement: str = "trt",
-    asymmetric: str | None = None,
+@dataclass
+class _Prepared:
+    """A float model made ready for Q/DQ: at opset >= 13, indexed, its scales resolved and its full placement planned."""
+
+    work: Any  # a copy of the model at opset >= 13, still float (quantize_model rewrites it in place)
+    opset_before: int
+    g: _Graph
+    table: _Scales
+    resolver: _Resolver
+    plan: _Plan
+
+
+def _prepare(
+    model: Any, scales: Any, *, per_channel: bool = True, placement: str = "trt", asymmetric: str | None = None,
     asymmetric_dtype: str = "uint8",
-    bias_correction: Iterable[Any] | None = None,
-    bias_correction_batches: int = 4,
-    check: bool = True,
-    progress: Callable[[int], None] | None = None,
-) -> tuple[Any, CoverageReport]:
-    """A Q/DQ copy of `model` for TensorRT 11 and its coverage report; `model` itself is not changed.
-
-    `scales`: amax per tensor (a mapping or a `CalibrationResult`; scale = amax/127), or a `CalibrationCache` whose
-    float32 scales are used bit for bit. `bias_correction`: calibration batches; when given, the first
-    `bias_correction_batches` of them measure each quantised Conv/ConvTranspose/Gemm's per-channel mean output error,
-    layer after layer, and fold it into the bias. `progress` is called with 1 per corrected layer.
-
-    `asymmetric` ("minmax" or "mse"): activations get `signs.asymmetric_quantizer`'s scale and zero point on
-    `asymmetric_dtype`'s codes ("uint8" [0, 255], or "int8" [-128, 127] with a zero point) instead of amax/127 and 0.
-    `scales` must then be histograms: a mapping tensor -> SignedHistogram (`ort.collect.collect_signed`), or a
-    `CalibrationResult`, whose |x| histograms serve "minmax" (they keep the signed extrema) and "mse" only for
-    one-sided tensors. Not for TensorRT on GPUs (`ASYMMETRIC_NOTE`); the model's metadata_props say so.
-    """
+) -> _Prepared:
+    """Everything `quantize_model` decides before it edits the graph; `sensitivity` restricts the same plan."""
     onnx = require("onnx", purpose="Q/DQ export")
     from onnx import version_converter
 
     if placement not in PLACEMENTS:
         raise ValueError(f"unknown placement {placement!r}; choose one of {', '.join(PLACEMENTS)}")
-    if bias_correction_batches < 1:
-        raise ValueError(f"bias_correction_batches must be at least 1, got {bias_correction_batches}")
     if asymmetric is not None and asymmetric not in ASYMMETRIC_METHODS:
         raise ValueError(f"unknown asymmetric method {asymmetric!r}; choose one of {', '.join(ASYMMETRIC_METHODS)} (or None)")
     if asymmetric_dtype not in ASYMMETRIC_DTYPES:
@@ -127,9 +117,6 @@ def quantize_model(
                 f"(per-channel DequantizeLinear needs it): {exc}. Hint: re-export the model with opset >= 13"
             ) from None
         log.info("model upgraded from opset %d to %d (per-channel DequantizeLinear needs opset 13)", before, MIN_OPSET)
-    float_model = onnx.ModelProto()
-    float_model.CopyFrom(work)
-
     g = _Graph(work.graph)
     resolver = _Resolver(g, table)
     plan = _plan(g, resolver, per_channel=per_channel, placement=placement)
@@ -143,6 +130,53 @@ def quantize_model(
             f"nothing to quantise: none of the {len(table.names)} scale(s) given names an input of a "
             f"Conv/ConvTranspose/Gemm/MatMul of the model. {hint}"
         )
+    return _Prepared(work, before, g, table, resolver, plan)
+
+
+def quantize_model(
+    model: Any,
+    scales: Mapping[str, float] | CalibrationCache | CalibrationResult | Mapping[str, SignedHistogram],
+    *,
+    per_channel: bool = True,
+    placement: str = "trt",
+    asymmetric: str | None = None,
+    asymmetric_dtype: str = "uint8",
+    bias_correction: Iterable[Any] | None = None,
+    bias_correction_batches: int = 4,
+    check: bool = True,
+    progress: Callable[[int], None] | None = None,
+    exclude: Mapping[str, str] | None = None,
+) -> tuple[Any, CoverageReport]:
+    """A Q/DQ copy of `model` for TensorRT 11 and its coverage report; `model` itself is not changed.
+
+    `scales`: amax per tensor (a mapping or a `CalibrationResult`; scale = amax/127), or a `CalibrationCache` whose
+    float32 scales are used bit for bit. `bias_correction`: calibration batches; when given, the first
+    `bias_correction_batches` of them measure each quantised Conv/ConvTranspose/Gemm's per-channel mean output error,
+    layer after layer, and fold it into the bias. `progress` is called with 1 per corrected layer.
+
+    `asymmetric` ("minmax" or "mse"): activations get `signs.asymmetric_quantizer`'s scale and zero point on
+    `asymmetric_dtype`'s codes ("uint8" [0, 255], or "int8" [-128, 127] with a zero point) instead of amax/127 and 0.
+    `scales` must then be histograms: a mapping tensor -> SignedHistogram (`ort.collect.collect_signed`), or a
+    `CalibrationResult`, whose |x| histograms serve "minmax" (they keep the signed extrema) and "mse" only for
+    one-sided tensors. Not for TensorRT on GPUs (`ASYMMETRIC_NOTE`); the model's metadata_props say so.
+
+    `exclude` maps node names (as the coverage report lists them) to why they stay in float: those nodes keep float
+    weights and read float inputs, every other pair keeps the scale it has without exclusions (what `sensitivity`
+    measures). The report lists each with its reason.
+    """
+    onnx = require("onnx", purpose="Q/DQ export")
+
+    if bias_correction_batches < 1:
+        raise ValueError(f"bias_correction_batches must be at least 1, got {bias_correction_batches}")
+    prepared = _prepare(model, scales, per_channel=per_channel, placement=placement, asymmetric=asymmetric,
+                        asymmetric_dtype=asymmetric_dtype)
+    work, g, table, resolver, plan, before = (prepared.work, prepared.g, prepared.table, prepared.resolver,
+                                              prepared.plan, prepared.opset_before)
+    float_model = onnx.ModelProto()
+    float_model.CopyFrom(work)
+    excluded: dict[str, str] = {}
+    if exclude:
+        plan, excluded = _exclude(g, plan, exclude)
     layers = [(i, n.output[0]) for i, n in enumerate(work.graph.node) if i in plan.weights and n.op_type in _BIASED_OPS]
     _rewrite(work, g, plan)
 
@@ -157,6 +191,7 @@ def quantize_model(
         opset=(before, _opset(work)),
         per_channel=per_channel,
         placement=placement,
+        excluded=excluded,
     )
     if asymmetric is not None:
         report.asymmetric = {"method": asymmetric, "dtype": asymmetric_dtype, "note": ASYMMETRIC_NOTE}

@@ -98,6 +98,7 @@ class CoverageReport:
     placement: str = "trt"
     bias_correction: dict[str, Any] | None = None
     asymmetric: dict[str, str] | None = None  # {"method", "dtype", "note"} when activations have zero points
+    excluded: dict[str, str] = field(default_factory=dict)  # node -> why it was left in float on request
 
     @property
     def quantized_nodes(self) -> list[NodeCoverage]:
@@ -120,6 +121,9 @@ class CoverageReport:
                 f"; cache entries: {len(self.unmapped_entries)} unmapped, {len(self.unnamed_entries)} unnamed, "
                 f"{len(self.unused_entries)} not needed"
             )
+        left_out = sum(n.reason.startswith("excluded: ") for n in self.nodes)
+        if left_out:
+            text += f"; {left_out} node(s) excluded on request"
         if self.asymmetric:
             text += f"; ASYMMETRIC {self.asymmetric['dtype']} activations ({self.asymmetric['method']} ranges)"
         return text
@@ -155,6 +159,9 @@ class CoverageReport:
             if names:
                 shown = ", ".join(names[:12]) + (f", ... ({len(names)} in all)" if len(names) > 12 else "")
                 lines.append(f"{title}: {shown}")
+        if self.excluded:
+            lines.append("excluded on request (left in float):")
+            lines.extend(f"  {n}: {why}" for n, why in self.excluded.items())
         if self.unquantized_tensors:
             lines.append("activations left in float:")
             lines.extend(f"  {t}: {why}" for t, why in self.unquantized_tensors.items())
@@ -181,4 +188,5 @@ class CoverageReport:
             "unused_entries": list(self.unused_entries),
             "bias_correction": self.bias_correction,
             "asymmetric": self.asymmetric,
+            "excluded": dict(self.excluded),
         }

@@ -57,8 +57,6 @@ __all__ = [
     "render_figure",
     "write_report",
     "build_report",
-    "render_stability_figures",
-    "stability_section",
 ]
 
 log = logging.getLogger(__name__)
@@ -539,8 +537,7 @@ accept.</dd>
 """
 
 
-def _page(summaries: Sequence[TensorSummary], drawn: Sequence[str], meta: Mapping[str, Any],
-          stability: str = "") -> str:
+def _page(summaries: Sequence[TensorSummary], drawn: Sequence[str], meta: Mapping[str, Any], extra: str = "") -> str:
     title = f"trt-calib report: {meta.get('model_name', 'model')}"
     meta_rows = "".join(
         f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(str(v))}</td></tr>"
@@ -565,18 +562,14 @@ def _page(summaries: Sequence[TensorSummary], drawn: Sequence[str], meta: Mappin
     omitted = len(summaries) - len(drawn)
     note = (f'<p class="small">Figures for the {len(drawn)} tensors with the lowest SQNR; {omitted} more are in the '
             "table only (raise --max-tensors to draw them).</p>" if omitted else "")
-    if not summaries:  # a stability page alone (report --stability without --data or --histograms)
-        return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<style>{_CSS}</style></head>
-<body>
-<h1>{html.escape(title)}</h1>
-<table class="meta">{meta_rows}</table>
-{stability}
-<script>{_SORT_JS}</script>
-</body></html>
-"""
+    tensors = "" if not summaries else f"""<h2>Tensors</h2>
+<p class="small">Click a column to sort (e.g. SQNR dB for the tensors TensorRT quantises worst). Shaded rows: the three
+lowest SQNR. "uint8 gain" is the SQNR of the best asymmetric uint8 grid minus that of the chosen amax.</p>
+{_model_table(summaries, drawn_set)}
+{_definitions(summaries[0].algorithm)}
+<h2>Per tensor</h2>
+{note}
+{"".join(sections)}"""
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <meta name="viewport" content="width=device-width, initial-scale=1">
@@ -584,179 +577,11 @@ def _page(summaries: Sequence[TensorSummary], drawn: Sequence[str], meta: Mappin
 <body>
 <h1>{html.escape(title)}</h1>
 <table class="meta">{meta_rows}</table>
-<h2>Tensors</h2>
-<p class="small">Click a column to sort (e.g. SQNR dB for the tensors TensorRT quantises worst). Shaded rows: the three
-lowest SQNR. "uint8 gain" is the SQNR of the best asymmetric uint8 grid minus that of the chosen amax.</p>
-{_model_table(summaries, drawn_set)}
-{stability}
-{_definitions(summaries[0].algorithm if summaries else "entropy2")}
-<h2>Per tensor</h2>
-{note}
-{"".join(sections)}
+{extra}
+{tensors}
 <script>{_SORT_JS}</script>
 </body></html>
 """
-
-
-# ---------------------------------------------------------------------------------------------- stability
-_KIND_STYLE = {
-    "base": ("#000000", "D", "base (data order)"),
-    "order": ("#1f77b4", "o", "random order"),
-    "batch_size": ("#ff7f0e", "s", "other batch size"),
-}
-_STABILITY_ROWS = 40  # tensors drawn in the spread bars (the least stable first)
-
-
-def _short(name: str, width: int = 34) -> str:
-    """A tensor name for a figure label: its start and its end, which tell layers apart, around an ellipsis."""
-    return name if len(name) <= width else f"{name[: width // 2 - 2]}...{name[-(width // 2 - 1):]}"
-
-
-def _judged(record: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """The tensors STAB.json judges (not tied, finite non-zero amax), least stable first."""
-    rows = [t for t in record["tensors"] if t.get("tied_to") is None and not t.get("degenerate")]
-    return sorted(rows, key=lambda t: -float(t["range_percent"]))
-
-
-def render_stability_figures(record: Mapping[str, Any], folder: str | os.PathLike) -> dict[str, str]:
-    """Draw STAB.json's spread bars and settle curve into `folder`/figures; returns their paths relative to it."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    folder = Path(folder)
-    (folder / "figures").mkdir(exist_ok=True)
-    variants = record["variants"]
-    judged = _judged(record)
-    tolerance = float(record["tolerance_percent"])
-    out: dict[str, str] = {}
-    if judged:
-        shown = judged[:_STABILITY_ROWS][::-1]  # least stable at the top
-        fig = Figure(figsize=(9.0, 1.2 + 0.24 * len(shown)), dpi=80)
-        FigureCanvasAgg(fig)
-        ax = fig.subplots()
-        fig.subplots_adjust(left=0.25, right=0.97, bottom=0.6 / (1.2 + 0.24 * len(shown)) + 0.05, top=0.93)
-        for y, t in enumerate(shown):
-            base = float(t["base_amax"])
-            rel = [100.0 * (float(t["amax"][i]) / base - 1.0) for i in record["spread_variants"]]
-            color = "#d62728" if t["unstable"] else "#9e9e9e"
-            ax.plot([min(rel), max(rel)], [y, y], color=color, linewidth=5, alpha=0.45, solid_capstyle="butt")
-            for i, r in zip(record["spread_variants"], rel):
-                c, marker, _ = _KIND_STYLE[variants[i]["kind"]]
-                ax.plot([r], [y], marker=marker, color=c, markersize=4, linestyle="none",
-                        zorder=4 if variants[i]["kind"] == "base" else 3)
-        for kind, (c, marker, label) in _KIND_STYLE.items():
-            ax.plot([], [], marker=marker, color=c, linestyle="none", label=label)
-        ax.plot([], [], color="#d62728", linewidth=5, alpha=0.45, label=f"range > {tolerance:g}% (unstable)")
-        ax.axvline(0.0, color="black", linewidth=0.8)
-        ax.set_yticks(range(len(shown)))
-        ax.set_yticklabels([_short(t["name"]) for t in shown], fontsize=7)
-        ax.set_xlabel("amax relative to the base calibration (%)")
-        ax.set_title(f"entropy2 amax over {len(record['spread_variants'])} orders / batch sizes "
-                     f"({min(len(judged), _STABILITY_ROWS)} least stable of {len(judged)} tensors)", fontsize=10)
-        ax.legend(fontsize=7, loc="lower right", framealpha=0.85)
-        ax.grid(axis="x", color="#eeeeee")
-        out["spread"] = "figures/stability_spread.png"
-        fig.savefig(folder / out["spread"])
-    if judged and record["subset_variants"]:
-        fig = Figure(figsize=(9.6, 4.2), dpi=80)
-        FigureCanvasAgg(fig)
-        ax = fig.subplots()
-        fig.subplots_adjust(left=0.08, right=0.70, bottom=0.13, top=0.91)
-        ax.axhspan(-1.0, 1.0, color="#2ca02c", alpha=0.12, label="within one bin")
-        loud = [t for t in judged if t["unstable"] or t["settle"]["settled_at"] is None][:10]  # least stable first
-        loud_names = {t["name"] for t in loud}
-        for t in [t for t in judged if t["name"] not in loud_names] + loud:  # the labelled lines drawn on top
-            sizes = t["settle"]["num_samples"]
-            bins = [(float(a) - float(t["base_amax"])) / float(t["base_bin_width"]) for a in t["settle"]["amax"]]
-            if t["name"] in loud_names:
-                ax.plot(sizes, bins, marker="o", markersize=3, linewidth=1.2, label=_short(t["name"]))
-            else:
-                ax.plot(sizes, bins, color="#b0b0b0", linewidth=0.7)
-        ax.set_yscale("symlog", linthresh=1.0)
-        ax.set_xlabel("calibration samples (the first n of the data)")
-        ax.set_ylabel("amax - full-data amax (bins)")
-        ax.set_title("settle curve: does more data still move the amax?", fontsize=10)
-        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), framealpha=0.85)
-        ax.grid(color="#eeeeee")
-        out["settle"] = "figures/stability_settle.png"
-        fig.savefig(folder / out["settle"])
-    return out
-
-
-def stability_section(record: Mapping[str, Any], figures: Mapping[str, str]) -> str:
-    """The report's stability section: summary, the two figures, the per-tensor table and the end-to-end effect."""
-    s = record["summary"]
-    variants = record["variants"]
-    counts = {k: sum(v["kind"] == k for v in variants) for k in ("order", "batch_size", "subset")}
-    sizes = sorted({v["batch_size"] for v in variants if v["kind"] in ("base", "batch_size")})
-    parts = [
-        "<h2>Stability: batch order, batch size, amount of data</h2>",
-        f"<p>{len(variants)} calibrations with TensorRT's entropy2 on the same {record['num_samples']} samples, each "
-        f"a full rerun: the data in order at batch {record['base_batch_size']} (the base), {counts['order']} random "
-        f"orders, batch sizes {', '.join(map(str, sizes))}, and {counts['subset']} subsets. "
-        f"<b>{s['unstable']} of {s['judged']}</b> tensors are unstable (max &minus; min of the amax above "
-        f"{float(record['tolerance_percent']):g}% of the base amax)"
-        + (": " + html.escape(", ".join(s["unstable_tensors"][:12])) if s["unstable"] else "")
-        + ("" if s.get("unstable_quantized") is None else
-           f"; {len(s['unstable_quantized'])} of them get a Q/DQ pair where <code>quantize_model</code> places "
-           "them (TensorRT's guidance; the others' scales matter only to an implicit-INT8 engine)")
-        + ". Why: TensorRT's histogram range is the first batch's max, doubled as later batches exceed it, so "
-        "which samples come first moves every bin edge, and the KL choice with them.</p>",
-    ]
-    if "spread" in figures:
-        parts.append(f'<img src="{html.escape(figures["spread"])}" alt="amax spread per tensor">')
-    if "settle" in figures:
-        parts.append(f'<img src="{html.escape(figures["settle"])}" alt="settle curve">')
-    head = ("<tr><th class='name'>tensor</th><th>base amax</th><th>min</th><th>max</th><th>range %</th>"
-            "<th>range (bins)</th><th>settled at (samples)</th><th class='name'>Q/DQ pair</th>"
-            "<th class='name'>verdict</th></tr>")
-    rows = []
-    for t in _judged(record):
-        settled = t["settle"]["settled_at"]
-        settled_text = "-" if not record["subset_variants"] else ("not settled" if settled is None else str(settled))
-        rows.append(
-            "<tr" + (' class="worst"' if t["unstable"] else "") + ">"
-            + _cell(t["name"], cls="name") + _cell(float(t["base_amax"]), _num(float(t["base_amax"])))
-            + _cell(float(t["min"]), _num(float(t["min"]))) + _cell(float(t["max"]), _num(float(t["max"])))
-            + _cell(float(t["range_percent"]), _num(float(t["range_percent"]), ".2f"))
-            + _cell(float(t["range_bins"]), _num(float(t["range_bins"]), ".1f"))
-            + _cell(float("inf") if settled is None else float(settled), settled_text)
-            + _cell({True: "yes", False: "no"}.get(t.get("quantized"), "?"), cls="name")
-            + _cell("unstable" if t["unstable"] else "stable", cls="name") + "</tr>"
-        )
-    parts.append(f'<table class="sortable" id="stability"><thead>{head}</thead><tbody>{"".join(rows)}</tbody></table>')
-    e2e = record["end_to_end"]
-    if "skipped" in e2e:
-        parts.append(f"<p>End to end: not measured ({html.escape(str(e2e['skipped']))}).</p>")
-    else:
-        metric = e2e["metric"]
-        head = (f"<tr><th class='name'>variant</th><th>{html.escape(metric)}</th><th>agreement %</th>"
-                "<th class='name'></th></tr>")
-        rows = []
-        for r in e2e["variants"]:
-            mark = {e2e["best"]: "most favourable", e2e["worst"]: "least favourable"}.get(r["variant"], "")
-            agreement = r.get("agreement")
-            rows.append(
-                "<tr>" + _cell(r["label"], cls="name") + _cell(float(r[metric]), _num(float(r[metric]), ".4g"))
-                + _cell(float("nan") if agreement is None else 100 * float(agreement),
-                        "-" if agreement is None else f"{100 * float(agreement):.1f}")
-                + _cell(mark, cls="name") + "</tr>"
-            )
-        parts.append(
-            f"<p>End to end: each distinct set of scales as a Q/DQ model, evaluated against FP32 on "
-            f"{html.escape(str(e2e['on']))} (output {html.escape(str(e2e['output']))}; {_ORT_NOTE_SHORT})</p>"
-            f'<table class="sortable"><thead>{head}</thead><tbody>{"".join(rows)}</tbody></table>'
-        )
-    parts.append(
-        '<p class="small">range %: (max &minus; min) / base amax over the base, the random orders and the batch '
-        "sizes; range (bins): the same in bins of the base histogram. settled at: the smallest subset from which "
-        "every larger subset's amax lies within one bin of the full data's (not settled: only the full data "
-        "does).</p>"
-    )
-    return "\n".join(parts)
-
-
-_ORT_NOTE_SHORT = "onnxruntime's int8 arithmetic approximates TensorRT's: compare the rows with each other"
 
 
 # ---------------------------------------------------------------------------------------------- folder
@@ -844,16 +669,13 @@ def write_report(
     max_tensors: int | None = None,
     force: bool = False,
     progress: bool = False,
-    stability: Mapping[str, Any] | None = None,
+    sections: Sequence[Any] = (),
 ) -> list[str]:
     """Write the report into `out_dir`; returns the drawn names.
 
-    Everything is built in a temporary folder first. A new folder is renamed into place whole; in an existing one only
-    the report's own files are replaced (those of the previous report's manifest), stale ones of the previous report
-    are deleted, and nothing else is touched: a file the report would write that it did not write before is refused
-    before anything changes. Figures are drawn for the `max_tensors` tensors with the lowest SQNR (all when None),
-    kept in model order.
-    `stability` (a STAB.json record) adds its section: spread bars and the settle curve.
+    Figures are drawn for the `max_tensors` tensors with the lowest SQNR (all when None), kept in model order.
+    `sections` (e.g. `sensitivity_report.SensitivitySection`) draw their figures into the folder with
+    `render(folder)`, which returns their HTML, shown before the tensors; `to_json()` goes into report.json.
     """
     out_dir = Path(out_dir)
     _check_target(out_dir, force)
@@ -869,27 +691,23 @@ def write_report(
         from tqdm import tqdm
 
         by_name = {s.name: s for s in summaries}
-        files = ["index.html", "report.json", MANIFEST]
         for name in tqdm(drawn, desc="drawing", unit="tensor", file=sys.stderr,
                          disable=None if progress else True, leave=False):
             s = by_name[name]
             s.figure = _figure_name(s.order, s.name)
             render_figure(s, histograms[name], tmp / s.figure)
-            files.append(s.figure)
-        section = ""
-        if stability is not None:
-            stability_figures = render_stability_figures(stability, tmp)
-            files.extend(stability_figures.values())
-            section = stability_section(stability, stability_figures)
-        (tmp / "index.html").write_text(_page(summaries, drawn, meta, section), encoding="utf-8")
+        extra = "".join(section.render(tmp) for section in sections)
+        (tmp / "index.html").write_text(_page(summaries, drawn, meta, extra), encoding="utf-8")
         report = {"generator": REPORT_MARKER, **_jsonable(dict(meta)), "drawn": drawn,
                   "tensors": [s.to_dict() for s in summaries]}
-        if stability is not None:
-            report["stability"] = stability.get("summary")
+        for section in sections:
+            report[section.name] = _jsonable(section.to_json())
         (tmp / "report.json").write_text(json.dumps(report, indent=1, allow_nan=False) + "\n", encoding="utf-8")
         from .provenance import file_sha256
 
-        hashes = {f: file_sha256(tmp / f) for f in files if f != MANIFEST}
+        # Everything in the fresh temporary folder is the report's own: the manifest lists it all.
+        files = sorted(p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file())
+        hashes = {f: file_sha256(tmp / f) for f in files}
         (tmp / MANIFEST).write_text(_manifest_text(hashes), encoding="utf-8")
         os.chmod(tmp, 0o777 & ~_umask())
         _install(tmp, out_dir, hashes)
@@ -963,28 +781,26 @@ def build_report(
     threads: int | None = None,
     meta: Mapping[str, Any] | None = None,
     save_histograms: str | os.PathLike | None = None,
-    stability: Mapping[str, Any] | None = None,
+    sections: Sequence[Any] = (),
 ) -> ReportResult:
     """Collect signed histograms from `batches` (or use saved `histograms`), analyse, and write the report folder.
 
-    `tensors` are glob patterns limiting the tensors reported. Nothing is written unless everything succeeded.
-    `stability` (a STAB.json record, `tools.stability.load_stability`) adds its section; with it alone (no batches,
-    no histograms) the page holds only that section.
+    `tensors` are glob patterns limiting the tensors reported. `sections` are extra sections (`write_report`); with
+    them, neither batches nor histograms are needed. Nothing is written unless everything succeeded.
     """
     from ..ort.collect import calibrated_tensors, load_model
 
     started = time.perf_counter()
-    alone = stability is not None and batches is None and histograms is None
-    if not alone and (batches is None) == (histograms is None):
+    if batches is None and histograms is None and sections:
+        histograms = {}
+    elif (batches is None) == (histograms is None):
         raise TrtCalibError("give either calibration data or saved histograms (not both). "
                             "Hint: --data D runs the model; --histograms H.npz reuses a calibration's histograms")
     out_dir = Path(out_dir)
     _check_target(out_dir, force)
     model_path = None if not isinstance(model, (str, os.PathLike)) else str(model)
     model = load_model(model)
-    if alone:
-        names, histograms = [], {}
-    elif histograms is None:
+    if histograms is None:
         names = select_tensors(calibrated_tensors(model), tensors)
         extra = _tie_sources(model, names) if tensors else []
         bar = None
@@ -1009,7 +825,7 @@ def build_report(
         if tensors:
             keep = set(names) | set(_tie_sources(model, names))
             histograms = {n: h for n, h in histograms.items() if n in keep}
-        graph_names = set(calibrated_tensors(model))
+        graph_names = set(calibrated_tensors(model)) if histograms else set()
         strangers = [n for n in histograms if n not in graph_names]
         if strangers and len(strangers) == len(histograms):
             raise DataError(
@@ -1035,12 +851,11 @@ def build_report(
     }
     if algorithm == "percentile":
         info["percentile"] = percentile
-    if alone:
+    if not summaries and sections:  # a page of sections only (report --stability / --sensitivity alone)
         for key in ("algorithm", "TensorRT version emulated", "tensors"):
             info.pop(key)
-        info["stability of"] = f"{stability.get('model', {}).get('path', '?')} ({stability.get('generator', '?')})"
     drawn = write_report(out_dir, summaries, histograms, meta=info, max_tensors=max_tensors, force=force,
-                         progress=progress, stability=stability)
+                         progress=progress, sections=sections)
     seconds = time.perf_counter() - started
     log.info("wrote %s (%d tensors, %d figures) in %.1f s", out_dir / "index.html", len(summaries), len(drawn), seconds)
     return ReportResult(out_dir, summaries, drawn, seconds)

@@ -23,7 +23,10 @@ from .batches import read_dtype
 from .calibrator import CalibratorCore, import_tensorrt, quiet_trt_deprecations
 from ..errors import CalibrationError, DataError, MissingDependencyError, ModelError
 
-__all__ = ["BuildResult", "build_engine", "build_qdq_engine", "explicit_batch_flags", "parse_shapes", "init_plugins"]
+__all__ = [
+    "BuildResult", "KEEP_DTYPES", "build_engine", "build_qdq_engine", "explicit_batch_flags", "init_plugins",
+    "keep_layer_precisions", "parse_shapes",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +46,7 @@ class BuildResult:
     trt_version: str = ""
     log: list[str] = field(default_factory=list)
     cache_used: bool = False  # the calibrator handed TensorRT a cache instead of batches
+    kept_layers: dict[str, list[str]] = field(default_factory=dict)  # keep_precision: node's layer -> layers set
 
 
 def parse_shapes(text: str) -> dict[str, tuple[Shape, Shape, Shape]]:
@@ -226,6 +230,76 @@ def _default_shape(declared: Shape) -> Shape:
     return tuple(d if d >= 0 else 1 for d in declared)
 
 
+#: Precisions `keep_layer_precisions` can keep layers in, by trtexec's names.
+KEEP_DTYPES = {"fp16": "float16", "fp32": "float32"}
+_FLOAT_OUTPUTS = ("FLOAT", "HALF", "BF16")
+
+
+def _parser_layer_names(onnx_path: Path) -> set[str]:
+    """The name TensorRT's ONNX parser gives each node's first layer: the node's name, or node_of_<first output>
+    (onnx-tensorrt getNodeName; qdq.graph.tensorrt_layer_name says the same for the layers above this one)."""
+    import onnx
+
+    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    return {n.name or (f"node_of_{n.output[0]}" if n.output else "") for n in graph.node}
+
+
+def _owner(layer_name: str, wanted: set[str], node_layers: set[str]) -> str | None:
+    """Which wanted node's layer this is: its exact name, or `<name>_<N>`, the name the parser gives a node's further
+    layers (one counter for the whole import), unless `<name>_<N>` is the first layer of another node."""
+    if layer_name in wanted:
+        return layer_name
+    base, sep, suffix = layer_name.rpartition("_")
+    if sep and suffix.isdigit() and base in wanted and layer_name not in node_layers:
+        return base
+    return None
+
+
+def keep_layer_precisions(trt: Any, network: Any, config: Any, layers: Sequence[str], dtype: str = "fp16", *,
+                          node_layers: set[str] | None = None) -> dict[str, list[str]]:
+    """Keep the layers TensorRT's ONNX parser made for some nodes out of INT8: `layer.precision` and the type of each
+    float output set to `dtype`, and BuilderFlag.OBEY_PRECISION_CONSTRAINTS so the build fails rather than ignore it.
+
+    `layers` are the nodes' parser layer names (node name, or node_of_<output>); layers named `<name>_<N>` are the same
+    node's further layers. Constant layers (weights) are left alone. Returns name -> the layers set; a name matching
+    no layer is a ModelError before the build. TensorRT 8.6-10.x (deprecated in 10.12, removed in 11).
+    """
+    if dtype not in KEEP_DTYPES:
+        raise DataError(f"keep dtype must be one of {', '.join(KEEP_DTYPES)}, got {dtype!r}")
+    flags = getattr(trt, "BuilderFlag", None)
+    if not hasattr(flags, "OBEY_PRECISION_CONSTRAINTS"):
+        raise MissingDependencyError(
+            f"TensorRT {getattr(trt, '__version__', '?')} has no precision constraints (TensorRT 11 removed "
+            "layer.precision and OBEY_PRECISION_CONSTRAINTS). Hint: leave the nodes out of the Q/DQ model instead: "
+            "trt-calib quantize --exclude-nodes-from SENS.json"
+        )
+    target = getattr(trt, KEEP_DTYPES[dtype])
+    wanted = set(layers)
+    found: dict[str, list[str]] = {name: [] for name in layers}
+    constant = getattr(getattr(trt, "LayerType", None), "CONSTANT", None)
+    with quiet_trt_deprecations():
+        for i in range(network.num_layers):
+            layer = network.get_layer(i)
+            owner = _owner(layer.name, wanted, node_layers or set())
+            if owner is None or (constant is not None and layer.type == constant):
+                continue
+            layer.precision = target
+            for j in range(layer.num_outputs):
+                kind = getattr(layer.get_output(j).dtype, "name", "")
+                if kind.upper() in _FLOAT_OUTPUTS:  # shape and index outputs must stay integers
+                    layer.set_output_type(j, target)
+            found[owner].append(layer.name)
+        missing = [name for name, hit in found.items() if not hit]
+        if missing:
+            raise ModelError(
+                f"no TensorRT layer is named after node(s) {', '.join(repr(n) for n in missing[:5])}: the ONNX parser "
+                "names a node's layers after the node (node_of_<output> when unnamed). Hint: check the names against "
+                "the model the engine is built from"
+            )
+        config.set_flag(flags.OBEY_PRECISION_CONSTRAINTS)
+    return found
+
+
 def build_engine(
     onnx_path: str | os.PathLike,
     *,
@@ -237,6 +311,8 @@ def build_engine(
     shapes: Mapping[str, tuple[Sequence[int], Sequence[int], Sequence[int]]] | None = None,
     range_policy: str = "symmetric",
     verbose: bool = False,
+    keep_precision: Sequence[str] | None = None,
+    keep_dtype: str = "fp16",
 ) -> BuildResult:
     """Build an INT8 engine from `onnx_path` with `calibrator` (a TensorRT calibrator), `ranges` (a cache, a
     mapping name -> amax or a CalibrationResult, applied with set_dynamic_range), or both: then TensorRT calibrates
@@ -248,8 +324,14 @@ def build_engine(
     inputs take the calibrator's first batch shape for min, opt and max (logged); when the calibrator has a cache
     and no batch, every dynamic dim is 1, as trtexec does (logged). FP16 is enabled too (`fp16`) so layers TensorRT
     keeps out of INT8 need not fall back to FP32. The plan is written atomically to `engine_path`.
+
+    `keep_precision`: parser layer names of nodes to keep out of INT8, in `keep_dtype` ("fp16" or "fp32"), with
+    OBEY_PRECISION_CONSTRAINTS (`keep_layer_precisions`); typically the top of a `trt-calib sensitivity` ranking.
     """
     onnx_path = Path(onnx_path)
+    if keep_precision and keep_dtype == "fp16" and not fp16:
+        raise DataError("keeping layers in fp16 needs the FP16 builder flag: drop fp16=False (--no-fp16) or keep "
+                        "them in fp32")
     if calibrator is None and ranges is None:
         raise CalibrationError("an INT8 build needs a calibrator or ranges (set_dynamic_range); got neither")
     if not onnx_path.is_file():
@@ -329,6 +411,13 @@ def build_engine(
             with quiet_trt_deprecations():
                 config.set_calibration_profile(profile)  # calibration runs at OPT
 
+    kept_layers: dict[str, list[str]] = {}
+    if keep_precision:
+        kept_layers = keep_layer_precisions(trt, network, config, keep_precision, keep_dtype,
+                                            node_layers=_parser_layer_names(onnx_path))
+        logger.info("kept %d node(s) out of INT8 in %s: %s", len(kept_layers), keep_dtype,
+                    ", ".join(f"{n} ({len(v)} layer(s))" for n, v in kept_layers.items()))
+
     ranges_report = None
     if calibrator is not None:
         _preflight_calibrator(trt, calibrator, inputs, calib_shapes, cached)
@@ -369,6 +458,7 @@ def build_engine(
         trt_version=str(getattr(trt, "__version__", "")),
         log=list(trt_logger.lines),
         cache_used=cache_used,
+        kept_layers=kept_layers,
     )
     if engine_path is not None:
         result.engine_path = atomic_write(engine_path, data)

@@ -1,0 +1,210 @@
+"""`trt-calib sensitivity`: which units cost the accuracy, measured on held-out data, and how many to keep in float.
+
+`register(subparsers)` adds the command (handler `run_sensitivity`); the work is `qdq.sensitivity.sensitivity`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import sys
+from typing import Any
+
+from ..errors import UsageError
+from ._common import (
+    add_data_arguments,
+    add_executor_arguments,
+    add_json_flag,
+    finite_float,
+    guard_paths,
+    json_text,
+    non_negative_int,
+    open_data,
+    open_executor,
+    positive_int,
+    print_json,
+    trt_version_arg,
+    write_output,
+)
+
+__all__ = ["register", "run_sensitivity"]
+
+log = logging.getLogger(__name__)
+
+
+def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add `trt-calib sensitivity MODEL --data D -o SENS.json [...]`; its handler is `run_sensitivity`."""
+    from ..core.cache import DEFAULT_TRT_VERSION
+    from ..ort.collect import ALGORITHM_HEADERS
+    from ..qdq import PLACEMENTS
+    from ..qdq.sensitivity import KEEP_DTYPES, METRICS
+
+    p = subparsers.add_parser(
+        "sensitivity",
+        help="rank the layers INT8 hurts most (measured on held-out data) and how many to keep in float",
+        description="For every node `trt-calib quantize` gives Q/DQ (a unit: a Conv/Gemm/MatMul with its weight and "
+        "inputs, or a residual Add), measure the output error on held-out batches with only that unit INT8 "
+        "(alone), with every unit but that one INT8 (excluded), and with only its weights or only its activations "
+        "INT8; rank the units by what excluding them buys back, then run the model with the top k kept in float, "
+        "k = 0, 1, 2, ... until --target or --max-keep. Every number is a real run with onnxruntime (CPU, graph as "
+        "written). Writes SENS.json; `quantize --exclude-nodes-from` and `build --keep-precision` act on it, and "
+        "the trtexec flags that do the same are printed.",
+    )
+    p.add_argument("model", help="ONNX model (float)")
+    add_data_arguments(p)
+    split = p.add_argument_group("held-out data")
+    split.add_argument("--eval-data", metavar="PATH", help="held-out data to measure on (same formats and --batch-size "
+                       "as --data); default: the batches of --data after the calibration ones")
+    split.add_argument("--calib-batches", type=positive_int, metavar="N", help="without --eval-data: calibrate on "
+                       "the first N batches of --data and measure on the rest (default: half of them, rounded up)")
+    split.add_argument("--eval-batches", type=positive_int, metavar="M", help="measure on at most M held-out batches "
+                       "(every run is one pass over them)")
+    src = p.add_argument_group("scales (as `quantize`)")
+    how = src.add_mutually_exclusive_group()
+    how.add_argument("--from-cache", metavar="CACHE", help="the scales of this TensorRT calibration cache, bit for "
+                     "bit (then all of --data is held out unless --eval-data is given)")
+    how.add_argument("--algorithm", choices=list(ALGORITHM_HEADERS), default=None,
+                     help="threshold algorithm when calibrating on --data (default entropy2)")
+    src.add_argument("--percentile", type=finite_float(0, 100, lo_open=True), default=99.99,
+                     help="for --algorithm percentile (default 99.99)")
+    src.add_argument("--trt-version", type=trt_version_arg, default=DEFAULT_TRT_VERSION,
+                     help=f"TensorRT version whose calibration to emulate (default {DEFAULT_TRT_VERSION})")
+    src.add_argument("--placement", choices=list(PLACEMENTS), default="trt", help="as `quantize --placement`")
+    src.add_argument("--per-tensor-weights", action="store_true", help="as `quantize --per-tensor-weights`")
+    m = p.add_argument_group("measurement")
+    m.add_argument("--metric", choices=("auto", *METRICS), default="auto",
+                   help="auto (default): mean KL(FP32 || INT8) when every output is a probability vector, else "
+                   "1 - cosine; kl (softmax of logits too), cosine, or sqnr (dB, higher is better)")
+    m.add_argument("--target", type=finite_float(), default=None, metavar="ERROR",
+                   help="stop the greedy curve at the first k whose error meets this (<=; >= for sqnr)")
+    m.add_argument("--max-keep", type=non_negative_int, default=10, metavar="K",
+                   help="keep at most K units in float on the greedy curve (default 10)")
+    m.add_argument("--keep-dtype", choices=KEEP_DTYPES, default="fp16",
+                   help="precision of the kept units in the printed trtexec flags (default fp16)")
+    p.add_argument("-o", "--output", required=True, metavar="SENS.json", help="where to write the result")
+    add_json_flag(p, help="print the result as one JSON object on stdout (errors too)")
+    add_executor_arguments(p)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(handler=run_sensitivity)
+    return p
+
+
+def _data_path(spec: str | None) -> str | None:
+    """The file a --data value names (a data script may carry :function)."""
+    if spec is None:
+        return None
+    path, sep, _ = str(spec).rpartition(":")
+    return path if sep and path.endswith(".py") else spec
+
+
+def _bar(args: argparse.Namespace, desc: str, unit: str, total: int | None = None) -> Any:
+    if args.no_progress or args.quiet or args.json:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit=unit, desc=desc, file=sys.stderr, leave=False, disable=None)
+
+
+def _split(args: argparse.Namespace, source: Any, inputs: list) -> tuple[Any, list, int, dict[str, Any]]:
+    """(calibration batches or None, held-out batches, padded rows of the last held-out one, what was used)."""
+    padded = source.num_padded
+    if args.eval_data is not None:
+        held = argparse.Namespace(**vars(args))
+        held.data, held.offset, held.limit, held.shuffle, held.seed = args.eval_data, None, None, False, None
+        if held.last_batch is None and not str(args.eval_data).split(":")[0].endswith(".py"):
+            # every held-out sample counts: a model with a fixed batch dim gets a padded last batch, left out of scores
+            held.last_batch = "pad" if inputs and inputs[0].rank and inputs[0].static_dim(0) else "keep"
+        eval_source = open_data(held, inputs)
+        batches = list(eval_source)
+        what = {"evaluation_data": f"{args.eval_data} ({len(batches)} batches)"}
+        calib = None if args.from_cache else source
+        if calib is not None:
+            what["calibration_data"] = f"{args.data} ({len(source)} batches)"
+        return calib, batches, eval_source.num_padded, what
+    batches = list(source)
+    if args.from_cache:
+        return None, batches, padded, {"evaluation_data": f"{args.data} (all {len(batches)} batches)"}
+    n = len(batches)
+    if n < 2:
+        raise UsageError(f"--data {args.data} holds {n} batch(es): calibration and held-out data need at least one "
+                         "each. Hint: give --eval-data, or a smaller --batch-size")
+    first = args.calib_batches if args.calib_batches is not None else math.ceil(n / 2)
+    if first >= n:
+        raise UsageError(f"--calib-batches {first} leaves no held-out batch of the {n} in --data")
+    return batches[:first], batches[first:], padded, {
+        "calibration_data": f"{args.data} batches 0..{first - 1}",
+        "evaluation_data": f"{args.data} batches {first}..{n - 1} (held out)",
+    }
+
+
+def run_sensitivity(args: argparse.Namespace) -> int:
+    """Calibrate (or read the cache), sweep, write SENS.json, print the ranking; exit 1 if --target is not met."""
+    from ..core.cache import CalibrationCache
+    from ..ort.collect import calibrate, load_model, model_inputs
+    from ..qdq.sensitivity import sensitivity
+
+    if args.calib_batches is not None and (args.eval_data is not None or args.from_cache):
+        raise UsageError("--calib-batches splits --data into calibration and held-out batches; it does not go with "
+                         "--eval-data or --from-cache")
+    guard_paths(
+        inputs={"MODEL": args.model, "--data": _data_path(args.data), "--eval-data": _data_path(args.eval_data),
+                "--from-cache": args.from_cache},
+        outputs={"-o": args.output},
+    )
+    model = load_model(args.model)
+    inputs = model_inputs(model)
+    cache = CalibrationCache.load(args.from_cache) if args.from_cache else None
+    source = open_data(args, inputs)
+    calib, held, padded, what = _split(args, source, inputs)
+    if args.eval_batches is not None and args.eval_batches < len(held):
+        held, padded = held[: args.eval_batches], 0
+        what["evaluation_data"] += f", first {args.eval_batches} used"
+    if cache is not None:
+        scales: Any = cache
+        what["scales"] = f"cache {args.from_cache} ({cache.header})"
+    else:
+        algorithm = args.algorithm or "entropy2"
+        bar = _bar(args, "calibrating", "batch", len(calib) if hasattr(calib, "__len__") else None)
+        try:
+            scales = calibrate(model, calib, algorithm=algorithm, trt_version=args.trt_version,
+                               percentile=args.percentile, progress=bar.update if bar is not None else None)
+        finally:
+            if bar is not None:
+                bar.close()
+        what["scales"] = f"calibration ({algorithm}, TensorRT {args.trt_version} emulated)"
+    info = {"model": str(args.model), **what}
+
+    bar = _bar(args, "measuring", "run")
+    with open_executor(args) as executor:
+        try:
+            result = sensitivity(
+                model, scales, held, metric=args.metric, placement=args.placement,
+                per_channel=not args.per_tensor_weights, target=args.target, max_keep=args.max_keep,
+                executor=executor, progress=bar.update if bar is not None else None, info=info, padded=padded,
+                total=(lambda n: setattr(bar, "total", n)) if bar is not None else None,
+            )
+        finally:
+            if bar is not None:
+                bar.close()
+    document = result.to_json()
+    flags = result.trtexec_flags(dtype=args.keep_dtype)
+    document["trtexec"] = " ".join(flags)
+    write_output(args.output, json_text(document), what="the sensitivity file")
+    if args.json:
+        print_json(document)
+    else:
+        print(result.table())
+        kept = result.kept()
+        if kept:
+            print(f"\nkeep the top {len(kept)} in float ({', '.join(kept)}):")
+            print(f"  TensorRT 11 (Q/DQ):   trt-calib quantize {args.model} ... --exclude-nodes-from {args.output}")
+            print(f"  TensorRT 8.6-10.x:    trt-calib build {args.model} ... --keep-precision {args.output}"
+                  + (f" --keep-dtype {args.keep_dtype}" if args.keep_dtype != "fp16" else ""))
+            print(f"  trtexec (8.6-10.x):   {' '.join(flags)}  (with your --onnx, --int8, --fp16, --calib)")
+        log.info("wrote %s (%d units, %d runs in %.1f s on %s)", args.output, len(result.units), result.run["runs"],
+                 result.run["seconds"], result.run["executor"])
+    if args.target is not None and not result.target_met:
+        log.warning("--target %g not met with up to %d unit(s) kept in float", args.target, args.max_keep)
+        return 1
+    return 0
