@@ -1,0 +1,229 @@
+"""Arrays as batch sources: .npy (read row by row, never memory-mapped), .npz (keys are input names, ModelOpt's
+format) and in-memory arrays."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import zipfile
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ...errors import DataError
+from .inputs import InputSpec, _input_names, _shape_text
+from .source import _SampleSource, _file_sha256
+
+
+class _ArraySource(_SampleSource):
+    """Samples along axis 0 of one array per input (npy, npz, in-memory)."""
+
+    def __init__(
+        self, inputs: Sequence[InputSpec], origin: str, path: str | None,
+        headers: Mapping[str, tuple[tuple[int, ...], np.dtype]], **batching: Any,
+    ) -> None:
+        counts = {name: shape[0] if shape else None for name, (shape, _) in headers.items()}
+        for name, count in counts.items():
+            if count is None:
+                raise DataError(f"{origin}: {name!r} is a scalar; samples must be stacked along axis 0")
+        if len(set(counts.values())) > 1:
+            listed = ", ".join(f"{n!r}: {c}" for n, c in counts.items())
+            raise DataError(f"{origin}: inputs have different numbers of samples ({listed})")
+        available = next(iter(counts.values()))
+        super().__init__(inputs, origin, path, available, **batching)
+        self._sample_shapes = {n: tuple(int(d) for d in s[1:]) for n, (s, _) in headers.items()}
+        self._check_plan_shapes(self._sample_shapes, {n: d for n, (_, d) in headers.items()})
+
+    def _arrays(self) -> Mapping[str, np.ndarray]:
+        raise NotImplementedError
+
+    def _raw_batches(self) -> Iterator[dict[str, np.ndarray]]:
+        arrays = self._arrays()
+        for rows in self._plan.batches:
+            yield {s.name: np.asarray(arrays[s.name][rows]) for s in self.inputs}
+
+    def _batch_shapes(self) -> dict[str, list[int]]:
+        return {n: [self.batch_size, *s] for n, s in self._sample_shapes.items()}
+
+
+class _NpySource(_ArraySource):
+    """An .npy file read row by row with plain reads: its size is checked against the header at open, and a file
+    that shrinks while being read is a DataError (a memory map would end the process with SIGBUS)."""
+
+    kind = "npy"
+
+    def __init__(self, path: Path, inputs: Sequence[InputSpec], **batching: Any) -> None:
+        origin = str(path)
+        if len(inputs) != 1:
+            raise DataError(
+                f"{origin}: a .npy file feeds one input but the model has {len(inputs)} ({_input_names(inputs)}). "
+                "Hint: use an .npz with one key per input"
+            )
+        self._file = path
+        shape, dtype, self._fortran, self._data_offset = _npy_layout(path)
+        super().__init__(inputs, origin, str(path), {inputs[0].name: (shape, dtype)}, **batching)
+        self._dtype = dtype
+        self._row_shape = tuple(shape[1:])
+
+    def _raw_batches(self) -> Iterator[dict[str, np.ndarray]]:
+        name = self.inputs[0].name
+        if self._fortran:  # rows are not contiguous on disk: read the whole array once per pass
+            arrays = self._arrays()
+            for rows in self._plan.batches:
+                yield {name: np.asarray(arrays[name][rows])}
+            return
+        try:
+            f = open(self._file, "rb")
+        except OSError as exc:
+            raise DataError(f"{self.origin}: cannot read ({exc.strerror or exc})") from None
+        with f:
+            for rows in self._plan.batches:
+                yield {name: self._read_rows(f, rows)}
+
+    def _read_rows(self, f: Any, rows: np.ndarray) -> np.ndarray:
+        out = np.empty((len(rows), *self._row_shape), dtype=self._dtype)
+        row_bytes = out[0].nbytes if len(out) else 0
+        flat = out.reshape(len(rows), -1).view(np.uint8) if out.size else None
+        if flat is None:
+            return out
+        consecutive = len(rows) > 1 and bool(np.all(np.diff(rows) == 1))
+        spans = [(int(rows[0]), slice(0, len(rows)))] if consecutive else [(int(r), slice(k, k + 1)) for k, r in
+                                                                              enumerate(rows)]
+        for first, where in spans:
+            want = (where.stop - where.start) * row_bytes
+            f.seek(self._data_offset + first * row_bytes)
+            got = f.readinto(memoryview(flat[where]).cast("B"))
+            if got != want:
+                raise DataError(
+                    f"{self.origin}: ended {want - (got or 0)} bytes early while reading sample {first}: the file was "
+                    "truncated or replaced while being read. Hint: do not change calibration data during a run"
+                )
+        return out
+
+    def _arrays(self) -> Mapping[str, np.ndarray]:
+        try:
+            arr = np.load(self._file, allow_pickle=False)
+        except (OSError, ValueError, EOFError) as exc:
+            raise DataError(f"{self.origin}: cannot read ({exc})") from None
+        return {self.inputs[0].name: arr}
+
+    def _digest(self) -> str:
+        return _file_sha256(self._file)
+
+
+def _read_npy_header(f: Any, origin: str) -> tuple[tuple[int, ...], np.dtype] | None:
+    """Shape and dtype from an .npy header without reading the data; None for header versions read only whole."""
+    layout = _read_npy_layout(f, origin)
+    return None if layout is None else (layout[0], layout[1])
+
+
+def _read_npy_layout(f: Any, origin: str) -> tuple[tuple[int, ...], np.dtype, bool] | None:
+    try:
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+        elif version in ((2, 0), (3, 0)):
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+        else:
+            return None
+    except (ValueError, EOFError, OSError) as exc:
+        raise DataError(f"{origin}: not a readable .npy array ({exc})") from None
+    return tuple(int(d) for d in shape), np.dtype(dtype), bool(fortran)
+
+
+def _npy_layout(path: Path) -> tuple[tuple[int, ...], np.dtype, bool, int]:
+    """Shape, dtype, Fortran order and data offset of an .npy file whose size matches its header."""
+    try:
+        with open(path, "rb") as f:
+            layout = _read_npy_layout(f, str(path))
+            offset = f.tell()
+            size = os.fstat(f.fileno()).st_size
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    if layout is None:
+        raise DataError(f"{path}: unsupported .npy format version. Hint: save it with numpy.save")
+    shape, dtype, fortran = layout
+    if dtype.hasobject:
+        raise DataError(f"{path}: holds Python objects (dtype {dtype}), not numbers. Hint: save a numeric array")
+    need = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if size - offset < need:
+        raise DataError(
+            f"{path}: truncated: the header declares {_shape_text(shape)} {dtype} ({need} bytes of data) but the "
+            f"file holds {max(size - offset, 0)}. Hint: save it again"
+        )
+    return shape, dtype, fortran, offset
+
+
+class _NpzSource(_ArraySource):
+    kind = "npz"
+
+    def __init__(self, path: Path, inputs: Sequence[InputSpec], **batching: Any) -> None:
+        origin = str(path)
+        self._file = path
+        headers = {}
+        try:
+            with zipfile.ZipFile(path) as zf:
+                members = [m for m in zf.namelist() if m.endswith(".npy")]
+                keys = [m[: -len(".npy")] for m in members]
+                names = [s.name for s in inputs]
+                missing = [n for n in names if n not in keys]
+                extra = [k for k in keys if k not in names]
+                if missing or extra:
+                    what = []
+                    if missing:
+                        what.append(f"missing {', '.join(map(repr, missing))}")
+                    if extra:
+                        what.append(f"keys that are not model inputs: {', '.join(map(repr, extra))}")
+                    raise DataError(
+                        f"{origin}: {'; '.join(what)}. Note: the file has keys {', '.join(map(repr, keys)) or 'none'}. "
+                        f"Hint: keys must be exactly the model's inputs: {_input_names(inputs)}"
+                    )
+                for key, member in zip(keys, members):
+                    with zf.open(member) as f:
+                        headers[key] = _read_npy_header(f, f"{origin}[{key!r}]")
+        except (zipfile.BadZipFile, OSError) as exc:
+            raise DataError(f"{origin}: not a readable .npz archive ({exc})") from None
+        if any(h is None for h in headers.values()):
+            with np.load(path, allow_pickle=False) as z:
+                headers = {k: (z[k].shape, z[k].dtype) for k in headers}
+        super().__init__(inputs, origin, str(path), {s.name: headers[s.name] for s in inputs}, **batching)
+
+    def _arrays(self) -> Mapping[str, np.ndarray]:
+        # An npz member cannot be memory-mapped in general (it may be compressed): each key is read once per pass.
+        import zlib
+
+        try:
+            with np.load(self._file, allow_pickle=False) as z:
+                return {s.name: z[s.name] for s in self.inputs}
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+            raise DataError(f"{self.origin}: cannot read ({type(exc).__name__}: {exc})") from None
+
+    def _digest(self) -> str:
+        return _file_sha256(self._file)
+
+    def _extra_manifest(self) -> dict:
+        return {**super()._extra_manifest(), "keys": [s.name for s in self.inputs]}
+
+
+class _InMemorySource(_ArraySource):
+    kind = "arrays"
+
+    def __init__(self, arrays: Mapping[str, np.ndarray], inputs: Sequence[InputSpec], **batching: Any) -> None:
+        self._data = dict(arrays)
+        super().__init__(
+            inputs, "arrays", None, {n: (a.shape, a.dtype) for n, a in self._data.items()}, **batching
+        )
+
+    def _arrays(self) -> Mapping[str, np.ndarray]:
+        return self._data
+
+    def _digest(self) -> str:
+        h = hashlib.sha256()
+        for name in sorted(self._data):
+            a = np.ascontiguousarray(self._data[name])
+            h.update(json.dumps([name, a.dtype.str, list(a.shape)]).encode())
+            h.update(memoryview(a).cast("B"))
+        return h.hexdigest()

@@ -1,0 +1,175 @@
+"""A Python file's generator as a batch source (like Polygraphy's data loader scripts): loaded in isolation, any
+exit it makes a data error, its batches checked like every other source's."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import inspect
+import os
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ...errors import DataError, TrtCalibError
+from .inputs import InputSpec
+from .source import BatchSource, _file_sha256
+
+
+_DEFAULT_FUNCTION = "load_data"
+
+
+def _split_script(text: str) -> tuple[Path, str]:
+    """"data.py" or "data.py:func"; a drive letter ("C:\\...") is not taken for a function name."""
+    head, sep, tail = text.rpartition(":")
+    if sep and head.lower().endswith(".py") and tail.isidentifier():
+        return Path(head), tail
+    return Path(text), _DEFAULT_FUNCTION
+
+
+def data_file(path: str | os.PathLike) -> Path:
+    """The file or folder a --data value reads: a data script's FILE.py of FILE.py:function, else the path itself."""
+    script, _ = _split_script(os.fspath(path))
+    return script if script.suffix.lower() == ".py" else Path(path)
+
+
+def _load_function(path: Path, name: str) -> Callable[[], Any]:
+    digest = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:16]
+    module_name = f"_trt_calib_data_script_{digest}"
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    if spec is None or spec.loader is None:
+        raise DataError(f"{path}: cannot be imported as a Python file")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    try:
+        spec.loader.exec_module(module)
+    except SystemExit as exc:
+        sys.modules.pop(module_name, None)
+        raise DataError(
+            f"{path}: the data script called sys.exit({exc.code!r}) while being imported; it must define a "
+            "function that yields batches, not exit. Hint: guard script code with `if __name__ == '__main__':`"
+        ) from None
+    except Exception as exc:
+        sys.modules.pop(module_name, None)
+        raise DataError(f"{path}: importing the data script failed ({type(exc).__name__}: {exc})") from exc
+    fn = getattr(module, name, None)
+    if fn is None or not callable(fn):
+        found = [n for n, v in vars(module).items() if callable(v) and not n.startswith("_")]
+        raise DataError(
+            f"{path}: has no function {name!r}. Note: it defines {', '.join(found) or 'no functions'}. "
+            f"Hint: name it with {path}:FUNCTION"
+        )
+    try:
+        inspect.signature(fn).bind()
+    except TypeError:
+        raise DataError(f"{path}: {name}{inspect.signature(fn)} must be callable without arguments") from None
+    except ValueError:
+        pass  # no signature available (builtins); try calling it
+    return fn
+
+
+class _GeneratorSource(BatchSource):
+    """Batches exactly as a user's data script yields them (Polygraphy-style `load_data()`)."""
+
+    kind = "generator"
+
+    def __init__(
+        self, path: Path, function: str, inputs: Sequence[InputSpec], max_batches: int | None = None
+    ) -> None:
+        super().__init__(inputs, f"{path}:{function}", str(path))
+        self.max_batches = max_batches
+        self._file = path
+        self.function = function
+        self._fn = _load_function(path, function)
+        self._stats: dict | None = None
+
+    def _raw_batches(self) -> Iterator[Any]:
+        try:
+            items = self._fn()
+            it = iter(items)
+        except TrtCalibError:
+            raise
+        except SystemExit as exc:
+            raise DataError(
+                f"{self.origin}: called sys.exit({exc.code!r}) instead of returning batches; no batch was made. "
+                "Hint: a data script ends its data by returning, never by exiting"
+            ) from None
+        except Exception as exc:
+            raise DataError(
+                f"{self.origin}: calling it failed ({type(exc).__name__}: {exc}). "
+                "Hint: it must return an iterable of dicts {input_name: array}"
+            ) from exc
+        index = 0
+        while True:
+            try:
+                item = next(it)
+            except StopIteration:
+                return
+            except TrtCalibError:
+                raise
+            except SystemExit as exc:
+                raise DataError(
+                    f"{self.origin}: called sys.exit({exc.code!r}) while making batch {index}, after {index} "
+                    "batch(es); calibrating on part of the data would give other scales. Hint: a data script ends "
+                    "its data by returning, never by exiting"
+                ) from None
+            except Exception as exc:
+                raise DataError(
+                    f"{self.origin}: raised {type(exc).__name__} while making batch {index}: {exc}"
+                ) from exc
+            yield item
+            index += 1
+
+    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+        batches = samples = 0
+        shapes: dict[str, list[int]] = {}
+        for batch in super().__iter__():
+            if not shapes:
+                shapes = {n: list(a.shape) for n, a in batch.items()}
+            first = batch[self.inputs[0].name]
+            samples += first.shape[0] if first.ndim else 1
+            batches += 1
+            yield batch
+        self._stats = {"batches": batches, "samples": samples, "shapes": shapes}
+
+    def _scan(self) -> dict:
+        """Counts need one pass through the user's generator; it is made once, on demand."""
+        if self._stats is None:
+            for _ in self:
+                pass
+        assert self._stats is not None
+        return self._stats
+
+    def __len__(self) -> int:
+        return self._scan()["batches"]
+
+    @property
+    def num_samples(self) -> int:  # type: ignore[override]
+        return self._scan()["samples"]
+
+    @num_samples.setter
+    def num_samples(self, value: int) -> None:
+        pass  # counted from the batches the script yields, never set
+
+    def _batch_shapes(self) -> dict[str, list[int]]:
+        return self._scan()["shapes"]
+
+    def _digest(self) -> str:
+        return _file_sha256(self._file)
+
+    def _extra_manifest(self) -> dict:
+        shapes = self._scan()["shapes"]
+        first = shapes.get(self.inputs[0].name) or [None]
+        return {
+            "function": self.function,
+            "batch_size": first[0],
+            "shuffle": False,
+            "seed": None,
+            "last_batch": "as yielded",
+        }
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.origin}>"
