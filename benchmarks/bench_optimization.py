@@ -5,7 +5,9 @@
 For each model, `calibrate` runs at every level of `OPTIMIZATION_LEVELS` on the same batches; each level's cache is
 compared with the exact default ("basic"): how many entries moved and by how many float32 ULP of the stored scale,
 how many moved to another KL index, and for LeNet whether the table still lands on TensorRT 7's published KL index
-for all 8 shared tensors. EfficientNet-Lite0 comes from `samples/efficientnet_lite0/export.py` (run it first).
+for all 8 shared tensors. Then onnxruntime alone on EfficientNet-Lite0: plain inference and inference with every
+calibrated tensor exposed as an output, at both levels (where the time of the exact path goes).
+EfficientNet-Lite0 comes from `samples/efficientnet_lite0/export.py` (run it first).
 """
 
 from __future__ import annotations
@@ -64,6 +66,32 @@ def measure(label: str, model: Path, batches: list, trt_version: str, reference:
         print(line + ("   (same cache bytes)" if same_bytes else ""))
 
 
+def onnxruntime_alone(model: Path, batches: list, repeat: int = 3) -> None:
+    """onnxruntime by itself: plain inference and with every calibrated tensor exposed, at basic and all."""
+    import onnxruntime as ort
+
+    from trt_calib.ort.collect import calibrated_tensors, load_model, ort_session
+
+    proto = load_model(model)
+    exposed = [n for n in calibrated_tensors(proto) if n not in {i.name for i in proto.graph.input}]
+    times = {}
+    for level in ("basic", "all"):
+        for label, outputs in (("plain", ()), ("every tensor exposed", exposed)):
+            session = ort_session(proto, outputs, optimization=level)
+            names = [o.name for o in session.get_outputs()]
+            best = float("inf")
+            for _ in range(repeat):
+                started = time.perf_counter()
+                for batch in batches:
+                    session.run(names, batch)
+                best = min(best, time.perf_counter() - started)
+            times[level, label] = best
+    reference = times["all", "plain"]
+    print(f"onnxruntime {ort.__version__} alone, best of {repeat} (x plain inference at all):")
+    for (level, label), seconds in times.items():
+        print(f"  {level:<6} {label:<22} {seconds:6.2f} s  {seconds / reference:4.1f}x")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch-size", type=int, default=16, help="EfficientNet-Lite0 batch size (default 16)")
@@ -71,8 +99,10 @@ def main() -> None:
     measure("LeNet (sampleINT8 batches, TensorRT 7.0 table)", LENET, lenet_batches(), "7.0.0",
             CalibrationCache.load(TRT_TABLE))
     if (EFFNET / "model.onnx").is_file():
-        measure(f"EfficientNet-Lite0 (128 crops, batches of {args.batch_size})", EFFNET / "model.onnx",
-                effnet_batches(args.batch_size), "8.6.1", None)
+        batches = effnet_batches(args.batch_size)
+        measure(f"EfficientNet-Lite0 (128 crops, batches of {args.batch_size})", EFFNET / "model.onnx", batches,
+                "8.6.1", None)
+        onnxruntime_alone(EFFNET / "model.onnx", batches)
     else:
         print(f"{EFFNET} missing: run python samples/efficientnet_lite0/export.py for the EfficientNet-Lite0 rows")
 

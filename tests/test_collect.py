@@ -309,3 +309,13 @@ def test_optimization_all_is_faster_arithmetic_that_keeps_lenet_on_tensorrts_kl_
     assert fast.to_json()["optimization"] == "all" and exact.to_json()["optimization"] == "basic"
     with pytest.raises(ValueError, match="unknown optimization 'fast'"):
         calibrate(LENET, source, optimization="fast")
+
+
+def test_cli_calibrate_records_a_non_default_optimization_in_the_sidecar_and_json(tmp_path, capsys):
+    out = tmp_path / "lenet.cache"
+    assert main(["-q", "calibrate", str(LENET), "--data", str(LENET_BATCHES), "--cache", str(out),
+                 "--optimization", "all", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["optimization"] == "all"
+    assert json.loads((tmp_path / "lenet.cache.json").read_text())["options"] == {"optimization": "all"}
+    assert main(["calibrate", str(LENET), "--data", str(LENET_BATCHES), "--cache", str(out), "--optimization",
+                 "fast"]) == 2

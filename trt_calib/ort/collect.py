@@ -64,7 +64,7 @@ RANGE_MODES = ("trt", "global")
 #: onnxruntime graph optimisation for calibration runs: "basic" (the default) runs the graph as it is, bit for bit
 #: the arithmetic TensorRT's reference caches were reproduced with; "all" adds onnxruntime's layout transforms
 #: (NCHWc convolutions), faster but with other float32 summation orders, so activations move by a few ULP.
-OPTIMIZATION_LEVELS = ("basic", "extended", "all")
+OPTIMIZATION_LEVELS = ("basic", "all")
 
 
 # ---------------------------------------------------------------------------------------------- the graph
@@ -238,8 +238,12 @@ def _copy_fields(src: Any, dst: Any, *, skip: str) -> None:
 def calibrated_tensors(model: Any) -> list[str]:
     """Names of the tensors TensorRT gives a calibration entry, in graph order (inputs first, then node outputs)."""
     model = load_model(model)
+    return _calibrated(model, _tensor_types(model))
+
+
+def _calibrated(model: Any, types: Mapping[str, int]) -> list[str]:
+    """`calibrated_tensors` given the element types shape inference found."""
     graph = model.graph
-    types = _tensor_types(model)
     initializers = {t.name for t in graph.initializer}
     consumed = {name for node in graph.node for name in node.input}
     graph_outputs = {o.name for o in graph.output}
@@ -339,13 +343,13 @@ def _session_from_file(model: Any, options: Any, role: str) -> Any:
 def checked_tensors(model: Any, tensors: Sequence[str] | None, role: str) -> tuple[list[str], dict[str, Any]]:
     """The tensors to calibrate (`tensors`, or every tensor TensorRT calibrates) and the inferred (type, dims) of the
     model's tensors; a model with none, or a name it does not type, is an error naming `role`."""
-    names = list(tensors) if tensors is not None else calibrated_tensors(model)
+    info = _tensor_info(model)
+    names = list(tensors) if tensors is not None else _calibrated(model, {n: t for n, (t, _) in info.items()})
     if not names:
         raise CalibrationError(
             f"{role}: has no float tensor TensorRT would calibrate (inputs and node outputs are all integer, "
             "bool or constant), so a cache would be empty. Hint: INT8 calibration needs a float model"
         )
-    info = _tensor_info(model)
     missing = [n for n in names if n not in info]
     if missing:
         raise ModelError(f"no typed tensor named {', '.join(repr(n) for n in missing[:10])} in the model")
