@@ -121,7 +121,8 @@ class AbsHistogram:
         self._batch_max = np.float32(0.0)
 
     def add_part(self, x: Any) -> None:
-        """Add part of the current batch. Values above the current range wait for `end_batch` (they grow it)."""
+        """Add part of the current batch. Values above the current range wait for `end_batch` (they grow it), so the
+        batch may keep a reference to `x` until then: do not modify it in between."""
         if self._pending is None:
             raise RuntimeError("add_part() called outside begin_batch() ... end_batch()")
         a = _as_float32(x)

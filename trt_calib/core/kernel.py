@@ -1,6 +1,6 @@
 """The compiled one-pass |x| binning kernel behind `AbsHistogram` (numba, optional); numpy stays the reference.
 
-`scan(values, width, limit, clip, counts)` reads each float32 value once and returns everything
+`scan(compiled(), values, width, limit, clip, counts)` reads each float32 value once and returns everything
 `AbsHistogram.add_part` derives from a part, bit for bit what its numpy code computes:
 
 - the number of NaNs, of +-infs and of finite values, of finite values < 0 (-0.0 is not negative) and of zeros;

@@ -298,7 +298,7 @@ def ort_session(
     level = ort.GraphOptimizationLevel
     if optimization not in OPTIMIZATION_LEVELS:
         raise ValueError(f"unknown optimization {optimization!r}; choose one of {', '.join(OPTIMIZATION_LEVELS)}")
-    enabled = {"basic": level.ORT_ENABLE_BASIC, "extended": level.ORT_ENABLE_EXTENDED, "all": level.ORT_ENABLE_ALL}[optimization]
+    enabled = level.ORT_ENABLE_ALL if optimization == "all" else level.ORT_ENABLE_BASIC
     options.graph_optimization_level = enabled if optimize else level.ORT_DISABLE_ALL
     options.log_severity_level = 3
     # Idle onnxruntime threads spin by default and would slow the numpy work between runs.
@@ -497,7 +497,8 @@ def collect_histograms(
     """One histogram per calibrated tensor, updated once per batch in batch order; returns (histograms, batches).
 
     A batch whose activations exceed `max_activation_mb` runs in parts; the histograms are exactly those of whole
-    batches (the first batch costs one extra forward pass to learn its ranges). `progress` is called with 1 after
+    batches (the parts of the first batch before its largest values run twice, to learn its range before binning:
+    `_first_batch_in_parts`). `progress` is called with 1 after
     each batch. `range_mode="global"` (see `RANGE_MODES`) reads `batches` twice: a first pass over every batch
     takes each tensor's max|x| (`global_maxima`), then fixed-range histograms of that range are filled.
     `optimization` is onnxruntime's graph optimisation (`OPTIMIZATION_LEVELS`; "basic" is the exact one).

@@ -139,9 +139,7 @@ def collect_sharded(
     model = load_model(model)
     names = tuple(checked_tensors(model, tensors, role)[0])
     all_batches = [dict(b) for b in iter_batches(batches, model_inputs(model))]
-    count = len(all_batches)
-    if count == 0:
-        return {n: AbsHistogram(num_bins) for n in names}, 0
+    count = len(all_batches)  # iter_batches refuses an empty source
     shards = shard_bounds(count, executor.workers)
     job = _Job(_Model.of(model), role, names, (), threads or executor.threads_per_worker, max_activation_mb,
                optimization, num_bins)
