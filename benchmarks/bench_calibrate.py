@@ -140,6 +140,8 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=ARTIFACTS / "calib.npz", help=".npz with key 'input'")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--skip-ort", action="store_true", help="skip (f): it needs ~8 GB and a minute or two")
+    parser.add_argument("--only", default="abcdef", metavar="LETTERS",
+                        help="run only these contenders, e.g. 'ad' (default: all; (a) and (b) are always run)")
     args = parser.parse_args()
     if not args.model.is_file() or not args.data.is_file():
         raise SystemExit(f"{args.model} or {args.data} missing: run python samples/efficientnet_lite0/export.py")
@@ -147,7 +149,8 @@ def main() -> None:
     print(f"load average at start: {' '.join(f'{v:.2f}' for v in os.getloadavg())}  ({os.cpu_count()} CPUs)")
     results = {}
     for name, (code, env) in CONTENDERS.items():
-        if args.skip_ort and name.startswith("(f)"):
+        letter = name[1]
+        if (args.skip_ort and letter == "f") or (letter not in args.only + "ab"):
             continue
         r = results[name] = run(code, env, args.model, args.data, args.batch_size)
         if name.startswith("(d)"):
@@ -173,9 +176,10 @@ def main() -> None:
     if one and two:
         print(f"\nsharded: 2 local workers {one['seconds'] / two['seconds']:.2f}x the speed of 1; "
               f"{ours['seconds'] / two['seconds']:.2f}x the speed of (b) in one process")
-    binning = results["(d) binning one part (4 crops)"]
-    print(f"binning: {binning['kernel, 2 threads']:.2f} ns/value on 2 threads (goal <= 0.8), "
-          f"{binning['numpy'] / binning['kernel, 2 threads']:.1f}x numpy's {binning['numpy']:.2f}")
+    binning = results.get("(d) binning one part (4 crops)")
+    if binning:
+        print(f"binning: {binning['kernel, 2 threads']:.2f} ns/value on 2 threads (goal <= 0.8), "
+              f"{binning['numpy'] / binning['kernel, 2 threads']:.1f}x numpy's {binning['numpy']:.2f}")
 
 
 if __name__ == "__main__":
