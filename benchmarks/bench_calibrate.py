@@ -10,7 +10,8 @@ Each contender runs in its own process (wall time and peak RSS of that process; 
 (c) `calibrate --optimization all` (faster onnxruntime arithmetic; entries move by a few ULP);
 (d) binning alone: every activation of one part (4 crops) into its histogram at a known range, ns per value, on
     the kernel with 2 threads and 1 thread and on numpy;
-(e) sharded `calibrate --executor local` with 1 and 2 worker processes (two passes: the speed-up of 2 over 1);
+(e) sharded `calibrate --executor local` with 1 and 2 worker processes (two passes: the speed-up of 2 over 1, whose
+    worker has both cores, and over 1 restricted to one core, as each of the 2 is);
 (f) ONNX Runtime's entropy calibrator with 2048 bins (`create_calibrator(..., CalibrationMethod.Entropy)`,
     `collect_data`, `compute_data`), which keeps every activation of every batch until the end.
 Caches are compared by sha256: (b'), (c) and (e) against (b). The model and crops come from
@@ -55,7 +56,7 @@ SHARDED = """
 from trt_calib.ort.collect import calibrate
 from trt_calib.ort.executor import make_executor
 with make_executor("local", workers={workers}) as executor:
-    result = calibrate(model, batches, executor=executor)
+    result = calibrate(model, batches, executor=executor, threads={threads})
 out["cache"] = hashlib.sha256(result.cache.to_bytes()).hexdigest()
 """
 BINNING = """
@@ -115,8 +116,9 @@ CONTENDERS = {
     "(b') the same, numpy binning": (CALIBRATE.format(optimization="basic"), {"TRT_CALIB_KERNEL": "numpy"}),
     "(c) calibrate --optimization all": (CALIBRATE.format(optimization="all"), {}),
     "(d) binning one part (4 crops)": (BINNING, {}),
-    "(e) sharded, 1 local worker": (SHARDED.format(workers=1), {}),
-    "(e) sharded, 2 local workers": (SHARDED.format(workers=2), {}),
+    "(e) sharded, 1 local worker": (SHARDED.format(workers=1, threads=None), {}),
+    "(e) sharded, 1 local worker, 1 thread": (SHARDED.format(workers=1, threads=1), {}),
+    "(e) sharded, 2 local workers": (SHARDED.format(workers=2, threads=None), {}),
     "(f) onnxruntime entropy calibrator, 2048 bins": (ORT_CALIBRATOR, {}),
 }
 
@@ -149,8 +151,8 @@ def main() -> None:
     print(f"load average at start: {' '.join(f'{v:.2f}' for v in os.getloadavg())}  ({os.cpu_count()} CPUs)")
     results = {}
     for name, (code, env) in CONTENDERS.items():
-        letter = name[1]
-        if (args.skip_ort and letter == "f") or (letter not in args.only + "ab"):
+        letter, always = name[1], name.startswith(("(a)", "(b)"))
+        if (args.skip_ort and letter == "f") or not (always or letter in args.only):
             continue
         r = results[name] = run(code, env, args.model, args.data, args.batch_size)
         if name.startswith("(d)"):
@@ -172,10 +174,12 @@ def main() -> None:
             same = "   same cache bytes as (b)" if r["cache"] == ours["cache"] else "   cache differs from (b)"
         print(f"{name:<48} {r['seconds'] / base['seconds']:7.1f}x inference time   "
               f"{r['peak_rss_mb'] / base['peak_rss_mb']:5.1f}x inference memory{same}")
-    one, two = (results.get(f"(e) sharded, {w} local worker{'s' if w > 1 else ''}") for w in (1, 2))
-    if one and two:
-        print(f"\nsharded: 2 local workers {one['seconds'] / two['seconds']:.2f}x the speed of 1; "
-              f"{ours['seconds'] / two['seconds']:.2f}x the speed of (b) in one process")
+    one, single, two = (results.get(f"(e) sharded, {w}") for w in
+                        ("1 local worker", "1 local worker, 1 thread", "2 local workers"))
+    if one and single and two:
+        print(f"\nsharded: 2 local workers {one['seconds'] / two['seconds']:.2f}x the speed of 1 (which has both "
+              f"cores), {single['seconds'] / two['seconds']:.2f}x the speed of 1 on one core (each of the 2 has "
+              f"one); {ours['seconds'] / two['seconds']:.2f}x the speed of (b) in one process")
     binning = results.get("(d) binning one part (4 crops)")
     if binning:
         print(f"binning: {binning['kernel, 2 threads']:.2f} ns/value on 2 threads (goal <= 0.8), "
