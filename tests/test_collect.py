@@ -225,7 +225,7 @@ def test_batches_run_in_parts_give_exactly_the_whole_batch_histograms(caplog):
     caplog.set_level("INFO")
     per_sample = 4 * (16 + 32 + 32 + 8 + 8 + 2 + 16)  # float32 values of x, conv, relu, pool, scaled, gap, cat
     parted, n = collect_histograms(tiny_model(), batches, max_activation_mb=2 * per_sample / 2**20)
-    assert n == 4 and "in parts of 2" in caplog.text
+    assert n == 4 and "in 3 parts of about 2 samples" in caplog.text
     for name in whole:
         assert parted[name] == whole[name], name
 
@@ -256,3 +256,66 @@ def test_tensorrt_internal_reference_entries_are_not_inconsistencies():
     without_initializers = compare(reference, ours)  # w_output is then an ONNX-looking name we lack
     assert not without_initializers.consistent
     assert [r.name for r in without_initializers.rows if r.verdict == "only-reference"] == ["w_output"]
+
+
+def test_a_batch_is_cut_into_equal_parts():
+    from trt_calib.ort.collect import _split
+
+    specs = model_inputs(tiny_model())
+    batch = {"x": np.arange(16, dtype=np.float32).reshape(16, 1, 1, 1)}
+    assert [len(p["x"]) for p in _split(batch, specs, 5)] == [4, 4, 4, 4]  # not 5, 5, 5, 1
+    assert [len(p["x"]) for p in _split(batch, specs, 6)] == [5, 6, 5]
+    assert np.concatenate([p["x"] for p in _split(batch, specs, 3)]).ravel().tolist() == list(range(16))
+    assert len(_split(batch, specs, 16)) == 1
+
+
+def test_a_first_batch_in_parts_runs_again_only_the_parts_before_its_largest_values(caplog):
+    """Every tensor's max sits in part 3 of 4: parts 3 and 4 run once, parts 1 and 2 twice."""
+    rng = np.random.default_rng(3)
+    first = rng.uniform(-0.9, 0.9, (16, 1, 4, 4)).astype(np.float32)
+    first[9, 0, 1, 1], first[9, 0, 2, 2] = 10.0, -10.0  # sample 9: in part 3 of 4 parts of 4
+    batches = [{"x": first}, {"x": rng.standard_normal((16, 1, 4, 4)).astype(np.float32) * 4}]
+    whole, _ = collect_histograms(tiny_model(), batches)
+    caplog.set_level("INFO")
+    per_sample = 4 * (16 + 32 + 32 + 8 + 8 + 2 + 16)
+    parted, _ = collect_histograms(tiny_model(), batches, max_activation_mb=4.5 * per_sample / 2**20)
+    assert "in 4 parts of about 4 samples" in caplog.text
+    assert "first batch: 2 of its 4 parts ran twice" in caplog.text
+    for name in whole:
+        assert parted[name] == whole[name], name
+
+
+def test_activation_bytes_per_sample_come_from_the_shapes_when_they_are_static():
+    from trt_calib.ort.collect import _Runner
+
+    for model, batch in ((tiny_model(), {"x": np.ones((1, 1, 4, 4), np.float32)}),
+                         (LENET, {"data": np.ones((1, 1, 28, 28), np.float32)})):
+        runner = _Runner.open(model, None, threads=1, budget_bytes=1 << 30)
+        assert runner.sample_bytes == sum(v.nbytes for v in runner.run(batch).values())
+    dynamic = tiny_model()
+    dynamic.graph.input[0].type.tensor_type.shape.dim[2].dim_param = "H"  # height unknown: measure a sample
+    assert _Runner.open(dynamic, None, threads=1, budget_bytes=1 << 30).sample_bytes is None
+
+
+def test_optimization_all_is_faster_arithmetic_that_keeps_lenet_on_tensorrts_kl_index():
+    source = open_source(LENET_BATCHES, model_inputs(LENET))
+    exact = calibrate(LENET, source, trt_version="7.0.0")
+    fast = calibrate(LENET, source, trt_version="7.0.0", optimization="all")
+    comparison = compare(CalibrationCache.load(TRT_TABLE), fast)
+    assert comparison.consistent, comparison.summary()
+    moved = [n for n in exact.amax if exact.amax[n] != fast.amax[n]]
+    assert 0 < len(moved) < len(exact.amax)  # NCHWc convolutions sum in another order: a few entries move
+    assert all(ulp_distance(exact.amax[n], fast.amax[n]) <= 8 for n in moved)
+    assert fast.to_json()["optimization"] == "all" and exact.to_json()["optimization"] == "basic"
+    with pytest.raises(ValueError, match="unknown optimization 'fast'"):
+        calibrate(LENET, source, optimization="fast")
+
+
+def test_cli_calibrate_records_a_non_default_optimization_in_the_sidecar_and_json(tmp_path, capsys):
+    out = tmp_path / "lenet.cache"
+    assert main(["-q", "calibrate", str(LENET), "--data", str(LENET_BATCHES), "--cache", str(out),
+                 "--optimization", "all", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["optimization"] == "all"
+    assert json.loads((tmp_path / "lenet.cache.json").read_text())["options"] == {"optimization": "all"}
+    assert main(["calibrate", str(LENET), "--data", str(LENET_BATCHES), "--cache", str(out), "--optimization",
+                 "fast"]) == 2

@@ -46,6 +46,7 @@ def test_without_tensorrt_the_cpu_checks_still_run(monkeypatch, capsys, no_gpu_l
     assert checks["lenet reproduction (cpu)"]["status"] == "pass"
     assert "8/8 shared tensors consistent, 4 exact, 4 same-bin" in checks["lenet reproduction (cpu)"]["detail"]
     assert checks["cache round trip (cpu)"]["status"] == "pass"
+    assert checks["histogram kernel"]["status"] == "pass" and "numba " in checks["histogram kernel"]["detail"]
     for name in TRT_CHECKS:
         assert checks[name] == {"name": name, "status": "skip", "detail": "TensorRT is not installed"}
 
@@ -59,7 +60,7 @@ def test_with_the_standin_every_tensorrt_check_runs(monkeypatch, capsys):
         line = next(line for line in table.splitlines() if line.startswith(name))
         assert line.split()[len(name.split())] == "pass", line
     assert "engine of 37 bytes from 10 batches; TensorRT wrote TRT-100300-EntropyCalibration2" in table
-    assert "8 calibrated ranges overridden" in table and "11 passed, 0 failed, 1 skipped" in table
+    assert "8 calibrated ranges overridden" in table and "12 passed, 0 failed, 1 skipped" in table
 
 
 def test_tensorrt_11_builds_the_qdq_model_instead(monkeypatch, capsys):
@@ -118,3 +119,15 @@ def test_tensorrt_internal_tensors_in_its_cache_do_not_fail_the_comparison(monke
     numpy_check = checks["tensorrt cache vs numpy"]
     assert numpy_check["status"] == "pass" and "10/10 shared tensors consistent" in numpy_check["detail"]
     assert "1 TensorRT-internal entries not checked" in numpy_check["detail"]
+
+
+def test_without_numba_the_doctor_says_histograms_bin_with_numpy(monkeypatch, capsys, no_gpu_libraries):
+    from trt_calib.core import kernel
+
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    monkeypatch.setitem(sys.modules, "numba", None)
+    for key, value in {"compiled": None, "failed": None, "loader": None, "backend": "auto"}.items():
+        monkeypatch.setitem(kernel._state, key, value)
+    code, _, checks = run_json(capsys)
+    assert code == 0 and checks["histogram kernel"]["status"] == "skip"
+    assert 'pip install "trt-calib[fast]"' in checks["histogram kernel"]["detail"]

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from trt_calib.core.histogram import AbsHistogram, load_histograms, save_histograms
+from trt_calib.core.histogram import AbsHistogram, grown_ranges, load_histograms, save_histograms
 
 F32_MAX = np.finfo(np.float32).max
 
@@ -290,3 +290,60 @@ def test_batch_protocol_misuse_is_an_error():
     h.begin_batch()
     with pytest.raises(RuntimeError, match="before end_batch"):
         h.begin_batch()
+
+
+batch_maxes = st.lists(st.sampled_from([0.0, 0.5, 1.0, 1.5, 3.0, 7.9, 8.0, 100.0, 1e30, float(F32_MAX)]),
+                       min_size=1, max_size=8)
+
+
+@settings(max_examples=100, deadline=None)
+@given(maxes=batch_maxes, cut=st.integers(0, 8), seed=st.integers(0, 2**16))
+def test_a_resumed_histogram_merged_after_the_earlier_batches_equals_the_sequential_one(maxes, cut, seed):
+    """The basis of sharded calibration: batches k.. started from the range batches ..k left, merged in order."""
+    rng = np.random.default_rng(seed)
+    batches = []
+    for m in maxes:
+        x = rng.uniform(-1, 1, 50).astype(np.float32) * np.float32(m)
+        if m:
+            x[rng.integers(50)] = np.float32(m) * rng.choice([-1, 1])
+        batches.append(x)
+    cut = min(cut, len(batches))
+    sequential, earlier = AbsHistogram(), AbsHistogram()
+    for x in batches:
+        sequential.update(x)
+    for x in batches[:cut]:
+        earlier.update(x)
+    later = AbsHistogram.resumed(earlier.range)
+    for x in batches[cut:]:
+        later.update(x)
+    assert earlier.merge(later) == sequential
+
+
+@given(maxes=st.lists(batch_maxes, min_size=1, max_size=3))
+def test_grown_ranges_are_the_ranges_a_histogram_grows_through(maxes):
+    width = max(len(m) for m in maxes)
+    table = np.array([m + [0.0] * (width - len(m)) for m in maxes], np.float32).T  # batches x tensors
+    expected = np.zeros_like(table)
+    for t in range(table.shape[1]):
+        h = AbsHistogram()
+        for b, m in enumerate(table[:, t]):
+            h.update(np.array([m, -m / 2], np.float32))
+            expected[b, t] = h.range
+    np.testing.assert_array_equal(grown_ranges(table), expected)
+
+
+def test_growth_past_float32_ends_at_inf_and_still_merges():
+    assert grown_ranges([[3e38], [F32_MAX]])[1, 0] == np.inf  # 3e38 doubled once overflows
+    a, b = AbsHistogram(), AbsHistogram.resumed(3e38)
+    a.update(np.array([3e38, 1.0], np.float32))
+    b.update(np.array([F32_MAX], np.float32))
+    whole = AbsHistogram()
+    whole.update(np.array([3e38, 1.0], np.float32))
+    whole.update(np.array([F32_MAX], np.float32))
+    assert a.merge(b) == whole and whole.range == np.inf
+
+
+def test_a_resumed_range_must_be_a_range():
+    assert AbsHistogram.resumed(0.0).range == 0.0 and AbsHistogram.resumed(2.5).range == 2.5
+    with pytest.raises(ValueError, match="resumed range"):
+        AbsHistogram.resumed(float("nan"))

@@ -33,7 +33,7 @@ ALLOWED_LAYERS = {
 #: layer -> third-party top-level packages it may import (the standard library is always allowed).
 ALLOWED_THIRD_PARTY = {
     BASE: set(),
-    "core": {"numpy"},
+    "core": {"numpy", "numba"},  # numba: the optional compiled binning kernel (core/kernel.py, the [fast] extra)
     "ort": {"numpy", "onnx", "onnxruntime", "distributed", "dask"},  # Dask: the executor's cluster engine
     "qdq": {"numpy", "onnx", "onnxruntime"},
     "trt": {"numpy", "onnx", "tensorrt", "pycuda", "cuda", "cupy", "cupyx", "torch"},
@@ -42,7 +42,7 @@ ALLOWED_THIRD_PARTY = {
 }
 #: Imported only inside functions, never at module level: importing trt_calib must not need (or pay for) them.
 LAZY_ONLY = {"onnx", "onnxruntime", "tensorrt", "pycuda", "cuda", "cupy", "cupyx", "torch", "matplotlib", "tqdm",
-             "distributed", "dask"}
+             "distributed", "dask", "numba"}
 
 
 def _modules() -> list[Path]:

@@ -11,16 +11,27 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
-__all__ = ["AbsHistogram", "DEFAULT_NUM_BINS", "finite_abs_max", "save_histograms", "load_histograms"]
+from . import kernel as _kernel
+
+__all__ = ["AbsHistogram", "BatchSigns", "DEFAULT_NUM_BINS", "finite_abs_max", "grown_ranges", "save_histograms",
+           "load_histograms"]
 
 DEFAULT_NUM_BINS = 2048
 _BLOCK = 1 << 16  # values per block: keeps the temporaries in cache (numpy's histogram does the same)
 _FORMAT_VERSION = 1
 _TINY = np.finfo(np.float32).tiny
+
+
+class BatchSigns(NamedTuple):
+    """What a batch begun with `signs=True` adds besides |x|: its negative values' counts in the same bins, and
+    its exact zeros (`SignedHistogram` keeps both)."""
+
+    negative: np.ndarray
+    num_zero: int
 
 
 class AbsHistogram:
@@ -49,8 +60,12 @@ class AbsHistogram:
         self.min = np.float32(np.inf)
         self.max = np.float32(-np.inf)
         self._pending: np.ndarray | None = None  # counts of the batch in progress (begin_batch .. end_batch)
-        self._held: list[np.ndarray] = []  # |x| above the range, binned when the batch ends
+        self._negative: np.ndarray | None = None  # the batch's negative counts, when begun with signs=True
+        self._num_zero = 0
+        self._held: list[np.ndarray] = []  # finite values above the range, binned when the batch ends
+        self._held_signed = False  # whether held values may be negative
         self._batch_size = 0
+        self._batch_max = np.float32(0.0)  # the batch's finite max|x| so far
 
     # ------------------------------------------------------------------ properties
     @property
@@ -80,38 +95,71 @@ class AbsHistogram:
 
     # ------------------------------------------------------------------ updates
     def update(self, x: Any) -> None:
-        """Fold one calibration batch into the histogram (one pass over the data, in blocks)."""
+        """Fold one calibration batch into the histogram (one pass over the data)."""
+        a = _as_float32(x)  # refused before the batch opens
         self.begin_batch()
-        self.add_part(x)
+        self.add_part(a)
         self.end_batch()
 
-    def begin_batch(self, abs_max: float | None = None) -> None:
+    def begin_batch(self, abs_max: float | None = None, *, signs: bool = False) -> None:
         """Start a calibration batch that arrives in parts (`add_part`), ended by `end_batch`.
 
         The result equals one `update` with the whole batch. If the batch's finite max|x| is known, passing it sets
         (first batch) or grows the range before binning, so no part has to be held back until `end_batch`.
+        `signs=True` also counts the batch's negative values and zeros (`end_batch` returns them).
         """
         if self._pending is not None:
             raise RuntimeError("begin_batch() called again before end_batch()")
         if abs_max is not None and np.isfinite(abs_max) and abs_max > 0:
             self._fit(np.float32(abs_max))
         self._pending = np.zeros(self.num_bins + 1, dtype=np.int64)  # one extra bin: |x| == range exactly
+        self._negative = np.zeros(self.num_bins + 1, dtype=np.int64) if signs else None
+        self._num_zero = 0
         self._held = []
+        self._held_signed = False
         self._batch_size = 0
+        self._batch_max = np.float32(0.0)
 
     def add_part(self, x: Any) -> None:
-        """Add part of the current batch. Values above the current range wait for `end_batch` (they grow it)."""
+        """Add part of the current batch. Values above the current range wait for `end_batch` (they grow it), so the
+        batch may keep a reference to `x` until then: do not modify it in between."""
         if self._pending is None:
             raise RuntimeError("add_part() called outside begin_batch() ... end_batch()")
-        a = np.asarray(x)
-        if a.dtype != np.float32:
-            if not (np.issubdtype(a.dtype, np.number) or a.dtype == np.bool_):
-                raise TypeError(f"histogram data must be numeric, got dtype {a.dtype}")
-            a = a.astype(np.float32)
-        a = a.reshape(-1)
+        a = _as_float32(x)
         if a.size == 0:
             return
         self._batch_size += a.size
+        compiled = _kernel.compiled(a.size)
+        if compiled is None:
+            self._add_numpy(a)
+        else:
+            self._add_compiled(compiled, a)
+
+    def _add_compiled(self, compiled: Any, a: np.ndarray) -> None:
+        """add_part on the compiled kernel: statistics and bins in one pass (see `kernel`)."""
+        known = self._range is not None and self._range != 0
+        if self.fixed:
+            r = _kernel.scan(compiled, a, self._width(), np.inf, self.num_bins - 1, self._pending, self._negative)
+        elif known:
+            r = _kernel.scan(compiled, a, self._width(), self._range, self.num_bins, self._pending, self._negative)
+        else:
+            r = _kernel.scan(compiled, a)  # first batch: statistics now, bins when the batch's range is known
+        self.num_nan += r.num_nan
+        self.num_inf += r.num_inf
+        self._num_zero += r.num_zero
+        if r.num_finite == 0:
+            return
+        self._add_stats(r.lo, r.hi, r.num_finite, r.num_negative)
+        if self.fixed:
+            return
+        if not known:
+            self._hold(a if r.num_finite == a.size else a[np.isfinite(a)], r.lo < 0)
+        elif r.num_above:
+            mag = np.abs(a)
+            self._hold(a[(mag > self._range) & (mag != np.inf)], r.lo < 0)
+
+    def _add_numpy(self, a: np.ndarray) -> None:
+        """add_part in numpy (the reference): statistics, then bins in blocks."""
         lo, hi = a.min(), a.max()
         if not (np.isfinite(lo) and np.isfinite(hi)):
             finite = np.isfinite(a)
@@ -122,53 +170,85 @@ class AbsHistogram:
             if a.size == 0:
                 return
             lo, hi = a.min(), a.max()
+        nonneg = lo >= 0
+        if self._negative is not None:
+            self._num_zero += int(np.count_nonzero(a == 0))
+        part_max = self._add_stats(lo, hi, a.size, 0 if nonneg else int(np.count_nonzero(a < 0)))
+        if self.fixed:
+            self._bin_numpy(a, nonneg, clip=self.num_bins - 1)
+        elif self._range is None or self._range == 0:
+            self._hold(a, not nonneg)
+        elif part_max > self._range:
+            mag = a if nonneg else np.abs(a)
+            above = mag > self._range
+            self._hold(a[above], not nonneg)
+            self._bin_numpy(a[~above], nonneg)
+        else:
+            self._bin_numpy(a, nonneg)
+
+    def _add_stats(self, lo: np.float32, hi: np.float32, count: int, negative: int) -> np.float32:
+        """Fold a part's finite extrema and counts into the statistics; returns the part's max|x|."""
+        lo, hi = lo + np.float32(0.0), hi + np.float32(0.0)  # a zero extremum is +0.0, whichever zero numpy found
         self.min = min(self.min, lo)
         self.max = max(self.max, hi)
         part_max = np.float32(max(-lo, hi))
         self.abs_max = max(self.abs_max, part_max)
-        self.num_values += int(a.size)
-        nonneg = lo >= 0
-        if not nonneg:
-            self.num_negative += int(np.count_nonzero(a < 0))
-        if self.fixed:
-            self._bin_into(self._pending, a, nonneg, clip=self.num_bins - 1)
-        elif self._range is None or self._range == 0 or part_max > self._range:
-            if self._range is None or self._range == 0:
-                self._held.append(a if nonneg else np.abs(a))
-            else:
-                mag = a if nonneg else np.abs(a)
-                above = mag > self._range
-                self._held.append(mag[above])
-                self._bin_into(self._pending, mag[~above], True)
-        else:
-            self._bin_into(self._pending, a, nonneg)
+        self._batch_max = max(self._batch_max, part_max)
+        self.num_values += int(count)
+        self.num_negative += int(negative)
+        return part_max
 
-    def end_batch(self) -> None:
-        """Finish the batch: grow the range if held values need it (merging bin pairs), then add its counts."""
+    def _hold(self, values: np.ndarray, signed: bool) -> None:
+        """Keep finite values for `end_batch` (they are above the range, or the range is not known yet)."""
+        if values.size:
+            self._held.append(values)
+            self._held_signed |= bool(signed)
+
+    def end_batch(self) -> BatchSigns | None:
+        """Finish the batch: grow the range if held values need it (merging bin pairs), then add its counts.
+
+        Returns the batch's negative counts and zeros when it was begun with `signs=True` (else None).
+        """
         if self._pending is None:
             raise RuntimeError("end_batch() called without begin_batch()")
-        pending, held = self._pending, self._held
-        self._pending, self._held = None, []
+        pending, negative, held = self._pending, self._negative, self._held
+        self._pending, self._negative, self._held = None, None, []
         if self._batch_size == 0:
-            return
+            return None
         self.num_batches += 1
         if held:
-            mags = np.concatenate(held) if len(held) > 1 else held[0]
-            if mags.size:
-                first = self._range is None or self._range == 0
-                if first:
-                    zeros = int(np.count_nonzero(mags == 0))
-                    pending[0] += zeros
-                    mags = mags[mags > 0] if zeros else mags
-                if mags.size:
-                    before = self._range
-                    self._fit(mags.max())
-                    if not first and self._range != before:
-                        k = int(round(np.log2(float(self._range) / float(before)))) if np.isfinite(self._range) else 64
-                        pending = _shift_bins(pending, k)
-                    self._bin_into(pending, mags, True)
+            values = np.concatenate(held) if len(held) > 1 else held[0]
+            first = self._range is None or self._range == 0
+            before = self._range
+            self._fit(self._batch_max)  # the largest held |x|: held values are all the batch's, or those above
+            if not first and self._range != before:
+                k = int(round(np.log2(float(self._range) / float(before)))) if np.isfinite(self._range) else 64
+                pending = _shift_bins(pending, k)
+                negative = None if negative is None else _shift_bins(negative, k)
+            self._bin_held(pending, negative, values)
         pending[self.num_bins - 1] += pending[self.num_bins]
         self.counts += pending[: self.num_bins]
+        if negative is None:
+            return None
+        negative[self.num_bins - 1] += negative[self.num_bins]
+        return BatchSigns(negative[: self.num_bins], self._num_zero)
+
+    def _bin_held(self, pending: np.ndarray, negative: np.ndarray | None, values: np.ndarray) -> None:
+        """Bin the held values (all within the range now) into `pending`, their negatives into `negative`."""
+        compiled = _kernel.compiled(values.size)
+        if compiled is not None:
+            _kernel.scan(compiled, values, self._width(), np.inf, self.num_bins, pending, negative)
+            return
+        signed = self._held_signed
+        self._bin_into(pending, values, not signed)
+        if negative is not None and signed:
+            self._bin_into(negative, values[values < 0], False)
+
+    def _bin_numpy(self, a: np.ndarray, nonneg: bool, clip: int | None = None) -> None:
+        """Bin finite values into the batch's counts, and their negatives into its negative counts if kept."""
+        self._bin_into(self._pending, a, nonneg, clip)
+        if self._negative is not None and not nonneg:
+            self._bin_into(self._negative, a[a < 0], False, clip)
 
     def _fit(self, batch_max: np.float32) -> None:
         """Set the range from the first non-zero batch, or double it until `batch_max` fits."""
@@ -178,12 +258,7 @@ class AbsHistogram:
             # Zeros seen so far sit in bin 0 whatever the range, so starting the range here loses nothing.
             self._range = np.float32(batch_max)
             return
-        k = 0
-        grown = self._range
-        with np.errstate(over="ignore"):
-            while grown < batch_max:
-                grown = np.float32(grown * np.float32(2.0))
-                k += 1
+        k, grown = _doublings(self._range, batch_max)
         self.counts = _coarsen(self.counts, k)
         self._range = grown
 
@@ -191,7 +266,8 @@ class AbsHistogram:
         """Count finite values into `pending`: bin = floor(|x| / w), in blocks that stay in cache.
 
         Values up to the range give bins <= num_bins (the extra bin holds |x| == range and is folded into the last
-        one); `clip` caps the bin where values may exceed the range (fixed range).
+        one); `clip` caps the bin where values may exceed the range (fixed range). The cap is taken on the float
+        quotient, before the conversion, so that quotients beyond the integer range clamp too.
         """
         w = self._width()
         if w == 0 or not np.isfinite(w):
@@ -209,29 +285,29 @@ class AbsHistogram:
             else:
                 np.abs(block, out=out)
                 np.divide(out, w, out=out)
-            idx = out.astype(np.intp)
             if clip is not None:
-                np.minimum(idx, clip, out=idx)
-            pending += np.bincount(idx, minlength=pending.size)
+                np.minimum(out, np.float32(clip), out=out)
+            pending += np.bincount(out.astype(np.intp), minlength=pending.size)
 
     def merge(self, other: "AbsHistogram") -> "AbsHistogram":
         """Add `other` into this histogram (in place) and return self.
 
-        Exact for fixed-range histograms of the same range. Growing histograms merge when one range is the other
-        times a power of two (the smaller is coarsened first), which is what growth produces from a common start.
+        Exact for fixed-range histograms of the same range. Growing histograms merge when doubling the smaller range
+        (in float32, as growth does) reaches the larger one: the smaller is coarsened first, which is what growth
+        itself does to earlier counts. So a histogram of batches 1..k merged with one of batches k+1..n that was
+        `resumed` at the range of batches 1..k equals the histogram of batches 1..n.
         """
         if other.num_bins != self.num_bins:
             raise ValueError(f"cannot merge histograms of {self.num_bins} and {other.num_bins} bins")
         if self.fixed != other.fixed:
             raise ValueError("cannot merge a fixed-range histogram with a growing one")
         counts = other.counts
-        if other._range is not None and self._range is not None and other._range != self._range:
+        if other._range and self._range and other._range != self._range:
             if self.fixed:
                 raise ValueError(f"fixed ranges differ ({self.range!r} vs {other.range!r}); merge needs equal ranges")
-            big, small = (self._range, other._range) if self._range > other._range else (other._range, self._range)
-            ratio = float(big) / float(small) if small > 0 else np.inf
-            k = int(round(np.log2(ratio))) if np.isfinite(ratio) else -1
-            if k < 1 or np.float32(small * np.float32(2.0**k)) != big:
+            small, big = sorted((self._range, other._range))
+            k, grown = _doublings(small, big)
+            if grown != big:
                 raise ValueError(
                     f"ranges {self.range!r} and {other.range!r} are not a power of two apart; cannot merge exactly"
                 )
@@ -240,7 +316,7 @@ class AbsHistogram:
                 self._range = other._range
             else:
                 counts = _coarsen(other.counts, k)
-        elif self._range is None or self._range == 0:
+        elif not self._range:
             self._range = other._range
         self.counts += counts
         self.num_values += other.num_values
@@ -252,6 +328,16 @@ class AbsHistogram:
         self.min = min(self.min, other.min)
         self.max = max(self.max, other.max)
         return self
+
+    @classmethod
+    def resumed(cls, range: float, num_bins: int = DEFAULT_NUM_BINS) -> "AbsHistogram":
+        """An empty growing histogram whose range is already `range` (0: none yet), as TensorRT's is after earlier
+        batches: later batches bin and grow exactly as they would there, and `merge` adds the earlier counts."""
+        h = cls(num_bins)
+        if not (np.isfinite(range) or range == np.inf) or range < 0:
+            raise ValueError(f"a resumed range must be >= 0, got {range!r}")
+        h._range = np.float32(range) if range > 0 else None
+        return h
 
     def copy(self) -> "AbsHistogram":
         """An independent copy (counts included)."""
@@ -313,11 +399,25 @@ class AbsHistogram:
         )
 
 
+def _as_float32(x: Any) -> np.ndarray:
+    """`x` as a flat float32 array (a view when it already is one); non-numeric data is refused."""
+    a = np.asarray(x)
+    if a.dtype != np.float32:
+        if not (np.issubdtype(a.dtype, np.number) or a.dtype == np.bool_):
+            raise TypeError(f"histogram data must be numeric, got dtype {a.dtype}")
+        a = a.astype(np.float32)
+    return a.reshape(-1)
+
+
 def finite_abs_max(x: Any) -> float:
     """max|x| over the finite values of `x` in float32 (0.0 when there are none)."""
     a = np.asarray(x, dtype=np.float32).reshape(-1)
     if a.size == 0:
         return 0.0
+    compiled = _kernel.compiled(a.size)
+    if compiled is not None:
+        r = _kernel.scan(compiled, a)
+        return float(max(-r.lo, r.hi)) if r.num_finite else 0.0
     lo, hi = a.min(), a.max()
     if not (np.isfinite(lo) and np.isfinite(hi)):
         a = a[np.isfinite(a)]
@@ -325,6 +425,33 @@ def finite_abs_max(x: Any) -> float:
             return 0.0
         lo, hi = a.min(), a.max()
     return float(max(-lo, hi))
+
+
+def _doublings(rng: np.float32, target: np.float32) -> tuple[int, np.float32]:
+    """TensorRT's growth: how many float32 doublings take `rng` to at least `target`, and where they end (inf when
+    the range outgrows float32)."""
+    k, grown = 0, np.float32(rng)
+    with np.errstate(over="ignore"):
+        while grown < target:
+            grown = np.float32(grown * np.float32(2.0))
+            k += 1
+    return k, grown
+
+
+def grown_ranges(maxima: Any) -> np.ndarray:
+    """TensorRT's histogram ranges after each batch, from each batch's finite max|x| (one row per batch, one column
+    per tensor): the first non-zero max, doubled in float32 whenever a later batch exceeds the range; 0 before any
+    non-zero value. Row b is the range a histogram has after batches 0..b, whatever their counts were."""
+    maxima = np.asarray(maxima, dtype=np.float32)
+    out = np.zeros_like(maxima)
+    rng = np.zeros(maxima.shape[1:], dtype=np.float32)
+    with np.errstate(over="ignore"):
+        for b, m in enumerate(maxima):
+            rng = np.where(rng == 0, m, rng)
+            while np.any(rng < m):
+                rng = np.where(rng < m, rng * np.float32(2.0), rng).astype(np.float32)
+            out[b] = rng
+    return out
 
 
 def _shift_bins(pending: np.ndarray, k: int) -> np.ndarray:

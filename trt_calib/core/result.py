@@ -51,6 +51,7 @@ class CalibrationResult:
     seconds: float = 0.0
     peak_rss_mb: float = 0.0
     range_mode: str = "trt"  # "global": fixed ranges from a first pass (GLOBAL_RANGE_NOTE)
+    optimization: str = "basic"  # onnxruntime's graph optimisation for the calibration runs
 
     @property
     def cache(self) -> CalibrationCache:
@@ -98,6 +99,7 @@ class CalibrationResult:
             "header": make_header(ALGORITHM_HEADERS[self.algorithm], self.trt_version),
             "trt_version": self.trt_version,
             "range_mode": self.range_mode,
+            "optimization": self.optimization,
             "num_batches": self.num_batches,
             "seconds": round(self.seconds, 3),
             "peak_rss_mb": round(self.peak_rss_mb, 1),

@@ -28,7 +28,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from .cache import amax_to_scale
-from .histogram import DEFAULT_NUM_BINS, AbsHistogram, _coarsen
+from .histogram import DEFAULT_NUM_BINS, AbsHistogram, _as_float32, _coarsen
 from .thresholds import FIRST_CANDIDATE, EntropySearch, _first_argmin, entropy_search, kl_divergence_curve
 from .thresholds import minmax_amax, mse_amax, percentile_amax
 
@@ -100,36 +100,24 @@ class SignedHistogram:
         return self.abs.counts - self.negative
 
     def update(self, x: Any) -> None:
-        """Fold one calibration batch in: the |x| histogram exactly as TensorRT's, then the negatives in its bins."""
-        a = np.asarray(x)
-        if a.dtype != np.float32:
-            if not (np.issubdtype(a.dtype, np.number) or a.dtype == np.bool_):
-                raise TypeError(f"histogram data must be numeric, got dtype {a.dtype}")
-            a = a.astype(np.float32)
-        a = a.reshape(-1)
+        """Fold one calibration batch in: the |x| histogram exactly as TensorRT's, and the negatives in its bins
+        (counted in the same pass over the data)."""
+        a = _as_float32(x)
         before = self.abs.range
-        self.abs.update(a)
+        self.abs.begin_batch(signs=True)
+        self.abs.add_part(a)
+        batch = self.abs.end_batch()
         after = self.abs.range
         if before > 0 and after != before:
             # The |x| histogram doubled its range k times and merged bin pairs; do the same to the negatives.
             ratio = after / before
             k = int(round(np.log2(ratio))) if np.isfinite(ratio) else int(np.log2(self.abs.num_bins)) + 1
             self.negative = _coarsen(self.negative, k)
-        with np.errstate(invalid="ignore"):
-            neg = a[a < 0]
-        neg = neg[np.isfinite(neg)]
+        if batch is None:
+            return
+        self.negative += batch.negative
         if self.num_zero is not None:
-            self.num_zero += int(np.count_nonzero(a == 0))
-        if neg.size == 0:
-            return
-        w = np.float32(self.abs.bin_width)
-        if w == 0 or not np.isfinite(w):
-            self.negative[0] += neg.size
-            return
-        # The same float32 arithmetic as AbsHistogram._bin, so each value lands in the same bin on both sides.
-        idx = (np.abs(neg) / w).astype(np.intp)
-        np.minimum(idx, self.abs.num_bins - 1, out=idx)
-        self.negative += np.bincount(idx, minlength=self.abs.num_bins)
+            self.num_zero += batch.num_zero
 
     @classmethod
     def from_abs(cls, hist: AbsHistogram) -> "SignedHistogram | None":

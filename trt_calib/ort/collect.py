@@ -19,13 +19,14 @@ import tempfile
 import time
 import weakref
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
 from ..core.cache import DEFAULT_TRT_VERSION
 from .data import InputSpec, iter_batches
 from ..errors import CalibrationError, ModelError
+from ..core import kernel as _kernel
 from ..core.histogram import DEFAULT_NUM_BINS, AbsHistogram, finite_abs_max
 from ..core.signs import SignedHistogram
 from ..core.result import ALGORITHM_HEADERS, CalibrationResult, amax_from_histograms
@@ -40,7 +41,10 @@ __all__ = [
     "ort_session",
     "calibrated_tensors",
     "collect_histograms",
+    "checked_tensors",
     "global_maxima",
+    "batch_maxima",
+    "OPTIMIZATION_LEVELS",
     "collect_signed",
     "amax_from_histograms",
     "tie_scales",
@@ -57,6 +61,10 @@ PROTO_LIMIT = 2**31 - 1
 #: size and order matter); "global" takes each tensor's max over all batches in a first pass and bins every batch
 #: into that fixed range, so the result depends on neither (not TensorRT's algorithm).
 RANGE_MODES = ("trt", "global")
+#: onnxruntime graph optimisation for calibration runs: "basic" (the default) runs the graph as it is, bit for bit
+#: the arithmetic TensorRT's reference caches were reproduced with; "all" adds onnxruntime's layout transforms
+#: (NCHWc convolutions), faster but with other float32 summation orders, so activations move by a few ULP.
+OPTIMIZATION_LEVELS = ("basic", "all")
 
 
 # ---------------------------------------------------------------------------------------------- the graph
@@ -149,6 +157,12 @@ def _float_types() -> frozenset[int]:
 
 def _tensor_types(model: Any) -> dict[str, int]:
     """Element type of every tensor that shape inference (or the graph itself) can type."""
+    return {name: elem for name, (elem, _) in _tensor_info(model).items()}
+
+
+def _tensor_info(model: Any) -> dict[str, tuple[int, tuple[int | str | None, ...] | None]]:
+    """(element type, dims) of every tensor that shape inference (or the graph itself) can type; a dim is an int,
+    a symbol (str) or None, and dims are None where the rank is unknown."""
     import onnx
 
     try:
@@ -156,11 +170,32 @@ def _tensor_types(model: Any) -> dict[str, int]:
     except Exception as exc:  # inference is best effort; untyped tensors are reported below
         log.warning("ONNX shape inference failed (%s); only tensors typed in the graph are calibrated", exc)
         inferred = model
-    types: dict[str, int] = {}
+    info: dict[str, tuple[int, tuple[int | str | None, ...] | None]] = {}
     for vi in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output):
-        if vi.type.HasField("tensor_type") and vi.type.tensor_type.elem_type:
-            types[vi.name] = vi.type.tensor_type.elem_type
-    return types
+        tt = vi.type.tensor_type if vi.type.HasField("tensor_type") else None
+        if tt is None or not tt.elem_type:
+            continue
+        dims = None
+        if tt.HasField("shape"):
+            dims = tuple(int(d.dim_value) if d.HasField("dim_value") else (d.dim_param or None) for d in tt.shape.dim)
+        info[vi.name] = (tt.elem_type, dims)
+    return info
+
+
+def _sample_bytes(info: Mapping[str, tuple[int, Any]], names: Sequence[str], specs: Sequence[InputSpec]) -> int | None:
+    """Bytes of all `names` for one sample, from their inferred shapes; None unless every one of them is
+    [batch, static dims...] with the inputs' symbolic batch dimension first."""
+    batch_dims = {s.shape[0] for s in specs if s.shape and not isinstance(s.shape[0], int)}
+    if len(batch_dims) != 1 or None in batch_dims:
+        return None
+    batch = batch_dims.pop()
+    total = 0
+    for name in names:
+        elem, dims = info.get(name, (0, None))
+        if not dims or dims[0] != batch or not all(isinstance(d, int) and d > 0 for d in dims[1:]):
+            return None
+        total += int(np.prod(dims[1:], dtype=np.int64)) * _np_dtype(elem).itemsize
+    return total
 
 
 def _without_weights(model: Any) -> Any:
@@ -203,8 +238,12 @@ def _copy_fields(src: Any, dst: Any, *, skip: str) -> None:
 def calibrated_tensors(model: Any) -> list[str]:
     """Names of the tensors TensorRT gives a calibration entry, in graph order (inputs first, then node outputs)."""
     model = load_model(model)
+    return _calibrated(model, _tensor_types(model))
+
+
+def _calibrated(model: Any, types: Mapping[str, int]) -> list[str]:
+    """`calibrated_tensors` given the element types shape inference found."""
     graph = model.graph
-    types = _tensor_types(model)
     initializers = {t.name for t in graph.initializer}
     consumed = {name for node in graph.node for name in node.input}
     graph_outputs = {o.name for o in graph.output}
@@ -236,6 +275,7 @@ def ort_session(
     optimize: bool = True,
     threads: int | None = None,
     role: str = "the model",
+    optimization: str = "basic",
 ) -> Any:
     """An onnxruntime CPU session over a copy of `model` that also returns every tensor in `outputs`.
 
@@ -256,7 +296,10 @@ def ort_session(
         copy.graph.output.append(onnx.helper.make_tensor_value_info(name, types.get(name, onnx.TensorProto.FLOAT), None))
     options = ort.SessionOptions()
     level = ort.GraphOptimizationLevel
-    options.graph_optimization_level = level.ORT_ENABLE_BASIC if optimize else level.ORT_DISABLE_ALL
+    if optimization not in OPTIMIZATION_LEVELS:
+        raise ValueError(f"unknown optimization {optimization!r}; choose one of {', '.join(OPTIMIZATION_LEVELS)}")
+    enabled = level.ORT_ENABLE_ALL if optimization == "all" else level.ORT_ENABLE_BASIC
+    options.graph_optimization_level = enabled if optimize else level.ORT_DISABLE_ALL
     options.log_severity_level = 3
     # Idle onnxruntime threads spin by default and would slow the numpy work between runs.
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
@@ -297,14 +340,32 @@ def _session_from_file(model: Any, options: Any, role: str) -> Any:
 
 
 # ---------------------------------------------------------------------------------------------- collection
+def checked_tensors(model: Any, tensors: Sequence[str] | None, role: str) -> tuple[list[str], dict[str, Any]]:
+    """The tensors to calibrate (`tensors`, or every tensor TensorRT calibrates) and the inferred (type, dims) of the
+    model's tensors; a model with none, or a name it does not type, is an error naming `role`."""
+    info = _tensor_info(model)
+    names = list(tensors) if tensors is not None else _calibrated(model, {n: t for n, (t, _) in info.items()})
+    if not names:
+        raise CalibrationError(
+            f"{role}: has no float tensor TensorRT would calibrate (inputs and node outputs are all integer, "
+            "bool or constant), so a cache would be empty. Hint: INT8 calibration needs a float model"
+        )
+    missing = [n for n in names if n not in info]
+    if missing:
+        raise ModelError(f"no typed tensor named {', '.join(repr(n) for n in missing[:10])} in the model")
+    return names, info
+
+
 def _split(batch: Mapping[str, np.ndarray], specs: Sequence[InputSpec], size: int) -> list[dict[str, np.ndarray]]:
-    """The batch cut into parts of `size` samples along the batch dim (whole when it cannot be cut)."""
+    """The batch cut along the batch dim into the fewest parts of at most `size` samples, all of one size (give or
+    take one sample: 16 in parts of 5 is 4, 4, 4, 4, not 5, 5, 5, 1), or whole when it cannot be cut."""
     n = {v.shape[0] if v.ndim else -1 for v in batch.values()}
     splittable = len(n) == 1 and all(s.shape and not isinstance(s.shape[0], int) for s in specs)
     count = n.pop() if len(n) == 1 else -1
     if not splittable or size >= count:
         return [dict(batch)]
-    return [{k: v[i : i + size] for k, v in batch.items()} for i in range(0, count, size)]
+    bounds = np.linspace(0, count, -(-count // size) + 1).round().astype(int)
+    return [{k: v[a:b] for k, v in batch.items()} for a, b in zip(bounds[:-1], bounds[1:])]
 
 
 class _Runner:
@@ -318,63 +379,105 @@ class _Runner:
         self.specs = specs
         self.budget = budget_bytes
         self.part_size: int | None = None  # samples per part, fixed from the first batch
+        self.sample_bytes: int | None = None  # activation bytes per sample, when the shapes tell it
         self.role = "the model"
 
     @classmethod
     def open(
         cls, model: Any, tensors: Sequence[str] | None, *, threads: int | None, budget_bytes: int,
-        name: str | None = None,
+        name: str | None = None, optimization: str = "basic",
     ) -> "_Runner":
         """A runner over `tensors` (default: every tensor TensorRT calibrates) of `model`, its session ready;
         `name` (default: the model's path, if given one) names the model in errors."""
         role = name or _describe(model, "the model")
         model = load_model(model)
-        names = list(tensors) if tensors is not None else calibrated_tensors(model)
-        if not names:
-            raise CalibrationError(
-                f"{role}: has no float tensor TensorRT would calibrate (inputs and node outputs are all integer, "
-                "bool or constant), so a cache would be empty. Hint: INT8 calibration needs a float model"
-            )
-        types = _tensor_types(model)
-        missing = [n for n in names if n not in types]
-        if missing:
-            raise ModelError(f"no typed tensor named {', '.join(repr(n) for n in missing[:10])} in the model")
+        names, info = checked_tensors(model, tensors, role)
+        types = {n: elem for n, (elem, _) in info.items()}
         runner = cls(None, names, model_inputs(model), budget_bytes)
         runner.role = role
-        runner.session = ort_session(model, runner.run_names, types=types, threads=threads, role=role)
+        runner.sample_bytes = _sample_bytes(info, names, runner.specs)
+        runner.session = ort_session(model, runner.run_names, types=types, threads=threads, role=role,
+                                     optimization=optimization)
         return runner
+
+    def split(self, batch: Mapping[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
+        """The batch's inputs, cut into the parts it runs in."""
+        return _split(batch, self.specs, self.part_size or 1 << 62)
+
+    def run(self, part: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """(name -> activation) for every calibrated tensor, for one part of a batch."""
+        try:
+            outputs = self.session.run(self.run_names, part)
+        except Exception as exc:
+            fed = ", ".join(f"{n!r} {tuple(v.shape)} {v.dtype}" for n, v in part.items())
+            raise CalibrationError(f"{self.role}: onnxruntime failed on inputs {fed}: {exc}") from None
+        values = dict(zip(self.run_names, outputs))
+        del outputs
+        values.update({n: part[n] for n in self.names if n in self.input_names})
+        return values
 
     def parts(self, batch: Mapping[str, np.ndarray]) -> Iterable[dict[str, np.ndarray]]:
         """(name -> activation) for every calibrated tensor, one part of the batch at a time."""
-        for part in _split(batch, self.specs, self.part_size or 1 << 62):
-            try:
-                outputs = self.session.run(self.run_names, part)
-            except Exception as exc:
-                fed = ", ".join(f"{n!r} {tuple(v.shape)} {v.dtype}" for n, v in part.items())
-                raise CalibrationError(f"{self.role}: onnxruntime failed on inputs {fed}: {exc}") from None
-            values = dict(zip(self.run_names, outputs))
-            del outputs
-            values.update({n: part[n] for n in self.names if n in self.input_names})
-            yield values
+        for part in self.split(batch):
+            yield self.run(part)
 
-    def size_parts(self, batch: Mapping[str, np.ndarray]) -> dict[str, float] | None:
-        """Decide the part size from one sample's activations; if the batch must be cut, return its max|x| per
-        tensor (measured in a first pass, so the first batch's range is known before any part is binned)."""
+    def size_parts(self, batch: Mapping[str, np.ndarray]) -> int:
+        """Decide the part size (samples) for this and the later batches; returns the number of parts of `batch`.
+
+        The activation bytes per sample come from the inferred shapes when they are static but for the batch
+        dimension, else from running one sample.
+        """
         one = _split(batch, self.specs, 1)
         if len(one) == 1:
             self.part_size = None
-            return None
-        sample = next(iter(self.parts(one[0])))
-        per_sample = max(1, sum(v.nbytes for v in sample.values()))
+            return 1
+        per_sample = self.sample_bytes
+        if per_sample is None:
+            per_sample = sum(v.nbytes for v in self.run(one[0]).values())
+        per_sample = max(1, per_sample)
+        _kernel.prefetch(per_sample // 4 * len(one))  # a large batch: load the compiled kernel meanwhile
         self.part_size = max(1, self.budget // per_sample)
-        if self.part_size >= len(one):
-            return None
-        log.info("activations take %.0f MB per sample: running batches in parts of %d", per_sample / 2**20, self.part_size)
-        maxima = {n: 0.0 for n in self.names}
-        for values in self.parts(batch):
-            for n, v in values.items():
-                maxima[n] = max(maxima[n], finite_abs_max(v))
-        return maxima
+        count = len(self.split(batch))
+        if count > 1:
+            log.info("activations take %.0f MB per sample: running batches in %d parts of about %d samples",
+                     per_sample / 2**20, count, -(-len(one) // count))
+        return count
+
+
+def _first_batch_in_parts(runner: _Runner, batch: Mapping[str, np.ndarray], histograms: dict[str, AbsHistogram]) -> int:
+    """TensorRT's first batch, run in parts: returns how many parts had to run twice.
+
+    The first batch's range is its max over all parts, and it must be known before any value is binned. Each
+    tensor bins every part at the largest max seen so far and starts over (a fresh histogram at the new max) when
+    a part raises it; afterwards only the parts before the last such raise of any tensor run again, and only the
+    tensors that started over later bin them. The histograms equal those of the whole batch; the part holding
+    every tensor's largest value, and all parts after it, run once.
+    """
+    parts = runner.split(batch)
+    start: dict[str, int] = {}  # per tensor: the first part binned at its final range
+    for j, part in enumerate(parts):
+        for name, value in runner.run(part).items():
+            h = histograms[name]
+            if j == 0:
+                h.begin_batch(finite_abs_max(value))
+                h.add_part(value)
+                start[name] = 0
+                continue
+            seen = h.abs_max  # h holds only this batch so far: its max
+            h.add_part(value)
+            if h.abs_max > seen:  # this part raised the max: bin it again at the new max, the parts before later
+                fresh = histograms[name] = AbsHistogram(h.num_bins)
+                fresh.begin_batch(float(h.abs_max))
+                fresh.add_part(value)
+                start[name] = j
+    again = max(start.values(), default=0)
+    for j in range(again):
+        for name, value in runner.run(parts[j]).items():
+            if start[name] > j:
+                histograms[name].add_part(value)
+    for h in histograms.values():
+        h.end_batch()
+    return again
 
 
 def collect_histograms(
@@ -388,39 +491,73 @@ def collect_histograms(
     max_activation_mb: float = 256,
     name: str | None = None,
     range_mode: str = "trt",
+    optimization: str = "basic",
+    executor: Any = None,
 ) -> tuple[dict[str, AbsHistogram], int]:
     """One histogram per calibrated tensor, updated once per batch in batch order; returns (histograms, batches).
 
     A batch whose activations exceed `max_activation_mb` runs in parts; the histograms are exactly those of whole
-    batches (the first batch costs one extra forward pass to learn its ranges). `progress` is called with 1 after
+    batches (the parts of the first batch before its largest values run twice, to learn its range before binning:
+    `_first_batch_in_parts`). `progress` is called with 1 after
     each batch. `range_mode="global"` (see `RANGE_MODES`) reads `batches` twice: a first pass over every batch
     takes each tensor's max|x| (`global_maxima`), then fixed-range histograms of that range are filled.
+    `optimization` is onnxruntime's graph optimisation (`OPTIMIZATION_LEVELS`; "basic" is the exact one).
+    An `executor` (`ort.executor`) other than serial shards the batches over its workers (`ort.shard`): the same
+    histograms, in two passes.
     """
     if range_mode not in RANGE_MODES:
         raise ValueError(f"unknown range_mode {range_mode!r}; choose one of {', '.join(RANGE_MODES)}")
+    if executor is not None and executor.name != "serial":
+        from .shard import collect_sharded
+
+        return collect_sharded(model, batches, executor, tensors=tensors, num_bins=num_bins, progress=progress,
+                               threads=threads, max_activation_mb=max_activation_mb, name=name,
+                               range_mode=range_mode, optimization=optimization)
     runner = _Runner.open(model, tensors, threads=threads, budget_bytes=int(max_activation_mb * 2**20),
-                          name=name)
+                          name=name, optimization=optimization)
     if range_mode == "global":
         # A tensor that is zero everywhere has no range to fix; its growing histogram stays at range 0 (amax 0).
         fixed = global_maxima(runner, batches)
         histograms = {n: AbsHistogram(num_bins, range=m) if m > 0 else AbsHistogram(num_bins) for n, m in fixed.items()}
     else:
         histograms = {n: AbsHistogram(num_bins) for n in runner.names}
+    with _kernel.using_threads(threads):
+        count = _fill(runner, batches, histograms, first=range_mode == "trt", size=range_mode == "trt",
+                      progress=progress)
+    return histograms, count
+
+
+def _fill(runner: _Runner, batches: Iterable[Any], histograms: dict[str, AbsHistogram], *, first: bool,
+          size: bool = True, progress: Callable[[int], None] | None = None) -> int:
+    """Every batch into the histograms, in order; returns the number of batches.
+
+    `size`: the first batch decides the part size (else the runner's stands); `first`: the histograms have seen no
+    batch yet, so a first batch that runs in parts must learn its range before binning (`_first_batch_in_parts`).
+    """
     count = 0
     for batch in iter_batches(batches, runner.specs):
-        maxima = runner.size_parts(batch) if count == 0 and range_mode == "trt" else None
-        for name, h in histograms.items():
-            h.begin_batch(maxima[name] if maxima else None)
-        for values in runner.parts(batch):
-            for name, value in values.items():
-                histograms[name].add_part(value)
-            del values
-        for h in histograms.values():
-            h.end_batch()
+        parts = runner.size_parts(batch) if count == 0 and size else 1
+        if count == 0 and first and parts > 1:
+            again = _first_batch_in_parts(runner, batch, histograms)
+            log.info("first batch: %d of its %d parts ran twice, to learn its range first", again, parts)
+        else:
+            _add_batch(runner, batch, histograms)
         count += 1
         if progress is not None:
             progress(1)
-    return histograms, count
+    return count
+
+
+def _add_batch(runner: _Runner, batch: Mapping[str, np.ndarray], histograms: Mapping[str, AbsHistogram]) -> None:
+    """One calibration batch into every histogram, part by part."""
+    for h in histograms.values():
+        h.begin_batch()
+    for values in runner.parts(batch):
+        for name, value in values.items():
+            histograms[name].add_part(value)
+        del values
+    for h in histograms.values():
+        h.end_batch()
 
 
 def global_maxima(runner: _Runner, batches: Iterable[Any]) -> dict[str, float]:
@@ -431,14 +568,23 @@ def global_maxima(runner: _Runner, batches: Iterable[Any]) -> dict[str, float]:
             "Hint: pass a list or a BatchSource (open_source / from_arrays), which can be iterated again"
         )
     maxima = dict.fromkeys(runner.names, 0.0)
+    for batch_max in batch_maxima(runner, batches):
+        for name, value in batch_max.items():
+            maxima[name] = max(maxima[name], value)
+    return maxima
+
+
+def batch_maxima(runner: _Runner, batches: Iterable[Any]) -> Iterator[dict[str, float]]:
+    """Each batch's finite max|x| per tensor, batch after batch (the first batch sizes the runner's parts)."""
     for count, batch in enumerate(iter_batches(batches, runner.specs)):
         if count == 0:
             runner.size_parts(batch)
+        maxima = dict.fromkeys(runner.names, 0.0)
         for values in runner.parts(batch):
             for name, value in values.items():
                 maxima[name] = max(maxima[name], finite_abs_max(value))
             del values
-    return maxima
+        yield maxima
 
 
 def collect_signed(
@@ -521,11 +667,16 @@ def calibrate(
     threads: int | None = None,
     max_activation_mb: float = 256,
     range_mode: str = "trt",
+    optimization: str = "basic",
+    executor: Any = None,
 ) -> CalibrationResult:
     """Calibrate `model` on `batches` as TensorRT `trt_version` would with `algorithm`; nothing is written.
 
     `range_mode="global"` fixes each histogram's range to the tensor's max over all batches first, so the result
     does not depend on batch size or order; that is not TensorRT's algorithm (the result says so).
+    `optimization="all"` runs onnxruntime's full graph optimisation: faster, but its convolutions sum in another
+    order, so activations (and some scales) move by a few ULP from the exact default, "basic". An `executor`
+    shards the batches over its workers with the same result (`collect_histograms`).
     """
     if algorithm not in ALGORITHM_HEADERS:
         raise ValueError(f"unknown algorithm {algorithm!r}; choose one of {', '.join(ALGORITHM_HEADERS)}")
@@ -537,6 +688,8 @@ def calibrate(
         model, batches, num_bins=num_bins, progress=progress, threads=threads, max_activation_mb=max_activation_mb,
         name=name,
         range_mode=range_mode,
+        optimization=optimization,
+        executor=executor,
     )
     input_names = {s.name for s in model_inputs(model)}
     bad_inputs = [n for n in input_names if n in histograms and histograms[n].num_nan]
@@ -563,4 +716,5 @@ def calibrate(
         seconds=time.perf_counter() - started,
         peak_rss_mb=_peak_rss_mb(),
         range_mode=range_mode,
+        optimization=optimization,
     )
