@@ -1,7 +1,7 @@
 """Per-unit INT8 sensitivity on EfficientNet-Lite0: what the ranking costs, serial against local processes, and what
 keeping its top units in float buys, against random units and the first-and-last-layer rule of thumb.
 
-    python3 benchmarks/bench_sensitivity.py                   # 22 min on the 2 shared cores (serial ranking: 12)
+    python3 benchmarks/bench_sensitivity.py                   # 9.5 min on 2 idle cores (serial ranking: 4)
     python3 benchmarks/bench_sensitivity.py --rank-crops 64   # a steadier ranking, twice the ranking time
     python3 benchmarks/bench_sensitivity.py --json out.json --markdown
 
@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import subprocess
 import sys
 import time
@@ -79,6 +80,7 @@ def main() -> int:
     parser.add_argument("--json", metavar="OUT.json", help="also write the numbers as JSON")
     parser.add_argument("--markdown", action="store_true", help="also print the KL table as Markdown")
     args = parser.parse_args()
+    load_at_start = " ".join(f"{v:.2f}" for v in os.getloadavg())
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     logging.getLogger("trt_calib").setLevel(logging.WARNING)
 
@@ -125,7 +127,9 @@ def main() -> int:
 
     n = len(units)
     print(f"EfficientNet-Lite0, entropy2 thresholds (TensorRT EntropyCalibration2 emulated), {n} units; onnxruntime "
-          f"{onnxruntime.__version__} CPU, Q/DQ as written. Timings from a loaded 2-core machine.")
+          f"{onnxruntime.__version__} CPU, Q/DQ as written. Timings depend on the machine's load: "
+          f"{load_at_start} at the start, {' '.join(f'{v:.2f}' for v in os.getloadavg())} at the end "
+          f"({os.cpu_count()} CPUs).")
     print(f"\nranking on {len(rank_batches) * BATCH} held-out crops ({serial.run['runs']} runs, greedy up to k = "
           f"{max(SIZES)}):")
     print(f"  serial               {serial_s:7.1f} s   ranking {serial.run['ranking_seconds']:6.1f} s = "

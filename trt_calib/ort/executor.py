@@ -19,14 +19,19 @@ caches it with `per_process(key, factory)`.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from concurrent.futures import FIRST_COMPLETED, wait
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Sequence, TypeVar
 
 from ..errors import MissingDependencyError, UsageError
 
-__all__ = ["EXECUTORS", "Executor", "SerialExecutor", "LocalExecutor", "DaskExecutor", "make_executor", "per_process"]
+__all__ = [
+    "EXECUTORS", "Executor", "SerialExecutor", "LocalExecutor", "DaskExecutor", "make_executor", "per_process",
+    "ShippedModel",
+]
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +51,29 @@ def per_process(key: Any, factory: Callable[[], T]) -> T:
     except KeyError:
         value = _PROCESS_CACHE[key] = factory()
         return value
+
+
+@dataclass(frozen=True)
+class ShippedModel:
+    """An ONNX model sent to workers (other processes or machines) as bytes, parsed once per worker process."""
+
+    data: bytes
+    sha256: str  # the per-process cache key
+
+    @classmethod
+    def of(cls, model: Any) -> "ShippedModel":
+        data = model.SerializeToString()
+        return cls(data, hashlib.sha256(data).hexdigest())
+
+    def load(self) -> Any:
+        """The `onnx.ModelProto`, parsed at the first call in this process."""
+
+        def parse() -> Any:
+            import onnx
+
+            return onnx.load_model_from_string(self.data)
+
+        return per_process(("trt-calib shipped model", self.sha256), parse)
 
 
 def _cpu_count() -> int:

@@ -23,7 +23,6 @@ processes or a Dask cluster alike); workers keep one onnxruntime session per pro
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from dataclasses import dataclass
@@ -35,7 +34,7 @@ from ..core import kernel as _kernel
 from ..core.histogram import AbsHistogram, grown_ranges
 from .collect import _Runner, _fill, batch_maxima, checked_tensors, load_model, model_inputs
 from .data import iter_batches
-from .executor import Executor, per_process
+from .executor import Executor, ShippedModel, per_process
 
 __all__ = ["collect_sharded", "shard_bounds"]
 
@@ -43,23 +42,10 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class _Model:
-    """The model as bytes (workers may be other processes or machines) and its digest, the per-process cache key."""
-
-    data: bytes
-    sha256: str
-
-    @classmethod
-    def of(cls, model: Any) -> "_Model":
-        data = model.SerializeToString()
-        return cls(data, hashlib.sha256(data).hexdigest())
-
-
-@dataclass(frozen=True)
 class _Job:
     """One worker's share of a pass: its batches, and for pass two the range each histogram starts from."""
 
-    model: _Model
+    model: ShippedModel
     name: str
     tensors: tuple[str, ...]
     batches: tuple[Mapping[str, np.ndarray], ...]
@@ -76,10 +62,7 @@ def _runner(job: _Job) -> _Runner:
     """This process's runner for the job's model and settings (its onnxruntime session made once)."""
 
     def make() -> _Runner:
-        import onnx
-
-        model = onnx.load_model_from_string(job.model.data)
-        return _Runner.open(model, job.tensors, threads=job.threads, budget_bytes=int(job.max_activation_mb * 2**20),
+        return _Runner.open(job.model.load(), job.tensors, threads=job.threads, budget_bytes=int(job.max_activation_mb * 2**20),
                             name=job.name, optimization=job.optimization)
 
     key = ("trt-calib shard runner", job.model.sha256, job.tensors, job.threads, job.max_activation_mb,
@@ -141,7 +124,7 @@ def collect_sharded(
     all_batches = [dict(b) for b in iter_batches(batches, model_inputs(model))]
     count = len(all_batches)  # iter_batches refuses an empty source
     shards = shard_bounds(count, executor.workers)
-    job = _Job(_Model.of(model), role, names, (), threads or executor.threads_per_worker, max_activation_mb,
+    job = _Job(ShippedModel.of(model), role, names, (), threads or executor.threads_per_worker, max_activation_mb,
                optimization, num_bins)
 
     def jobs(lo: int, hi: int, parts: int, **fields: Any) -> list[_Job]:

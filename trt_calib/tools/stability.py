@@ -23,7 +23,6 @@ distinct set of scales becomes a Q/DQ model (`qdq.quantize_model`) evaluated aga
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -37,6 +36,7 @@ import numpy as np
 from .. import __version__
 from ..core.cache import DEFAULT_TRT_VERSION
 from ..errors import DataError, TrtCalibError
+from ..ort.executor import ShippedModel
 
 __all__ = [
     "FORMAT",
@@ -153,31 +153,8 @@ def gather_samples(batches: Iterable[Mapping[str, np.ndarray]]) -> tuple[dict[st
 
 # ---------------------------------------------------------------------------------------------- work items
 @dataclass(frozen=True)
-class _Model:
-    """The model as bytes (workers may be other processes or machines) and its digest, the per-process cache key."""
-
-    data: bytes
-    sha256: str
-
-    @classmethod
-    def of(cls, model: Any) -> "_Model":
-        data = model.SerializeToString()
-        return cls(data, hashlib.sha256(data).hexdigest())
-
-    def load(self) -> Any:
-        from ..ort.executor import per_process
-
-        def parse() -> Any:
-            import onnx
-
-            return onnx.load_model_from_string(self.data)
-
-        return per_process(("trt-calib stability model", self.sha256), parse)
-
-
-@dataclass(frozen=True)
 class _CalibrationJob:
-    model: _Model
+    model: ShippedModel
     specs: tuple[Any, ...]
     variant: Variant
     pool: Mapping[str, np.ndarray]  # every sample (shared, not copied, in this process)
@@ -219,7 +196,7 @@ def _calibrate_variant(job: _CalibrationJob) -> _Outcome:
 
 @dataclass(frozen=True)
 class _EvaluationJob:
-    model: _Model
+    model: ShippedModel
     specs: tuple[Any, ...]
     amax: Mapping[str, float]
     samples: Mapping[str, np.ndarray]
@@ -377,7 +354,7 @@ def run_stability(
         )
     variants = plan_variants(num_samples, batch_size, orders=orders, batch_sizes=batch_sizes, fractions=fractions,
                              seed=seed, last_batch=last_batch)
-    packed = _Model.of(proto)
+    packed = ShippedModel.of(proto)
     engine = executor if executor is not None else SerialExecutor()
     threads = engine.threads_per_worker
     pool = {n: samples[n] for n in names}
@@ -460,7 +437,7 @@ def run_stability(
 
 
 def _end_to_end(
-    packed: _Model, specs: tuple[Any, ...], variants: list[Variant], tied: list[dict[str, float]],
+    packed: ShippedModel, specs: tuple[Any, ...], variants: list[Variant], tied: list[dict[str, float]],
     quantized: set[str] | None, spread_ids: list[int], samples: Mapping[str, np.ndarray], batch_size: int,
     engine: Any, progress: Callable[[str, int], Callable[[int], None] | None] | None, *, on: str,
 ) -> dict[str, Any]:
