@@ -8,9 +8,9 @@ import tempfile
 from pathlib import Path
 from types import ModuleType
 
-from .errors import MissingDependencyError
+from .errors import MissingDependencyError, TrtCalibError
 
-__all__ = ["atomic_write", "require"]
+__all__ = ["atomic_write", "read_bounded", "require"]
 
 
 def atomic_write(path: str | os.PathLike, data: bytes | str) -> Path:
@@ -38,6 +38,21 @@ def atomic_write(path: str | os.PathLike, data: bytes | str) -> Path:
             pass
         raise
     return path
+
+
+def read_bounded(path: str | os.PathLike, limit: int, *, kind: str = "file",
+                 error: type[TrtCalibError] = TrtCalibError) -> bytes:
+    """At most `limit` bytes of `path` (so `/dev/zero` or a huge file cannot fill memory); a missing, directory or
+    unreadable path is one `error` naming it."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(limit)
+    except FileNotFoundError:
+        raise error(f"{path}: no such {kind}") from None
+    except IsADirectoryError:
+        raise error(f"{path}: is a directory, not a {kind}") from None
+    except OSError as exc:
+        raise error(f"{path}: cannot be read ({exc.strerror or exc})") from None
 
 
 def require(module: str, *, extra: str | None = None, purpose: str = "") -> ModuleType:

@@ -12,6 +12,7 @@ import math
 import sys
 from typing import Any
 
+from .._util import read_bounded
 from ..errors import TrtCalibError, UsageError
 from ._common import (
     add_data_arguments,
@@ -331,16 +332,7 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
 
 def _is_json_file(path: str) -> bool:
     """Whether `path` holds JSON (an object or an array; an array is refused later with a clear message)."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(4096).lstrip()
-    except FileNotFoundError:
-        raise TrtCalibError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise TrtCalibError(f"{path}: is a directory") from None
-    except OSError as exc:
-        raise TrtCalibError(f"{path}: cannot be read ({exc.strerror or exc})") from None
-    return head.startswith((b"{", b"["))
+    return read_bounded(path, 4096).lstrip().startswith((b"{", b"["))
 
 
 def _run_convert(args: argparse.Namespace) -> int:

@@ -20,7 +20,7 @@ from typing import Iterable, Mapping
 
 import numpy as np
 
-from .._util import atomic_write
+from .._util import atomic_write, read_bounded
 from ..errors import CacheFormatError
 
 __all__ = [
@@ -233,15 +233,7 @@ class CalibrationCache:
     @classmethod
     def load(cls, path: str | os.PathLike) -> "CalibrationCache":
         """Read and parse a cache file; a missing, unreadable or oversized file is a `CacheFormatError` naming it."""
-        try:
-            with open(path, "rb") as f:
-                data = f.read(MAX_CACHE_BYTES + 1)
-        except FileNotFoundError:
-            raise CacheFormatError(f"{path}: no such calibration cache") from None
-        except IsADirectoryError:
-            raise CacheFormatError(f"{path}: is a directory, not a calibration cache") from None
-        except OSError as exc:
-            raise CacheFormatError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+        data = read_bounded(path, MAX_CACHE_BYTES + 1, kind="calibration cache", error=CacheFormatError)
         if len(data) > MAX_CACHE_BYTES:
             raise CacheFormatError(
                 f"{path}: more than {MAX_CACHE_BYTES >> 20} MiB, far larger than any calibration cache (one short "

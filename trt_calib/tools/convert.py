@@ -10,6 +10,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from .._util import read_bounded
 from ..core.cache import MAX_CACHE_BYTES, CalibrationCache, make_header, scale_to_amax, scale_to_hex
 from ..errors import TrtCalibError
 from .entries import check_version, header_algorithm, load_cache
@@ -52,15 +53,7 @@ def _amax_from_json(name: str, value: Any, where: str) -> float:
 
 def _read_limited(path: Path) -> str:
     """A JSON file's text, refusing files no {name: amax} table comes near (`convert /dev/zero`)."""
-    try:
-        with open(path, "rb") as f:
-            data = f.read(MAX_CACHE_BYTES + 1)
-    except IsADirectoryError:
-        raise TrtCalibError(f"{path}: is a directory") from None
-    except FileNotFoundError:
-        raise
-    except OSError as exc:
-        raise TrtCalibError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    data = read_bounded(path, MAX_CACHE_BYTES + 1)
     if len(data) > MAX_CACHE_BYTES:
         raise TrtCalibError(f"{path}: more than {MAX_CACHE_BYTES >> 20} MiB, not a {{name: amax}} table")
     return data.decode("utf-8")
@@ -82,8 +75,6 @@ def cache_from_json(
         where = str(data)
         try:
             data = json.loads(_read_limited(Path(data)))
-        except FileNotFoundError:
-            raise TrtCalibError(f"{where}: no such file") from None
         except (ValueError, UnicodeDecodeError) as exc:
             raise TrtCalibError(f"{where}: not valid JSON ({exc})") from None
     if isinstance(data, Mapping) and isinstance(data.get("tensors"), list):
