@@ -184,7 +184,9 @@ def run_suite(
     twice). `range_only`: only entropy2 with TensorRT's ranges and with `range_mode="global"`."""
     from tqdm import tqdm
 
-    from trt_calib.ort.collect import amax_from_histograms, collect_histograms, load_model, tie_scales
+    from trt_calib.ort.model import load_model
+
+    from trt_calib.ort.collect import amax_from_histograms, collect_histograms, tie_scales
     from trt_calib.ort.evaluate import evaluate, threshold_sqnr
     from trt_calib.qdq import quantize_model
 
@@ -273,7 +275,7 @@ def run_suite(
 
 
 def efficientnet(args: argparse.Namespace) -> list[Row]:
-    from trt_calib.ort.collect import model_inputs
+    from trt_calib.ort.model import model_inputs
     from trt_calib.ort.data import from_arrays
 
     folder = Path(args.artifacts)
@@ -295,7 +297,7 @@ def efficientnet(args: argparse.Namespace) -> list[Row]:
 
 
 def lenet(args: argparse.Namespace) -> list[Row]:
-    from trt_calib.ort.collect import model_inputs
+    from trt_calib.ort.model import model_inputs
     from trt_calib.ort.data import from_arrays, open_source
 
     specs = model_inputs(LENET / "lenet.onnx")

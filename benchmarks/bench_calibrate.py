@@ -62,8 +62,8 @@ out["cache"] = hashlib.sha256(result.cache.to_bytes()).hexdigest()
 BINNING = """
 from trt_calib.core import kernel
 from trt_calib.core.histogram import AbsHistogram
-from trt_calib.ort.collect import _Runner
-runner = _Runner.open(model, None, threads=None, budget_bytes=1 << 40)
+from trt_calib.ort.runner import Runner
+runner = Runner.open(model, None, threads=None, budget_bytes=1 << 40)
 values = [v for v in runner.run({"input": batches[0]["input"][:4]}).values()]
 tops = [float(np.abs(v[np.isfinite(v)]).max()) for v in values]
 n = sum(v.size for v in values)

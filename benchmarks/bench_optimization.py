@@ -24,7 +24,8 @@ sys.path.insert(0, str(REPO))
 
 from trt_calib.core.cache import CalibrationCache  # noqa: E402
 from trt_calib.core.compare import compare, ulp_distance  # noqa: E402
-from trt_calib.ort.collect import OPTIMIZATION_LEVELS, calibrate, model_inputs  # noqa: E402
+from trt_calib.ort.model import OPTIMIZATION_LEVELS, model_inputs  # noqa: E402
+from trt_calib.ort.collect import calibrate  # noqa: E402
 from trt_calib.ort.data import open_source  # noqa: E402
 
 LENET = REPO / "data" / "lenet" / "lenet.onnx"
@@ -70,7 +71,7 @@ def onnxruntime_alone(model: Path, batches: list, repeat: int = 3) -> None:
     """onnxruntime by itself: plain inference and with every calibrated tensor exposed, at basic and all."""
     import onnxruntime as ort
 
-    from trt_calib.ort.collect import calibrated_tensors, load_model, ort_session
+    from trt_calib.ort.model import calibrated_tensors, load_model, ort_session
 
     proto = load_model(model)
     exposed = [n for n in calibrated_tensors(proto) if n not in {i.name for i in proto.graph.input}]

@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     # Imported here so that --help works without TensorRT, a GPU, or even trt-calib installed.
     from trt_calib.trt.build import build_engine, parse_shapes
     from trt_calib.trt.calibrator import CalibratorCore, dry_run, make_calibrator
-    from trt_calib.ort.collect import model_inputs
+    from trt_calib.ort.model import model_inputs
     from trt_calib.ort.data import open_source
     from trt_calib.errors import TrtCalibError
 

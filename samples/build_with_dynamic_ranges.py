@@ -42,7 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     # Imported here so that --help works without TensorRT or a GPU.
     from trt_calib.trt.build import build_engine, parse_shapes
     from trt_calib.core.cache import CalibrationCache
-    from trt_calib.ort.collect import calibrate, model_inputs
+    from trt_calib.ort.model import model_inputs
+    from trt_calib.ort.collect import calibrate
     from trt_calib.ort.data import open_source
     from trt_calib.errors import TrtCalibError
 

@@ -26,7 +26,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from trt_calib.core.cache import CalibrationCache, amax_to_scale  # noqa: E402
-from trt_calib.ort.collect import calibrate, calibrated_tensors, load_model, model_inputs, tie_scales  # noqa: E402
+from trt_calib.ort.model import calibrated_tensors, load_model, model_inputs  # noqa: E402
+from trt_calib.ort.collect import calibrate, tie_scales  # noqa: E402
 from trt_calib.core.compare import ulp_distance  # noqa: E402
 from trt_calib.core.histogram import AbsHistogram  # noqa: E402
 from trt_calib.tools.report import analyse, render_figure  # noqa: E402

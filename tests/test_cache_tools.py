@@ -252,7 +252,7 @@ def test_validate_flags_a_model_that_changed_since_calibration(tmp_path):
 
 
 def test_validate_with_data_flags_changed_batching_against_the_sidecar(tmp_path, capsys):
-    from trt_calib.ort.collect import model_inputs
+    from trt_calib.ort.model import model_inputs
     from trt_calib.ort.data import open_source
 
     images = np.load(LENET_IMAGES)[:100]

@@ -12,7 +12,8 @@ from onnx import TensorProto, helper
 
 from trt_calib.core.cache import CalibrationCache, amax_to_scale
 from trt_calib.cli import main
-from trt_calib.ort.collect import calibrate, calibrated_tensors, collect_histograms, model_inputs, tie_scales
+from trt_calib.ort.model import calibrated_tensors, model_inputs
+from trt_calib.ort.collect import calibrate, collect_histograms, tie_scales
 from trt_calib.core.compare import compare, ulp_distance
 from trt_calib.ort.data import open_source
 from trt_calib.errors import DataError, ModelError
@@ -259,14 +260,14 @@ def test_tensorrt_internal_reference_entries_are_not_inconsistencies():
 
 
 def test_a_batch_is_cut_into_equal_parts():
-    from trt_calib.ort.collect import _split
+    from trt_calib.ort.runner import split_batch
 
     specs = model_inputs(tiny_model())
     batch = {"x": np.arange(16, dtype=np.float32).reshape(16, 1, 1, 1)}
-    assert [len(p["x"]) for p in _split(batch, specs, 5)] == [4, 4, 4, 4]  # not 5, 5, 5, 1
-    assert [len(p["x"]) for p in _split(batch, specs, 6)] == [5, 6, 5]
-    assert np.concatenate([p["x"] for p in _split(batch, specs, 3)]).ravel().tolist() == list(range(16))
-    assert len(_split(batch, specs, 16)) == 1
+    assert [len(p["x"]) for p in split_batch(batch, specs, 5)] == [4, 4, 4, 4]  # not 5, 5, 5, 1
+    assert [len(p["x"]) for p in split_batch(batch, specs, 6)] == [5, 6, 5]
+    assert np.concatenate([p["x"] for p in split_batch(batch, specs, 3)]).ravel().tolist() == list(range(16))
+    assert len(split_batch(batch, specs, 16)) == 1
 
 
 def test_a_first_batch_in_parts_runs_again_only_the_parts_before_its_largest_values(caplog):
@@ -286,15 +287,15 @@ def test_a_first_batch_in_parts_runs_again_only_the_parts_before_its_largest_val
 
 
 def test_activation_bytes_per_sample_come_from_the_shapes_when_they_are_static():
-    from trt_calib.ort.collect import _Runner
+    from trt_calib.ort.runner import Runner
 
     for model, batch in ((tiny_model(), {"x": np.ones((1, 1, 4, 4), np.float32)}),
                          (LENET, {"data": np.ones((1, 1, 28, 28), np.float32)})):
-        runner = _Runner.open(model, None, threads=1, budget_bytes=1 << 30)
+        runner = Runner.open(model, None, threads=1, budget_bytes=1 << 30)
         assert runner.sample_bytes == sum(v.nbytes for v in runner.run(batch).values())
     dynamic = tiny_model()
     dynamic.graph.input[0].type.tensor_type.shape.dim[2].dim_param = "H"  # height unknown: measure a sample
-    assert _Runner.open(dynamic, None, threads=1, budget_bytes=1 << 30).sample_bytes is None
+    assert Runner.open(dynamic, None, threads=1, budget_bytes=1 << 30).sample_bytes is None
 
 
 def test_optimization_all_is_faster_arithmetic_that_keeps_lenet_on_tensorrts_kl_index():

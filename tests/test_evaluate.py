@@ -13,7 +13,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from trt_calib.ort.collect import model_inputs
+from trt_calib.ort.model import model_inputs
 from trt_calib.ort.data import from_arrays
 from trt_calib.errors import DataError, ModelError
 from trt_calib.ort.evaluate import (

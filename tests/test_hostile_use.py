@@ -313,7 +313,7 @@ def test_item12_validate_reads_a_big_models_graph_without_its_weights(external_l
 
 
 def test_item12_tensor_types_of_a_model_over_the_protobuf_limit(monkeypatch):
-    import trt_calib.ort.collect as collect
+    import trt_calib.ort.model as collect
 
     model = onnx.load(str(LENET))
     expected = collect.calibrated_tensors(model)
@@ -388,7 +388,7 @@ def test_item14_inspect_stops_reading_an_endless_file(capsys, monkeypatch):
 
 def test_item14_a_truncated_npy_is_a_data_error_at_open_and_while_read(lenet_dir, capsys):
     from trt_calib.errors import DataError
-    from trt_calib.ort.collect import model_inputs
+    from trt_calib.ort.model import model_inputs
     from trt_calib.ort.data import open_source
 
     data = lenet_dir / "x.npy"
@@ -472,7 +472,7 @@ def test_item17_a_malformed_sidecar_is_a_finding_not_a_crash(tmp_path, capsys, s
 
 def test_item18_a_model_over_2gb_goes_to_onnxruntime_as_a_file_with_external_data(external_lenet, capsys,
                                                                                    monkeypatch):
-    import trt_calib.ort.collect as collect
+    import trt_calib.ort.model as collect
 
     out = external_lenet.parent
     assert run(capsys, "-q", "calibrate", external_lenet, "--data", LENET_BATCHES, "--cache", out / "small.cache")[0] == 0

@@ -219,3 +219,60 @@ def test_flat_names_work_with_from_imports():
 
     assert CalibratorCore is calibrator.CalibratorCore and apply_dynamic_ranges is ranges.apply_dynamic_ranges
     assert callable(quantize_model)
+
+
+def _internal_graph() -> dict[str, set[str]]:
+    """module -> the package modules it imports (module level and inside functions), packages' own inits aside."""
+    graph: dict[str, set[str]] = {}
+    for path in _modules():
+        module = _dotted(path)
+        targets = {_resolve_internal(name) for name, _, _ in _imports(path) if name.split(".")[0] == "trt_calib"}
+        graph[module] = {t for t in targets if t != module and t != "trt_calib" and not module.startswith(t + ".")}
+    return graph
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Every import cycle, each once (as the path from its smallest module back to it)."""
+    found, seen = [], set()
+    for start in sorted(graph):
+        stack = [(start, [start])]
+        while stack:
+            node, path = stack.pop()
+            for nxt in sorted(graph.get(node, ())):
+                if nxt == start:
+                    key = frozenset(path)
+                    if key not in seen and min(path) == start:
+                        seen.add(key)
+                        found.append(path + [start])
+                elif nxt not in path and nxt > start:
+                    stack.append((nxt, path + [nxt]))
+    return found
+
+
+def test_no_two_modules_import_each_other_even_inside_functions():
+    """A cycle (issue 20: collect <-> shard) means two modules share a concept that wants a module of its own."""
+    cycles = _cycles(_internal_graph())
+    assert not cycles, "\n".join(" -> ".join(c) for c in cycles)
+
+
+def test_the_cycle_finder_finds_a_cycle_through_a_function_level_import():
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c", "a"]]
+    assert _cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_no_module_imports_a_private_name_from_another():
+    """What modules share is public: `from .x import _name` across modules hides a dependency."""
+    problems = []
+    for path in _modules():
+        tree = ast.parse(path.read_text(), filename=str(path))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").startswith("trt_calib")):
+                module = _dotted(path)
+                package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+                base = package.split(".")[: len(package.split(".")) - max(0, node.level - 1)] if node.level else []
+                target = ".".join(base + [node.module]) if node.module and node.level else (node.module or ".".join(base))
+                private = [a.name for a in node.names if a.name.startswith("_") and not a.name.startswith("__")
+                           and _resolve_internal(f"{target}.{a.name}") != f"{target}.{a.name}"]  # a private module is fine
+                if private:
+                    problems.append(f"{path.relative_to(REPO)}:{node.lineno}: {', '.join(private)}")
+    assert not problems, "\n".join(problems)

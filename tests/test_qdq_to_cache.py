@@ -12,7 +12,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from trt_calib.cli import main
 from trt_calib.core.cache import CacheEntry, CalibrationCache, scale_to_hex
-from trt_calib.ort.collect import calibrated_tensors, model_inputs
+from trt_calib.ort.model import calibrated_tensors, model_inputs
 from trt_calib.qdq import qdq_session, quantize_model
 from trt_calib.qdq.to_cache import UnsupportedQdqError, float32_hex, qdq_to_cache, run_plain
 

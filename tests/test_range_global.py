@@ -13,7 +13,8 @@ from trt_calib.cli import main
 from trt_calib.core.cache import CalibrationCache
 from trt_calib.core.thresholds import entropy_search
 from trt_calib.errors import CalibrationError
-from trt_calib.ort.collect import calibrate, collect_histograms, model_inputs
+from trt_calib.ort.model import model_inputs
+from trt_calib.ort.collect import calibrate, collect_histograms
 from trt_calib.ort.data import from_arrays
 
 from conftest import LENET, LENET_BATCHES, LENET_IMAGES

@@ -8,7 +8,8 @@ from onnx import TensorProto, helper
 
 from trt_calib.cli import main
 from trt_calib.errors import CalibrationError
-from trt_calib.ort.collect import calibrate, collect_histograms, model_inputs
+from trt_calib.ort.model import model_inputs
+from trt_calib.ort.collect import calibrate, collect_histograms
 from trt_calib.ort.data import open_source
 from trt_calib.ort.executor import Executor, make_executor
 from trt_calib.ort.shard import shard_bounds

@@ -322,7 +322,7 @@ def test_collect_signed_builds_calibrations_histograms(lenet_signed):
 
 
 def test_error_estimate_matches_lenets_real_activations(lenet_signed):
-    from trt_calib.ort.collect import load_model, ort_session
+    from trt_calib.ort.model import load_model, ort_session
 
     signed, batches = lenet_signed
     names = ["conv2", "ip1", "ip2"]

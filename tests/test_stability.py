@@ -14,7 +14,8 @@ from trt_calib.cli import main
 from trt_calib.core.cache import CalibrationCache
 from trt_calib.core.thresholds import entropy_search
 from trt_calib.errors import DataError
-from trt_calib.ort.collect import calibrate, collect_histograms, model_inputs
+from trt_calib.ort.model import model_inputs
+from trt_calib.ort.collect import calibrate, collect_histograms
 from trt_calib.ort.data import open_source
 from trt_calib.ort.executor import make_executor
 from trt_calib.tools.stability import _settle, _spread, gather_samples, load_stability, plan_variants, run_stability
@@ -188,7 +189,7 @@ def test_the_order_reaches_the_histogram_only_through_its_final_range(pool):
     """docs/stability.md's claim: TensorRT's histogram after all batches is all the data binned at the final range,
     except values equal to the range when their batch was binned (the first batch's max), one bin lower."""
     from trt_calib.core.histogram import AbsHistogram
-    from trt_calib.ort.collect import calibrated_tensors, ort_session
+    from trt_calib.ort.model import calibrated_tensors, ort_session
 
     samples, _ = pool
     images = samples["data"][np.random.default_rng(3).permutation(500)]

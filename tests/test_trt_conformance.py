@@ -21,7 +21,7 @@ from onnx import TensorProto, helper, numpy_helper
 import trt_standin
 from trt_calib.core.cache import CalibrationCache
 from trt_calib.errors import CalibrationError, DataError, MissingDependencyError, ModelError
-from trt_calib.ort.collect import model_inputs
+from trt_calib.ort.model import model_inputs
 from trt_calib.ort.data import InputSpec, iter_batches
 from trt_calib.trt.build import build_engine
 from trt_calib.trt.calibrator import CalibratorCore, make_calibrator

@@ -377,7 +377,7 @@ def model_paths(model: str | os.PathLike | None) -> list[Path]:
     """The files a model is read from: the .onnx and any external-data files it names (inputs for the guard)."""
     if model is None:
         return []
-    from ..ort.collect import external_data_files
+    from ..ort.model import external_data_files
 
     return [Path(model), *external_data_files(model)]
 
@@ -505,7 +505,7 @@ def add_calibrator_dry_run(parser: argparse.ArgumentParser) -> None:
 
 def model_inputs_of(model: str | os.PathLike) -> list[Any]:
     """The model's inputs, read without its external weights; ModelError names a missing, empty or unreadable file."""
-    from ..ort.collect import load_model, model_inputs
+    from ..ort.model import load_model, model_inputs
 
     return list(model_inputs(load_model(model, weights=False)))
 

@@ -127,11 +127,11 @@ def _run_validate(args: argparse.Namespace) -> int:
 
     manifest = None
     if args.data is not None:
-        from ..ort.collect import model_inputs
+        from ..ort.model import model_inputs
 
         if not args.model:
             raise UsageError("--data needs --model (the model's inputs decide how the data is read)")
-        from ..ort.collect import load_model
+        from ..ort.model import load_model
 
         manifest = open_data(args, model_inputs(load_model(args.model, weights=False))).manifest()
     report = validate_cache(args.cache, args.model, trt_version=args.trt_version, algorithm=args.algorithm,

@@ -39,7 +39,8 @@ log = logging.getLogger("trt_calib")
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add `calibrate` to the trt-calib parser."""
-    from ..ort.collect import ALGORITHM_HEADERS, OPTIMIZATION_LEVELS
+    from ..ort.model import OPTIMIZATION_LEVELS
+    from ..ort.collect import ALGORITHM_HEADERS
     from ..core.cache import DEFAULT_TRT_VERSION
 
     p = sub.add_parser(

@@ -100,7 +100,7 @@ def _labels_for(source: Any, labels: np.ndarray, path: str) -> np.ndarray:
 
 def run_evaluate(args: argparse.Namespace) -> int:
     """Evaluate, print the report, and write --json if asked."""
-    from ..ort.collect import load_model
+    from ..ort.model import load_model
     from ..ort.evaluate import evaluate
 
     out_json = json_file(args)

@@ -98,7 +98,7 @@ def _run(args: argparse.Namespace) -> int:
     report = conv.report
 
     if args.data is not None:
-        from ..ort.collect import model_inputs
+        from ..ort.model import model_inputs
 
         batches: Any = open_data(args, model_inputs(conv.model))
         describe = f"--data {args.data}"

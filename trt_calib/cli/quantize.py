@@ -104,7 +104,8 @@ def _names(text: str | None) -> list[str]:
 
 def _run_quantize(args: argparse.Namespace) -> int:
     from ..core.cache import CalibrationCache
-    from ..ort.collect import calibrate, load_model
+    from ..ort.model import load_model
+    from ..ort.collect import calibrate
     from ..errors import TrtCalibError, UsageError
     from ..qdq import quantize_model
     from ..qdq.sensitivity import exclusions

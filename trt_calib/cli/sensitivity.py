@@ -141,7 +141,8 @@ def _split(args: argparse.Namespace, source: Any, inputs: list) -> tuple[Any, li
 def run_sensitivity(args: argparse.Namespace) -> int:
     """Calibrate (or read the cache), sweep, write SENS.json, print the ranking; exit 1 if --target is not met."""
     from ..core.cache import CalibrationCache
-    from ..ort.collect import calibrate, load_model, model_inputs
+    from ..ort.model import load_model, model_inputs
+    from ..ort.collect import calibrate
     from ..qdq.sensitivity import sensitivity
 
     if args.calib_batches is not None and (args.eval_data is not None or args.from_cache):

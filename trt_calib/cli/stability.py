@@ -93,7 +93,7 @@ def _samples_of(source: Any) -> tuple[dict, int]:
 
 def run_stability_command(args: argparse.Namespace) -> int:
     """Plan, calibrate every variant, evaluate, write STAB.json, print the summary; 1 when a tensor is unstable."""
-    from ..ort.collect import load_model, model_inputs
+    from ..ort.model import load_model, model_inputs
     from ..tools.provenance import file_sha256
     from ..tools.stability import run_stability
 

@@ -96,7 +96,7 @@ class AbsHistogram:
     # ------------------------------------------------------------------ updates
     def update(self, x: Any) -> None:
         """Fold one calibration batch into the histogram (one pass over the data)."""
-        a = _as_float32(x)  # refused before the batch opens
+        a = as_float32(x)  # refused before the batch opens
         self.begin_batch()
         self.add_part(a)
         self.end_batch()
@@ -125,7 +125,7 @@ class AbsHistogram:
         batch may keep a reference to `x` until then: do not modify it in between."""
         if self._pending is None:
             raise RuntimeError("add_part() called outside begin_batch() ... end_batch()")
-        a = _as_float32(x)
+        a = as_float32(x)
         if a.size == 0:
             return
         self._batch_size += a.size
@@ -259,7 +259,7 @@ class AbsHistogram:
             self._range = np.float32(batch_max)
             return
         k, grown = _doublings(self._range, batch_max)
-        self.counts = _coarsen(self.counts, k)
+        self.counts = coarsen(self.counts, k)
         self._range = grown
 
     def _bin_into(self, pending: np.ndarray, a: np.ndarray, nonneg: bool, clip: int | None = None) -> None:
@@ -312,10 +312,10 @@ class AbsHistogram:
                     f"ranges {self.range!r} and {other.range!r} are not a power of two apart; cannot merge exactly"
                 )
             if self._range < other._range:
-                self.counts = _coarsen(self.counts, k)
+                self.counts = coarsen(self.counts, k)
                 self._range = other._range
             else:
-                counts = _coarsen(other.counts, k)
+                counts = coarsen(other.counts, k)
         elif not self._range:
             self._range = other._range
         self.counts += counts
@@ -399,7 +399,7 @@ class AbsHistogram:
         )
 
 
-def _as_float32(x: Any) -> np.ndarray:
+def as_float32(x: Any) -> np.ndarray:
     """`x` as a flat float32 array (a view when it already is one); non-numeric data is refused."""
     a = np.asarray(x)
     if a.dtype != np.float32:
@@ -460,7 +460,7 @@ def _shift_bins(pending: np.ndarray, k: int) -> np.ndarray:
     return np.bincount(target, weights=pending, minlength=pending.size).astype(np.int64)
 
 
-def _coarsen(counts: np.ndarray, k: int) -> np.ndarray:
+def coarsen(counts: np.ndarray, k: int) -> np.ndarray:
     """Counts after doubling the range k times: adjacent bin pairs merged, the upper half emptied."""
     counts = counts.copy()
     for _ in range(min(k, int(np.log2(counts.size)) + 1)):

@@ -28,8 +28,8 @@ from typing import Any, Mapping
 import numpy as np
 
 from .cache import amax_to_scale
-from .histogram import DEFAULT_NUM_BINS, AbsHistogram, _as_float32, _coarsen
-from .thresholds import FIRST_CANDIDATE, EntropySearch, _first_argmin, entropy_search, kl_divergence_curve
+from .histogram import DEFAULT_NUM_BINS, AbsHistogram, as_float32, coarsen
+from .thresholds import FIRST_CANDIDATE, EntropySearch, first_argmin, entropy_search, kl_divergence_curve
 from .thresholds import minmax_amax, mse_amax, percentile_amax
 
 __all__ = [
@@ -102,7 +102,7 @@ class SignedHistogram:
     def update(self, x: Any) -> None:
         """Fold one calibration batch in: the |x| histogram exactly as TensorRT's, and the negatives in its bins
         (counted in the same pass over the data)."""
-        a = _as_float32(x)
+        a = as_float32(x)
         before = self.abs.range
         self.abs.begin_batch(signs=True)
         self.abs.add_part(a)
@@ -112,7 +112,7 @@ class SignedHistogram:
             # The |x| histogram doubled its range k times and merged bin pairs; do the same to the negatives.
             ratio = after / before
             k = int(round(np.log2(ratio))) if np.isfinite(ratio) else int(np.log2(self.abs.num_bins)) + 1
-            self.negative = _coarsen(self.negative, k)
+            self.negative = coarsen(self.negative, k)
         if batch is None:
             return
         self.negative += batch.negative
@@ -375,7 +375,7 @@ def _best_shrink(x: np.ndarray, weight: np.ndarray, lo: float, hi: float, qmin: 
         zp = np.clip(np.rint(qmin - lo * t / scale), qmin, qmax)
         q = np.clip(np.rint(x[None, :] / scale) + zp, qmin, qmax)
         errors[s : s + chunk] = (((q - zp) * scale - x[None, :]) ** 2 * weight[None, :]).sum(axis=1)
-    return float(ts[_first_argmin(errors)])
+    return float(ts[first_argmin(errors)])
 
 
 # ---------------------------------------------------------------------------------------------- expected error
@@ -514,7 +514,7 @@ def signed_entropy_search(sh: SignedHistogram) -> EntropySearch:
     if sh.num_inf or not np.isfinite(w) or sh.is_empty or w == 0:
         return entropy_search(sh.abs)  # the degenerate cases are TensorRT's
     kl = signed_kl_curve(sh)
-    index = int(candidates[_first_argmin(kl)])
+    index = int(candidates[first_argmin(kl)])
     with np.errstate(over="ignore"):
         amax = np.float32(np.float32(index + 0.5) * w)
     return EntropySearch(float(amax), index, candidates, kl, float(w))

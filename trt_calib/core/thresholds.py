@@ -126,7 +126,7 @@ def _level_layout(num_bins: int, num_levels: int, first: int) -> tuple[np.ndarra
     return index, last
 
 
-def _first_argmin(values: np.ndarray) -> int:
+def first_argmin(values: np.ndarray) -> int:
     best = np.min(values)
     if not np.isfinite(best):
         return int(values.size - 1)
@@ -148,7 +148,7 @@ def entropy_search(hist: AbsHistogram) -> EntropySearch:
     counts = hist.counts.copy()
     counts[0] = counts[1]
     kl = kl_divergence_curve(counts)
-    index = int(candidates[_first_argmin(kl)])
+    index = int(candidates[first_argmin(kl)])
     with np.errstate(over="ignore"):
         amax = np.float32(np.float32(index + 0.5) * w)
     return EntropySearch(float(amax), index, candidates, kl, float(w))
@@ -204,7 +204,7 @@ def mse_amax(hist: AbsHistogram, *, first: int = 16, stride: int = 1) -> float:
         step = amax / 127.0
         q = np.minimum(np.rint(centres[None, :] / step), 127.0) * step
         errors[s : s + chunk] = ((centres[None, :] - q) ** 2 * weights[None, :]).sum(axis=1)
-    best = ks[_first_argmin(errors)]
+    best = ks[first_argmin(errors)]
     return float(min(np.float32(best * w), np.float32(hist.abs_max)))
 
 

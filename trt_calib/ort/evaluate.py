@@ -139,7 +139,7 @@ def fake_quantize(x: np.ndarray, amax: float) -> np.ndarray:
     return (q * scale).astype(np.float32, copy=False)
 
 
-def _sum_squares(a: np.ndarray) -> float:
+def sum_squares(a: np.ndarray) -> float:
     """sum(a**2) accumulated in float64, block by block so a big float32 tensor is never copied whole."""
     flat = a.reshape(-1)
     total = 0.0
@@ -149,7 +149,7 @@ def _sum_squares(a: np.ndarray) -> float:
     return total
 
 
-def _sum_sq_diff(a: np.ndarray, b: np.ndarray) -> float:
+def sum_sq_diff(a: np.ndarray, b: np.ndarray) -> float:
     """sum((a - b)**2) accumulated in float64 (the difference itself is taken in the tensors' dtype)."""
     fa, fb = a.reshape(-1), b.reshape(-1)
     total = 0.0
@@ -346,7 +346,7 @@ class EvaluationReport:
 
 
 # ---------------------------------------------------------------------------------------------- accumulation
-def _class_rows(value: np.ndarray) -> np.ndarray | None:
+def class_rows(value: np.ndarray) -> np.ndarray | None:
     """(N, C) scores when `value` is a classifier output: (N, C) or (N, C, 1, ...), C >= 2; else None."""
     if value.ndim < 2 or value.shape[1] < 2 or int(np.prod(value.shape[2:], dtype=np.int64)) != 1:
         return None
@@ -375,7 +375,7 @@ class _OutputAccumulator:
     def update(self, a: np.ndarray, b: np.ndarray) -> None:
         if self.sample_shape is None:
             self.sample_shape = tuple(a.shape[1:])
-            self.classifier = _class_rows(a) is not None and np.issubdtype(a.dtype, np.floating)
+            self.classifier = class_rows(a) is not None and np.issubdtype(a.dtype, np.floating)
         diff = np.abs(a.astype(np.float64) - b.astype(np.float64))
         if diff.size:
             self.abs_max = float(np.max([self.abs_max, diff.max()]))  # NaN anywhere stays NaN
@@ -384,7 +384,7 @@ class _OutputAccumulator:
         self.num_samples += a.shape[0] if a.ndim else 1
         if not self.classifier:
             return
-        p, q = _class_rows(a), _class_rows(b)
+        p, q = class_rows(a), class_rows(b)
         self.top1_fp32.append(np.argmax(p, axis=1))
         self.top1_int8.append(np.argmax(q, axis=1))
         lp = log_softmax(p)
@@ -438,7 +438,7 @@ def _describe(model: Any, role: str) -> str:
 
 def _check_pair(fp32: Any, int8: Any, fp32_role: str, int8_role: str) -> tuple[list[Any], list[str]]:
     """The shared inputs and outputs of the two models; a ModelError naming the difference otherwise."""
-    from .collect import model_inputs
+    from .model import model_inputs
 
     hint = "Hint: pass the FP32 model the Q/DQ model was made from"
     a, b = model_inputs(fp32), model_inputs(int8)
@@ -503,7 +503,7 @@ def evaluate(
     the first (N, C) output). `worst` tensors with the lowest SQNR are listed (0 skips the per-tensor pass). Padded
     rows of a `BatchSource` with last_batch='pad' are left out of the output metrics.
     """
-    from .collect import calibrated_tensors, load_model, ort_session
+    from .model import calibrated_tensors, load_model, ort_session
     from .data import BatchSource, iter_batches
 
     started = time.perf_counter()
@@ -546,8 +546,8 @@ def evaluate(
                 )
             if name in sums:
                 s = sums[name]
-                s[0] += _sum_squares(x)
-                s[1] += _sum_sq_diff(x, y)
+                s[0] += sum_squares(x)
+                s[1] += sum_sq_diff(x, y)
                 s[2] += x.size
             if name in accs:
                 if index == last_index and x.ndim and x.shape[0] > padded:
@@ -617,13 +617,13 @@ def threshold_sqnr(
     `candidates` maps tensor -> {label: amax}; the result maps tensor -> {label: SQNR}. The error is measured on the
     tensor alone (its inputs stay float), summed over all batches; a tensor whose amax is not finite gets nan.
     """
-    from .collect import _tensor_types, load_model, model_inputs, ort_session
+    from .model import tensor_types, load_model, model_inputs, ort_session
     from .data import iter_batches
 
     model = load_model(model)
     specs = model_inputs(model)
     input_names = {s.name for s in specs}
-    types = _tensor_types(model)
+    types = tensor_types(model)
     missing = [n for n in candidates if n not in types and n not in input_names]
     if missing:
         raise ModelError(f"no such tensor in the model (or of unknown type): {', '.join(missing[:10])}")
@@ -640,12 +640,12 @@ def threshold_sqnr(
             raise ModelError(f"onnxruntime failed on batch {index}: {exc}") from None
         for name in names:
             x = np.asarray(batch[name] if name in input_names else values[name], dtype=np.float32)
-            signal[name] += _sum_squares(x)
+            signal[name] += sum_squares(x)
             for label, amax in candidates[name].items():
                 if not math.isfinite(amax) or amax < 0:
                     noise[name][label] = float("nan")
                     continue
-                noise[name][label] += _sum_sq_diff(x, fake_quantize(x, amax))
+                noise[name][label] += sum_sq_diff(x, fake_quantize(x, amax))
         del values
         if progress is not None:
             progress(1)

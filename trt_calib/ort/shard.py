@@ -32,7 +32,9 @@ import numpy as np
 
 from ..core import kernel as _kernel
 from ..core.histogram import AbsHistogram, grown_ranges
-from .collect import _Runner, _fill, batch_maxima, checked_tensors, load_model, model_inputs
+from .fill import fill_histograms
+from .model import checked_tensors, load_model, model_inputs
+from .runner import Runner, batch_maxima
 from .data import iter_batches
 from .executor import Executor, ShippedModel, per_process
 
@@ -58,11 +60,11 @@ class _Job:
     first: bool = False  # the shard holds the calibration's first batch
 
 
-def _runner(job: _Job) -> _Runner:
+def _runner(job: _Job) -> Runner:
     """This process's runner for the job's model and settings (its onnxruntime session made once)."""
 
-    def make() -> _Runner:
-        return _Runner.open(job.model.load(), job.tensors, threads=job.threads, budget_bytes=int(job.max_activation_mb * 2**20),
+    def make() -> Runner:
+        return Runner.open(job.model.load(), job.tensors, threads=job.threads, budget_bytes=int(job.max_activation_mb * 2**20),
                             name=job.name, optimization=job.optimization)
 
     key = ("trt-calib shard runner", job.model.sha256, job.tensors, job.threads, job.max_activation_mb,
@@ -88,7 +90,7 @@ def _histograms(job: _Job) -> dict[str, AbsHistogram]:
         start = job.start or {}
         histograms = {n: AbsHistogram.resumed(start.get(n, 0.0), job.num_bins) for n in job.tensors}
     with _kernel.using_threads(job.threads):
-        _fill(runner, job.batches, histograms, first=job.first and job.fixed is None)
+        fill_histograms(runner, job.batches, histograms, first=job.first and job.fixed is None)
     return histograms
 
 

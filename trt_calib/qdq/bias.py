@@ -11,9 +11,9 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ..errors import ModelError
-from ..ort.collect import _tensor_types, load_model, ort_session
-from .graph import _attr
-from .rewrite import _drop_unused_constants, _float_dtype, _Names
+from ..ort.model import tensor_types, load_model, ort_session
+from .graph import node_attr
+from .rewrite import drop_unused_constants, float_dtype, NameMaker
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ class _Segments:
     def __init__(self, model: Any, layer_outputs: Sequence[str]) -> None:
         self.model = model
         graph = model.graph
-        self.types = _tensor_types(model)
+        self.types = tensor_types(model)
         producer = {out: i for i, n in enumerate(graph.node) for out in n.output if out}
         self.ends = [(producer[t], t) for t in layer_outputs]
         if [e for e, _ in self.ends] != sorted(e for e, _ in self.ends):
@@ -101,7 +101,7 @@ def _channel_means(values: list[dict[str, np.ndarray]], name: str) -> np.ndarray
     return total / max(count, 1)
 
 
-def _correct_biases(
+def correct_biases(
     float_model: Any,
     qdq_model: Any,
     layers: list[tuple[int, str]],
@@ -119,8 +119,8 @@ def _correct_biases(
     graph = qdq_model.graph
     by_output = {n.output[0]: n for n in graph.node if n.output}
     inits = {t.name: t for t in graph.initializer}
-    names = _Names(graph)
-    types = _tensor_types(qdq_model)
+    names = NameMaker(graph)
+    types = tensor_types(qdq_model)
     shifts: dict[int, float] = {}
     before: list[float] = []
 
@@ -148,7 +148,7 @@ def _correct_biases(
             progress(1)
 
     _Segments(qdq_model, outs).run(batches, visit)
-    _drop_unused_constants(graph)
+    drop_unused_constants(graph)
     info = {
         "batches": len(batches),
         "samples": int(sum(next(iter(b.values())).shape[0] for b in batches)),
@@ -163,7 +163,7 @@ def _shifted_bias(node: Any, err: np.ndarray, inits: dict[str, Any], types: dict
     """The layer's bias minus `err` (per output channel), shaped as the node reads it; None when it cannot take one."""
     from onnx import numpy_helper
 
-    dtype = _float_dtype(types.get(out))
+    dtype = float_dtype(types.get(out))
     bias_name = node.input[2] if len(node.input) > 2 and node.input[2] else None
     if bias_name is not None and bias_name not in inits:
         log.warning("%s: bias %r is not an initializer; bias correction skipped", out, bias_name)
@@ -172,7 +172,7 @@ def _shifted_bias(node: Any, err: np.ndarray, inits: dict[str, Any], types: dict
     if node.op_type != "Gemm":
         base = bias if bias is not None else np.zeros(err.shape, np.float64)
         return (base - err).astype(dtype)
-    beta = float(_attr(node, "beta", 1.0))
+    beta = float(node_attr(node, "beta", 1.0))
     if beta == 0.0:
         log.warning("%s: Gemm with beta=0 ignores its C input; bias correction skipped", out)
         return None

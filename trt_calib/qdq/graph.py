@@ -14,16 +14,16 @@ PLACEMENTS = {
     "trt": "inputs and weights of Conv/ConvTranspose/Gemm/MatMul, residual inputs of Conv-fed Adds, shared Concat scales",
     "weighted": "inputs and weights of Conv/ConvTranspose/Gemm/MatMul only (no Add residuals)",
 }
-_BIASED_OPS = ("Conv", "ConvTranspose", "Gemm")
+BIASED_OPS = ("Conv", "ConvTranspose", "Gemm")
 # Ops whose output holds the same values (or a selection of them) as their first input: a tensor without its own scale
 # takes the scale of what it was reshaped or max-pooled from. TensorRT ties max-pool scales the same way.
-_PASS_THROUGH = ("Flatten", "Reshape", "Squeeze", "Unsqueeze", "Transpose", "Identity", "MaxPool")
-_FUSED_ACTIVATIONS = ("Relu", "Clip", "LeakyRelu", "Sigmoid", "Tanh", "HardSigmoid", "HardSwish", "Elu", "Selu")
-_POOLS = ("MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool")
-_UNNAMED_PREFIX = "(Unnamed Layer*"
+PASS_THROUGH = ("Flatten", "Reshape", "Squeeze", "Unsqueeze", "Transpose", "Identity", "MaxPool")
+FUSED_ACTIVATIONS = ("Relu", "Clip", "LeakyRelu", "Sigmoid", "Tanh", "HardSigmoid", "HardSwish", "Elu", "Selu")
+POOLS = ("MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool")
+UNNAMED_PREFIX = "(Unnamed Layer*"
 
 
-class _Graph:
+class Graph:
     """Read-only indexes over a graph: producers, consumers, constants."""
 
     def __init__(self, graph: Any) -> None:
@@ -32,7 +32,7 @@ class _Graph:
         self.graph = graph
         self.initializers = {t.name: t for t in graph.initializer}
         self.constant_nodes = {
-            n.output[0]: n for n in graph.node if n.op_type == "Constant" and n.output and _constant_attr(n) is not None
+            n.output[0]: n for n in graph.node if n.op_type == "Constant" and n.output and constant_attr(n) is not None
         }
         self.producer: dict[str, tuple[int, Any]] = {}
         self.consumers: dict[str, list[tuple[int, int]]] = {}
@@ -53,7 +53,7 @@ class _Graph:
     def constant(self, name: str) -> np.ndarray:
         if name in self.initializers:
             return self._numpy_helper.to_array(self.initializers[name])
-        return self._numpy_helper.to_array(_constant_attr(self.constant_nodes[name]))
+        return self._numpy_helper.to_array(constant_attr(self.constant_nodes[name]))
 
     def is_tensor(self, name: str) -> bool:
         return name in self.producer or name in self.inputs or name in self.initializers
@@ -63,7 +63,7 @@ class _Graph:
         return p[1].op_type if p else None
 
 
-def _constant_attr(node: Any) -> Any:
+def constant_attr(node: Any) -> Any:
     """The TensorProto of a Constant node's `value` attribute (None for value_float etc., which hold no weights)."""
     for a in node.attribute:
         if a.name == "value" and a.HasField("t"):
@@ -71,7 +71,7 @@ def _constant_attr(node: Any) -> Any:
     return None
 
 
-def _node_label(node: Any, index: int) -> str:
+def node_label(node: Any, index: int) -> str:
     return node.name or f"{node.op_type}_{index}"
 
 
@@ -88,17 +88,17 @@ def node_indices(graph: Any) -> dict[str, int]:
     unnamed node, the TensorRT layer name ``node_of_<output>`` too. A name two nodes share points at the first."""
     out: dict[str, int] = {}
     for i, node in enumerate(graph.node):
-        out.setdefault(_node_label(node, i), i)
+        out.setdefault(node_label(node, i), i)
     for i, node in enumerate(graph.node):
         out.setdefault(tensorrt_layer_name(node), i)
     return out
 
 
-def _opset(model: Any) -> int:
+def onnx_opset(model: Any) -> int:
     return max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
 
 
-def _attr(node: Any, name: str, default: Any) -> Any:
+def node_attr(node: Any, name: str, default: Any) -> Any:
     from onnx import helper
 
     for a in node.attribute:

@@ -9,18 +9,18 @@ from typing import Any, Callable, Collection, Mapping, Sequence
 import numpy as np
 
 from ..errors import ModelError
-from .graph import _FUSED_ACTIVATIONS, _POOLS, WEIGHTED_OPS, _Graph, _node_label, node_indices
+from .graph import FUSED_ACTIVATIONS, POOLS, WEIGHTED_OPS, Graph, node_label, node_indices
 from .report import NodeCoverage
-from .scales import _Resolver
+from .scales import Resolver
 from .weights import weight_axis
 
 
 @dataclass
-class _Plan:
+class Plan:
     """What to insert: activation Q/DQ pairs (tensor -> grid, slots) and weight DQs (node index -> axis)."""
 
-    widest: Callable[[Sequence[Any]], Any]  # _Scales.widest: the grid that covers several
-    act_grid: dict[str, Any] = field(default_factory=dict)  # np.float32 scale, or _Affine when asymmetric
+    widest: Callable[[Sequence[Any]], Any]  # Scales.widest: the grid that covers several
+    act_grid: dict[str, Any] = field(default_factory=dict)  # np.float32 scale, or Affine when asymmetric
     act_origin: dict[str, str] = field(default_factory=dict)
     act_slots: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
     weights: dict[int, int | None] = field(default_factory=dict)  # node index -> axis (None per-tensor)
@@ -35,7 +35,7 @@ class _Plan:
         """The quantised nodes (weighted ops, residual Adds), in graph order: what exclusions act on."""
         return [i for i in sorted(self.coverage) if self.coverage[i].quantized]
 
-    def restricted(self, *, weights: Collection[int], activations: Collection[int]) -> "_Plan":
+    def restricted(self, *, weights: Collection[int], activations: Collection[int]) -> "Plan":
         """This plan with int8 weights only for the nodes in `weights` and activation Q/DQ pairs only where a node in
         `activations` reads them; every grid stays as planned, so a restricted model differs only in what is left out.
         A pair that two nodes read (a shared input, a Concat feeding both) stays while either keeps it."""
@@ -60,7 +60,7 @@ class _Plan:
             slots.append(slot)
 
 
-def _fusing_conv(g: _Graph, tensor: str, add_index: int) -> bool:
+def _fusing_conv(g: Graph, tensor: str, add_index: int) -> bool:
     """True when `tensor` is the output of a Conv (optionally through a BatchNormalization TensorRT folds) read by
     this Add alone, so TensorRT can fuse the Add into that Conv."""
     if g.consumers.get(tensor, []) and {i for i, _ in g.consumers[tensor]} != {add_index}:
@@ -74,8 +74,8 @@ def _fusing_conv(g: _Graph, tensor: str, add_index: int) -> bool:
     return op in ("Conv", "ConvTranspose")
 
 
-def _plan(g: _Graph, resolver: _Resolver, *, per_channel: bool, placement: str) -> _Plan:
-    plan = _Plan(resolver.scales.widest)
+def make_plan(g: Graph, resolver: Resolver, *, per_channel: bool, placement: str) -> Plan:
+    plan = Plan(resolver.scales.widest)
     nodes = g.graph.node
 
     def take(tensor: str) -> tuple[bool, str]:
@@ -107,7 +107,7 @@ def _plan(g: _Graph, resolver: _Resolver, *, per_channel: bool, placement: str) 
                 resolver.used.add(own[2])
 
     for index, node in enumerate(nodes):
-        label = _node_label(node, index)
+        label = node_label(node, index)
         op = node.op_type
         if node.domain not in ("", "ai.onnx"):
             plan.coverage[index] = NodeCoverage(label, op, False, reason=f"custom op ({node.domain}): left as it is")
@@ -123,7 +123,7 @@ def _plan(g: _Graph, resolver: _Resolver, *, per_channel: bool, placement: str) 
     return plan
 
 
-def _describe_concats(g: _Graph, plan: _Plan) -> None:
+def _describe_concats(g: Graph, plan: Plan) -> None:
     """Concat coverage: which inputs carry a shared pair (they do when a quantised op reads the Concat)."""
     for index, node in enumerate(g.graph.node):
         if node.op_type == "Concat" and index in plan.coverage:
@@ -137,7 +137,7 @@ def _describe_concats(g: _Graph, plan: _Plan) -> None:
                 cov.reason = "output not quantised: its quantised readers were excluded"
 
 
-def _exclude(g: _Graph, plan: _Plan, exclude: Mapping[str, str]) -> tuple[_Plan, dict[str, str]]:
+def exclusion_plan(g: Graph, plan: Plan, exclude: Mapping[str, str]) -> tuple[Plan, dict[str, str]]:
     """The plan without the nodes in `exclude` (name -> why): their weights stay float and they read float inputs.
 
     Names are node labels (or TensorRT's ``node_of_<output>`` for unnamed nodes); an unknown name is a ModelError.
@@ -158,7 +158,7 @@ def _exclude(g: _Graph, plan: _Plan, exclude: Mapping[str, str]) -> tuple[_Plan,
     lines: dict[str, str] = {}
     for name, why in exclude.items():
         index = known[name]
-        label = _node_label(g.graph.node[index], index)
+        label = node_label(g.graph.node[index], index)
         cov = new.coverage.get(index)
         if index in dropped:
             new.coverage[index] = NodeCoverage(cov.node, cov.op_type, False, reason=f"excluded: {why}")
@@ -226,11 +226,11 @@ def _plan_add(g, index, node, label, take, commit) -> NodeCoverage:
     return NodeCoverage(label, "Add", True, inputs=[residual], reason=f"residual input quantised; the Add fuses into the Conv producing {node.input[1 - j]!r}")
 
 
-def _by_design(g: _Graph, node: Any) -> str:
+def _by_design(g: Graph, node: Any) -> str:
     op = node.op_type
-    if op in _FUSED_ACTIVATIONS and node.input and g.op_of(node.input[0]) in WEIGHTED_OPS + ("BatchNormalization",):
+    if op in FUSED_ACTIVATIONS and node.input and g.op_of(node.input[0]) in WEIGHTED_OPS + ("BatchNormalization",):
         return "fused into the preceding layer by TensorRT: no Q/DQ in between"
-    if op in _POOLS:
+    if op in POOLS:
         return "pooling: TensorRT moves the next Q across it (no Q/DQ of its own)"
     if op == "Concat":
         return "output not quantised: inputs keep their precision"
@@ -239,7 +239,7 @@ def _by_design(g: _Graph, node: Any) -> str:
     return "not quantised by design (runs in its inputs' precision)"
 
 
-def _unify_groups(plan: _Plan) -> None:
+def _unify_groups(plan: Plan) -> None:
     """Concat groups that share a tensor get one grid: the largest scale of the groups', or their ranges' union."""
     parent: dict[str, str] = {}
 

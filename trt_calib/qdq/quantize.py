@@ -31,21 +31,21 @@ from ..core.cache import CalibrationCache
 from ..core.signs import ASYMMETRIC_METHODS, SignedHistogram
 from ..errors import CalibrationError, ModelError
 from ..core.result import CalibrationResult
-from ..ort.collect import load_model, model_inputs
+from ..ort.model import load_model, model_inputs
 from ..ort.data import iter_batches
-from .bias import _correct_biases
-from .graph import _BIASED_OPS, _UNNAMED_PREFIX, MIN_OPSET, PLACEMENTS, _Graph, _opset
-from .placement import _exclude, _plan, _Plan
+from .bias import correct_biases
+from .graph import BIASED_OPS, UNNAMED_PREFIX, MIN_OPSET, PLACEMENTS, Graph, onnx_opset
+from .placement import exclusion_plan, make_plan, Plan
 from .report import ActivationScale, CoverageReport
-from .rewrite import _rewrite
-from .scales import ASYMMETRIC_DTYPES, ASYMMETRIC_METADATA_KEY, ASYMMETRIC_NOTE, _Affine, _Resolver, _Scales, _scale_table
+from .rewrite import rewrite_graph
+from .scales import ASYMMETRIC_DTYPES, ASYMMETRIC_METADATA_KEY, ASYMMETRIC_NOTE, Affine, Resolver, Scales, scale_table
 
 __all__ = ["quantize_model"]
 
 log = logging.getLogger(__name__)
 
 def _activation_scale(tensor: str, grid: Any, origin: str) -> ActivationScale:
-    if isinstance(grid, _Affine):
+    if isinstance(grid, Affine):
         q = grid.quantizer
         return ActivationScale(tensor, float(np.float32(q.scale)), origin, q.zero_point,
                                "uint8" if q.qmin >= 0 else "int8", asymmetric=True)
@@ -83,13 +83,13 @@ class _Prepared:
 
     work: Any  # a copy of the model at opset >= 13, still float (quantize_model rewrites it in place)
     opset_before: int
-    g: _Graph
-    table: _Scales
-    resolver: _Resolver
-    plan: _Plan
+    g: Graph
+    table: Scales
+    resolver: Resolver
+    plan: Plan
 
 
-def _prepare(
+def prepare_model(
     model: Any, scales: Any, *, per_channel: bool = True, placement: str = "trt", asymmetric: str | None = None,
     asymmetric_dtype: str = "uint8",
 ) -> _Prepared:
@@ -103,11 +103,11 @@ def _prepare(
         raise ValueError(f"unknown asymmetric method {asymmetric!r}; choose one of {', '.join(ASYMMETRIC_METHODS)} (or None)")
     if asymmetric_dtype not in ASYMMETRIC_DTYPES:
         raise ValueError(f"unknown asymmetric_dtype {asymmetric_dtype!r}; choose one of {', '.join(ASYMMETRIC_DTYPES)}")
-    table = _scale_table(scales, None if asymmetric is None else (asymmetric, asymmetric_dtype))
+    table = scale_table(scales, None if asymmetric is None else (asymmetric, asymmetric_dtype))
     original = load_model(model)
     work = onnx.ModelProto()
     work.CopyFrom(original)
-    before = _opset(work)
+    before = onnx_opset(work)
     if before < MIN_OPSET:
         try:
             work = version_converter.convert_version(work, MIN_OPSET)
@@ -117,9 +117,9 @@ def _prepare(
                 f"(per-channel DequantizeLinear needs it): {exc}. Hint: re-export the model with opset >= 13"
             ) from None
         log.info("model upgraded from opset %d to %d (per-channel DequantizeLinear needs opset 13)", before, MIN_OPSET)
-    g = _Graph(work.graph)
-    resolver = _Resolver(g, table)
-    plan = _plan(g, resolver, per_channel=per_channel, placement=placement)
+    g = Graph(work.graph)
+    resolver = Resolver(g, table)
+    plan = make_plan(g, resolver, per_channel=per_channel, placement=placement)
     if not plan.act_slots:
         hint = {
             "cache": "Hint: cache entries must carry the ONNX tensor names (TensorRT's parser keeps them)",
@@ -168,7 +168,7 @@ def quantize_model(
 
     if bias_correction_batches < 1:
         raise ValueError(f"bias_correction_batches must be at least 1, got {bias_correction_batches}")
-    prepared = _prepare(model, scales, per_channel=per_channel, placement=placement, asymmetric=asymmetric,
+    prepared = prepare_model(model, scales, per_channel=per_channel, placement=placement, asymmetric=asymmetric,
                         asymmetric_dtype=asymmetric_dtype)
     work, g, table, resolver, plan, before = (prepared.work, prepared.g, prepared.table, prepared.resolver,
                                               prepared.plan, prepared.opset_before)
@@ -176,19 +176,19 @@ def quantize_model(
     float_model.CopyFrom(work)
     excluded: dict[str, str] = {}
     if exclude:
-        plan, excluded = _exclude(g, plan, exclude)
-    layers = [(i, n.output[0]) for i, n in enumerate(work.graph.node) if i in plan.weights and n.op_type in _BIASED_OPS]
-    _rewrite(work, g, plan)
+        plan, excluded = exclusion_plan(g, plan, exclude)
+    layers = [(i, n.output[0]) for i, n in enumerate(work.graph.node) if i in plan.weights and n.op_type in BIASED_OPS]
+    rewrite_graph(work, g, plan)
 
     report = CoverageReport(
         nodes=[plan.coverage[i] for i in sorted(plan.coverage)],
         activations={t: _activation_scale(t, plan.act_grid[t], plan.act_origin[t]) for t in plan.act_slots},
         unquantized_tensors=plan.unquantized,
         scale_source=table.source,
-        unmapped_entries=[n for n in table.names if not n.startswith(_UNNAMED_PREFIX) and not g.is_tensor(n)],
-        unnamed_entries=[n for n in table.names if n.startswith(_UNNAMED_PREFIX)],
+        unmapped_entries=[n for n in table.names if not n.startswith(UNNAMED_PREFIX) and not g.is_tensor(n)],
+        unnamed_entries=[n for n in table.names if n.startswith(UNNAMED_PREFIX)],
         unused_entries=[n for n in table.names if g.is_tensor(n) and n not in resolver.used],
-        opset=(before, _opset(work)),
+        opset=(before, onnx_opset(work)),
         per_channel=per_channel,
         placement=placement,
         excluded=excluded,
@@ -211,7 +211,7 @@ def quantize_model(
             batches.append(batch)
             if len(batches) >= bias_correction_batches:
                 break
-        shifts, info = _correct_biases(float_model, work, layers, batches, progress)
+        shifts, info = correct_biases(float_model, work, layers, batches, progress)
         for index, shift in shifts.items():
             plan.coverage[index].bias_shift = shift
         report.bias_correction = info

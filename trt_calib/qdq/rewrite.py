@@ -7,16 +7,16 @@ from typing import Any
 
 import numpy as np
 
-from ..ort.collect import _tensor_types
-from .graph import _Graph
-from .placement import _Plan
-from .scales import _Affine
+from ..ort.model import tensor_types
+from .graph import Graph
+from .placement import Plan
+from .scales import Affine
 from .weights import quantize_weight
 
 log = logging.getLogger(__name__)
 
 
-class _Names:
+class NameMaker:
     def __init__(self, graph: Any) -> None:
         self.taken = {t.name for t in graph.initializer} | {i.name for i in graph.input} | {o.name for o in graph.output}
         for n in graph.node:
@@ -34,7 +34,7 @@ class _Names:
         return name
 
 
-def _float_dtype(elem_type: int | None) -> np.dtype:
+def float_dtype(elem_type: int | None) -> np.dtype:
     from onnx import TensorProto, helper
 
     if elem_type in (TensorProto.FLOAT16, TensorProto.DOUBLE):
@@ -44,26 +44,26 @@ def _float_dtype(elem_type: int | None) -> np.dtype:
 
 def _scale_and_zero_point(grid: Any) -> tuple[np.float32, np.ndarray]:
     """The scale and the scalar zero point (int8 0, or the asymmetric one in its own type) of an activation pair."""
-    if isinstance(grid, _Affine):
+    if isinstance(grid, Affine):
         q = grid.quantizer
         return np.float32(q.scale), np.asarray(q.zero_point, np.uint8 if q.qmin >= 0 else np.int8)
     return grid, np.zeros((), np.int8)
 
 
-def _rewrite(model: Any, g: _Graph, plan: _Plan) -> None:
+def rewrite_graph(model: Any, g: Graph, plan: Plan) -> None:
     """Insert the planned Q/DQ nodes in place (topological order kept) and drop constants nothing reads any more."""
     from onnx import NodeProto, helper, numpy_helper
 
     graph = model.graph
-    names = _Names(graph)
-    types = _tensor_types(model)
+    names = NameMaker(graph)
+    types = tensor_types(model)
     old_nodes = list(graph.node)
     pending: dict[int, list[Any]] = {}  # node index -> nodes to emit before it
     new_inits: list[Any] = []
     rename: dict[tuple[int, int], str] = {}
 
     for tensor, slots in plan.act_slots.items():
-        dtype = _float_dtype(types.get(tensor))
+        dtype = float_dtype(types.get(tensor))
         scale, zero_point = _scale_and_zero_point(plan.act_grid[tensor])
         if dtype != np.float32:
             log.warning("%s is %s: its scale is rounded to %s (no longer bit-exact)", tensor, dtype, dtype)
@@ -113,10 +113,10 @@ def _rewrite(model: Any, g: _Graph, plan: _Plan) -> None:
     del graph.node[:]
     graph.node.extend(new_nodes)
     graph.initializer.extend(new_inits)
-    _drop_unused_constants(graph)
+    drop_unused_constants(graph)
 
 
-def _drop_unused_constants(graph: Any) -> None:
+def drop_unused_constants(graph: Any) -> None:
     """Remove initializers and Constant nodes (and initializer-backed graph inputs) no node or output reads."""
     while True:
         read = {name for n in graph.node for name in n.input} | {o.name for o in graph.output}

@@ -13,7 +13,7 @@ from ..core.cache import CalibrationCache, amax_to_scale
 from ..core.histogram import AbsHistogram
 from ..core.result import CalibrationResult
 from ..core.signs import Quantizer, SignedHistogram, asymmetric_params, asymmetric_quantizer
-from .graph import _PASS_THROUGH, _Graph
+from .graph import PASS_THROUGH, Graph
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ ASYMMETRIC_NOTE = (
 
 
 @dataclass(frozen=True)
-class _Affine:
+class Affine:
     """An asymmetric activation grid: the quantizer and the range it was asked to cover (what Concat unions merge)."""
 
     quantizer: Quantizer
@@ -39,15 +39,15 @@ class _Affine:
     problem: str = ""  # why the tensor cannot have a pair (no finite values, infinities, all zeros)
 
     @classmethod
-    def of(cls, q: Quantizer) -> "_Affine":
+    def of(cls, q: Quantizer) -> "Affine":
         return cls(q, q.lo, q.hi)
 
 
 @dataclass
-class _Scales:
-    """Per-tensor grids and how to merge them: float32 scales (symmetric) or `_Affine` grids (asymmetric)."""
+class Scales:
+    """Per-tensor grids and how to merge them: float32 scales (symmetric) or `Affine` grids (asymmetric)."""
 
-    table: dict[str, Any]  # name -> np.float32 scale, or _Affine when asymmetric
+    table: dict[str, Any]  # name -> np.float32 scale, or Affine when asymmetric
     source: str  # "cache" | "amax" | "histograms"
     names: list[str]  # as given, in order (duplicates once)
     asymmetric: tuple[str, str] | None = None  # (method, dtype)
@@ -69,10 +69,10 @@ class _Scales:
             if a.lo == lo and a.hi == hi:
                 return a
         qmin, qmax, _ = ASYMMETRIC_DTYPES[self.asymmetric[1]]
-        return _Affine(Quantizer(*asymmetric_params(lo, hi, qmin, qmax), qmin, qmax), lo, hi)
+        return Affine(Quantizer(*asymmetric_params(lo, hi, qmin, qmax), qmin, qmax), lo, hi)
 
 
-def _scale_table(scales: Any, asymmetric: tuple[str, str] | None = None) -> _Scales:
+def scale_table(scales: Any, asymmetric: tuple[str, str] | None = None) -> Scales:
     if asymmetric is not None:
         return _affine_table(scales, *asymmetric)
     if isinstance(scales, CalibrationCache):
@@ -81,7 +81,7 @@ def _scale_table(scales: Any, asymmetric: tuple[str, str] | None = None) -> _Sca
         if scales.duplicates():
             log.warning("cache names %d tensor(s) twice (%s); the last line wins", len(scales.duplicates()),
                         ", ".join(scales.duplicates()[:5]))
-        return _Scales(table, "cache", list(table))
+        return Scales(table, "cache", list(table))
     if isinstance(scales, CalibrationResult):
         scales = scales.amax
     if not isinstance(scales, Mapping):
@@ -97,11 +97,11 @@ def _scale_table(scales: Any, asymmetric: tuple[str, str] | None = None) -> _Sca
             table[str(name)] = np.float32(amax_to_scale(float(amax)))
         except (TypeError, ValueError):
             raise TypeError(f"amax of tensor {name!r} is {amax!r}, not a number") from None
-    return _Scales(table, "amax", list(table))
+    return Scales(table, "amax", list(table))
 
 
-def _affine_table(scales: Any, method: str, dtype: str) -> _Scales:
-    """One `_Affine` per histogram: `asymmetric_quantizer` over the range `method` picks, on `dtype`'s codes."""
+def _affine_table(scales: Any, method: str, dtype: str) -> Scales:
+    """One `Affine` per histogram: `asymmetric_quantizer` over the range `method` picks, on `dtype`'s codes."""
     if isinstance(scales, CalibrationCache):
         raise TypeError("asymmetric Q/DQ needs histograms, not a calibration cache: a cache holds one symmetric "
                         "threshold per tensor, not the signed ranges zero points come from")
@@ -121,16 +121,16 @@ def _affine_table(scales: Any, method: str, dtype: str) -> _Scales:
             nonfinite.append(f"{name} ({h.num_nan} NaN, {h.num_inf} Inf)")
         if h.is_empty or h.num_inf:
             problem = "no finite values in calibration" if h.is_empty else f"{h.num_inf} infinite value(s) in calibration"
-            table[str(name)] = _Affine(Quantizer(float("inf"), 0, qmin, qmax), 0.0, 0.0, problem)
+            table[str(name)] = Affine(Quantizer(float("inf"), 0, qmin, qmax), 0.0, 0.0, problem)
             continue
         if float(h.abs_max) == 0:
-            table[str(name)] = _Affine(Quantizer(0.0, 0, qmin, qmax), 0.0, 0.0,
+            table[str(name)] = Affine(Quantizer(0.0, 0, qmin, qmax), 0.0, 0.0,
                                        "zero range (the tensor was all zeros in calibration)")
             continue
         if method == "mse" and not isinstance(h, SignedHistogram) and h.num_negative not in (0, h.num_values):
             unsigned.append(str(name))
             continue
-        table[str(name)] = _Affine.of(asymmetric_quantizer(h, method, qmin=qmin, qmax=qmax))
+        table[str(name)] = Affine.of(asymmetric_quantizer(h, method, qmin=qmin, qmax=qmax))
     if unsigned:
         raise ValueError(
             f"asymmetric='mse' needs the signs of the values, and {len(unsigned)} |x| histogram(s) hold both signs "
@@ -140,7 +140,7 @@ def _affine_table(scales: Any, method: str, dtype: str) -> _Scales:
     if nonfinite:
         log.warning("%d tensor(s) hold NaN or Inf values (NaN is ignored; a tensor with Inf gets no pair): %s",
                     len(nonfinite), ", ".join(nonfinite[:10]))
-    return _Scales(table, "histograms", list(table), (method, dtype))
+    return Scales(table, "histograms", list(table), (method, dtype))
 
 
 def _scale_problem(scale: np.float32) -> str:
@@ -154,12 +154,12 @@ def _scale_problem(scale: np.float32) -> str:
 
 
 def _grid_problem(grid: Any) -> str:
-    if isinstance(grid, _Affine):
+    if isinstance(grid, Affine):
         return grid.problem or _scale_problem(np.float32(grid.quantizer.scale))
     return _scale_problem(grid)
 
 
-class _Resolver:
+class Resolver:
     """Finds the grid of an activation tensor: its own, one inherited through reshapes/max-pool, or a Concat's.
 
     Symmetric, a tensor's own scale comes first (pools are already tied by calibration or by TensorRT's cache).
@@ -167,7 +167,7 @@ class _Resolver:
     across the reshape or max-pool without a requantisation.
     """
 
-    def __init__(self, g: _Graph, scales: _Scales) -> None:
+    def __init__(self, g: Graph, scales: Scales) -> None:
         self.g = g
         self.scales = scales
         self.used: set[str] = set()  # table names whose grid ended up in a Q/DQ
@@ -175,7 +175,7 @@ class _Resolver:
     def own(self, name: str, _via: tuple[str, ...] = ()) -> tuple[Any, str, str] | None:
         """(grid, origin text, table name) for `name` without Concat sharing."""
         producer = self.g.producer.get(name)
-        through = producer is not None and producer[1].op_type in _PASS_THROUGH and bool(producer[1].input)
+        through = producer is not None and producer[1].op_type in PASS_THROUGH and bool(producer[1].input)
         if through and self.scales.asymmetric is not None:
             found = self.own(producer[1].input[0], (producer[1].op_type,) + _via)
             if found is not None:

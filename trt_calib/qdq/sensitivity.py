@@ -12,7 +12,7 @@ onnxruntime (graph as written, like `ort.evaluate`) on the same held-out batches
 - greedy curve: k = 0, 1, 2, ... top-ranked units kept in float, each point a real run, until the target is met or
   `max_keep` is reached.
 
-Q/DQ variants are built in memory from one placement plan (`_Plan.restricted`): a variant differs from the full
+Q/DQ variants are built in memory from one placement plan (`Plan.restricted`): a variant differs from the full
 INT8 model only in what it leaves out, every pair keeping its scale. Runs go through `ort.executor` (serial, local
 processes or a Dask cluster) in tasks that carry the float model, the plan, the held-out batches and the FP32
 outputs, so results do not depend on the engine.
@@ -35,15 +35,15 @@ from ..errors import DataError, ModelError, UsageError
 from ..ort.evaluate import (
     ORT_NOTE,
     SESSION_MODE,
-    _class_rows,
-    _sum_sq_diff,
-    _sum_squares,
+    class_rows,
+    sum_sq_diff,
+    sum_squares,
     kl_divergence,
     log_probabilities,
     looks_like_probabilities,
     sqnr_db,
 )
-from .graph import _node_label, node_indices, tensorrt_layer_name
+from .graph import node_label, node_indices, tensorrt_layer_name
 
 __all__ = [
     "METRICS",
@@ -243,7 +243,7 @@ class _Sweep:
     held-out batches and the FP32 outputs."""
 
     model: bytes  # the float model at opset >= 13, serialised
-    plan: Any  # placement._Plan
+    plan: Any  # placement.Plan
     batches: list[dict[str, np.ndarray]]
     reference: list[list[np.ndarray]]  # per batch, per output
     outputs: list[str]
@@ -269,12 +269,12 @@ def _score(sweep: _Sweep, got: list[list[np.ndarray]]) -> tuple[float, dict[str,
             x, y = ref[k], out[k]
             if b == last:
                 x, y = _trim([x, y], sweep.padded)
-            signal += _sum_squares(np.asarray(x, np.float64))
-            noise += _sum_sq_diff(np.asarray(x, np.float64), np.asarray(y, np.float64))
+            signal += sum_squares(np.asarray(x, np.float64))
+            noise += sum_sq_diff(np.asarray(x, np.float64), np.asarray(y, np.float64))
             cos.append(_cosine_error(x, y))
             kind = sweep.kinds[name]
             if kind is not None:
-                p, q = log_probabilities(_class_rows(x), kind), log_probabilities(_class_rows(y), kind)
+                p, q = log_probabilities(class_rows(x), kind), log_probabilities(class_rows(y), kind)
                 kl.append(kl_divergence(p, q))
         row: dict[str, Any] = {"1-cosine": float(np.mean(np.concatenate(cos))), "sqnr_db": sqnr_db(signal, noise)}
         if kl:
@@ -312,17 +312,17 @@ def _run_variants(task: tuple[_Sweep, list[tuple[frozenset, frozenset]]]) -> lis
     import onnx
 
     from .bias import qdq_session
-    from .graph import _Graph
-    from .rewrite import _rewrite
+    from .graph import Graph
+    from .rewrite import rewrite_graph
 
     sweep, variants = task
     work = onnx.ModelProto.FromString(sweep.model)
-    g = _Graph(work.graph)
+    g = Graph(work.graph)
     results = []
     for weights, activations in variants:
         model = onnx.ModelProto()
         model.CopyFrom(work)
-        _rewrite(model, g, sweep.plan.restricted(weights=weights, activations=activations))
+        rewrite_graph(model, g, sweep.plan.restricted(weights=weights, activations=activations))
         session = qdq_session(model, outputs=sweep.outputs, threads=sweep.threads)
         got = []
         for index, batch in enumerate(sweep.batches):
@@ -389,11 +389,11 @@ def _setup(model: Any, scales: Any, eval_batches: Iterable[Any], *, metric: str,
            padded: int | None, threads: int | None) -> tuple[Any, _Sweep]:
     """The full placement plan and the sweep every run shares: held-out batches, FP32 outputs (computed once here)
     and the metric resolved from them."""
-    from ..ort.collect import model_inputs, ort_session
+    from ..ort.model import model_inputs, ort_session
     from ..ort.data import BatchSource, iter_batches
-    from .quantize import _prepare
+    from .quantize import prepare_model
 
-    prepared = _prepare(model, scales, per_channel=per_channel, placement=placement)
+    prepared = prepare_model(model, scales, per_channel=per_channel, placement=placement)
     work = prepared.work
     if padded is None:
         padded = eval_batches.num_padded if isinstance(eval_batches, BatchSource) else 0
@@ -413,7 +413,7 @@ def _setup(model: Any, scales: Any, eval_batches: Iterable[Any], *, metric: str,
     probabilities: dict[str, bool] = {}
     for k, name in enumerate(outputs):
         first = reference[0][k]
-        rows = [_class_rows(r[k]) for r in reference] if np.issubdtype(first.dtype, np.floating) else [None]
+        rows = [class_rows(r[k]) for r in reference] if np.issubdtype(first.dtype, np.floating) else [None]
         classifier = all(r is not None for r in rows)
         probabilities[name] = classifier and all(looks_like_probabilities(r) for r in rows)
         kinds[name] = None if not classifier else ("probabilities" if probabilities[name] else "logits")
@@ -523,7 +523,7 @@ def sensitivity(
         got = {key: (measured[v][0] if v is not None else None) for key, v in asked[u].items()}
         if got["activations_only"] is None:
             got["activations_only"] = got["alone"]  # no weights: the unit is its activations
-        rows.append(UnitSensitivity(_node_label(nodes[u], u), nodes[u].op_type, got["alone"], got["excluded"],
+        rows.append(UnitSensitivity(node_label(nodes[u], u), nodes[u].op_type, got["alone"], got["excluded"],
                                     got["weights_only"], got["activations_only"], index=u))
     m = chosen_metric
     rows.sort(key=lambda r: (m.key(r.excluded), -m.key(r.alone), r.index))
@@ -624,7 +624,7 @@ def _from_json(doc: Mapping[str, Any]) -> SensitivityResult:
 def layer_names_for(model: Any, nodes: Sequence[str]) -> dict[str, str]:
     """node name (as the coverage report or SENS.json lists it, or TensorRT's node_of_<output>) -> the name of the
     TensorRT layer the ONNX parser creates for it; a name that is no node of `model` is a ModelError."""
-    from ..ort.collect import load_model
+    from ..ort.model import load_model
 
     graph = load_model(model).graph
     known = node_indices(graph)
@@ -647,7 +647,7 @@ def exclusions(
 ) -> dict[str, str]:
     """node -> why to leave it in float, from names, the top `keep` units of a SENS.json (default: the k it chose)
     and op types; what `quantize_model(exclude=...)` takes. Op types no node has are only logged."""
-    from ..ort.collect import load_model
+    from ..ort.model import load_model
 
     graph = load_model(model).graph
     out: dict[str, str] = {}
@@ -660,7 +660,7 @@ def exclusions(
         for unit in result.units[: len(kept)]:
             out.setdefault(unit.node, f"sensitivity rank {unit.rank} in {Path(sensitivity_file).name} ({how})")
     for op in op_types:
-        hits = [_node_label(n, i) for i, n in enumerate(graph.node) if n.op_type == op]
+        hits = [node_label(n, i) for i, n in enumerate(graph.node) if n.op_type == op]
         if not hits:
             log.warning("--exclude-op-types %s: the model has no %s node", op, op)
         for label in hits:

@@ -41,8 +41,8 @@ from .cache_report import (
     WeightFold,
     float32_hex,
 )
-from .graph import _attr, _constant_attr, _opset
-from .rewrite import _drop_unused_constants
+from .graph import node_attr, constant_attr, onnx_opset
+from .rewrite import drop_unused_constants
 
 __all__ = [
     "PASS_THROUGH_OPS",
@@ -103,7 +103,7 @@ class _Index:
         self._to_array = numpy_helper.to_array
         self.initializers = {t.name: t for t in graph.initializer}
         self.constant_nodes = {n.output[0]: n for n in graph.node
-                               if n.op_type == "Constant" and n.output and _constant_attr(n) is not None}
+                               if n.op_type == "Constant" and n.output and constant_attr(n) is not None}
         self.producer: dict[str, tuple[int, Any]] = {}
         self.consumers: dict[str, list[tuple[int, Any]]] = {}
         for i, node in enumerate(graph.node):
@@ -125,7 +125,7 @@ class _Index:
         if name in self.folded:
             return self.folded[name]
         if name not in self._cache:
-            proto = self.initializers[name] if name in self.initializers else _constant_attr(self.constant_nodes[name])
+            proto = self.initializers[name] if name in self.initializers else constant_attr(self.constant_nodes[name])
             self._cache[name] = self._to_array(proto)
         return self._cache[name]
 
@@ -135,7 +135,7 @@ class _Index:
 
         proto = self.initializers.get(name)
         if proto is None and name in self.constant_nodes:
-            proto = _constant_attr(self.constant_nodes[name])
+            proto = constant_attr(self.constant_nodes[name])
         if proto is None:
             return None
         return TensorProto.DataType.Name(proto.data_type)
@@ -179,9 +179,9 @@ def _params(ix: _Index, node: Any, index: int, qtype: str | None) -> _Params:
         else:
             from onnx import TensorProto
 
-            out_dtype = int(_attr(node, "output_dtype", 0))
+            out_dtype = int(node_attr(node, "output_dtype", 0))
             qtype = TensorProto.DataType.Name(out_dtype) if out_dtype else "UINT8"
-    return _Params(ix.value(scale_name), zp, qtype, int(_attr(node, "axis", 1)), int(_attr(node, "block_size", 0)))
+    return _Params(ix.value(scale_name), zp, qtype, int(node_attr(node, "axis", 1)), int(node_attr(node, "block_size", 0)))
 
 
 def _broadcast(values: np.ndarray, ndim: int, axis: int) -> np.ndarray:
@@ -497,7 +497,7 @@ def _rewrite(model: Any, conv: _Converter) -> dict[str, str]:
             if model.ir_version < 4:
                 graph.input.append(helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(value.dtype),
                                                                  value.shape))
-    _drop_unused_constants(graph)
+    drop_unused_constants(graph)
     live = {n for node in graph.node for n in list(node.input) + list(node.output)}
     infos = [vi for vi in graph.value_info if vi.name in live and vi.name not in rename]
     del graph.value_info[:]
@@ -575,7 +575,7 @@ def _propagate(model: Any, entries: dict[str, CacheScale]) -> None:
 
 
 def _pads_with_zero(node: Any, constants: set[str], model: Any) -> bool:
-    mode = _attr(node, "mode", b"constant")
+    mode = node_attr(node, "mode", b"constant")
     mode = mode.decode() if isinstance(mode, bytes) else str(mode)
     if mode != "constant":
         return True  # reflect / edge copy input values
@@ -586,7 +586,7 @@ def _pads_with_zero(node: Any, constants: set[str], model: Any) -> bool:
         if node.input[2] not in inits:
             return False
         return bool(np.all(numpy_helper.to_array(inits[node.input[2]]) == 0))
-    return float(_attr(node, "value", 0.0)) == 0.0
+    return float(node_attr(node, "value", 0.0)) == 0.0
 
 
 def _missing(model: Any, calibrated: list[str], entries: Mapping[str, CacheScale]) -> list[MissingScale]:
@@ -634,7 +634,7 @@ def qdq_to_cache(
     """
     import onnx
 
-    from ..ort.collect import calibrated_tensors, load_model
+    from ..ort.model import calibrated_tensors, load_model
 
     make_header(algorithm, trt_version)  # a bad version or algorithm fails before any work
     source = load_model(model)
@@ -666,7 +666,7 @@ def qdq_to_cache(
     report = QdqToCacheReport(
         header=cache.header, pairs=pairs, entries=ordered, conflicts=conflicts, asymmetric=asymmetric,
         weights=conv.folds, missing=_missing(plain, calibrated, entries), removed_nodes=removed,
-        calibrated=len(calibrated), opset=_opset(plain), propagate=propagate, checker=checker,
+        calibrated=len(calibrated), opset=onnx_opset(plain), propagate=propagate, checker=checker,
     )
     if conflicts:
         log.warning("%d tensor(s) have Q/DQ pairs with different scales; the largest was written: %s",
@@ -684,8 +684,8 @@ def _compare_originals(folds: Iterable[WeightFold], plain: Any, original: Any) -
 
     inits = {t.name: numpy_helper.to_array(t) for t in original.graph.initializer}
     for n in original.graph.node:
-        if n.op_type == "Constant" and n.output and _constant_attr(n) is not None:
-            inits[n.output[0]] = numpy_helper.to_array(_constant_attr(n))
+        if n.op_type == "Constant" and n.output and constant_attr(n) is not None:
+            inits[n.output[0]] = numpy_helper.to_array(constant_attr(n))
     slots = {(n.name, j): name for n in original.graph.node if n.name for j, name in enumerate(n.input)}
     values = {t.name: t for t in plain.graph.initializer}
     for fold in folds:
@@ -724,7 +724,7 @@ def random_batches(model: Any, *, samples: int = 8, seed: int = 0) -> Any:
     A symbolic first dimension is the batch; any other symbolic dimension cannot be guessed (DataError).
     """
     from ..errors import DataError
-    from ..ort.collect import model_inputs
+    from ..ort.model import model_inputs
     from ..ort.data import from_arrays
 
     specs = model_inputs(model)
@@ -746,7 +746,7 @@ def random_batches(model: Any, *, samples: int = 8, seed: int = 0) -> Any:
 
 def run_plain(model: Any, batches: Any, *, describe: str = "") -> dict[str, Any]:
     """Run the plain model once per batch in onnxruntime (optimisations off); the outputs' names and shapes."""
-    from ..ort.collect import load_model, model_inputs, ort_session
+    from ..ort.model import load_model, model_inputs, ort_session
     from ..ort.data import iter_batches
 
     model = load_model(model)

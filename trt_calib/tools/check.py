@@ -87,7 +87,8 @@ def check_cache(
 
     The TensorRT version to emulate (it decides the Concat ties) defaults to the one in the header.
     """
-    from ..ort.collect import calibrate, load_model
+    from ..ort.model import load_model
+    from ..ort.collect import calibrate
     from ..core.compare import DEFAULT_MAX_ULPS, compare
 
     parsed = load_cache(cache)

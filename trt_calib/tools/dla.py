@@ -124,7 +124,7 @@ class _Graph:
         import onnx
         from onnx import numpy_helper
 
-        from ..ort.collect import calibrated_tensors
+        from ..ort.model import calibrated_tensors
 
         self.model = model
         try:
@@ -500,7 +500,7 @@ def dla_readiness(model: Any, cache: CalibrationCache | None = None, *, trt_vers
 
     `trt_version` (else the cache header's) is checked against DLA's availability.
     """
-    from ..ort.collect import load_model
+    from ..ort.model import load_model
 
     model = load_model(model)
     g = _Graph(model)
@@ -566,7 +566,7 @@ def _int8_ranges(node: Any, g: _Graph, scales: dict[str, float], v: _Verdict) ->
 
 
 def _general(model: Any, g: _Graph, cache: CalibrationCache | None, trt_version: str | None) -> list[dict[str, Any]]:
-    from ..ort.collect import model_inputs
+    from ..ort.model import model_inputs
 
     found: list[dict[str, Any]] = []
 

@@ -423,7 +423,7 @@ document.querySelectorAll("table.sortable").forEach(function (table) {
 """
 
 
-def _num(v: float, fmt: str = ".4g") -> str:
+def json_number(v: float, fmt: str = ".4g") -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "-"
     if isinstance(v, float) and math.isinf(v):
@@ -440,7 +440,7 @@ def _sort_key(v: Any) -> str:
     return str(v)
 
 
-def _cell(value: Any, text: str | None = None, cls: str = "") -> str:
+def table_cell(value: Any, text: str | None = None, cls: str = "") -> str:
     shown = html.escape(text if text is not None else str(value))
     klass = f' class="{cls}"' if cls else ""
     return f'<td{klass} data-v="{html.escape(_sort_key(value))}">{shown}</td>'
@@ -466,27 +466,27 @@ def _model_table(summaries: Sequence[TensorSummary], drawn: set[str]) -> str:
         gain = uint8.error.sqnr_db - s.error.sqnr_db if uint8 is not None else float("nan")
         name_html = (f'<a href="#{_anchor(s.name)}">{html.escape(s.name)}</a>' if s.name in drawn
                      else html.escape(s.name))
-        amax_text = _num(s.amax) + (f" (tied to {s.tied_to})" if s.tied_to else "")
+        amax_text = json_number(s.amax) + (f" (tied to {s.tied_to})" if s.tied_to else "")
         cls = ' class="worst"' if s.name in worst_names else ""
         rows.append(
             f"<tr{cls}>"
-            + _cell(s.order, str(s.order))
+            + table_cell(s.order, str(s.order))
             + f'<td class="name" data-v="{html.escape(s.name)}">{name_html}</td>'
-            + _cell(s.sign, cls="name")
-            + _cell(s.min, _num(s.min))
-            + _cell(s.max, _num(s.max))
-            + _cell(100 * s.negative_share, _num(100 * s.negative_share, ".3g"))
-            + _cell(float("nan") if s.zero_share is None else 100 * s.zero_share,
-                    "?" if s.zero_share is None else _num(100 * s.zero_share, ".3g"))
-            + _cell(s.amax, amax_text)
-            + _cell(100 * s.error.clipped, _num(100 * s.error.clipped, ".3g"))
-            + _cell(s.bits, _num(s.bits, ".2f"))
-            + _cell(s.error.mse, _num(s.error.mse, ".3e"))
-            + _cell(s.error.sqnr_db, _num(s.error.sqnr_db, ".2f"))
-            + _cell(best.name if best else "", best.name if best else "-", cls="name")
-            + _cell(best.error.sqnr_db if best else float("nan"), _num(best.error.sqnr_db, ".2f") if best else "-")
-            + _cell(uint8.error.sqnr_db if uint8 else float("nan"), _num(uint8.error.sqnr_db, ".2f") if uint8 else "-")
-            + _cell(gain, _num(gain, "+.2f"))
+            + table_cell(s.sign, cls="name")
+            + table_cell(s.min, json_number(s.min))
+            + table_cell(s.max, json_number(s.max))
+            + table_cell(100 * s.negative_share, json_number(100 * s.negative_share, ".3g"))
+            + table_cell(float("nan") if s.zero_share is None else 100 * s.zero_share,
+                    "?" if s.zero_share is None else json_number(100 * s.zero_share, ".3g"))
+            + table_cell(s.amax, amax_text)
+            + table_cell(100 * s.error.clipped, json_number(100 * s.error.clipped, ".3g"))
+            + table_cell(s.bits, json_number(s.bits, ".2f"))
+            + table_cell(s.error.mse, json_number(s.error.mse, ".3e"))
+            + table_cell(s.error.sqnr_db, json_number(s.error.sqnr_db, ".2f"))
+            + table_cell(best.name if best else "", best.name if best else "-", cls="name")
+            + table_cell(best.error.sqnr_db if best else float("nan"), json_number(best.error.sqnr_db, ".2f") if best else "-")
+            + table_cell(uint8.error.sqnr_db if uint8 else float("nan"), json_number(uint8.error.sqnr_db, ".2f") if uint8 else "-")
+            + table_cell(gain, json_number(gain, "+.2f"))
             + "</tr>"
         )
     return f'<table class="sortable" id="tensors"><thead>{head}</thead><tbody>{"".join(rows)}</tbody></table>'
@@ -498,13 +498,13 @@ def _choices_table(s: TensorSummary) -> str:
     rows = []
     for c in s.choices:
         q = c.quantizer
-        rng = _num(c.amax) if c.amax is not None else f"[{_num(q.lo)}, {_num(q.hi)}]"
+        rng = json_number(c.amax) if c.amax is not None else f"[{json_number(q.lo)}, {json_number(q.hi)}]"
         runs = "TensorRT (int8, zero point 0)" if c.tensorrt else "onnxruntime, DLA with its flag; not TensorRT GPUs"
         rows.append(
-            "<tr>" + _cell(c.name, cls="name") + _cell(q.describe(), cls="name") + _cell(rng)
-            + _cell(100 * c.error.clipped, _num(100 * c.error.clipped, ".3g")) + _cell(c.bits, _num(c.bits, ".2f"))
-            + _cell(c.error.mse, _num(c.error.mse, ".3e")) + _cell(c.error.sqnr_db, _num(c.error.sqnr_db, ".2f"))
-            + _cell(runs, cls="note") + "</tr>"
+            "<tr>" + table_cell(c.name, cls="name") + table_cell(q.describe(), cls="name") + table_cell(rng)
+            + table_cell(100 * c.error.clipped, json_number(100 * c.error.clipped, ".3g")) + table_cell(c.bits, json_number(c.bits, ".2f"))
+            + table_cell(c.error.mse, json_number(c.error.mse, ".3e")) + table_cell(c.error.sqnr_db, json_number(c.error.sqnr_db, ".2f"))
+            + table_cell(runs, cls="note") + "</tr>"
         )
     return f'<table class="sortable"><thead>{head}</thead><tbody>{"".join(rows)}</tbody></table>'
 
@@ -552,9 +552,9 @@ def _page(summaries: Sequence[TensorSummary], drawn: Sequence[str], meta: Mappin
         zeros = "" if s.zero_share is None else f", {100 * s.zero_share:.3g}% exact zeros"
         sections.append(
             f'<h3 id="{_anchor(s.name)}">{html.escape(s.name)}</h3>'
-            f"<p>{s.num_values:,} values in [{_num(s.min)}, {_num(s.max)}], {html.escape(s.sign)}, "
-            f"{100 * s.negative_share:.3g}% negative{zeros}. amax {_num(s.amax)} ({html.escape(s.algorithm)}): "
-            f"{100 * s.error.clipped:.3g}% clipped, {s.bits:.2f} effective bits, SQNR {_num(s.error.sqnr_db, '.2f')} dB."
+            f"<p>{s.num_values:,} values in [{json_number(s.min)}, {json_number(s.max)}], {html.escape(s.sign)}, "
+            f"{100 * s.negative_share:.3g}% negative{zeros}. amax {json_number(s.amax)} ({html.escape(s.algorithm)}): "
+            f"{100 * s.error.clipped:.3g}% clipped, {s.bits:.2f} effective bits, SQNR {json_number(s.error.sqnr_db, '.2f')} dB."
             f"{tie}</p>"
             + (f'<img src="{html.escape(s.figure)}" alt="figures of {html.escape(s.name)}">' if s.figure else "")
             + _choices_table(s)
@@ -788,7 +788,7 @@ def build_report(
     `tensors` are glob patterns limiting the tensors reported. `sections` are extra sections (`write_report`); with
     them, neither batches nor histograms are needed. Nothing is written unless everything succeeded.
     """
-    from ..ort.collect import calibrated_tensors, load_model
+    from ..ort.model import calibrated_tensors, load_model
 
     started = time.perf_counter()
     if batches is None and histograms is None and sections:

@@ -329,7 +329,8 @@ def run_stability(
     it. `executor` is an `ort.executor.Executor` (serial when None). `progress(what, total)` may return a callback
     taking 1 per finished item. `tolerance` is in % of the base amax.
     """
-    from ..ort.collect import load_model, model_inputs, tie_scales
+    from ..ort.model import load_model, model_inputs
+    from ..ort.collect import tie_scales
     from ..ort.executor import SerialExecutor
 
     started = time.perf_counter()

@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from typing import Any, Mapping
 
-from .report import _cell, _num
+from .report import table_cell, json_number
 from .stability import load_stability
 
 __all__ = ["StabilitySection", "render_stability_figures", "stability_section"]
@@ -131,13 +131,13 @@ def stability_section(record: Mapping[str, Any], figures: Mapping[str, str]) -> 
         settled_text = "-" if not record["subset_variants"] else ("not settled" if settled is None else str(settled))
         rows.append(
             "<tr" + (' class="worst"' if t["unstable"] else "") + ">"
-            + _cell(t["name"], cls="name") + _cell(float(t["base_amax"]), _num(float(t["base_amax"])))
-            + _cell(float(t["min"]), _num(float(t["min"]))) + _cell(float(t["max"]), _num(float(t["max"])))
-            + _cell(float(t["range_percent"]), _num(float(t["range_percent"]), ".2f"))
-            + _cell(float(t["range_bins"]), _num(float(t["range_bins"]), ".1f"))
-            + _cell(float("inf") if settled is None else float(settled), settled_text)
-            + _cell({True: "yes", False: "no"}.get(t.get("quantized"), "?"), cls="name")
-            + _cell("unstable" if t["unstable"] else "stable", cls="name") + "</tr>"
+            + table_cell(t["name"], cls="name") + table_cell(float(t["base_amax"]), json_number(float(t["base_amax"])))
+            + table_cell(float(t["min"]), json_number(float(t["min"]))) + table_cell(float(t["max"]), json_number(float(t["max"])))
+            + table_cell(float(t["range_percent"]), json_number(float(t["range_percent"]), ".2f"))
+            + table_cell(float(t["range_bins"]), json_number(float(t["range_bins"]), ".1f"))
+            + table_cell(float("inf") if settled is None else float(settled), settled_text)
+            + table_cell({True: "yes", False: "no"}.get(t.get("quantized"), "?"), cls="name")
+            + table_cell("unstable" if t["unstable"] else "stable", cls="name") + "</tr>"
         )
     parts.append(f'<table class="sortable" id="stability"><thead>{head}</thead><tbody>{"".join(rows)}</tbody></table>')
     e2e = record["end_to_end"]
@@ -152,10 +152,10 @@ def stability_section(record: Mapping[str, Any], figures: Mapping[str, str]) -> 
             mark = {e2e["best"]: "most favourable", e2e["worst"]: "least favourable"}.get(r["variant"], "")
             agreement = r.get("agreement")
             rows.append(
-                "<tr>" + _cell(r["label"], cls="name") + _cell(float(r[metric]), _num(float(r[metric]), ".4g"))
-                + _cell(float("nan") if agreement is None else 100 * float(agreement),
+                "<tr>" + table_cell(r["label"], cls="name") + table_cell(float(r[metric]), json_number(float(r[metric]), ".4g"))
+                + table_cell(float("nan") if agreement is None else 100 * float(agreement),
                         "-" if agreement is None else f"{100 * float(agreement):.1f}")
-                + _cell(mark, cls="name") + "</tr>"
+                + table_cell(mark, cls="name") + "</tr>"
             )
         parts.append(
             f"<p>End to end: each distinct set of scales as a Q/DQ model, evaluated against FP32 on "

@@ -104,7 +104,7 @@ class _Graph:
 
 
 def _graph(model: Any) -> _Graph:
-    from ..ort.collect import calibrated_tensors, load_model, model_inputs
+    from ..ort.model import calibrated_tensors, load_model, model_inputs
 
     model = load_model(model, weights=False)  # the graph only: a model over 2 GB keeps its weights on disk
     graph = model.graph

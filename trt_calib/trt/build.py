@@ -85,7 +85,7 @@ def explicit_batch_flags(trt: Any, builder: Any) -> int:
     return 1 << int(flag)
 
 
-def _make_logger(trt: Any, verbose: bool) -> Any:
+def make_logger(trt: Any, verbose: bool) -> Any:
     """A TensorRT logger that forwards to Python logging and keeps the errors for our exception messages."""
     severity = trt.ILogger.Severity
 
@@ -346,7 +346,7 @@ def build_engine(
     if calibrator is not None and not hasattr(trt, "IInt8Calibrator"):
         raise MissingDependencyError(f"TensorRT {trt.__version__} has no calibrators. Hint: use `trt-calib quantize`")
 
-    trt_logger = _make_logger(trt, verbose)
+    trt_logger = make_logger(trt, verbose)
     init_plugins(trt, trt_logger)
     builder = trt.Builder(trt_logger)
     network = builder.create_network(explicit_batch_flags(trt, builder))
@@ -498,7 +498,7 @@ def build_qdq_engine(
     if not onnx_path.is_file():
         raise ModelError(f"{onnx_path}: no such ONNX model")
     trt = import_tensorrt("building a Q/DQ engine")
-    trt_logger = _make_logger(trt, verbose)
+    trt_logger = make_logger(trt, verbose)
     init_plugins(trt, trt_logger)
     builder = trt.Builder(trt_logger)
     creation = getattr(trt, "NetworkDefinitionCreationFlag", None)

@@ -14,7 +14,8 @@ from ..core.cache import CalibrationCache
 from ..core.compare import Comparison, compare
 from ..core.thresholds import ALGORITHMS as CPU_ALGORITHMS
 from ..errors import CalibrationError
-from ..ort.collect import calibrate, load_model
+from ..ort.model import load_model
+from ..ort.collect import calibrate
 from .algorithms import ALGORITHMS, Algorithm
 from .batches import host_copy
 

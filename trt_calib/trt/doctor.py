@@ -167,10 +167,10 @@ class _Doctor:
         return ("skip" if self.device == "auto" else "fail"), f"no device backend works: {'; '.join(reasons)}"
 
     def capabilities(self) -> tuple[str, str]:
-        from .build import _make_logger
+        from .build import make_logger
         from .calibrator import quiet_trt_deprecations
 
-        builder = self.trt.Builder(_make_logger(self.trt, False))
+        builder = self.trt.Builder(make_logger(self.trt, False))
         if not hasattr(builder, "platform_has_fast_int8"):
             return "skip", (f"TensorRT {self.report.tensorrt} removed platform_has_fast_int8/fp16 (INT8 comes from "
                             "Q/DQ nodes; the GPU's compute capability is in the gpu line)")
@@ -180,7 +180,7 @@ class _Doctor:
 
     # ---------------------------------------------------------------------------------- CPU checks
     def lenet_inputs(self) -> tuple[Any, Any]:
-        from ..ort.collect import model_inputs
+        from ..ort.model import model_inputs
         from ..ort.data import open_source
 
         inputs = model_inputs(self.lenet)

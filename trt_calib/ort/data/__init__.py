@@ -20,12 +20,12 @@ from typing import Any
 import numpy as np
 
 from ...errors import DataError
-from .arrays import _InMemorySource, _NpySource, _NpzSource
-from .images import IMAGE_EXTENSIONS, _ImageSource
-from .inputs import InputSpec, _Checker, _input_names
+from .arrays import InMemorySource, NpySource, NpzSource
+from .images import IMAGE_EXTENSIONS, ImageSource
+from .inputs import InputSpec, Checker, input_names_of
 from .preprocess import Preprocess
-from .scripts import _GeneratorSource, _split_script, data_file
-from .source import LAST_BATCH_POLICIES, BatchSource, _check_batching, _check_max_batches
+from .scripts import GeneratorSource, split_script, data_file
+from .source import LAST_BATCH_POLICIES, BatchSource, check_batching, check_max_batches
 
 __all__ = [
     "InputSpec",
@@ -65,14 +65,14 @@ def open_source(
     says the caller leaves the copies out.
     """
     inputs = _check_inputs(inputs)
-    _check_max_batches(max_batches)
+    check_max_batches(max_batches)
     if path is None:
         raise DataError(
             "no calibration data given. Hint: pass an .npy, an .npz keyed by input name, a folder of images, "
             "or a data script.py[:function]"
         )
     text = os.fspath(path)
-    script, function = _split_script(text)
+    script, function = split_script(text)
     if script.suffix.lower() == ".py":
         if not script.is_file():
             raise DataError(f"{script}: no such data script")
@@ -87,8 +87,8 @@ def open_source(
                 f"{script}: a data script yields ready batches, so {', '.join(given)} cannot apply. "
                 "Hint: batch, order and select the data inside the script"
             )
-        return _GeneratorSource(script, function, inputs, max_batches)
-    _check_batching(batch_size, last_batch, offset, limit)
+        return GeneratorSource(script, function, inputs, max_batches)
+    check_batching(batch_size, last_batch, offset, limit)
     batching = dict(
         batch_size=int(batch_size), shuffle=bool(shuffle), seed=seed, last_batch=last_batch, limit=limit,
         offset=int(offset), max_batches=max_batches, padding_is_data=bool(padding_is_data),
@@ -97,14 +97,14 @@ def open_source(
     if not p.exists():
         raise DataError(f"{p}: no such file or folder")
     if p.is_dir():
-        return _ImageSource(p, inputs, preprocess, **batching)
+        return ImageSource(p, inputs, preprocess, **batching)
     if preprocess is not None and preprocess != Preprocess():
         raise DataError(f"{p}: preprocessing applies to image folders only. Hint: store the data preprocessed")
     suffix = p.suffix.lower()
     if suffix == ".npy":
-        return _NpySource(p, inputs, **batching)
+        return NpySource(p, inputs, **batching)
     if suffix == ".npz":
-        return _NpzSource(p, inputs, **batching)
+        return NpzSource(p, inputs, **batching)
     raise DataError(
         f"{p}: unsupported calibration data {suffix or '(no extension)'!r}. "
         "Hint: use .npy, .npz (keys = input names), a folder of images, or a data script .py[:function]"
@@ -128,13 +128,13 @@ def from_arrays(
     The arrays are referenced, not copied: do not change them while the source is in use.
     """
     inputs = _check_inputs(inputs)
-    _check_batching(batch_size, last_batch, offset, limit)
+    check_batching(batch_size, last_batch, offset, limit)
     if preprocess is not None and preprocess != Preprocess():
         raise DataError("arrays: preprocessing applies to image folders only. Hint: pass preprocessed arrays")
     if not isinstance(arrays, Mapping):
         if len(inputs) != 1:
             raise DataError(
-                f"arrays: got one array but the model has {len(inputs)} inputs ({_input_names(inputs)}). "
+                f"arrays: got one array but the model has {len(inputs)} inputs ({input_names_of(inputs)}). "
                 "Hint: pass a dict {input_name: array}"
             )
         arrays = {inputs[0].name: arrays}
@@ -144,7 +144,7 @@ def from_arrays(
     if missing or extra:
         raise DataError(
             f"arrays: missing {missing or 'none'}, unexpected {extra or 'none'}. "
-            f"Hint: keys must be exactly the model's inputs: {_input_names(inputs)}"
+            f"Hint: keys must be exactly the model's inputs: {input_names_of(inputs)}"
         )
     data = {}
     for n in names:
@@ -152,7 +152,7 @@ def from_arrays(
             data[n] = np.asarray(arrays[n])
         except (ValueError, TypeError) as exc:
             raise DataError(f"arrays: input {n!r} cannot be read as an array ({exc})") from None
-    return _InMemorySource(
+    return InMemorySource(
         data, inputs, batch_size=int(batch_size), shuffle=bool(shuffle), seed=seed, last_batch=last_batch,
         limit=limit, offset=int(offset),
     )
@@ -179,7 +179,7 @@ def iter_batches(batches: Any, inputs: Sequence[InputSpec]) -> Iterator[dict[str
         it = iter(batches)
     except TypeError:
         raise DataError(f"batches: {type(batches).__name__} is not iterable") from None
-    check = _Checker(inputs, "batches")
+    check = Checker(inputs, "batches")
     count = 0
     for index, item in enumerate(it):
         yield check(item, index)

@@ -14,11 +14,11 @@ from typing import Any
 import numpy as np
 
 from ...errors import DataError
-from .inputs import InputSpec, _input_names, _shape_text
-from .source import _SampleSource, _file_sha256
+from .inputs import InputSpec, input_names_of, format_shape
+from .source import SampleSource, file_sha256
 
 
-class _ArraySource(_SampleSource):
+class _ArraySource(SampleSource):
     """Samples along axis 0 of one array per input (npy, npz, in-memory)."""
 
     def __init__(
@@ -49,7 +49,7 @@ class _ArraySource(_SampleSource):
         return {n: [self.batch_size, *s] for n, s in self._sample_shapes.items()}
 
 
-class _NpySource(_ArraySource):
+class NpySource(_ArraySource):
     """An .npy file read row by row with plain reads: its size is checked against the header at open, and a file
     that shrinks while being read is a DataError (a memory map would end the process with SIGBUS)."""
 
@@ -59,7 +59,7 @@ class _NpySource(_ArraySource):
         origin = str(path)
         if len(inputs) != 1:
             raise DataError(
-                f"{origin}: a .npy file feeds one input but the model has {len(inputs)} ({_input_names(inputs)}). "
+                f"{origin}: a .npy file feeds one input but the model has {len(inputs)} ({input_names_of(inputs)}). "
                 "Hint: use an .npz with one key per input"
             )
         self._file = path
@@ -111,7 +111,7 @@ class _NpySource(_ArraySource):
         return {self.inputs[0].name: arr}
 
     def _digest(self) -> str:
-        return _file_sha256(self._file)
+        return file_sha256(self._file)
 
 
 def _read_npy_header(f: Any, origin: str) -> tuple[tuple[int, ...], np.dtype] | None:
@@ -151,13 +151,13 @@ def _npy_layout(path: Path) -> tuple[tuple[int, ...], np.dtype, bool, int]:
     need = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     if size - offset < need:
         raise DataError(
-            f"{path}: truncated: the header declares {_shape_text(shape)} {dtype} ({need} bytes of data) but the "
+            f"{path}: truncated: the header declares {format_shape(shape)} {dtype} ({need} bytes of data) but the "
             f"file holds {max(size - offset, 0)}. Hint: save it again"
         )
     return shape, dtype, fortran, offset
 
 
-class _NpzSource(_ArraySource):
+class NpzSource(_ArraySource):
     kind = "npz"
 
     def __init__(self, path: Path, inputs: Sequence[InputSpec], **batching: Any) -> None:
@@ -179,7 +179,7 @@ class _NpzSource(_ArraySource):
                         what.append(f"keys that are not model inputs: {', '.join(map(repr, extra))}")
                     raise DataError(
                         f"{origin}: {'; '.join(what)}. Note: the file has keys {', '.join(map(repr, keys)) or 'none'}. "
-                        f"Hint: keys must be exactly the model's inputs: {_input_names(inputs)}"
+                        f"Hint: keys must be exactly the model's inputs: {input_names_of(inputs)}"
                     )
                 for key, member in zip(keys, members):
                     with zf.open(member) as f:
@@ -202,13 +202,13 @@ class _NpzSource(_ArraySource):
             raise DataError(f"{self.origin}: cannot read ({type(exc).__name__}: {exc})") from None
 
     def _digest(self) -> str:
-        return _file_sha256(self._file)
+        return file_sha256(self._file)
 
     def _extra_manifest(self) -> dict:
         return {**super()._extra_manifest(), "keys": [s.name for s in self.inputs]}
 
 
-class _InMemorySource(_ArraySource):
+class InMemorySource(_ArraySource):
     kind = "arrays"
 
     def __init__(self, arrays: Mapping[str, np.ndarray], inputs: Sequence[InputSpec], **batching: Any) -> None:

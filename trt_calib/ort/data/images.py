@@ -14,9 +14,9 @@ import numpy as np
 
 from ..._util import require
 from ...errors import DataError
-from .inputs import InputSpec, _input_names
+from .inputs import InputSpec, input_names_of
 from .preprocess import Preprocess
-from .source import _SampleSource, _file_sha256
+from .source import SampleSource, file_sha256
 
 logger = logging.getLogger("trt_calib.ort.data")
 
@@ -46,7 +46,7 @@ def _list_images(folder: Path) -> list[Path]:
     return images
 
 
-class _ImageSource(_SampleSource):
+class ImageSource(SampleSource):
     """A folder of images, decoded with Pillow one batch at a time."""
 
     kind = "images"
@@ -58,7 +58,7 @@ class _ImageSource(_SampleSource):
         if len(inputs) != 1:
             raise DataError(
                 f"{origin}: an image folder feeds one input but the model has {len(inputs)} "
-                f"({_input_names(inputs)}). Hint: prepare an .npz with one key per input"
+                f"({input_names_of(inputs)}). Hint: prepare an .npz with one key per input"
             )
         pre = preprocess or Preprocess()
         spec = inputs[0]
@@ -195,7 +195,7 @@ class _ImageSource(_SampleSource):
     def _digest(self) -> str:
         h = hashlib.sha256()
         for path in self._selected():
-            entry = [path.name, path.stat().st_size, _file_sha256(path)]
+            entry = [path.name, path.stat().st_size, file_sha256(path)]
             h.update(json.dumps(entry).encode() + b"\n")
         return h.hexdigest()
 

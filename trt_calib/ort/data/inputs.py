@@ -39,15 +39,15 @@ class InputSpec:
         return d if isinstance(d, int) and d > 0 else None
 
     def shape_text(self) -> str:
-        return _shape_text(self.shape)
+        return format_shape(self.shape)
 
 
-def _shape_text(shape: Sequence[Any]) -> str:
+def format_shape(shape: Sequence[Any]) -> str:
     parts = ["?" if d is None or (isinstance(d, int) and d <= 0) else str(d) for d in shape]
     return "(" + ", ".join(parts) + ("," if len(parts) == 1 else "") + ")"
 
 
-def _input_names(inputs: Sequence[InputSpec]) -> str:
+def input_names_of(inputs: Sequence[InputSpec]) -> str:
     return ", ".join(repr(s.name) for s in inputs)
 
 
@@ -61,7 +61,7 @@ def _input_names(inputs: Sequence[InputSpec]) -> str:
 _INDEX_DTYPES = frozenset({np.dtype(np.int32), np.dtype(np.int64), np.dtype(np.bool_)})
 
 
-def _check_dtype(src: np.dtype, spec: InputSpec, where: str) -> bool:
+def check_dtype(src: np.dtype, spec: InputSpec, where: str) -> bool:
     """Refuse conversions that change meaning (float -> index int, anything -> bool); True when a conversion is
     needed. Float data for a uint8/int8 input (read as float32 by TensorRT) is converted when its values are whole
     numbers in range (`_conform` checks the values)."""
@@ -93,19 +93,19 @@ def _conform(value: Any, spec: InputSpec, where: str, note: set[tuple[str, str]]
         raise DataError(f"{where}: input {spec.name!r} cannot be read as an array ({exc})") from None
     if arr.ndim != spec.rank:
         raise DataError(
-            f"{where}: input {spec.name!r} has shape {_shape_text(arr.shape)} (rank {arr.ndim}) but the model "
+            f"{where}: input {spec.name!r} has shape {format_shape(arr.shape)} (rank {arr.ndim}) but the model "
             f"declares {spec.shape_text()} (rank {spec.rank}). Hint: batches carry the batch dim first"
         )
     for axis in range(spec.rank):
         want = spec.static_dim(axis)
         if want is not None and arr.shape[axis] != want:
             raise DataError(
-                f"{where}: input {spec.name!r} has shape {_shape_text(arr.shape)} but the model declares "
+                f"{where}: input {spec.name!r} has shape {format_shape(arr.shape)} but the model declares "
                 f"{spec.shape_text()} (dim {axis} must be {want})"
             )
     if spec.rank and arr.shape[0] == 0:
-        raise DataError(f"{where}: input {spec.name!r} is an empty batch {_shape_text(arr.shape)}")
-    if _check_dtype(arr.dtype, spec, where):
+        raise DataError(f"{where}: input {spec.name!r} is an empty batch {format_shape(arr.shape)}")
+    if check_dtype(arr.dtype, spec, where):
         dst = spec.dtype
         if dst.kind in "iu" and arr.dtype.kind == "f" and arr.size:
             whole = np.isfinite(arr) & (arr == np.trunc(arr))
@@ -150,17 +150,17 @@ def _as_mapping(item: Any, inputs: Sequence[InputSpec], where: str) -> Mapping[s
     if isinstance(item, (str, bytes)) or (not hasattr(item, "__array__") and not isinstance(item, (list, tuple))):
         raise DataError(
             f"{where}: expected a dict {{input_name: array}}, got {type(item).__name__}. "
-            f"Hint: the model's inputs are {_input_names(inputs)}"
+            f"Hint: the model's inputs are {input_names_of(inputs)}"
         )
     if len(inputs) != 1:
         raise DataError(
-            f"{where}: got a bare array but the model has {len(inputs)} inputs ({_input_names(inputs)}). "
+            f"{where}: got a bare array but the model has {len(inputs)} inputs ({input_names_of(inputs)}). "
             "Hint: yield dicts {input_name: array}"
         )
     return {inputs[0].name: item}
 
 
-class _Checker:
+class Checker:
     """Validates a stream of batches: names, dtypes, shapes, finiteness, and shape consistency across batches."""
 
     def __init__(self, inputs: Sequence[InputSpec], origin: str, *, note: bool = True) -> None:
@@ -182,9 +182,9 @@ class _Checker:
                 got.append(f"missing {', '.join(map(repr, missing))}")
             if extra:
                 got.append(f"unexpected {', '.join(map(repr, extra))}")
-            raise DataError(f"{where}: {'; '.join(got)}. Hint: the model's inputs are {_input_names(self.inputs)}")
+            raise DataError(f"{where}: {'; '.join(got)}. Hint: the model's inputs are {input_names_of(self.inputs)}")
         out = {s.name: _conform(batch[s.name], s, where, self.note) for s in self.inputs}
-        _check_shared_dims(self.inputs, {n: a.shape for n, a in out.items()}, where)
+        check_shared_dims(self.inputs, {n: a.shape for n, a in out.items()}, where)
         if self.first is None:
             self.first = {n: a.shape for n, a in out.items()}
             return out
@@ -200,13 +200,13 @@ class _Checker:
                 self.short_at = index
                 continue
             raise DataError(
-                f"{where}: input {name!r} has shape {_shape_text(arr.shape)} but batch 0 had {_shape_text(ref)}. "
+                f"{where}: input {name!r} has shape {format_shape(arr.shape)} but batch 0 had {format_shape(ref)}. "
                 "Hint: every batch must have the same shape (only the last may have fewer samples)"
             )
         return out
 
 
-def _check_shared_dims(inputs: Sequence[InputSpec], shapes: Mapping[str, Sequence[int]], where: str) -> None:
+def check_shared_dims(inputs: Sequence[InputSpec], shapes: Mapping[str, Sequence[int]], where: str) -> None:
     """Inputs that name the same dynamic dim (e.g. both (N, 4)) must get the same size for it."""
     seen: dict[str, tuple[str, int, int]] = {}
     for spec in inputs:
@@ -220,14 +220,14 @@ def _check_shared_dims(inputs: Sequence[InputSpec], shapes: Mapping[str, Sequenc
             other, other_axis, other_size = seen[dim]
             if size != other_size:
                 raise DataError(
-                    f"{where}: input {spec.name!r} has {dim}={size} (dim {axis} of {_shape_text(shapes[spec.name])}) "
+                    f"{where}: input {spec.name!r} has {dim}={size} (dim {axis} of {format_shape(shapes[spec.name])}) "
                     f"but input {other!r} has {dim}={other_size} (dim {other_axis} of "
-                    f"{_shape_text(shapes[other])}); the model declares both with the dimension {dim!r}, so they "
+                    f"{format_shape(shapes[other])}); the model declares both with the dimension {dim!r}, so they "
                     "must agree. Hint: feed both inputs the same size"
                 )
 
 
-def _hash_batch(digest: Any, batch: Mapping[str, np.ndarray], inputs: Sequence[InputSpec]) -> None:
+def hash_batch(digest: Any, batch: Mapping[str, np.ndarray], inputs: Sequence[InputSpec]) -> None:
     """Fold one validated batch (names, dtypes, shapes and bytes) into `digest`."""
     for spec in inputs:
         arr = np.ascontiguousarray(batch[spec.name])

@@ -16,13 +16,13 @@ import numpy as np
 
 from ...errors import DataError, TrtCalibError
 from .inputs import InputSpec
-from .source import BatchSource, _file_sha256
+from .source import BatchSource, file_sha256
 
 
 _DEFAULT_FUNCTION = "load_data"
 
 
-def _split_script(text: str) -> tuple[Path, str]:
+def split_script(text: str) -> tuple[Path, str]:
     """"data.py" or "data.py:func"; a drive letter ("C:\\...") is not taken for a function name."""
     head, sep, tail = text.rpartition(":")
     if sep and head.lower().endswith(".py") and tail.isidentifier():
@@ -32,7 +32,7 @@ def _split_script(text: str) -> tuple[Path, str]:
 
 def data_file(path: str | os.PathLike) -> Path:
     """The file or folder a --data value reads: a data script's FILE.py of FILE.py:function, else the path itself."""
-    script, _ = _split_script(os.fspath(path))
+    script, _ = split_script(os.fspath(path))
     return script if script.suffix.lower() == ".py" else Path(path)
 
 
@@ -71,7 +71,7 @@ def _load_function(path: Path, name: str) -> Callable[[], Any]:
     return fn
 
 
-class _GeneratorSource(BatchSource):
+class GeneratorSource(BatchSource):
     """Batches exactly as a user's data script yields them (Polygraphy-style `load_data()`)."""
 
     kind = "generator"
@@ -158,7 +158,7 @@ class _GeneratorSource(BatchSource):
         return self._scan()["shapes"]
 
     def _digest(self) -> str:
-        return _file_sha256(self._file)
+        return file_sha256(self._file)
 
     def _extra_manifest(self) -> dict:
         shapes = self._scan()["shapes"]

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from ...errors import DataError
-from .inputs import InputSpec, _Checker, _check_dtype, _check_shared_dims, _hash_batch, _shape_text
+from .inputs import InputSpec, Checker, check_dtype, check_shared_dims, hash_batch, format_shape
 
 logger = logging.getLogger("trt_calib.ort.data")
 
@@ -43,14 +43,14 @@ class BatchSource:
         self._content: tuple[int, str] | None = None  # (batches, sha256) of the last complete pass
 
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
-        check = _Checker(self.inputs, self.origin, note=not self._noted_at_open)
+        check = Checker(self.inputs, self.origin, note=not self._noted_at_open)
         digest = hashlib.sha256()
         count = 0
         raw_batches = self._raw_batches()
         try:
             for index, raw in enumerate(raw_batches):
                 batch = check(raw, index)
-                _hash_batch(digest, batch, self.inputs)
+                hash_batch(digest, batch, self.inputs)
                 yield batch
                 count += 1
                 if self.max_batches is not None and count >= self.max_batches:
@@ -122,7 +122,7 @@ class _Plan:
     num_padded: int
 
 
-def _check_batching(batch_size: Any, last_batch: str, offset: Any, limit: Any, max_batches: Any = None) -> None:
+def check_batching(batch_size: Any, last_batch: str, offset: Any, limit: Any, max_batches: Any = None) -> None:
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise DataError(f"batch_size must be a positive int, got {batch_size!r}")
     if last_batch not in LAST_BATCH_POLICIES:
@@ -131,10 +131,10 @@ def _check_batching(batch_size: Any, last_batch: str, offset: Any, limit: Any, m
         raise DataError(f"offset must be an int >= 0, got {offset!r}")
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, np.integer)) or limit < 1):
         raise DataError(f"limit must be a positive int or None, got {limit!r}")
-    _check_max_batches(max_batches)
+    check_max_batches(max_batches)
 
 
-def _check_max_batches(max_batches: Any) -> None:
+def check_max_batches(max_batches: Any) -> None:
     if max_batches is not None and (
         isinstance(max_batches, bool) or not isinstance(max_batches, (int, np.integer)) or max_batches < 1
     ):
@@ -205,7 +205,7 @@ def _plan(
     return _Plan(batches, seed, n - dropped, dropped, padded)
 
 
-class _SampleSource(BatchSource):
+class SampleSource(BatchSource):
     """A source of individual samples that trt-calib batches itself (npy, npz, arrays, images)."""
 
     _noted_at_open = True
@@ -254,15 +254,15 @@ class _SampleSource(BatchSource):
                             + (" and last_batch='drop' or 'pad'" if rows != self.batch_size else "")
                         )
                     raise DataError(
-                        f"{self.origin}: input {spec.name!r} would be batched as {_shape_text(shape)} but the model "
+                        f"{self.origin}: input {spec.name!r} would be batched as {format_shape(shape)} but the model "
                         f"declares {spec.shape_text()}. {hint}"
                     )
-            if dtypes is not None and _check_dtype(dtypes[spec.name], spec, self.origin):
+            if dtypes is not None and check_dtype(dtypes[spec.name], spec, self.origin):
                 logger.info(
                     "%s: input %r is %s and will be converted to the declared %s",
                     self.origin, spec.name, dtypes[spec.name], spec.dtype,
                 )
-        _check_shared_dims(
+        check_shared_dims(
             self.inputs, {n: (self.batch_size, *shape) for n, shape in sample_shapes.items()}, self.origin
         )
 
@@ -281,7 +281,7 @@ class _SampleSource(BatchSource):
         }
 
 
-def _file_sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(_HASH_BLOCK):

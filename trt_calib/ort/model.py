@@ -1,0 +1,335 @@
+"""An ONNX model as the other modules see it: loaded once, its inputs, its tensors' types, and onnxruntime sessions.
+
+Every tensor a command reads (calibration, evaluation, sensitivity) comes out of an `ort_session` over a copy of the
+graph with those tensors added as outputs. Models over protobuf's 2 GB limit (weights in external data) are handed
+to onnxruntime as a file: the copy is saved with external data in a temporary folder.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import tempfile
+import weakref
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from ..errors import CalibrationError, ModelError
+from .data import InputSpec
+
+__all__ = [
+    "PROTO_LIMIT",
+    "OPTIMIZATION_LEVELS",
+    "load_model",
+    "external_data_files",
+    "describe",
+    "model_inputs",
+    "float_types",
+    "tensor_types",
+    "tensor_info",
+    "sample_bytes",
+    "calibrated_tensors",
+    "calibrated_from_types",
+    "checked_tensors",
+    "ort_session",
+]
+
+log = logging.getLogger(__name__)
+
+#: protobuf cannot serialise a message this large; bigger models go to onnxruntime as a file with external data.
+PROTO_LIMIT = 2**31 - 1
+
+#: onnxruntime graph optimisation for calibration runs: "basic" (the default) runs the graph as it is, bit for bit
+#: the arithmetic TensorRT's reference caches were reproduced with; "all" adds onnxruntime's layout transforms
+#: (NCHWc convolutions), faster but with other float32 summation orders, so activations move by a few ULP.
+OPTIMIZATION_LEVELS = ("basic", "all")
+
+
+def load_model(model: Any, *, weights: bool = True) -> Any:
+    """An `onnx.ModelProto` from a path or a proto; errors name the file.
+
+    `weights=False` leaves external data on disk (the graph of a model over 2 GB, for inspection and shape inference).
+    """
+    import onnx
+
+    if isinstance(model, onnx.ModelProto):
+        return model
+    path = Path(model)
+    if not path.is_file():
+        raise ModelError(f"{path}: no such ONNX model")
+    if path.stat().st_size == 0:
+        raise ModelError(f"{path}: empty file, not an ONNX model")
+    try:
+        proto = onnx.load(str(path), load_external_data=weights)
+    except Exception as exc:  # protobuf raises DecodeError, a plain Exception subclass; missing external data OSError
+        raise ModelError(f"{path}: not a readable ONNX model ({exc})") from None
+    if not proto.HasField("graph"):
+        raise ModelError(f"{path}: not an ONNX model (it parses, but holds no graph)")
+    return proto
+
+
+def external_data_files(model: Any) -> list[Path]:
+    """The external-data files a model file names (resolved next to it), without reading them."""
+    from onnx.external_data_helper import ExternalDataInfo, uses_external_data
+
+    path = Path(model)
+    proto = load_model(path, weights=False)
+    files: dict[str, Path] = {}
+    for tensor in _graph_tensors(proto.graph):
+        if uses_external_data(tensor):
+            location = ExternalDataInfo(tensor).location
+            files.setdefault(location, path.parent / location)
+    return list(files.values())
+
+
+def _graph_tensors(graph: Any) -> Iterable[Any]:
+    """Every TensorProto of a graph: initializers and tensor attributes, subgraphs included."""
+    yield from graph.initializer
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                yield attr.t
+            yield from attr.tensors
+            if attr.HasField("g"):
+                yield from _graph_tensors(attr.g)
+            for sub in attr.graphs:
+                yield from _graph_tensors(sub)
+
+
+def describe(model: Any, default: str) -> str:
+    return str(model) if isinstance(model, (str, os.PathLike)) else default
+
+
+def _np_dtype(elem_type: int) -> np.dtype:
+    from onnx import helper
+
+    return np.dtype(helper.tensor_dtype_to_np_dtype(elem_type))
+
+
+def model_inputs(model: Any) -> list[InputSpec]:
+    """The inputs the model must be fed (graph inputs that are not initializers), as `InputSpec`s."""
+    model = load_model(model)
+    initializers = {t.name for t in model.graph.initializer}
+    specs = []
+    for vi in model.graph.input:
+        if vi.name in initializers:
+            continue
+        tt = vi.type.tensor_type
+        dims: list[int | str | None] = []
+        for d in tt.shape.dim:
+            if d.HasField("dim_value") and d.dim_value > 0:
+                dims.append(int(d.dim_value))
+            else:
+                dims.append(d.dim_param or None)
+        specs.append(InputSpec(vi.name, tuple(dims), _np_dtype(tt.elem_type)))
+    return specs
+
+
+@functools.lru_cache(maxsize=1)
+def float_types() -> frozenset[int]:
+    from onnx import TensorProto
+
+    return frozenset({TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE, TensorProto.BFLOAT16})
+
+
+def tensor_types(model: Any) -> dict[str, int]:
+    """Element type of every tensor that shape inference (or the graph itself) can type."""
+    return {name: elem for name, (elem, _) in tensor_info(model).items()}
+
+
+def tensor_info(model: Any) -> dict[str, tuple[int, tuple[int | str | None, ...] | None]]:
+    """(element type, dims) of every tensor that shape inference (or the graph itself) can type; a dim is an int,
+    a symbol (str) or None, and dims are None where the rank is unknown."""
+    import onnx
+
+    try:
+        inferred = onnx.shape_inference.infer_shapes(_without_weights(model), strict_mode=False)
+    except Exception as exc:  # inference is best effort; untyped tensors are reported below
+        log.warning("ONNX shape inference failed (%s); only tensors typed in the graph are calibrated", exc)
+        inferred = model
+    info: dict[str, tuple[int, tuple[int | str | None, ...] | None]] = {}
+    for vi in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output):
+        tt = vi.type.tensor_type if vi.type.HasField("tensor_type") else None
+        if tt is None or not tt.elem_type:
+            continue
+        dims = None
+        if tt.HasField("shape"):
+            dims = tuple(int(d.dim_value) if d.HasField("dim_value") else (d.dim_param or None) for d in tt.shape.dim)
+        info[vi.name] = (tt.elem_type, dims)
+    return info
+
+
+def sample_bytes(info: Mapping[str, tuple[int, Any]], names: Sequence[str], specs: Sequence[InputSpec]) -> int | None:
+    """Bytes of all `names` for one sample, from their inferred shapes; None unless every one of them is
+    [batch, static dims...] with the inputs' symbolic batch dimension first."""
+    batch_dims = {s.shape[0] for s in specs if s.shape and not isinstance(s.shape[0], int)}
+    if len(batch_dims) != 1 or None in batch_dims:
+        return None
+    batch = batch_dims.pop()
+    total = 0
+    for name in names:
+        elem, dims = info.get(name, (0, None))
+        if not dims or dims[0] != batch or not all(isinstance(d, int) and d > 0 for d in dims[1:]):
+            return None
+        total += int(np.prod(dims[1:], dtype=np.int64)) * _np_dtype(elem).itemsize
+    return total
+
+
+def _without_weights(model: Any) -> Any:
+    """`model` itself, or for a model over the protobuf limit a copy whose large initializers carry no data
+    (shape inference serialises the model, and needs only the small constants: shapes, axes)."""
+    import onnx
+
+    if model.ByteSize() <= PROTO_LIMIT:
+        return model
+    light = onnx.ModelProto()
+    _copy_fields(model, light, skip="graph")
+    _copy_fields(model.graph, light.graph, skip="initializer")
+    for tensor in model.graph.initializer:
+        copy = light.graph.initializer.add()
+        if tensor.ByteSize() <= 1 << 16:
+            copy.CopyFrom(tensor)
+            continue
+        copy.name, copy.data_type = tensor.name, tensor.data_type
+        copy.dims.extend(tensor.dims)
+        copy.data_location = onnx.TensorProto.EXTERNAL
+        entry = copy.external_data.add()
+        entry.key, entry.value = "location", "(not loaded)"
+    return light
+
+
+def _copy_fields(src: Any, dst: Any, *, skip: str) -> None:
+    """Copy every set field of one protobuf message into another, except `skip`."""
+    for field, value in src.ListFields():
+        if field.name == skip:
+            continue
+        repeated = field.is_repeated if hasattr(field, "is_repeated") else field.label == field.LABEL_REPEATED
+        if repeated:
+            getattr(dst, field.name).extend(value)
+        elif field.message_type is not None:
+            getattr(dst, field.name).CopyFrom(value)
+        else:
+            setattr(dst, field.name, value)
+
+
+def calibrated_tensors(model: Any) -> list[str]:
+    """Names of the tensors TensorRT gives a calibration entry, in graph order (inputs first, then node outputs)."""
+    model = load_model(model)
+    return calibrated_from_types(model, tensor_types(model))
+
+
+def calibrated_from_types(model: Any, types: Mapping[str, int]) -> list[str]:
+    """`calibrated_tensors` given the element types shape inference found."""
+    graph = model.graph
+    initializers = {t.name for t in graph.initializer}
+    consumed = {name for node in graph.node for name in node.input}
+    graph_outputs = {o.name for o in graph.output}
+    floats = float_types()
+    names = [spec.name for spec in model_inputs(model) if types.get(spec.name) in floats]
+    untyped = []
+    for node in graph.node:
+        if node.op_type == "Constant" or node.domain not in ("", "ai.onnx"):
+            if node.domain not in ("", "ai.onnx"):
+                log.warning("node %r has custom op %s.%s; its outputs are not calibrated", node.name, node.domain, node.op_type)
+            continue
+        for out in node.output:
+            if not out or out in initializers or (out not in consumed and out not in graph_outputs):
+                continue
+            if out not in types:
+                untyped.append(out)
+            elif types[out] in floats:
+                names.append(out)
+    if untyped:
+        log.warning("%d tensor(s) have no inferred type and are not calibrated: %s", len(untyped), ", ".join(untyped[:10]))
+    return list(dict.fromkeys(names))
+
+
+def ort_session(
+    model: Any,
+    outputs: Sequence[str] = (),
+    *,
+    types: Mapping[str, int] | None = None,
+    optimize: bool = True,
+    threads: int | None = None,
+    role: str = "the model",
+    optimization: str = "basic",
+) -> Any:
+    """An onnxruntime CPU session over a copy of `model` that also returns every tensor in `outputs`.
+
+    `optimize=False` turns every graph optimisation off: needed for Q/DQ models, which onnxruntime otherwise rewrites
+    (its WeightBiasQuantization pass re-quantises float weights between DQ and Q per tensor; QDQ fusions swap in its
+    own int8 kernels), so what ran would no longer be the graph TensorRT receives.
+    """
+    import onnx
+    import onnxruntime as ort
+
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    existing = {o.name for o in copy.graph.output}
+    missing = [n for n in outputs if n not in existing]
+    if missing and types is None:
+        types = tensor_types(copy)
+    for name in missing:
+        copy.graph.output.append(onnx.helper.make_tensor_value_info(name, types.get(name, onnx.TensorProto.FLOAT), None))
+    options = ort.SessionOptions()
+    level = ort.GraphOptimizationLevel
+    if optimization not in OPTIMIZATION_LEVELS:
+        raise ValueError(f"unknown optimization {optimization!r}; choose one of {', '.join(OPTIMIZATION_LEVELS)}")
+    enabled = level.ORT_ENABLE_ALL if optimization == "all" else level.ORT_ENABLE_BASIC
+    options.graph_optimization_level = enabled if optimize else level.ORT_DISABLE_ALL
+    options.log_severity_level = 3
+    # Idle onnxruntime threads spin by default and would slow the numpy work between runs.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if threads:
+        options.intra_op_num_threads = threads
+    if copy.ByteSize() > PROTO_LIMIT:
+        return _session_from_file(copy, options, role)
+    try:
+        return ort.InferenceSession(copy.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
+        raise ModelError(f"{role}: onnxruntime cannot load it ({exc})") from None
+
+
+def _session_from_file(model: Any, options: Any, role: str) -> Any:
+    """A session over `model` (over 2 GB) saved with external data in a temporary folder, removed with the session.
+
+    `model` is consumed: saving moves its weights out of the proto.
+    """
+    import onnx
+    import onnxruntime as ort
+
+    folder = tempfile.TemporaryDirectory(prefix="trt-calib-model-")
+    path = Path(folder.name) / "model.onnx"
+    try:
+        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location="model.onnx.data", size_threshold=1024)
+    except OSError as exc:
+        folder.cleanup()
+        raise ModelError(f"{role}: cannot save its copy for onnxruntime in {folder.name} "
+                         f"({exc.strerror or exc}). Hint: set TMPDIR to a folder with room for the model") from None
+    try:
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        folder.cleanup()
+        raise ModelError(f"{role}: onnxruntime cannot load it ({exc})") from None
+    weakref.finalize(session, folder.cleanup)
+    return session
+
+
+def checked_tensors(model: Any, tensors: Sequence[str] | None, role: str) -> tuple[list[str], dict[str, Any]]:
+    """The tensors to calibrate (`tensors`, or every tensor TensorRT calibrates) and the inferred (type, dims) of the
+    model's tensors; a model with none, or a name it does not type, is an error naming `role`."""
+    info = tensor_info(model)
+    names = list(tensors) if tensors is not None else calibrated_from_types(model, {n: t for n, (t, _) in info.items()})
+    if not names:
+        raise CalibrationError(
+            f"{role}: has no float tensor TensorRT would calibrate (inputs and node outputs are all integer, "
+            "bool or constant), so a cache would be empty. Hint: INT8 calibration needs a float model"
+        )
+    missing = [n for n in names if n not in info]
+    if missing:
+        raise ModelError(f"no typed tensor named {', '.join(repr(n) for n in missing[:10])} in the model")
+    return names, info
