@@ -36,9 +36,12 @@ def data_file(path: str | os.PathLike) -> Path:
     return script if script.suffix.lower() == ".py" else Path(path)
 
 
-def _load_function(path: Path, name: str) -> Callable[[], Any]:
-    digest = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:16]
-    module_name = f"_trt_calib_data_script_{digest}"
+def load_script_function(path: Path, name: str, *, what: str = "data script",
+                         arguments: Sequence[str] | None = ()) -> Callable[..., Any]:
+    """`name` from the Python file `path`, imported in isolation; any exit or failure is a `DataError` naming the
+    file. `arguments`: the positional arguments it must accept (none for a data script); None skips the check."""
+    digest = hashlib.sha256(f"{what}:{path.resolve()}".encode()).hexdigest()[:16]
+    module_name = f"_trt_calib_{what.replace(' ', '_')}_{digest}"
     spec = importlib.util.spec_from_file_location(module_name, path)
     if spec is None or spec.loader is None:
         raise DataError(f"{path}: cannot be imported as a Python file")
@@ -49,12 +52,12 @@ def _load_function(path: Path, name: str) -> Callable[[], Any]:
     except SystemExit as exc:
         sys.modules.pop(module_name, None)
         raise DataError(
-            f"{path}: the data script called sys.exit({exc.code!r}) while being imported; it must define a "
-            "function that yields batches, not exit. Hint: guard script code with `if __name__ == '__main__':`"
+            f"{path}: the {what} called sys.exit({exc.code!r}) while being imported; it must define a "
+            "function, not exit. Hint: guard script code with `if __name__ == '__main__':`"
         ) from None
     except Exception as exc:
         sys.modules.pop(module_name, None)
-        raise DataError(f"{path}: importing the data script failed ({type(exc).__name__}: {exc})") from exc
+        raise DataError(f"{path}: importing the {what} failed ({type(exc).__name__}: {exc})") from exc
     fn = getattr(module, name, None)
     if fn is None or not callable(fn):
         found = [n for n, v in vars(module).items() if callable(v) and not n.startswith("_")]
@@ -62,12 +65,14 @@ def _load_function(path: Path, name: str) -> Callable[[], Any]:
             f"{path}: has no function {name!r}. Note: it defines {', '.join(found) or 'no functions'}. "
             f"Hint: name it with {path}:FUNCTION"
         )
-    try:
-        inspect.signature(fn).bind()
-    except TypeError:
-        raise DataError(f"{path}: {name}{inspect.signature(fn)} must be callable without arguments") from None
-    except ValueError:
-        pass  # no signature available (builtins); try calling it
+    if arguments is not None:
+        try:
+            inspect.signature(fn).bind(*arguments)
+        except TypeError:
+            wanted = f"with ({', '.join(arguments)})" if arguments else "without arguments"
+            raise DataError(f"{path}: {name}{inspect.signature(fn)} must be callable {wanted}") from None
+        except ValueError:
+            pass  # no signature available (builtins); try calling it
     return fn
 
 
@@ -83,7 +88,7 @@ class GeneratorSource(BatchSource):
         self.max_batches = max_batches
         self._file = path
         self.function = function
-        self._fn = _load_function(path, function)
+        self._fn = load_script_function(path, function)
         self._stats: dict | None = None
 
     def _raw_batches(self) -> Iterator[Any]:
