@@ -52,10 +52,11 @@ class Runner:
     @classmethod
     def open(
         cls, model: Any, tensors: Sequence[str] | None, *, threads: int | None, budget_bytes: int,
-        name: str | None = None, optimization: str = "basic",
+        name: str | None = None, optimization: str = "basic", optimize: bool = True,
     ) -> "Runner":
         """A runner over `tensors` (default: every tensor TensorRT calibrates) of `model`, its session ready;
-        `name` (default: the model's path, if given one) names the model in errors."""
+        `name` (default: the model's path, if given one) names the model in errors. `optimize=False` runs the graph
+        as written (every onnxruntime optimisation off: Q/DQ models, see `ort_session`)."""
         role = name or describe(model, "the model")
         model = load_model(model)
         names, info = checked_tensors(model, tensors, role)
@@ -64,7 +65,7 @@ class Runner:
         runner.role = role
         runner.sample_bytes = sample_bytes(info, names, runner.specs)
         runner.session = ort_session(model, runner.run_names, types=types, threads=threads, role=role,
-                                     optimization=optimization)
+                                     optimization=optimization, optimize=optimize)
         return runner
 
     def split(self, batch: Mapping[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
