@@ -31,7 +31,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from ..errors import DataError, ModelError
+from ..errors import CalibrationError, DataError, ModelError
 
 __all__ = [
     "ORT_NOTE",
@@ -927,6 +927,37 @@ def _joined(parts: list[np.ndarray]) -> np.ndarray:
     return np.stack(parts)
 
 
+def _size_parts(r32: Any, r8: Any, fp32: Any, batch: Mapping[str, np.ndarray], threads: int | None, *,
+                full: bool) -> int:
+    """Fix both runners' part size from the first batch; returns its number of parts.
+
+    With the per-tensor pass (`full`) FP32 fetches about every tensor, so what it holds is what it runs. Without
+    it only the outputs come back, yet onnxruntime still holds a batch's working tensors: the part size then comes
+    from every float tensor of the model, the bound `calibrate` uses, from the inferred shapes or one sample's run.
+    """
+    from .model import checked_tensors, sample_bytes
+    from .runner import Runner
+
+    if full:
+        count = r32.size_parts(batch)
+    else:
+        try:
+            names, info = checked_tensors(fp32, None, r32.role)
+        except CalibrationError:  # no float tensor at all: the outputs are all there is
+            names, info = r32.names, {}
+        bound = sample_bytes(info, names, r32.specs)
+        if bound is not None:
+            r32.sample_bytes = max(bound, r32.sample_bytes or 0)
+            count = r32.size_parts(batch)
+        else:
+            sizer = Runner.open(fp32, names, threads=threads, budget_bytes=r32.budget, name=r32.role, optimize=False)
+            count = sizer.size_parts(batch)
+            r32.part_size = sizer.part_size
+            del sizer
+    r8.part_size = r32.part_size
+    return count
+
+
 # ---------------------------------------------------------------------------------------------- evaluate
 def evaluate(
     fp32_model: Any,
@@ -1000,8 +1031,7 @@ def evaluate(
     num_parts = 1
     for index, batch in enumerate(iter_batches(batches, specs)):
         if index == 0:
-            num_parts = r32.size_parts(batch)
-            r8.part_size = r32.part_size
+            num_parts = _size_parts(r32, r8, fp32, batch, threads, full=worst > 0)
         rows = _rows(next(iter(batch.values()))) if batch else 1
         keep = rows - padded if index == last_index else rows  # rows before the padding copies
         outs32: dict[str, list[np.ndarray]] = {n: [] for n in output_names} if task else {}
