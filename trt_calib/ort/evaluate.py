@@ -951,6 +951,7 @@ def _size_parts(r32: Any, r8: Any, fp32: Any, batch: Mapping[str, np.ndarray], t
             count = r32.size_parts(batch)
         else:
             sizer = Runner.open(fp32, names, threads=threads, budget_bytes=r32.budget, name=r32.role, optimize=False)
+            sizer.prefetch_kernel = False
             count = sizer.size_parts(batch)
             r32.part_size = sizer.part_size
             del sizer
@@ -1019,6 +1020,7 @@ def evaluate(
     # tensors as INT8 and the quantised activations, so the part size it finds fits both.
     r32 = Runner.open(fp32, fetch32, threads=threads, budget_bytes=budget // 2, name=fp32_role, optimize=False)
     r8 = Runner.open(int8, fetch8, threads=threads, budget_bytes=budget // 2, name=int8_role, optimize=False)
+    r32.prefetch_kernel = r8.prefetch_kernel = False  # nothing is binned here
 
     seq_named = set(sequence_outputs)
     accs = {n: _OutputAccumulator(n, sequence_logits=n in seq_named) for n in output_names}
@@ -1162,6 +1164,7 @@ def threshold_sqnr(
     names = list(candidates)
     runner = Runner.open(model, names, threads=threads, budget_bytes=budget, name=_describe(model, "model"),
                          optimize=False)
+    runner.prefetch_kernel = False
     signal = dict.fromkeys(names, 0.0)
     noise = {n: dict.fromkeys(candidates[n], 0.0) for n in names}
     for index, batch in enumerate(iter_batches(batches, runner.specs)):

@@ -48,6 +48,7 @@ class Runner:
         self.part_size: int | None = None  # samples per part, fixed from the first batch
         self.sample_bytes: int | None = None  # activation bytes per sample, when the shapes tell it
         self.role = "the model"
+        self.prefetch_kernel = True  # the parts will be binned: a large batch starts loading the compiled kernel
 
     @classmethod
     def open(
@@ -103,7 +104,8 @@ class Runner:
         if per_sample is None:
             per_sample = sum(v.nbytes for v in self.run(one[0]).values())
         per_sample = max(1, per_sample)
-        _kernel.prefetch(per_sample // 4 * len(one))  # a large batch: load the compiled kernel meanwhile
+        if self.prefetch_kernel:
+            _kernel.prefetch(per_sample // 4 * len(one))  # a large batch: load the compiled kernel meanwhile
         self.part_size = max(1, self.budget // per_sample)
         count = len(self.split(batch))
         if count > 1:
