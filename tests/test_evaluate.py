@@ -17,7 +17,9 @@ from trt_calib.ort.model import model_inputs
 from trt_calib.ort.data import from_arrays
 from trt_calib.errors import DataError, ModelError
 from trt_calib.ort.evaluate import (
+    OutputMetrics,
     evaluate,
+    judge,
     fake_quantize,
     kl_divergence,
     log_probabilities,
@@ -515,6 +517,26 @@ def test_the_verdict_says_when_int8_loses_most_decisions_and_names_the_clipped_t
     assert not kept.lost and kept.verdict.line.startswith("verdict: INT8 keeps most of FP32's decisions: y keeps ")
     blind = evaluate(fp32, int8, _batches(fp32, x, batch_size=8), worst=0)  # no per-tensor pass: no suspects named
     assert blind.lost and not blind.verdict.suspects and "--worst 0" in blind.verdict.line
+
+
+def _sequence_metrics(whole, kept, minority, positions=320, samples=8):
+    return OutputMetrics("text", (40, 6625), samples, 1.0, 1e-4, sequence="probabilities", num_sequences_agree=whole,
+                         num_positions=positions, num_positions_agree=positions - minority + kept, majority_class=0,
+                         num_minority_positions=minority, num_minority_agree=kept, mean_position_kl=0.1)
+
+
+def test_a_sequence_is_judged_on_the_positions_fp32_does_not_give_its_majority_class():
+    # PP-OCRv4 rec under entropy2: every position blank, 63% of FP32's are blank too; under mse: 3 of 8 argmax
+    # sequences equal but 111 of 117 non-blank positions (CTC's collapse makes 5 of 8 texts equal)
+    destroyed = judge([_sequence_metrics(0, 0, 117)], [])
+    assert destroyed.lost and "keeps 0/117 positions where FP32 is not class 0 (0.0%; whole sequences 0/8)" in \
+        destroyed.line
+    assert not judge([_sequence_metrics(3, 111, 117)], []).lost
+    assert judge([_sequence_metrics(8, 58, 117)], []).lost  # 49.6%: below half, whatever the whole sequences say
+    # FP32 blank everywhere: every position is a decision
+    blank = _sequence_metrics(2, 0, 0)
+    blank.num_positions_agree = 300
+    assert judge([blank], []).line.endswith("keeps 300/320 positions (93.8%; whole sequences 2/8)")
 
 
 def test_classifier_verdict_and_outputs_without_decisions():

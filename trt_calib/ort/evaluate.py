@@ -45,6 +45,8 @@ __all__ = [
     "QuantizedTensor",
     "OutputMetrics",
     "Verdict",
+    "VERDICT_RULE",
+    "judge",
     "EvaluationReport",
     "evaluate",
     "threshold_sqnr",
@@ -81,8 +83,8 @@ DEFAULT_ACTIVATION_MB = 256.0
 # An INT8 probability rounded to 0 where FP32 has mass would make KL infinite; it is floored here instead, so it
 # costs p * log(p / 1e-12) (about 28 p nats).
 PROBABILITY_FLOOR = 1e-12
-#: The verdict: an output whose share of FP32 decisions INT8 keeps (top-1 classes of an (N, C) output, whole argmax
-#: sequences of an (N, T, C) one) is below this has lost most of them.
+#: The verdict: an output whose share of FP32 decisions INT8 keeps (`OutputMetrics.decisions`) is below this has
+#: lost most of them.
 LOST_BELOW = 0.5
 #: How many of the worst-quantised tensors the verdict names.
 SUSPECTS = 3
@@ -338,8 +340,11 @@ class QuantizedTensor:
         """'p2o.Add.103 clipped at 0.053 (max |x| 0.43, 2.1% of values clipped; own SQNR 4.2 dB)'."""
         q = self.quantizer
         seen = f"max |x| {self.max_abs:.3g}" if q.symmetric else f"values in [{self.min_value:.3g}, {self.max_value:.3g}]"
-        clipped = f"{100 * self.clipped_fraction:.2g}% of values clipped" if self.num_clipped else "none clipped"
-        return f"{self.name} {q.clip_text()} ({seen}, {clipped}; own SQNR {self.sqnr_db:.1f} dB)"
+        if self.num_clipped:
+            where, clipped = q.clip_text(), f"{100 * self.clipped_fraction:.2g}% of values clipped"
+        else:  # its error is rounding: a step too coarse for its values
+            where, clipped = (f"amax {q.hi:.3g}" if q.symmetric else f"range [{q.lo:.3g}, {q.hi:.3g}]"), "none clipped"
+        return f"{self.name} {where} ({seen}, {clipped}; own SQNR {self.sqnr_db:.1f} dB)"
 
     def to_json(self) -> dict[str, Any]:
         q = self.quantizer
@@ -430,9 +435,16 @@ class OutputMetrics:
 
     @property
     def decisions(self) -> tuple[str, int, int] | None:
-        """(what, kept, of): the FP32 decisions this output makes and how many INT8 keeps; None for other outputs."""
+        """(what, kept, of): the FP32 decisions this output makes and how many INT8 keeps; None for other outputs.
+
+        A classifier's are its top-1 classes. A sequence's are its positions' classes, less those of FP32's majority
+        class (CTC's blank, padding), which are easy to keep and would hide a model that lost everything else;
+        when FP32 gives every position that class, all positions."""
         if self.is_sequence:
-            return "whole sequences", self.num_sequences_agree, self.num_samples
+            if self.num_minority_positions:
+                return (f"positions where FP32 is not class {self.majority_class}", self.num_minority_agree,
+                        self.num_minority_positions)
+            return "positions", self.num_positions_agree, self.num_positions
         if self.is_classifier:
             return "top-1 classes", self.num_agree, self.num_samples
         return None
@@ -517,8 +529,9 @@ class OutputMetrics:
 @dataclass(frozen=True)
 class Verdict:
     """Whether INT8 kept FP32's decisions, in one line: `lost` when an output keeps fewer than `LOST_BELOW` of them
-    (top-1 classes of an (N, C) output, whole argmax sequences of an (N, T, C) one); `suspects` are the quantised
-    activations with the worst own error (clipping and rounding at their scale), the likeliest causes."""
+    (`OutputMetrics.decisions`: top-1 classes, or a sequence's positions outside FP32's majority class);
+    `suspects` are the quantised activations with the worst own error (clipping and rounding at their scale), the
+    likeliest causes."""
 
     lost: bool
     line: str
@@ -531,25 +544,29 @@ class Verdict:
 
 
 VERDICT_RULE = (
-    f"lost when an output keeps fewer than {LOST_BELOW:.0%} of FP32's decisions: top-1 classes of an (N, C) output, "
-    "whole argmax sequences of an (N, T, C) one; suspects are the quantised activations with the lowest SQNR of "
-    "their own Q/DQ pair on FP32 values"
+    f"lost when an output keeps fewer than {LOST_BELOW:.0%} of FP32's decisions: the top-1 classes of an (N, C) "
+    "output; the argmax of the positions of an (N, T, C) one where FP32 is not its majority class (CTC's blank); "
+    "suspects are the quantised activations with the lowest SQNR of their own Q/DQ pair on FP32 values"
 )
 
 
 def judge(outputs: Sequence[OutputMetrics], quantized: Sequence[QuantizedTensor]) -> Verdict:
     """The verdict on a report's outputs (see `Verdict`); `quantized` worst first."""
-    judged = [(o, o.decisions) for o in outputs if o.decisions is not None and o.num_samples]
+    judged = [(o, o.decisions) for o in outputs if o.decisions is not None and o.decisions[2]]
     if not judged:
         return Verdict(False, "verdict: none: no output is a classifier (N, C) or a sequence (N, T, C) of class "
                        "scores, so no FP32 decision can be counted. Hint: --metric FILE.py measures what your task "
                        "needs")
+
+    def kept(o: OutputMetrics, d: tuple[str, int, int]) -> str:
+        whole = f"; whole sequences {o.num_sequences_agree}/{o.num_samples}" if o.is_sequence else ""
+        return f"{o.name} keeps {d[1]}/{d[2]} {d[0]} ({_percent(d[1] / d[2])}{whole})"
+
     lost = [(o, d) for o, d in judged if d[1] < LOST_BELOW * d[2]]
     if not lost:
-        kept = "; ".join(f"{o.name} keeps {d[1]}/{d[2]} {d[0]} ({_percent(d[1] / d[2])})" for o, d in judged)
-        return Verdict(False, f"verdict: INT8 keeps most of FP32's decisions: {kept}")
+        return Verdict(False, f"verdict: INT8 keeps most of FP32's decisions: {'; '.join(kept(o, d) for o, d in judged)}")
     suspects = tuple(quantized[:SUSPECTS])
-    what = "; ".join(f"{o.name} keeps {d[1]}/{d[2]} {d[0]} ({_percent(d[1] / d[2])})" for o, d in lost)
+    what = "; ".join(kept(o, d) for o, d in lost)
     cause = ("; likeliest causes (worst own Q/DQ error): " + "; ".join(q.describe() for q in suspects)) if suspects \
         else " (the quantised tensors were not measured: run without --worst 0 to name them)"
     return Verdict(True, f"verdict: INT8 LOSES MOST OF FP32'S DECISIONS: {what}{cause}",
