@@ -670,3 +670,21 @@ def test_cli_evaluate_exit_3_on_a_lost_model_and_metric_checked_before_data(tmp_
         assert not marker.exists()
     assert main(base + ["--data", str(tmp_path / "data.py"), "--max-activation-mb", "0"]) == 2
     assert "--max-activation-mb" in capsys.readouterr().err
+
+
+def test_a_task_metric_gets_an_output_whose_batch_axis_is_not_first_joined_along_it(tmp_path):
+    """Like silero's state (2, batch, 128): the parts are joined along the axis that holds their samples."""
+    script = tmp_path / "state.py"
+    script.write_text("def metric(fp32, int8, batch):\n"
+                      "    assert fp32['s'].shape == (2, len(batch['x']), 3), fp32['s'].shape\n"
+                      "    return float(abs(fp32['s'] - int8['s']).max()), False\n")
+    shape = ["N", 2, 3]
+    nodes = [helper.make_node("Transpose", ["x"], ["s"], perm=[1, 0, 2])]
+    fp32 = _model(nodes, [_vi("x", shape)], [_vi("s", [2, "N", 3])])
+    int8 = _model([*_qdq("x", "xd", "q"), helper.make_node("Transpose", ["xd"], ["s"], perm=[1, 0, 2])],
+                  [_vi("x", shape)], [_vi("s", [2, "N", 3])], _scale("q", 1.0))
+    x = np.random.default_rng(14).normal(size=(10, 2, 3)).astype(np.float32)
+    report = evaluate(fp32, int8, _batches(fp32, x, batch_size=5), metric=str(script), max_activation_mb=1e-4)
+    assert report.num_parts == 5
+    err = np.abs(x - fake_quantize(x, 1.0)).reshape(2, -1).max(axis=1)  # per batch of 5, averaged (equal weights)
+    assert report.metric["value"] == pytest.approx(float(err.mean()), rel=1e-6)

@@ -935,12 +935,17 @@ def _rows(value: np.ndarray) -> int:
     return int(value.shape[0]) if value.ndim else 1
 
 
-def _joined(parts: list[np.ndarray]) -> np.ndarray:
-    """One batch's output from its parts' (along the batch axis; a per-part scalar becomes one value per part)."""
+def _joined(parts: list[np.ndarray], rows: list[int]) -> np.ndarray:
+    """One batch's output from its parts' (`rows` samples each), joined along the batch axis: the first axis whose
+    size is each part's sample count (axis 0 for most models; a recurrent state (2, N, 128) has it at 1). An
+    output without one (a per-part scalar) becomes one value per part."""
     if len(parts) == 1:
         return parts[0]
-    if all(p.ndim for p in parts):
-        return np.concatenate(parts)
+    ndim = {p.ndim for p in parts}
+    if len(ndim) == 1 and (n := ndim.pop()):
+        for axis in range(n):
+            if all(p.shape[axis] == r for p, r in zip(parts, rows)):
+                return np.concatenate(parts, axis=axis)
     return np.stack(parts)
 
 
@@ -1055,6 +1060,7 @@ def evaluate(
         keep = rows - padded if index == last_index else rows  # rows before the padding copies
         outs32: dict[str, list[np.ndarray]] = {n: [] for n in output_names} if task else {}
         outs8: dict[str, list[np.ndarray]] = {n: [] for n in output_names} if task else {}
+        sizes: list[int] = []
         start = 0
         for part in r32.split(batch):
             a, b = r32.run(part), r8.run(part)
@@ -1078,13 +1084,14 @@ def evaluate(
                     if task:
                         outs32[name].append(x)
                         outs8[name].append(y)
+            sizes.append(min(size, max(0, keep - start)))
             for name, acc in clips.items():
                 acc.update(a[name])
             del a, b
             start += size
         if task:
             whole = batch if keep == rows else {k: v[:keep] if v.ndim else v for k, v in batch.items()}
-            task.add({n: _joined(v) for n, v in outs32.items()}, {n: _joined(v) for n, v in outs8.items()},
+            task.add({n: _joined(v, sizes) for n, v in outs32.items()}, {n: _joined(v, sizes) for n, v in outs8.items()},
                      whole, samples=keep)
             del outs32, outs8
         count += 1
