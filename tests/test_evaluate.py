@@ -17,7 +17,9 @@ from trt_calib.ort.model import model_inputs
 from trt_calib.ort.data import from_arrays
 from trt_calib.errors import DataError, ModelError
 from trt_calib.ort.evaluate import (
+    OutputMetrics,
     evaluate,
+    judge,
     fake_quantize,
     kl_divergence,
     log_probabilities,
@@ -418,3 +420,271 @@ def test_trt_calib_evaluate_errors_are_one_line_with_exit_2(lenet_qdq, mnist, tm
     assert main(["evaluate", str(LENET / "lenet.onnx"), str(tmp_path / "missing.onnx"), "--data",
                  str(tmp_path / "x.npy")]) == 2
     assert "missing.onnx" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------- sequences, verdict
+def _sequence_pair(amax: float, *, softmax: bool = True):
+    """FP32: y = Softmax(2x) over the last axis of x (N, T, C) (or y = 2x, logits); INT8: the same on x quantised."""
+    consts = [numpy_helper.from_array(np.float32(2), "two")]
+    tail = [helper.make_node("Softmax", ["h"], ["y"], axis=2)] if softmax else [helper.make_node("Identity", ["h"], ["y"])]
+    shape = ["N", 6, 5]
+    fp32 = _model([helper.make_node("Mul", ["x", "two"], ["h"]), *tail], [_vi("x", shape)], [_vi("y", shape)], consts)
+    int8 = _model([*_qdq("x", "xd", "s"), helper.make_node("Mul", ["xd", "two"], ["h"]), *tail],
+                  [_vi("x", shape)], [_vi("y", shape)], consts + _scale("s", amax))
+    return fp32, int8
+
+
+def _sequences(n=24, seed=11):
+    """Rows over 5 classes, class 0 winning at most positions (a CTC blank), another class at a few."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 6, 5)).astype(np.float32)
+    x[:, :, 0] += 1.5
+    return x
+
+
+def _expected_sequence(x, amax):
+    p = _softmax_last(2.0 * x.astype(np.float64))
+    q = _softmax_last(2.0 * fake_quantize(x, amax).astype(np.float64))
+    t32, t8 = p.argmax(-1), q.argmax(-1)
+    kl = (p * np.log(p / np.maximum(q, 1e-12))).sum(-1)
+    return t32, t8, kl
+
+
+def _softmax_last(x):
+    e = np.exp(x - x.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def test_sequence_outputs_get_whole_sequence_and_per_position_agreement_and_kl():
+    x = _sequences()
+    fp32, int8 = _sequence_pair(1.0)  # clipping at 1 flattens the winning margins: some positions flip
+    out = evaluate(fp32, int8, _batches(fp32, x, batch_size=8)).output("y")
+    t32, t8, kl = _expected_sequence(x, 1.0)
+    agree = t32 == t8
+    assert 0 < agree.all(1).sum() < 24 and 0 < (~agree).sum()  # the data exercises both
+    assert out.sequence == "probabilities" and not out.is_classifier and out.num_samples == 24
+    assert out.num_sequences_agree == int(agree.all(1).sum())
+    assert out.sequence_agreement == pytest.approx(agree.all(1).mean())
+    assert (out.num_positions, out.num_positions_agree) == (144, int(agree.sum()))
+    assert out.mean_position_kl == pytest.approx(float(kl.mean()), rel=1e-5)
+    majority = np.bincount(t32.reshape(-1)).argmax()
+    assert out.majority_class == majority == 0
+    off = t32 != majority
+    assert out.num_minority_positions == int(off.sum()) and out.num_minority_agree == int((agree & off).sum())
+    assert out.minority_position_agreement < out.position_agreement  # the majority class pads plain agreement
+    data = out.to_json()
+    assert data["sequence_agreement"] == out.sequence_agreement and data["position_kl"] == out.mean_position_kl
+    np.testing.assert_array_equal(out.samples["sequence_agree"], agree.all(1))
+
+
+def test_sequence_logits_are_named_and_other_rank3_outputs_are_not_sequences():
+    x = _sequences()
+    fp32, int8 = _sequence_pair(1.0, softmax=False)
+    plain = evaluate(fp32, int8, _batches(fp32, x, batch_size=8)).output("y")
+    assert plain.sequence is None and plain.decisions is None  # raw scores of unknown meaning: errors only
+    out = evaluate(fp32, int8, _batches(fp32, x, batch_size=8), sequence_outputs=["y"]).output("y")
+    t32, t8, kl = _expected_sequence(x, 1.0)  # softmax of the logits 2x
+    assert out.sequence == "logits" and out.num_sequences_agree == int((t32 == t8).all(1).sum())
+    assert out.mean_position_kl == pytest.approx(float(kl.mean()), rel=1e-9)
+    with pytest.raises(DataError, match="sequence output 'nope' is not an output"):
+        evaluate(fp32, int8, _batches(fp32, x), sequence_outputs=["nope"])
+
+
+def test_the_verdict_says_when_int8_loses_most_decisions_and_names_the_clipped_tensor():
+    x = _sequences()
+    fp32, int8 = _sequence_pair(0.02)  # clipped at 0.02 where |x| reaches ~4: every row nearly flat
+    report = evaluate(fp32, int8, _batches(fp32, x, batch_size=8))
+    out = report.output("y")
+    assert out.num_sequences_agree < 12 and report.lost
+    v = report.verdict
+    assert v.lost_outputs == ("y",) and [q.name for q in v.suspects] == ["x"]
+    q = v.suspects[0]
+    scale = np.float32(np.float32(0.02) / np.float32(127))
+    assert q.quantizer.scale == pytest.approx(float(scale), rel=1e-7) and q.quantizer.symmetric
+    assert q.max_abs == pytest.approx(float(np.abs(x).max()))
+    lo, hi = -128 * q.quantizer.scale, 127 * q.quantizer.scale
+    assert q.num_clipped == int(((x < np.float32(lo)) | (x > np.float32(hi))).sum()) and q.num_values == x.size
+    own = 10 * math.log10((x.astype(np.float64) ** 2).sum() / ((x - fake_quantize(x, 0.02)).astype(np.float64) ** 2).sum())
+    assert q.sqnr_db == pytest.approx(own, rel=1e-6)
+    assert v.line.startswith("verdict: INT8 LOSES MOST OF FP32'S DECISIONS: y keeps ")
+    assert f"x clipped at {hi:.3g} (max |x| {np.abs(x).max():.3g}" in v.line
+    assert report.format().splitlines()[-1] == v.line
+    data = json.loads(json.dumps(report.to_json(), allow_nan=False))
+    assert data["verdict"]["lost"] and data["verdict"]["suspects"][0]["name"] == "x"
+    assert data["worst_quantized_tensors"][0]["clip_high"] == pytest.approx(hi)
+
+    kept = evaluate(fp32, _sequence_pair(float(np.abs(x).max()))[1], _batches(fp32, x, batch_size=8))
+    assert not kept.lost and kept.verdict.line.startswith("verdict: INT8 keeps most of FP32's decisions: y keeps ")
+    blind = evaluate(fp32, int8, _batches(fp32, x, batch_size=8), worst=0)  # no per-tensor pass: no suspects named
+    assert blind.lost and not blind.verdict.suspects and "--worst 0" in blind.verdict.line
+
+
+def _sequence_metrics(whole, kept, minority, positions=320, samples=8):
+    return OutputMetrics("text", (40, 6625), samples, 1.0, 1e-4, sequence="probabilities", num_sequences_agree=whole,
+                         num_positions=positions, num_positions_agree=positions - minority + kept, majority_class=0,
+                         num_minority_positions=minority, num_minority_agree=kept, mean_position_kl=0.1)
+
+
+def test_a_sequence_is_judged_on_the_positions_fp32_does_not_give_its_majority_class():
+    # PP-OCRv4 rec under entropy2: every position blank, 63% of FP32's are blank too; under mse: 3 of 8 argmax
+    # sequences equal but 111 of 117 non-blank positions (CTC's collapse makes 5 of 8 texts equal)
+    destroyed = judge([_sequence_metrics(0, 0, 117)], [])
+    assert destroyed.lost and "keeps 0/117 positions where FP32 is not class 0 (0.0%; whole sequences 0/8)" in \
+        destroyed.line
+    assert not judge([_sequence_metrics(3, 111, 117)], []).lost
+    assert judge([_sequence_metrics(8, 58, 117)], []).lost  # 49.6%: below half, whatever the whole sequences say
+    # FP32 blank everywhere: every position is a decision
+    blank = _sequence_metrics(2, 0, 0)
+    blank.num_positions_agree = 300
+    assert judge([blank], []).line.endswith("keeps 300/320 positions (93.8%; whole sequences 2/8)")
+
+
+def test_classifier_verdict_and_outputs_without_decisions():
+    rng = np.random.default_rng(12)
+    x = (rng.normal(size=(40, 10)) * 2.0).astype(np.float32)
+    fp32, int8 = _logit_pair(0.01)  # every logit clipped to +-0.01: the argmax is noise
+    report = evaluate(fp32, int8, _batches(fp32, x))
+    assert report.output("y").agreement < 0.5 and report.lost and "top-1 classes" in report.verdict.line
+    conv32, conv8, _, _ = _conv_pair()
+    images = rng.normal(size=(4, 3, 8, 8)).astype(np.float32)
+    plain = evaluate(conv32, conv8, _batches(conv32, images, batch_size=2))
+    assert not plain.lost and plain.verdict.line.startswith("verdict: none: no output is a classifier")
+
+
+# ---------------------------------------------------------------------------------------------- memory budget
+def _json_numbers(data, path=""):
+    """(path, value) for every number in a JSON document, to compare two reports field by field."""
+    if isinstance(data, dict):
+        for k, v in data.items():
+            if k not in ("seconds", "num_parts"):
+                yield from _json_numbers(v, f"{path}.{k}")
+    elif isinstance(data, list):
+        for i, v in enumerate(data):
+            yield from _json_numbers(v, f"{path}[{i}]")
+    else:
+        yield path, data
+
+
+def test_split_batches_give_the_metrics_of_whole_batches():
+    """A budget that fits one sample per part: the same report as whole batches, to float64 rounding."""
+    x = _sequences(n=22)
+    fp32, int8 = _sequence_pair(1.5)
+    specs = model_inputs(fp32)
+    whole = evaluate(fp32, int8, from_arrays(x, specs, batch_size=8, last_batch="pad"), worst=20)
+    per_sample = 2 * 6 * 5 * 4 * 2  # h and y, float32; FP32 also fetches x
+    split = evaluate(fp32, int8, from_arrays(x, specs, batch_size=8, last_batch="pad"), worst=20,
+                     max_activation_mb=1.5 * per_sample / 2**20)
+    assert whole.num_parts == 1 and split.num_parts > 1
+    assert split.num_samples == whole.num_samples == 22  # the 2 padding copies of the last batch are left out
+    a, b = dict(_json_numbers(whole.to_json())), dict(_json_numbers(split.to_json()))
+    assert a.keys() == b.keys()
+    for key, value in a.items():
+        if isinstance(value, float):
+            assert b[key] == pytest.approx(value, rel=1e-12, abs=1e-300), key
+        else:
+            assert b[key] == value, key
+    # without the per-tensor pass only the outputs come back, but onnxruntime still works on every tensor: the
+    # parts are sized by all of them (x, h, y: 3 of 30 floats), not by the output alone
+    budget = 2 * 2.5 * 3 * 30 * 4 / 2**20  # half for each model: parts of 2 samples
+    assert evaluate(fp32, int8, from_arrays(x, specs, batch_size=8), worst=0, max_activation_mb=budget).num_parts == 4
+    assert evaluate(fp32, int8, from_arrays(x, specs, batch_size=8), worst=0).num_parts == 1
+    # and the padding copies are out of the output metrics, as when no sample is padded
+    exact = evaluate(fp32, int8, from_arrays(x, specs, batch_size=8, last_batch="keep"), worst=20)
+    c, d = dict(_json_numbers(exact.output("y").to_json())), dict(_json_numbers(split.output("y").to_json()))
+    assert c.keys() == d.keys() and all(d[k] == pytest.approx(v, rel=1e-12) for k, v in c.items()
+                                        if not isinstance(v, (str, type(None))))
+
+
+def test_threshold_sqnr_in_parts_equals_whole_batches():
+    fp32, _ = _logit_pair(3.0)
+    x = (np.random.default_rng(13).normal(size=(24, 10)) * 2.0).astype(np.float32)
+    cand = {"h": {"tight": 2.0, "max": 30.0}, "x": {"a": 1.0}}
+    whole = threshold_sqnr(fp32, _batches(fp32, x, batch_size=8), cand)
+    parts = threshold_sqnr(fp32, _batches(fp32, x, batch_size=8), cand, max_activation_mb=100 / 2**20)
+    for name in cand:
+        for label in cand[name]:
+            assert parts[name][label] == pytest.approx(whole[name][label], rel=1e-12)
+    with pytest.raises(ValueError, match="max_activation_mb"):
+        threshold_sqnr(fp32, _batches(fp32, x), cand, max_activation_mb=0)
+
+
+# ---------------------------------------------------------------------------------------------- task metric
+TASK = """
+import numpy as np
+
+def metric(fp32, int8, batch):
+    assert len(fp32["y"]) == len(int8["y"]) == len(batch["x"])
+    same = (fp32["y"].argmax(-1) == int8["y"].argmax(-1)).all(-1)
+    return float(same.mean()), True
+
+def rows(fp32, int8):
+    return float(len(fp32["y"])), False, 1.0
+"""
+
+
+def test_a_task_metric_sees_whole_batches_even_when_they_run_in_parts(tmp_path):
+    script = tmp_path / "task.py"
+    script.write_text(TASK)
+    x = _sequences(n=20)
+    fp32, int8 = _sequence_pair(1.0)
+    report = evaluate(fp32, int8, _batches(fp32, x, batch_size=8), metric=f"{script}",
+                      max_activation_mb=1e-4)
+    assert report.num_parts > 1
+    t32, t8, _ = _expected_sequence(x, 1.0)
+    assert report.metric["value"] == pytest.approx((t32 == t8).all(1).mean())  # weighted by samples: 8, 8, 4
+    assert report.metric["higher_is_better"] is True and report.metric["batches"] == 3
+    rows = evaluate(fp32, int8, _batches(fp32, x, batch_size=8), metric=f"{script}:rows", max_activation_mb=1e-4)
+    assert rows.metric["value"] == pytest.approx((8 + 8 + 4) / 3)  # batches of 8, 8 and 4 rows, not parts
+    assert "task metric task.py:metric: " in report.format()
+    assert json.loads(json.dumps(report.to_json()))["metric"]["name"] == "task.py:metric"
+
+
+def test_cli_evaluate_exit_3_on_a_lost_model_and_metric_checked_before_data(tmp_path, capsys):
+    from trt_calib.cli import main
+
+    x = _sequences()
+    fp32, int8 = _sequence_pair(0.02)
+    onnx.save(fp32, tmp_path / "m.onnx")
+    onnx.save(int8, tmp_path / "q.onnx")
+    np.save(tmp_path / "x.npy", x)
+    base = ["evaluate", str(tmp_path / "m.onnx"), str(tmp_path / "q.onnx"), "--no-progress", "--batch-size", "8"]
+    assert main(base + ["--data", str(tmp_path / "x.npy")]) == 3
+    out = capsys.readouterr().out
+    assert out.splitlines()[-1].startswith("verdict: INT8 LOSES MOST OF FP32'S DECISIONS: y keeps")
+    assert main(base + ["--data", str(tmp_path / "x.npy"), "--json", "--max-activation-mb", "0.001"]) == 3
+    data = json.loads(capsys.readouterr().out)
+    assert data["exit"] == 3 and data["verdict"]["lost"] and data["num_parts"] > 1
+    assert data["outputs"][0]["sequence_agreement"] < 0.5
+
+    # a bad --metric or --sequence-output is refused before the data is read (a data script that would leave a mark)
+    marker = tmp_path / "read"
+    (tmp_path / "data.py").write_text(f"import pathlib\npathlib.Path({str(marker)!r}).touch()\n"
+                                      "def load_data():\n    yield {'x': __import__('numpy').zeros((2, 6, 5), 'f4')}\n")
+    (tmp_path / "bad.py").write_text("def metric(fp32):\n    return 1.0\n")
+    for extra, message in ((["--metric", str(tmp_path / "missing.py")], "no such metric script"),
+                           (["--metric", str(tmp_path / "bad.py")], "must take (fp32_outputs, int8_outputs"),
+                           (["--sequence-output", "z"], "--sequence-output z: no such output")):
+        assert main(base + ["--data", str(tmp_path / "data.py")] + extra) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and message in err
+        assert not marker.exists()
+    assert main(base + ["--data", str(tmp_path / "data.py"), "--max-activation-mb", "0"]) == 2
+    assert "--max-activation-mb" in capsys.readouterr().err
+
+
+def test_a_task_metric_gets_an_output_whose_batch_axis_is_not_first_joined_along_it(tmp_path):
+    """Like silero's state (2, batch, 128): the parts are joined along the axis that holds their samples."""
+    script = tmp_path / "state.py"
+    script.write_text("def metric(fp32, int8, batch):\n"
+                      "    assert fp32['s'].shape == (2, len(batch['x']), 3), fp32['s'].shape\n"
+                      "    return float(abs(fp32['s'] - int8['s']).max()), False\n")
+    shape = ["N", 2, 3]
+    nodes = [helper.make_node("Transpose", ["x"], ["s"], perm=[1, 0, 2])]
+    fp32 = _model(nodes, [_vi("x", shape)], [_vi("s", [2, "N", 3])])
+    int8 = _model([*_qdq("x", "xd", "q"), helper.make_node("Transpose", ["xd"], ["s"], perm=[1, 0, 2])],
+                  [_vi("x", shape)], [_vi("s", [2, "N", 3])], _scale("q", 1.0))
+    x = np.random.default_rng(14).normal(size=(10, 2, 3)).astype(np.float32)
+    report = evaluate(fp32, int8, _batches(fp32, x, batch_size=5), metric=str(script), max_activation_mb=1e-4)
+    assert report.num_parts == 5
+    err = np.abs(x - fake_quantize(x, 1.0)).reshape(2, -1).max(axis=1)  # per batch of 5, averaged (equal weights)
+    assert report.metric["value"] == pytest.approx(float(err.mean()), rel=1e-6)

@@ -447,6 +447,45 @@ def test_bias_correction_removes_most_of_the_per_channel_mean_error():
     assert not any(t.name == "b1" for t in corrected.graph.initializer)  # replaced, not kept beside
 
 
+def test_bias_correction_takes_biases_from_constant_nodes_as_paddle2onnx_writes_them():
+    model = _depthwise_model()
+    b1 = next(t for t in model.graph.initializer if t.name == "b1")
+    model.graph.node.insert(0, helper.make_node("Constant", [], ["b1"], value=b1))
+    model.graph.initializer.remove(b1)
+    rng = np.random.default_rng(8)
+    calib = [{"x": rng.uniform(0, 1, size=(4, 3, 10, 10)).astype(np.float32)} for _ in range(2)]
+    result = calibrate(model, calib, algorithm="minmax")
+    corrected, report = quantize_model(model, result, bias_correction=calib)
+    onnx.checker.check_model(corrected, full_check=True)
+    assert report.bias_correction["layers"] == 3  # the Constant-fed Conv included
+    conv = _producers(corrected)["c1"]
+    shift = _init_array(corrected, conv.input[2]) - numpy_helper.to_array(b1)
+    first_conv = [n for n in report.nodes if n.op_type == "Conv"][0]
+    assert np.abs(shift).max() == pytest.approx(first_conv.bias_shift, rel=1e-6) and first_conv.bias_shift > 0
+    assert not any(n.op_type == "Constant" and n.output[0] == "b1" for n in corrected.graph.node)  # unused: gone
+
+
+def test_bias_correction_in_parts_of_the_activation_budget_gives_the_same_biases():
+    """Batches of 8 cut into parts of 2 samples (budget): the biases of whole batches, to float64 rounding."""
+    model = _depthwise_model()
+    model.graph.input[0].type.tensor_type.shape.dim[0].dim_param = "N"
+    rng = np.random.default_rng(7)
+    calib = [{"x": rng.uniform(0, 1, size=(8, 3, 10, 10)).astype(np.float32)} for _ in range(3)]
+    result = calibrate(model, calib, algorithm="minmax")
+    whole, whole_report = quantize_model(model, result, bias_correction=calib, threads=1)
+    per_sample = 4 * (3 + 8 + 8 + 8 + 8 + 6) * 100  # x, c1, r1, c2, r2, y: float32, 10x10
+    split, split_report = quantize_model(model, result, bias_correction=calib, threads=1,
+                                         max_activation_mb=2.5 * per_sample / 2**20)
+    assert whole_report.bias_correction["parts"] == 3 and split_report.bias_correction["parts"] == 12
+    biases = lambda m: {t.name: numpy_helper.to_array(t) for t in m.graph.initializer if "bias_corrected" in t.name}
+    a, b = biases(whole), biases(split)
+    assert a.keys() == b.keys() and len(a) == 3
+    for name in a:
+        np.testing.assert_allclose(b[name], a[name], rtol=1e-6, atol=1e-9)  # float32 biases of float64 means
+    assert split_report.bias_correction["mean_abs_error_before"] == pytest.approx(
+        whole_report.bias_correction["mean_abs_error_before"], rel=1e-9)
+
+
 def test_bias_correction_of_a_gemm_with_transposed_weight():
     rng = np.random.default_rng(6)
     w = rng.normal(scale=0.2, size=(5, 16)).astype(np.float32)

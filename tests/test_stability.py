@@ -209,3 +209,60 @@ def test_the_order_reaches_the_histogram_only_through_its_final_range(pool):
             moved += 1
         assert diff.sum() == 0 and np.count_nonzero(diff) == 2 * np.count_nonzero(diff < 0), name
     assert moved >= 1
+
+
+# ---------------------------------------------------------------------------------------------- task metric, memory
+AGREE = """
+def metric(fp32, int8):
+    return float((fp32["prob"].argmax(1) == int8["prob"].argmax(1)).mean()), True
+"""
+
+
+def test_a_task_metric_ranks_the_end_to_end_variants(pool, tmp_path):
+    samples, base = pool
+    script = tmp_path / "agree.py"
+    script.write_text(AGREE)
+    task = run_stability(LENET, samples, metric=str(script), batch_size=base, orders=2, batch_sizes=(100,),
+                         fractions=(), seed=1).to_json()["end_to_end"]
+    assert task["metric"] == "task_metric" and task["task_metric"] == str(script) and task["higher_is_better"] is True
+    rows = {r["variant"]: r for r in task["variants"]}
+    for r in rows.values():
+        assert r["task_metric"] == pytest.approx(r["agreement"], rel=1e-12)  # the script computes the agreement
+    best = max(rows.values(), key=lambda r: (r["task_metric"], -r["variant"]))
+    assert task["best"] == best["variant"]
+    assert rows[task["worst"]]["task_metric"] == min(r["task_metric"] for r in rows.values())
+
+
+def test_end_to_end_evaluations_run_in_parts_within_the_budget(pool, tmp_path):
+    """The evaluation of one set of scales, in parts of two samples and in whole batches: the same row.
+    (Not parts of one: onnxruntime's Gemm takes another kernel for one row when its weights are not constant, as
+    behind a DequantizeLinear, which moves the activations by a few float32 ULPs; docs/accuracy.md.)"""
+    from trt_calib.ort.executor import ShippedModel
+    from trt_calib.tools.stability import _EvaluationJob, _evaluate_scales
+
+    samples, _ = pool
+    amax = calibrate(LENET, [{"data": samples["data"][:100]}]).amax
+    held = {"data": samples["data"][:60]}
+    job = dict(model=ShippedModel.of(onnx.load(str(LENET))), specs=tuple(SPECS), amax=amax, samples=held,
+               batch_size=20, threads=1)
+    whole = _evaluate_scales(_EvaluationJob(**job, max_activation_mb=256))
+    parts = _evaluate_scales(_EvaluationJob(**job, max_activation_mb=0.4))  # LeNet: 84 kB of tensors per sample
+    assert whole.keys() == parts.keys() and whole["num_samples"] == 60
+    assert whole.pop("num_parts") == 1 and parts.pop("num_parts") == 10
+    for key, value in whole.items():
+        assert parts[key] == (pytest.approx(value, rel=1e-12) if isinstance(value, float) else value), key
+
+
+def test_cli_checks_the_metric_before_reading_data(tmp_path, capsys):
+    marker = tmp_path / "read"
+    data = tmp_path / "data.py"
+    data.write_text(f"import pathlib\npathlib.Path({str(marker)!r}).touch()\n"
+                    "def load_data():\n    yield {'data': __import__('numpy').zeros((2, 1, 28, 28), 'f4')}\n")
+    out = str(tmp_path / "s.json")
+    assert main(["stability", str(LENET), "--data", str(data), "-o", out, "--metric", str(tmp_path / "no.py")]) == 2
+    assert "no such metric script" in capsys.readouterr().err
+    (tmp_path / "agree.py").write_text(AGREE)
+    assert main(["stability", str(LENET), "--data", str(data), "-o", out, "--metric", str(tmp_path / "agree.py"),
+                 "--no-end-to-end"]) == 2
+    assert "--no-end-to-end" in capsys.readouterr().err
+    assert not marker.exists()

@@ -1,6 +1,7 @@
-"""`trt-calib evaluate MODEL.onnx QDQ.onnx --data D [--labels L.npy] [--json [OUT]]`: what INT8 costs, measured.
+"""`trt-calib evaluate MODEL.onnx QDQ.onnx --data D [--labels L.npy] [--metric M.py] [--json [OUT]]`: what INT8
+costs, measured, and a verdict: exit 3 when INT8 loses most of FP32's decisions (`ort.evaluate.Verdict`).
 
-`register(subparsers)` adds the command; its handler is `run_evaluate`. The logic lives in `trt_calib.evaluate`.
+`register(subparsers)` adds the command; its handler is `run_evaluate`. The logic lives in `trt_calib.ort.evaluate`.
 """
 
 from __future__ import annotations
@@ -40,16 +41,20 @@ log = logging.getLogger("trt_calib")
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add `trt-calib evaluate`; its handler is `run_evaluate`."""
-    from ..ort.evaluate import DEFAULT_MARGIN
+    from ..ort.evaluate import DEFAULT_ACTIVATION_MB, DEFAULT_MARGIN, LOST_BELOW
 
     p = subparsers.add_parser(
         "evaluate",
-        help="compare a Q/DQ (INT8) model with its FP32 model on held-out data: agreement, KL, accuracy, SQNR",
+        help="compare a Q/DQ (INT8) model with its FP32 model on held-out data: agreement, KL, accuracy, SQNR, a "
+        "verdict",
         description="Run MODEL and its Q/DQ version with onnxruntime (CPU, graph optimisation off, so the Q/DQ "
         "graph runs as written) on the same held-out data and report top-1 agreement with FP32 (all samples and "
         "those with a clear FP32 winner), mean KL(FP32 || INT8) of the softmax outputs, top-1 accuracy with "
-        "--labels, absolute output errors and the tensors with the worst quantisation error (SQNR). onnxruntime's "
-        "int8 arithmetic approximates TensorRT's: build the engine to measure it exactly.",
+        "--labels; for sequence outputs (N, T, C) whole-sequence and per-position agreement and per-position KL; "
+        "absolute output errors, the tensors with the worst quantisation error (SQNR), the quantised activations "
+        "whose own Q/DQ pair hurts most (clipping), a task metric with --metric, and a verdict. Exit 3 when an "
+        f"output keeps fewer than {LOST_BELOW:.0%} of FP32's decisions (top-1 classes, whole sequences). "
+        "onnxruntime's int8 arithmetic approximates TensorRT's: build the engine to measure it exactly.",
     )
     p.add_argument("model", help="the FP32 ONNX model")
     p.add_argument("int8_model", metavar="qdq_model", help="its Q/DQ (INT8) version, e.g. from trt-calib quantize")
@@ -60,8 +65,19 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    "output)")
     p.add_argument("--margin", type=finite_float(0), default=DEFAULT_MARGIN, help="agreement is also reported on "
                    f"samples whose FP32 top-1/top-2 logit margin exceeds this (default {DEFAULT_MARGIN:g})")
-    p.add_argument("--worst", type=non_negative_int, default=10, help="list this many tensors with the lowest SQNR "
-                   "(default 10; 0 skips the per-tensor comparison)")
+    p.add_argument("--worst", type=non_negative_int, default=10, help="list this many tensors with the lowest SQNR, "
+                   "and quantised activations with the worst own error (default 10; 0 skips the per-tensor "
+                   "comparison, and the verdict then names no tensor)")
+    p.add_argument("--metric", metavar="FILE.py[:FUNCTION]", default=None,
+                   help="a task metric: FUNCTION (default `metric`) of (fp32_outputs, int8_outputs[, batch]) returning "
+                   "value or (value, higher_is_better[, weight]), called once per batch, averaged by weight "
+                   "(default: the batch's samples); see docs/accuracy.md")
+    p.add_argument("--sequence-output", metavar="NAME", action="append", default=[],
+                   help="an output (N, T, C) whose rows are logits over C classes, for sequence agreement and "
+                   "per-position KL (rows of probabilities are recognised without it); repeatable")
+    p.add_argument("--max-activation-mb", type=finite_float(0, lo_open=True), default=DEFAULT_ACTIVATION_MB,
+                   help="run a batch in equal parts so both models' tensors of one part fit this "
+                   f"(default {DEFAULT_ACTIVATION_MB:g}, as calibrate)")
     add_json_flag(p, file=True, help="print the report as JSON on stdout (errors too); with FILE also write it "
                   "there (the text report then goes to stderr)")
     p.add_argument("--threads", type=threads_arg, default=None, help="onnxruntime intra-op threads, 1 to 256 "
@@ -99,15 +115,22 @@ def _labels_for(source: Any, labels: np.ndarray, path: str) -> np.ndarray:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    """Evaluate, print the report, and write --json if asked."""
+    """Evaluate, print the report, and write --json if asked; 3 when the verdict says INT8 lost most decisions."""
     from ..ort.model import load_model
     from ..ort.evaluate import evaluate
+    from ..ort.user_metric import load_metric
 
     out_json = json_file(args)
     guard_paths(inputs={"MODEL": model_paths(args.model), "QDQ_MODEL": model_paths(args.int8_model),
-                        "--data": data_path(args.data), "--labels": args.labels},
+                        "--data": data_path(args.data), "--labels": args.labels,
+                        "--metric": data_path(args.metric)},
                 outputs={"--json": out_json})
+    metric = load_metric(args.metric) if args.metric is not None else None  # a bad script fails before any data
     inputs = model_inputs_of(args.model)
+    outputs = [o.name for o in load_model(args.model, weights=False).graph.output]
+    unknown = [n for n in args.sequence_output if n not in outputs]
+    if unknown:
+        raise UsageError(f"--sequence-output {unknown[0]}: no such output; the outputs are {', '.join(outputs)}")
     load_model(args.int8_model, weights=False)  # fail on an unreadable second model before reading any data
     is_script = str(args.data).split(":")[0].endswith(".py")
     if args.last_batch is None and not is_script:
@@ -127,18 +150,21 @@ def run_evaluate(args: argparse.Namespace) -> int:
         report = evaluate(
             args.model, args.int8_model, source, labels=labels, worst=args.worst, margin=args.margin,
             label_output=args.label_output, progress=progress, threads=args.threads,
+            max_activation_mb=args.max_activation_mb, metric=metric, sequence_outputs=args.sequence_output,
         )
+    code = 3 if report.lost else 0
     if not args.json:
         print(report.format())
-        return 0
+        return code
     payload = report.to_json()
     payload["model"] = str(args.model)
     payload["int8_model"] = str(args.int8_model)
     payload["data"] = source.manifest()
+    payload["exit"] = code
     if out_json:
         write_output(out_json, json_text(payload), what="the --json report")
         log.info("wrote %s", out_json)
     if not getattr(args, "quiet", False):
         print(report.format(), file=sys.stderr)
     print_json(payload)
-    return 0
+    return code

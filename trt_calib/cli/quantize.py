@@ -14,6 +14,7 @@ from ._common import (
     add_json_flag,
     batch_count,
     data_path,
+    finite_float,
     guard_paths,
     json_text,
     model_inputs_of,
@@ -81,6 +82,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "layer (needs --data)")
     p.add_argument("--bias-correction-batches", type=positive_int, default=4, metavar="N",
                    help="calibration batches bias correction runs (default 4)")
+    p.add_argument("--max-activation-mb", type=finite_float(0, lo_open=True), default=256,
+                   help="run a batch in equal parts when its activations exceed this, in calibration and bias "
+                   "correction (default 256, as calibrate)")
     ex = p.add_argument_group("leaving nodes in float (the coverage report lists each, with why)")
     ex.add_argument("--exclude-nodes", metavar="N1,N2", help="no Q/DQ for these nodes (names as the coverage "
                     "report or `trt-calib sensitivity` lists them): float weights, float inputs")
@@ -157,7 +161,7 @@ def _run_quantize(args: argparse.Namespace) -> int:
             else:
                 scales = calibrate(
                     args.model, source, algorithm=algorithm, trt_version=args.trt_version, percentile=args.percentile,
-                    progress=progress, threads=args.threads,
+                    progress=progress, threads=args.threads, max_activation_mb=args.max_activation_mb,
                 )
                 scales_from = f"calibration ({algorithm})"
 
@@ -174,6 +178,8 @@ def _run_quantize(args: argparse.Namespace) -> int:
             bias_correction_batches=args.bias_correction_batches,
             progress=progress,
             exclude=exclude,
+            max_activation_mb=args.max_activation_mb,
+            threads=args.threads,
         )
 
     try:

@@ -8,10 +8,12 @@ import logging
 import math
 from typing import Any, Callable
 
+from ..errors import UsageError
 from ._common import (
     add_data_arguments,
     add_executor_arguments,
     add_json_flag,
+    data_path,
     open_progress,
     json_text,
     print_json,
@@ -74,10 +76,15 @@ def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--heldout", metavar="PATH", help="held-out data for the end-to-end error (same formats and "
                    "--preprocess as --data; default: the calibration data itself)")
     p.add_argument("--no-end-to-end", action="store_true", help="skip the Q/DQ evaluations")
+    p.add_argument("--metric", metavar="FILE.py[:FUNCTION]", default=None,
+                   help="a task metric for the end-to-end evaluations, which it then ranks: FUNCTION (default "
+                   "`metric`) of (fp32_outputs, int8_outputs[, batch]) returning value or (value, higher_is_better"
+                   "[, weight]); see docs/accuracy.md")
     p.add_argument("--trt-version", type=trt_version_arg, default=DEFAULT_TRT_VERSION,
                    help=f"TensorRT version whose scale ties to apply (default {DEFAULT_TRT_VERSION})")
     p.add_argument("--max-activation-mb", type=finite_float(0, lo_open=True), default=256,
-                   help="run a batch in parts when its activations exceed this (default 256)")
+                   help="run a batch in equal parts when its activations exceed this, in the calibrations and the "
+                   "end-to-end evaluations (default 256, as calibrate)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_executor_arguments(p)
     add_json_flag(p)
@@ -95,10 +102,16 @@ def run_stability_command(args: argparse.Namespace) -> int:
     """Plan, calibrate every variant, evaluate, write STAB.json, print the summary; 1 when a tensor is unstable."""
     from ..ort.model import load_model, model_inputs
     from ..tools.provenance import file_sha256
+    from ..ort.user_metric import load_metric
     from ..tools.stability import run_stability
 
-    guard_paths(inputs={"MODEL": args.model, "--data": args.data, "--heldout": args.heldout},
+    guard_paths(inputs={"MODEL": args.model, "--data": data_path(args.data), "--heldout": data_path(args.heldout),
+                        "--metric": data_path(args.metric)},
                 outputs={"-o": args.output})
+    if args.metric is not None:
+        if args.no_end_to_end:
+            raise UsageError("--metric scores the end-to-end evaluations, which --no-end-to-end skips. Hint: drop one")
+        load_metric(args.metric)  # a bad script fails before any data is read (the workers load it again)
     model = load_model(args.model)
     inputs = model_inputs(model)
     is_script = str(args.data).split(":")[0].endswith(".py")
@@ -139,6 +152,7 @@ def run_stability_command(args: argparse.Namespace) -> int:
                 fractions=args.fractions, seed=args.order_seed, tolerance=args.tolerance, last_batch=last_batch,
                 trt_version=args.trt_version, heldout=heldout, end_to_end=not args.no_end_to_end,
                 executor=executor, progress=progress, max_activation_mb=args.max_activation_mb, meta=meta,
+                metric=args.metric,
             )
     finally:
         for bar in bars:
@@ -200,10 +214,14 @@ def format_summary(record: dict[str, Any], *, rows: int = 15) -> str:
 
         def describe(i: int) -> str:
             r = by_id[i]
-            extra = f", agreement {100 * r['agreement']:.1f}%" if r.get("agreement") is not None else ""
-            return f"{r['label']}: {metric} {r[metric]:.4g}{extra}"
+            extra = f", agreement {100 * r['agreement']:.1f}%" if isinstance(r.get("agreement"), float) else ""
+            value = r[metric]
+            shown = f"{value:.4g}" if isinstance(value, (int, float)) else str(value)
+            return f"{r['label']}: {metric} {shown}{extra}"
 
-        lines.append(f"end to end ({e2e['output']}, {e2e['evaluations']} Q/DQ models on {e2e['on']}):")
+        task = (f"; ranked by the task metric {e2e['task_metric']}, "
+                f"{'higher' if e2e['higher_is_better'] else 'lower'} is better") if e2e.get("task_metric") else ""
+        lines.append(f"end to end ({e2e['output']}, {e2e['evaluations']} Q/DQ models on {e2e['on']}{task}):")
         lines.append(f"  most favourable   {describe(e2e['best'])}")
         lines.append(f"  least favourable  {describe(e2e['worst'])}")
         lines.append(f"  base              {describe(0)}")

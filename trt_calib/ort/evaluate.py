@@ -11,9 +11,14 @@ kernels. Neither is what TensorRT runs.
 Per output: top-1 accuracy (with labels), top-1 agreement with FP32 (all samples, and samples whose FP32 top-1/top-2
 logit margin exceeds `margin`), mean KL(FP32 || INT8) of the softmax outputs, max and mean absolute error. An output
 whose FP32 rows are already probabilities (non-negative, summing to 1) is used as is, and its margin is taken between
-log-probabilities, which is the logit margin. Per
+log-probabilities, which is the logit margin. A sequence output (N, T, C) of probability rows (or of logits, when
+named in `sequence_outputs`) gets whole-sequence and per-position argmax agreement and per-position KL. Per
 intermediate tensor present in both graphs under the same name: SQNR = 10 log10(sum x^2 / sum (x - x_int8)^2),
-accumulated batch by batch (activations are dropped after each batch).
+accumulated part by part. Per activation the Q/DQ model quantises: its own error at its Q/DQ scale on the FP32
+activations (clipping and rounding, inputs left float), which names the tensors behind a lost output (`Verdict`).
+
+Both models run through `Runner`s, each batch cut into equal parts so that both models' tensors for one part fit
+`max_activation_mb` (the budget `calibrate` uses), and every part's activations are dropped before the next runs.
 """
 
 from __future__ import annotations
@@ -22,22 +27,31 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from ..errors import DataError, ModelError
+from ..errors import CalibrationError, DataError, ModelError
 
 __all__ = [
     "ORT_NOTE",
     "SESSION_MODE",
     "DEFAULT_MARGIN",
+    "DEFAULT_ACTIVATION_MB",
     "PROBABILITY_FLOOR",
+    "LOST_BELOW",
     "TensorError",
+    "ActivationQuantizer",
+    "QuantizedTensor",
     "OutputMetrics",
+    "Verdict",
+    "VERDICT_RULE",
+    "judge",
     "EvaluationReport",
     "evaluate",
     "threshold_sqnr",
+    "activation_quantizers",
+    "quantize_dequantize",
     "log_softmax",
     "looks_like_probabilities",
     "log_probabilities",
@@ -45,6 +59,10 @@ __all__ = [
     "top2_margin",
     "sqnr_db",
     "fake_quantize",
+    "class_rows",
+    "sequence_rows",
+    "sum_squares",
+    "sum_sq_diff",
 ]
 
 log = logging.getLogger(__name__)
@@ -60,9 +78,16 @@ SESSION_MODE = (
     "(no WeightBiasQuantization re-quantisation, no onnxruntime int8 kernels)"
 )
 DEFAULT_MARGIN = 1.0
+#: Activation memory (MB) both models' tensors of one part may take; the default of `calibrate`'s budget.
+DEFAULT_ACTIVATION_MB = 256.0
 # An INT8 probability rounded to 0 where FP32 has mass would make KL infinite; it is floored here instead, so it
 # costs p * log(p / 1e-12) (about 28 p nats).
 PROBABILITY_FLOOR = 1e-12
+#: The verdict: an output whose share of FP32 decisions INT8 keeps (`OutputMetrics.decisions`) is below this has
+#: lost most of them.
+LOST_BELOW = 0.5
+#: How many of the worst-quantised tensors the verdict names.
+SUSPECTS = 3
 _PROB_ATOL = 1e-3  # rows summing to 1 within this (and non-negative) are taken as probabilities
 _BLOCK = 1 << 20
 
@@ -159,6 +184,99 @@ def sum_sq_diff(a: np.ndarray, b: np.ndarray) -> float:
     return total
 
 
+def quantize_dequantize(x: np.ndarray, scale: float, zero_point: int, qmin: int, qmax: int) -> np.ndarray:
+    """QuantizeLinear then DequantizeLinear in float32, as ONNX defines them for a per-tensor scale:
+    q = clip(round_half_even(x / scale) + zero_point, qmin, qmax); returns (q - zero_point) * scale."""
+    x = np.asarray(x, dtype=np.float32)
+    s = np.float32(scale)
+    q = np.clip(np.rint(x / s) + np.float32(zero_point), np.float32(qmin), np.float32(qmax))
+    return ((q - np.float32(zero_point)) * s).astype(np.float32, copy=False)
+
+
+@dataclass(frozen=True)
+class ActivationQuantizer:
+    """The per-tensor QuantizeLinear a Q/DQ model applies to one activation: values outside [lo, hi] are clipped."""
+
+    name: str
+    scale: float
+    zero_point: int
+    qmin: int
+    qmax: int
+
+    @property
+    def lo(self) -> float:
+        return (self.qmin - self.zero_point) * self.scale
+
+    @property
+    def hi(self) -> float:
+        return (self.qmax - self.zero_point) * self.scale
+
+    @property
+    def symmetric(self) -> bool:
+        return self.zero_point == 0 and self.qmin == -128 and self.qmax == 127
+
+    def clip_text(self) -> str:
+        """'clipped at 0.053' (symmetric int8: the amax, scale x 127) or 'clipped to [lo, hi]'."""
+        return f"clipped at {self.hi:.3g}" if self.symmetric else f"clipped to [{self.lo:.3g}, {self.hi:.3g}]"
+
+
+def _constant_arrays(graph: Any) -> dict[str, np.ndarray]:
+    """Initializers and Constant-node values of a graph, by name (small ones only: scales and zero points)."""
+    from onnx import numpy_helper
+
+    values = {t.name: t for t in graph.initializer if int(np.prod(t.dims, dtype=np.int64)) <= 1}
+    out = {name: numpy_helper.to_array(t) for name, t in values.items()}
+    for node in graph.node:
+        if node.op_type == "Constant" and node.output:
+            for attr in node.attribute:
+                if attr.name == "value" and int(np.prod(attr.t.dims, dtype=np.int64)) <= 1:
+                    out[node.output[0]] = numpy_helper.to_array(attr.t)
+    return out
+
+
+def activation_quantizers(model: Any) -> dict[str, ActivationQuantizer]:
+    """The activations (graph inputs and node outputs, not weights) a Q/DQ model quantises per tensor, by name.
+
+    A QuantizeLinear without a zero point quantises to uint8 (ONNX's default) unless its `output_dtype` says
+    otherwise; per-channel activation scales and float8 outputs are left out (a note in the log).
+    """
+    from onnx import TensorProto
+
+    from .model import load_model
+
+    graph = load_model(model).graph
+    weights = {t.name for t in graph.initializer}
+    consts = _constant_arrays(graph)
+    ranges = {TensorProto.INT8: (-128, 127), TensorProto.UINT8: (0, 255), TensorProto.INT16: (-32768, 32767),
+              TensorProto.UINT16: (0, 65535)}
+    found: dict[str, ActivationQuantizer] = {}
+    skipped = []
+    for node in graph.node:
+        if node.op_type != "QuantizeLinear" or node.domain not in ("", "ai.onnx") or not node.input[0]:
+            continue
+        x = node.input[0]
+        if x in weights or x in consts or x in found:
+            continue
+        scale = consts.get(node.input[1]) if len(node.input) > 1 else None
+        zp = consts.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+        dtype = TensorProto.UINT8
+        if zp is not None:
+            dtype = {np.dtype(np.int8): TensorProto.INT8, np.dtype(np.uint8): TensorProto.UINT8,
+                     np.dtype(np.int16): TensorProto.INT16, np.dtype(np.uint16): TensorProto.UINT16}.get(zp.dtype, 0)
+        else:
+            dtype = next((int(a.i) for a in node.attribute if a.name == "output_dtype" and a.i), dtype)
+        if scale is None or dtype not in ranges or (len(node.input) > 2 and node.input[2] and zp is None):
+            skipped.append(x)
+            continue
+        qmin, qmax = ranges[dtype]
+        found[x] = ActivationQuantizer(x, float(scale.reshape(-1)[0]), int(zp.reshape(-1)[0]) if zp is not None else 0,
+                                       qmin, qmax)
+    if skipped:
+        log.info("%d quantised activation(s) have per-channel or non-integer Q/DQ; their clipping is not measured: %s",
+                 len(skipped), ", ".join(skipped[:5]))
+    return found
+
+
 # ---------------------------------------------------------------------------------------------- report
 def _percent(v: float | None) -> str:
     return "n/a" if v is None or not math.isfinite(v) else f"{100 * v:.1f}%"
@@ -169,6 +287,12 @@ def _num(v: float | None) -> float | str | None:
         return None
     v = float(v)
     return v if math.isfinite(v) else str(v)
+
+
+def _ratio(num: int | None, den: int | None) -> float | None:
+    if num is None or den is None:
+        return None
+    return num / den if den else float("nan")
 
 
 @dataclass(frozen=True)
@@ -191,9 +315,59 @@ class TensorError:
         }
 
 
+@dataclass(frozen=True)
+class QuantizedTensor:
+    """One activation the Q/DQ model quantises, measured on the FP32 model's values: what its Q/DQ pair alone does
+    to it (inputs float), i.e. its clipping and rounding at the scale the model carries."""
+
+    quantizer: ActivationQuantizer
+    max_abs: float  # largest finite |x| seen
+    min_value: float
+    max_value: float
+    num_clipped: int  # values outside [lo, hi]
+    num_values: int
+    sqnr_db: float  # 10 log10(sum x^2 / sum (x - qdq(x))^2)
+
+    @property
+    def name(self) -> str:
+        return self.quantizer.name
+
+    @property
+    def clipped_fraction(self) -> float:
+        return self.num_clipped / self.num_values if self.num_values else float("nan")
+
+    def describe(self) -> str:
+        """'p2o.Add.103 clipped at 0.053 (max |x| 0.43, 2.1% of values clipped; own SQNR 4.2 dB)'."""
+        q = self.quantizer
+        seen = f"max |x| {self.max_abs:.3g}" if q.symmetric else f"values in [{self.min_value:.3g}, {self.max_value:.3g}]"
+        if self.num_clipped:
+            where, clipped = q.clip_text(), f"{100 * self.clipped_fraction:.2g}% of values clipped"
+        else:  # its error is rounding: a step too coarse for its values
+            where, clipped = (f"amax {q.hi:.3g}" if q.symmetric else f"range [{q.lo:.3g}, {q.hi:.3g}]"), "none clipped"
+        return f"{self.name} {where} ({seen}, {clipped}; own SQNR {self.sqnr_db:.1f} dB)"
+
+    def to_json(self) -> dict[str, Any]:
+        q = self.quantizer
+        return {
+            "name": self.name,
+            "scale": q.scale,
+            "zero_point": q.zero_point,
+            "clip_low": _num(q.lo),
+            "clip_high": _num(q.hi),
+            "max_abs": _num(self.max_abs),
+            "min": _num(self.min_value),
+            "max": _num(self.max_value),
+            "num_clipped": self.num_clipped,
+            "clipped_fraction": _num(self.clipped_fraction),
+            "num_values": self.num_values,
+            "sqnr_db": _num(self.sqnr_db),
+        }
+
+
 @dataclass
 class OutputMetrics:
-    """One model output: absolute errors, and for a classifier output (N, C) agreement, KL and accuracy."""
+    """One model output: absolute errors; for a classifier output (N, C) top-1 agreement, KL and accuracy; for a
+    sequence output (N, T, C) whole-sequence and per-position argmax agreement and per-position KL."""
 
     name: str
     sample_shape: tuple[int, ...]
@@ -208,11 +382,23 @@ class OutputMetrics:
     num_labels: int | None = None
     num_correct_fp32: int | None = None
     num_correct_int8: int | None = None
+    sequence: str | None = None  # (N, T, C) rows over C: "logits" | "probabilities" | None: not a sequence output
+    num_sequences_agree: int | None = None  # samples whose whole argmax sequence equals FP32's
+    num_positions: int | None = None
+    num_positions_agree: int | None = None
+    mean_position_kl: float | None = None  # mean over every (sample, position) row of KL(FP32 || INT8)
+    majority_class: int | None = None  # FP32's most frequent argmax over all positions (CTC's blank, typically)
+    num_minority_positions: int | None = None  # positions where FP32's argmax is another class
+    num_minority_agree: int | None = None
     samples: dict[str, np.ndarray] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def is_classifier(self) -> bool:
         return self.kind is not None
+
+    @property
+    def is_sequence(self) -> bool:
+        return self.sequence is not None
 
     @property
     def agreement(self) -> float | None:
@@ -222,9 +408,7 @@ class OutputMetrics:
     @property
     def confident_agreement(self) -> float | None:
         """Agreement on the samples with an FP32 top-1/top-2 margin above the report's margin (nan if none)."""
-        if self.num_confident is None:
-            return None
-        return self.num_confident_agree / self.num_confident if self.num_confident else float("nan")
+        return _ratio(self.num_confident_agree, self.num_confident)
 
     @property
     def accuracy_fp32(self) -> float | None:
@@ -233,6 +417,37 @@ class OutputMetrics:
     @property
     def accuracy_int8(self) -> float | None:
         return None if self.num_labels is None else self.num_correct_int8 / self.num_labels
+
+    @property
+    def sequence_agreement(self) -> float | None:
+        """Share of samples whose whole INT8 argmax sequence equals FP32's."""
+        return _ratio(self.num_sequences_agree, self.num_samples if self.is_sequence else None)
+
+    @property
+    def position_agreement(self) -> float | None:
+        """Share of (sample, position) rows whose INT8 argmax is FP32's."""
+        return _ratio(self.num_positions_agree, self.num_positions)
+
+    @property
+    def minority_position_agreement(self) -> float | None:
+        """Position agreement where FP32's argmax is not its majority class: blanks cannot pad it."""
+        return _ratio(self.num_minority_agree, self.num_minority_positions)
+
+    @property
+    def decisions(self) -> tuple[str, int, int] | None:
+        """(what, kept, of): the FP32 decisions this output makes and how many INT8 keeps; None for other outputs.
+
+        A classifier's are its top-1 classes. A sequence's are its positions' classes, less those of FP32's majority
+        class (CTC's blank, padding), which are easy to keep and would hide a model that lost everything else;
+        when FP32 gives every position that class, all positions."""
+        if self.is_sequence:
+            if self.num_minority_positions:
+                return (f"positions where FP32 is not class {self.majority_class}", self.num_minority_agree,
+                        self.num_minority_positions)
+            return "positions", self.num_positions_agree, self.num_positions
+        if self.is_classifier:
+            return "top-1 classes", self.num_agree, self.num_samples
+        return None
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -258,12 +473,110 @@ class OutputMetrics:
                 accuracy_fp32=_num(self.accuracy_fp32),
                 accuracy_int8=_num(self.accuracy_int8),
             )
+        if self.is_sequence:
+            out.update(
+                sequence=self.sequence,
+                sequence_agreement=_num(self.sequence_agreement),
+                num_sequences_agree=self.num_sequences_agree,
+                position_agreement=_num(self.position_agreement),
+                num_positions=self.num_positions,
+                num_positions_agree=self.num_positions_agree,
+                position_kl=_num(self.mean_position_kl),
+                majority_class=self.majority_class,
+                minority_position_agreement=_num(self.minority_position_agreement),
+                num_minority_positions=self.num_minority_positions,
+                num_minority_agree=self.num_minority_agree,
+            )
         return out
+
+    def format_rows(self, margin: float) -> list[str]:
+        """This output's lines of the text report."""
+        shape = "x".join(str(d) for d in self.sample_shape) or "scalar"
+        rows: list[tuple[str, str]] = []
+        if self.is_sequence:
+            how = "softmax applied per row" if self.sequence == "logits" else "probability rows used as is"
+            head = f"output {self.name} ({shape} per sample: a sequence of {self.sample_shape[0]} rows, {how})"
+            rows += [
+                ("whole-sequence agreement", f"{_percent(self.sequence_agreement)} "
+                                             f"({self.num_sequences_agree}/{self.num_samples})"),
+                ("per-position argmax agreement", f"{_percent(self.position_agreement)} "
+                                                  f"({self.num_positions_agree}/{self.num_positions})"),
+                (f"... where FP32 is not class {self.majority_class}",
+                 f"{_percent(self.minority_position_agreement)} ({self.num_minority_agree}/"
+                 f"{self.num_minority_positions}; class {self.majority_class} is "
+                 f"{_percent(_ratio(self.num_positions - self.num_minority_positions, self.num_positions))} of FP32's "
+                 "positions)"),
+                ("per-position KL(FP32 || INT8)", f"{self.mean_position_kl:.4g} nats"),
+            ]
+        elif self.is_classifier:
+            how = "softmax applied" if self.kind == "logits" else "probabilities used as is"
+            head = f"output {self.name} ({shape} per sample, {self.kind}: {how})"
+            rows += [
+                ("top-1 agreement with FP32", f"{_percent(self.agreement)} ({self.num_agree}/{self.num_samples})"),
+                (f"... where FP32 margin > {margin:g}",
+                 f"{_percent(self.confident_agreement)} ({self.num_confident_agree}/{self.num_confident})"),
+                ("mean KL(FP32 || INT8)", f"{self.mean_kl:.4g} nats"),
+            ]
+            if self.num_labels is not None:
+                rows.append((f"top-1 accuracy ({self.num_labels} labels)",
+                             f"FP32 {_percent(self.accuracy_fp32)}  INT8 {_percent(self.accuracy_int8)}"))
+        else:
+            head = f"output {self.name} ({shape} per sample; not a (N, C) classifier output)"
+        rows.append(("|FP32 - INT8|", f"max {self.max_abs_error:.4g}  mean {self.mean_abs_error:.4g}"))
+        return [head] + [f"  {label:<34}{value}" for label, value in rows]
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Whether INT8 kept FP32's decisions, in one line: `lost` when an output keeps fewer than `LOST_BELOW` of them
+    (`OutputMetrics.decisions`: top-1 classes, or a sequence's positions outside FP32's majority class);
+    `suspects` are the quantised activations with the worst own error (clipping and rounding at their scale), the
+    likeliest causes."""
+
+    lost: bool
+    line: str
+    lost_outputs: tuple[str, ...] = ()
+    suspects: tuple[QuantizedTensor, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {"lost": self.lost, "line": self.line, "lost_outputs": list(self.lost_outputs),
+                "suspects": [q.to_json() for q in self.suspects], "rule": VERDICT_RULE}
+
+
+VERDICT_RULE = (
+    f"lost when an output keeps fewer than {LOST_BELOW:.0%} of FP32's decisions: the top-1 classes of an (N, C) "
+    "output; the argmax of the positions of an (N, T, C) one where FP32 is not its majority class (CTC's blank); "
+    "suspects are the quantised activations with the lowest SQNR of their own Q/DQ pair on FP32 values"
+)
+
+
+def judge(outputs: Sequence[OutputMetrics], quantized: Sequence[QuantizedTensor]) -> Verdict:
+    """The verdict on a report's outputs (see `Verdict`); `quantized` worst first."""
+    judged = [(o, o.decisions) for o in outputs if o.decisions is not None and o.decisions[2]]
+    if not judged:
+        return Verdict(False, "verdict: none: no output is a classifier (N, C) or a sequence (N, T, C) of class "
+                       "scores, so no FP32 decision can be counted. Hint: --metric FILE.py measures what your task "
+                       "needs")
+
+    def kept(o: OutputMetrics, d: tuple[str, int, int]) -> str:
+        whole = f"; whole sequences {o.num_sequences_agree}/{o.num_samples}" if o.is_sequence else ""
+        return f"{o.name} keeps {d[1]}/{d[2]} {d[0]} ({_percent(d[1] / d[2])}{whole})"
+
+    lost = [(o, d) for o, d in judged if d[1] < LOST_BELOW * d[2]]
+    if not lost:
+        return Verdict(False, f"verdict: INT8 keeps most of FP32's decisions: {'; '.join(kept(o, d) for o, d in judged)}")
+    suspects = tuple(quantized[:SUSPECTS])
+    what = "; ".join(kept(o, d) for o, d in lost)
+    cause = ("; likeliest causes (worst own Q/DQ error): " + "; ".join(q.describe() for q in suspects)) if suspects \
+        else " (the quantised tensors were not measured: run without --worst 0 to name them)"
+    return Verdict(True, f"verdict: INT8 LOSES MOST OF FP32'S DECISIONS: {what}{cause}",
+                   tuple(o.name for o, _ in lost), suspects)
 
 
 @dataclass
 class EvaluationReport:
-    """FP32 vs INT8 on held-out data: per-output metrics, the worst tensors by SQNR, and what ran."""
+    """FP32 vs INT8 on held-out data: per-output metrics, the worst tensors by SQNR, the quantised activations'
+    clipping, a task metric if given, the verdict, and what ran."""
 
     outputs: list[OutputMetrics]
     worst: list[TensorError]
@@ -276,6 +589,11 @@ class EvaluationReport:
     labels_output: str | None = None
     seconds: float = 0.0
     tensors: list[TensorError] = field(default_factory=list, repr=False, compare=False)  # all, worst first
+    quantized: list[QuantizedTensor] = field(default_factory=list)  # every measured Q/DQ activation, worst first
+    num_worst: int = 10  # how many of `quantized` the report lists
+    metric: dict[str, Any] | None = None  # a user's task metric: name, value, higher_is_better, batches, weight
+    verdict: Verdict | None = None
+    num_parts: int = 1  # parts per (full) batch, from the activation budget
 
     def output(self, name: str) -> OutputMetrics:
         for o in self.outputs:
@@ -285,15 +603,23 @@ class EvaluationReport:
 
     @property
     def primary(self) -> OutputMetrics:
-        """The output labels apply to, else the first classifier output, else the first output."""
+        """The output labels apply to, else the first classifier output, else the first sequence output, else the
+        first output."""
         if self.labels_output is not None:
             return self.output(self.labels_output)
-        return next((o for o in self.outputs if o.is_classifier), self.outputs[0])
+        return next((o for o in self.outputs if o.is_classifier),
+                    next((o for o in self.outputs if o.is_sequence), self.outputs[0]))
+
+    @property
+    def lost(self) -> bool:
+        """True when the verdict says INT8 lost most of FP32's decisions."""
+        return self.verdict is not None and self.verdict.lost
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out = {
             "num_samples": self.num_samples,
             "num_batches": self.num_batches,
+            "num_parts": self.num_parts,
             "margin": self.margin,
             "session": self.session,
             "note": self.note,
@@ -302,35 +628,31 @@ class EvaluationReport:
             "outputs": [o.to_json() for o in self.outputs],
             "num_compared_tensors": self.num_compared,
             "worst_tensors": [t.to_json() for t in self.worst],
+            "num_quantized_tensors": len(self.quantized),
+            "worst_quantized_tensors": [q.to_json() for q in self.quantized[: self.num_worst]],
         }
+        if self.metric is not None:
+            out["metric"] = {k: _num(v) if isinstance(v, float) else v for k, v in self.metric.items()}
+        if self.verdict is not None:
+            out["verdict"] = self.verdict.to_json()
+        return out
 
     def format(self) -> str:
-        """The report as text lines for a terminal."""
+        """The report as text lines for a terminal; the verdict is the last line."""
         lines = [
-            f"INT8 vs FP32 on {self.num_samples} samples ({self.num_batches} batches)",
+            f"INT8 vs FP32 on {self.num_samples} samples ({self.num_batches} batches"
+            + (f", each in {self.num_parts} parts for the activation budget" if self.num_parts > 1 else "") + ")",
             f"ran: {self.session}",
             f"note: {self.note}",
         ]
         for o in self.outputs:
-            shape = "x".join(str(d) for d in o.sample_shape) or "scalar"
             lines.append("")
-            if o.is_classifier:
-                how = "softmax applied" if o.kind == "logits" else "probabilities used as is"
-                lines.append(f"output {o.name} ({shape} per sample, {o.kind}: {how})")
-                rows = [
-                    ("top-1 agreement with FP32", f"{_percent(o.agreement)} ({o.num_agree}/{o.num_samples})"),
-                    (f"... where FP32 margin > {self.margin:g}",
-                     f"{_percent(o.confident_agreement)} ({o.num_confident_agree}/{o.num_confident})"),
-                    ("mean KL(FP32 || INT8)", f"{o.mean_kl:.4g} nats"),
-                ]
-                if o.num_labels is not None:
-                    rows.append((f"top-1 accuracy ({o.num_labels} labels)",
-                                 f"FP32 {_percent(o.accuracy_fp32)}  INT8 {_percent(o.accuracy_int8)}"))
-            else:
-                lines.append(f"output {o.name} ({shape} per sample; not a (N, C) classifier output)")
-                rows = []
-            rows.append(("|FP32 - INT8|", f"max {o.max_abs_error:.4g}  mean {o.mean_abs_error:.4g}"))
-            lines += [f"  {label:<34}{value}" for label, value in rows]
+            lines += o.format_rows(self.margin)
+        if self.metric is not None:
+            m = self.metric
+            way = "higher is better" if m["higher_is_better"] else "lower is better"
+            lines += ["", f"task metric {m['name']}: {m['value']:.6g} ({way}; {m['batches']} batches, weight "
+                          f"{m['weight']:g})"]
         if self.worst:
             width = max([len(t.name) for t in self.worst] + [6])
             lines += ["", f"worst tensors by SQNR ({len(self.worst)} of {self.num_compared} compared by name):"]
@@ -340,8 +662,20 @@ class EvaluationReport:
                     f"  {t.name:<{width}}  {t.sqnr_db:8.2f}  {math.sqrt(t.signal_power):10.4g}  "
                     f"{math.sqrt(t.noise_power):10.4g}"
                 )
-        elif self.num_compared == 0:
+        elif self.num_compared == 0 and self.num_worst:
             lines += ["", "no intermediate tensor of the FP32 graph exists under the same name in the INT8 graph"]
+        shown = self.quantized[: self.num_worst]
+        if shown:
+            width = max([len(q.name) for q in shown] + [6])
+            lines += ["", f"quantised activations, worst own error first ({len(shown)} of {len(self.quantized)}; "
+                          "their Q/DQ pair alone on FP32 values):"]
+            lines.append(f"  {'tensor':<{width}}  {'SQNR dB':>8}  {'clip at':>10}  {'max |x|':>10}  {'clipped':>8}")
+            for q in shown:
+                clip = f"{q.quantizer.hi:.4g}" if q.quantizer.symmetric else f"{q.quantizer.lo:.3g}..{q.quantizer.hi:.3g}"
+                lines.append(f"  {q.name:<{width}}  {q.sqnr_db:8.2f}  {clip:>10}  {q.max_abs:10.4g}  "
+                             f"{100 * q.clipped_fraction:7.3g}%")
+        if self.verdict is not None:
+            lines += ["", self.verdict.line]
         return "\n".join(lines)
 
 
@@ -353,13 +687,24 @@ def class_rows(value: np.ndarray) -> np.ndarray | None:
     return value.reshape(value.shape[0], value.shape[1])
 
 
-class _OutputAccumulator:
-    """Streams one output: error sums and per-sample top-1, margin and KL (a few numbers per sample)."""
+def sequence_rows(value: np.ndarray) -> np.ndarray | None:
+    """`value` when it can be a sequence output: float, (N, T, C) with C >= 2; else None. Whether its rows are
+    class scores is for the caller to say (probability rows are recognised, logits must be named)."""
+    if value.ndim != 3 or value.shape[2] < 2 or not np.issubdtype(value.dtype, np.floating):
+        return None
+    return value
 
-    def __init__(self, name: str) -> None:
+
+class _OutputAccumulator:
+    """Streams one output, part by part: error sums and per-sample top-1, margin and KL for a classifier output,
+    per-sample sequence agreement and per-position counts and KL for a sequence output (a few numbers per sample)."""
+
+    def __init__(self, name: str, *, sequence_logits: bool = False) -> None:
         self.name = name
         self.sample_shape: tuple[int, ...] | None = None
         self.classifier = True
+        self.sequence = False  # an (N, T, C) output that may be a sequence of class scores
+        self.sequence_logits = sequence_logits  # named as a sequence of logits by the caller
         self.abs_max = 0.0
         self.abs_sum = 0.0
         self.num_values = 0
@@ -371,17 +716,29 @@ class _OutputAccumulator:
         self.kl_probs: list[np.ndarray] = []
         self.margin_logits: list[np.ndarray] = []
         self.margin_probs: list[np.ndarray] = []
+        # sequences: per sample whole-sequence agreement, agreeing positions, positions, KL sums; per FP32 class
+        self.seq_agree: list[np.ndarray] = []
+        self.pos_agree: list[np.ndarray] = []
+        self.pos_count: list[np.ndarray] = []
+        self.class_count: np.ndarray | None = None
+        self.class_agree: np.ndarray | None = None
 
     def update(self, a: np.ndarray, b: np.ndarray) -> None:
         if self.sample_shape is None:
             self.sample_shape = tuple(a.shape[1:])
             self.classifier = class_rows(a) is not None and np.issubdtype(a.dtype, np.floating)
+            self.sequence = sequence_rows(a) is not None
+        if a.ndim and a.shape[0] == 0:
+            return
         diff = np.abs(a.astype(np.float64) - b.astype(np.float64))
         if diff.size:
             self.abs_max = float(np.max([self.abs_max, diff.max()]))  # NaN anywhere stays NaN
             self.abs_sum += float(diff.sum())
         self.num_values += diff.size
+        del diff
         self.num_samples += a.shape[0] if a.ndim else 1
+        if self.sequence:
+            self._update_sequence(a, b)
         if not self.classifier:
             return
         p, q = class_rows(a), class_rows(b)
@@ -399,6 +756,37 @@ class _OutputAccumulator:
             self.kl_probs.clear()
             self.margin_probs.clear()
 
+    def _update_sequence(self, a: np.ndarray, b: np.ndarray) -> None:
+        n, t, c = a.shape
+        if self.class_count is None:
+            self.class_count = np.zeros(c, np.int64)
+            self.class_agree = np.zeros(c, np.int64)
+        if c != self.class_count.size:
+            self.sequence = False  # the class axis changed size between batches: not one sequence of classes
+            return
+        t32, t8 = np.argmax(a, axis=2), np.argmax(b, axis=2)
+        agree = t32 == t8
+        self.seq_agree.append(agree.all(axis=1))
+        self.pos_agree.append(agree.sum(axis=1))
+        self.pos_count.append(np.full(n, t, np.int64))
+        self.class_count += np.bincount(t32.reshape(-1), minlength=c)
+        self.class_agree += np.bincount(t32[agree], minlength=c)
+        step = max(1, _BLOCK // max(1, t * c))  # a few samples at a time: the float64 rows stay small
+        kl_l, kl_p = np.empty(n), np.empty(n)
+        for s in range(0, n, step):
+            pa, pb = a[s : s + step], b[s : s + step]
+            kl_l[s : s + step] = kl_divergence(log_softmax(pa), log_softmax(pb)).sum(axis=1)
+            if self.prob_like and looks_like_probabilities(pa):
+                kl_p[s : s + step] = kl_divergence(log_probabilities(pa, "probabilities"),
+                                                   log_probabilities(pb, "probabilities")).sum(axis=1)
+            else:
+                self.prob_like = False
+        self.kl_logits.append(kl_l)
+        if self.prob_like:
+            self.kl_probs.append(kl_p)
+        else:
+            self.kl_probs.clear()
+
     def finish(self, margin: float, labels: np.ndarray | None) -> OutputMetrics:
         m = OutputMetrics(
             name=self.name,
@@ -407,6 +795,8 @@ class _OutputAccumulator:
             max_abs_error=self.abs_max,
             mean_abs_error=self.abs_sum / self.num_values if self.num_values else float("nan"),
         )
+        if self.sequence and self.seq_agree and (self.prob_like or self.sequence_logits):
+            return self._finish_sequence(m)
         if not self.classifier or not self.top1_fp32:
             return m
         kind = "probabilities" if self.prob_like else "logits"
@@ -427,6 +817,57 @@ class _OutputAccumulator:
             m.num_correct_int8 = int((t8 == labels).sum())
             m.samples["labels"] = labels
         return m
+
+    def _finish_sequence(self, m: OutputMetrics) -> OutputMetrics:
+        kl = np.concatenate(self.kl_probs if self.prob_like else self.kl_logits)
+        seq, pos, count = (np.concatenate(x) for x in (self.seq_agree, self.pos_agree, self.pos_count))
+        majority = int(np.argmax(self.class_count))
+        m.sequence = "probabilities" if self.prob_like else "logits"
+        m.num_sequences_agree = int(seq.sum())
+        m.num_positions = int(count.sum())
+        m.num_positions_agree = int(pos.sum())
+        m.mean_position_kl = float(kl.sum() / m.num_positions) if m.num_positions else float("nan")
+        m.majority_class = majority
+        m.num_minority_positions = m.num_positions - int(self.class_count[majority])
+        m.num_minority_agree = m.num_positions_agree - int(self.class_agree[majority])
+        m.samples = {"sequence_agree": seq, "position_agreement": pos / np.maximum(count, 1),
+                     "position_kl": kl / np.maximum(count, 1)}
+        return m
+
+
+class _ClipAccumulator:
+    """One quantised activation on the FP32 model's values: max, clipped count, and its own Q/DQ error."""
+
+    def __init__(self, quantizer: ActivationQuantizer) -> None:
+        self.q = quantizer
+        self.max_abs = 0.0
+        self.lo = math.inf
+        self.hi = -math.inf
+        self.clipped = 0
+        self.count = 0
+        self.signal = 0.0
+        self.noise = 0.0
+
+    def update(self, x: np.ndarray) -> None:
+        q = self.q
+        flat = np.asarray(x).reshape(-1)
+        lo, hi = np.float32(q.lo), np.float32(q.hi)
+        for s in range(0, flat.size, _BLOCK):
+            block = flat[s : s + _BLOCK].astype(np.float32, copy=False)
+            finite = block[np.isfinite(block)]
+            if finite.size:
+                self.lo = min(self.lo, float(finite.min()))
+                self.hi = max(self.hi, float(finite.max()))
+                self.max_abs = max(self.max_abs, abs(self.lo), abs(self.hi))
+            self.clipped += int(np.count_nonzero((block < lo) | (block > hi)))
+            self.signal += float(np.einsum("i,i->", block, block, dtype=np.float64))
+            d = block - quantize_dequantize(block, q.scale, q.zero_point, q.qmin, q.qmax)
+            self.noise += float(np.einsum("i,i->", d, d, dtype=np.float64))
+        self.count += flat.size
+
+    def finish(self) -> QuantizedTensor:
+        lo, hi = (self.lo, self.hi) if self.count and math.isfinite(self.lo) else (float("nan"), float("nan"))
+        return QuantizedTensor(self.q, self.max_abs, lo, hi, self.clipped, self.count, sqnr_db(self.signal, self.noise))
 
 
 # ---------------------------------------------------------------------------------------------- sessions
@@ -484,6 +925,62 @@ def _check_labels(labels: Any) -> np.ndarray:
     return arr.astype(np.int64)
 
 
+def _budget_bytes(max_activation_mb: float) -> int:
+    if not (isinstance(max_activation_mb, (int, float)) and math.isfinite(max_activation_mb) and max_activation_mb > 0):
+        raise ValueError(f"max_activation_mb must be a finite number > 0, got {max_activation_mb!r}")
+    return int(max_activation_mb * 2**20)
+
+
+def _rows(value: np.ndarray) -> int:
+    return int(value.shape[0]) if value.ndim else 1
+
+
+def _joined(parts: list[np.ndarray], rows: list[int]) -> np.ndarray:
+    """One batch's output from its parts' (`rows` samples each), joined along the batch axis: the first axis whose
+    size is each part's sample count (axis 0 for most models; a recurrent state (2, N, 128) has it at 1). An
+    output without one (a per-part scalar) becomes one value per part."""
+    if len(parts) == 1:
+        return parts[0]
+    ndim = {p.ndim for p in parts}
+    if len(ndim) == 1 and (n := ndim.pop()):
+        for axis in range(n):
+            if all(p.shape[axis] == r for p, r in zip(parts, rows)):
+                return np.concatenate(parts, axis=axis)
+    return np.stack(parts)
+
+
+def _size_parts(r32: Any, r8: Any, fp32: Any, batch: Mapping[str, np.ndarray], threads: int | None, *,
+                full: bool) -> int:
+    """Fix both runners' part size from the first batch; returns its number of parts.
+
+    With the per-tensor pass (`full`) FP32 fetches about every tensor, so what it holds is what it runs. Without
+    it only the outputs come back, yet onnxruntime still holds a batch's working tensors: the part size then comes
+    from every float tensor of the model, the bound `calibrate` uses, from the inferred shapes or one sample's run.
+    """
+    from .model import checked_tensors, sample_bytes
+    from .runner import Runner
+
+    if full:
+        count = r32.size_parts(batch)
+    else:
+        try:
+            names, info = checked_tensors(fp32, None, r32.role)
+        except CalibrationError:  # no float tensor at all: the outputs are all there is
+            names, info = r32.names, {}
+        bound = sample_bytes(info, names, r32.specs)
+        if bound is not None:
+            r32.sample_bytes = max(bound, r32.sample_bytes or 0)
+            count = r32.size_parts(batch)
+        else:
+            sizer = Runner.open(fp32, names, threads=threads, budget_bytes=r32.budget, name=r32.role, optimize=False)
+            sizer.prefetch_kernel = False
+            count = sizer.size_parts(batch)
+            r32.part_size = sizer.part_size
+            del sizer
+    r8.part_size = r32.part_size
+    return count
+
+
 # ---------------------------------------------------------------------------------------------- evaluate
 def evaluate(
     fp32_model: Any,
@@ -496,64 +993,107 @@ def evaluate(
     label_output: str | None = None,
     progress: Callable[[int], None] | None = None,
     threads: int | None = None,
+    max_activation_mb: float = DEFAULT_ACTIVATION_MB,
+    metric: Any = None,
+    sequence_outputs: Sequence[str] = (),
 ) -> EvaluationReport:
     """Run `fp32_model` and its Q/DQ version `int8_model` on `batches` and measure what INT8 changes.
 
     `labels` (one class index per evaluated sample, in batch order) give top-1 accuracy on `label_output` (default:
-    the first (N, C) output). `worst` tensors with the lowest SQNR are listed (0 skips the per-tensor pass). Padded
-    rows of a `BatchSource` with last_batch='pad' are left out of the output metrics.
+    the first (N, C) output). `worst` tensors with the lowest SQNR, and quantised activations with the lowest own
+    Q/DQ SQNR, are listed (0 skips the per-tensor pass). Padded rows of a `BatchSource` with last_batch='pad' are
+    left out of the output metrics. Each batch runs in equal parts whose tensors, both models' together, fit
+    `max_activation_mb`; the metrics are those of whole batches (sums in another order: float64 rounding).
+    `metric`: a user's task metric (`user_metric.load_metric`'s, or its `FILE.py[:FUNCTION]`), called once per
+    batch with both models' outputs for the whole batch. `sequence_outputs`: outputs (N, T, C) whose rows are logits
+    (probability rows are recognised without it).
     """
-    from .model import calibrated_tensors, load_model, ort_session
     from .data import BatchSource, iter_batches
+    from .model import calibrated_tensors, load_model
+    from .runner import Runner
+    from .user_metric import MetricAccumulator, UserMetric, load_metric
 
     started = time.perf_counter()
+    budget = _budget_bytes(max_activation_mb)
+    if worst < 0:
+        raise ValueError(f"worst must be >= 0, got {worst!r}")
+    if metric is not None and not isinstance(metric, UserMetric):
+        metric = load_metric(metric)
     fp32_role, int8_role = _describe(fp32_model, "FP32 model"), _describe(int8_model, "INT8 model")
     fp32, int8 = load_model(fp32_model), load_model(int8_model)
     specs, output_names = _check_pair(fp32, int8, fp32_role, int8_role)
+    unknown = [n for n in sequence_outputs if n not in output_names]
+    if unknown:
+        raise DataError(f"sequence output {unknown[0]!r} is not an output; outputs are {output_names}")
     label_arr = None if labels is None else _check_labels(labels)
-    if worst < 0:
-        raise ValueError(f"worst must be >= 0, got {worst!r}")
 
     input_names = {s.name for s in specs}
     shared: list[str] = []
+    quantizers: dict[str, ActivationQuantizer] = {}
     if worst > 0:
         in_int8 = set(calibrated_tensors(int8))
-        shared = [n for n in calibrated_tensors(fp32) if n in in_int8 and n not in input_names]
-    fetch = output_names + [n for n in shared if n not in output_names]
-    s32 = ort_session(fp32, fetch, optimize=False, threads=threads, role=fp32_role)
-    s8 = ort_session(int8, fetch, optimize=False, threads=threads, role=int8_role)
+        fp32_tensors = calibrated_tensors(fp32)
+        shared = [n for n in fp32_tensors if n in in_int8 and n not in input_names]
+        known = set(fp32_tensors)
+        quantizers = {n: q for n, q in activation_quantizers(int8).items() if n in known}
+    fetch8 = output_names + [n for n in shared if n not in output_names]
+    fetch32 = fetch8 + [n for n in quantizers if n not in fetch8]
+    # Both models' tensors of one part are held at once: each runner gets half the budget. FP32 fetches the same
+    # tensors as INT8 and the quantised activations, so the part size it finds fits both.
+    r32 = Runner.open(fp32, fetch32, threads=threads, budget_bytes=budget // 2, name=fp32_role, optimize=False)
+    r8 = Runner.open(int8, fetch8, threads=threads, budget_bytes=budget // 2, name=int8_role, optimize=False)
+    r32.prefetch_kernel = r8.prefetch_kernel = False  # nothing is binned here
 
-    accs = {n: _OutputAccumulator(n) for n in output_names}
+    seq_named = set(sequence_outputs)
+    accs = {n: _OutputAccumulator(n, sequence_logits=n in seq_named) for n in output_names}
     sums = {n: [0.0, 0.0, 0] for n in shared}  # signal, noise, count
+    clips = {n: _ClipAccumulator(q) for n, q in quantizers.items()}
+    task = MetricAccumulator(metric) if metric is not None else None
     padded = batches.num_padded if isinstance(batches, BatchSource) else 0
     last_index = len(batches) - 1 if padded else -1
     count = 0
+    num_parts = 1
     for index, batch in enumerate(iter_batches(batches, specs)):
-        try:
-            a = s32.run(fetch, batch)
-        except Exception as exc:
-            raise ModelError(f"{fp32_role}: onnxruntime failed on batch {index}: {exc}") from None
-        try:
-            b = s8.run(fetch, batch)
-        except Exception as exc:
-            raise ModelError(f"{int8_role}: onnxruntime failed on batch {index}: {exc}") from None
-        for k, name in enumerate(fetch):
-            x, y = np.asarray(a[k]), np.asarray(b[k])
-            if x.shape != y.shape:
-                raise ModelError(
-                    f"tensor {name!r} is {x.shape} in {fp32_role} but {y.shape} in {int8_role} on batch {index}. "
-                    "Hint: pass the FP32 model the Q/DQ model was made from"
-                )
-            if name in sums:
-                s = sums[name]
-                s[0] += sum_squares(x)
-                s[1] += sum_sq_diff(x, y)
-                s[2] += x.size
-            if name in accs:
-                if index == last_index and x.ndim and x.shape[0] > padded:
-                    x, y = x[: x.shape[0] - padded], y[: y.shape[0] - padded]
-                accs[name].update(x, y)
-        del a, b
+        if index == 0:
+            num_parts = _size_parts(r32, r8, fp32, batch, threads, full=worst > 0)
+        rows = _rows(next(iter(batch.values()))) if batch else 1
+        keep = rows - padded if index == last_index else rows  # rows before the padding copies
+        outs32: dict[str, list[np.ndarray]] = {n: [] for n in output_names} if task else {}
+        outs8: dict[str, list[np.ndarray]] = {n: [] for n in output_names} if task else {}
+        sizes: list[int] = []
+        start = 0
+        for part in r32.split(batch):
+            a, b = r32.run(part), r8.run(part)
+            size = _rows(next(iter(part.values()))) if part else 1
+            for name in fetch8:
+                x, y = np.asarray(a[name]), np.asarray(b[name])
+                if x.shape != y.shape:
+                    raise ModelError(
+                        f"tensor {name!r} is {x.shape} in {fp32_role} but {y.shape} in {int8_role} on batch {index}. "
+                        "Hint: pass the FP32 model the Q/DQ model was made from"
+                    )
+                if name in sums:
+                    s = sums[name]
+                    s[0] += sum_squares(x)
+                    s[1] += sum_sq_diff(x, y)
+                    s[2] += x.size
+                if name in accs:
+                    if keep < rows and x.ndim and x.shape[0] == size:
+                        x, y = x[: max(0, keep - start)], y[: max(0, keep - start)]
+                    accs[name].update(x, y)
+                    if task:
+                        outs32[name].append(x)
+                        outs8[name].append(y)
+            sizes.append(min(size, max(0, keep - start)))
+            for name, acc in clips.items():
+                acc.update(a[name])
+            del a, b
+            start += size
+        if task:
+            whole = batch if keep == rows else {k: v[:keep] if v.ndim else v for k, v in batch.items()}
+            task.add({n: _joined(v, sizes) for n, v in outs32.items()}, {n: _joined(v, sizes) for n, v in outs8.items()},
+                     whole, samples=keep)
+            del outs32, outs8
         count += 1
         if progress is not None:
             progress(1)
@@ -586,11 +1126,21 @@ def evaluate(
                 f"classes), e.g. {int(label_arr[bad][0])} at sample {int(np.flatnonzero(bad)[0])}"
             )
     metrics = [accs[n].finish(margin, label_arr if n == label_output else None) for n in output_names]
+    for n in seq_named:
+        if not accs[n].sequence:
+            raise DataError(f"sequence output {n!r} is {accs[n].sample_shape} per sample, not (T, C) of float class "
+                            "scores")
     tensors = [
         TensorError(n, sqnr_db(s, e), s / c if c else float("nan"), e / c if c else float("nan"), int(c))
         for n, (s, e, c) in sums.items()
     ]
     tensors.sort(key=lambda t: (math.isnan(t.sqnr_db), t.sqnr_db))
+    quantized = [c.finish() for c in clips.values()]
+    quantized.sort(key=lambda q: (math.isnan(q.sqnr_db), q.sqnr_db))
+    task_result = None
+    if task is not None:
+        task_result = {"name": task.metric.name, "value": task.result(), "higher_is_better": task.higher_is_better,
+                       "batches": task.batches, "weight": task.weight}
     return EvaluationReport(
         outputs=metrics,
         worst=tensors[:worst],
@@ -601,6 +1151,11 @@ def evaluate(
         labels_output=label_output if label_arr is not None else None,
         seconds=time.perf_counter() - started,
         tensors=tensors,
+        quantized=quantized,
+        num_worst=worst,
+        metric=task_result,
+        verdict=judge(metrics, quantized),
+        num_parts=num_parts,
     )
 
 
@@ -611,42 +1166,44 @@ def threshold_sqnr(
     *,
     progress: Callable[[int], None] | None = None,
     threads: int | None = None,
+    max_activation_mb: float = DEFAULT_ACTIVATION_MB,
 ) -> dict[str, dict[str, float]]:
     """SQNR in dB of each tensor fake-quantised at each candidate amax, on the FP32 model's real activations.
 
     `candidates` maps tensor -> {label: amax}; the result maps tensor -> {label: SQNR}. The error is measured on the
-    tensor alone (its inputs stay float), summed over all batches; a tensor whose amax is not finite gets nan.
+    tensor alone (its inputs stay float), summed over all batches (each run in parts within `max_activation_mb`);
+    a tensor whose amax is not finite gets nan.
     """
-    from .model import tensor_types, load_model, model_inputs, ort_session
     from .data import iter_batches
+    from .model import load_model, model_inputs, tensor_types
+    from .runner import Runner
 
+    budget = _budget_bytes(max_activation_mb)
     model = load_model(model)
-    specs = model_inputs(model)
-    input_names = {s.name for s in specs}
+    input_names = {s.name for s in model_inputs(model)}
     types = tensor_types(model)
     missing = [n for n in candidates if n not in types and n not in input_names]
     if missing:
         raise ModelError(f"no such tensor in the model (or of unknown type): {', '.join(missing[:10])}")
     names = list(candidates)
-    run_names = [n for n in names if n not in input_names]
-    role = _describe(model, "model")
-    session = ort_session(model, run_names, types=types, optimize=False, threads=threads, role=role)
+    runner = Runner.open(model, names, threads=threads, budget_bytes=budget, name=_describe(model, "model"),
+                         optimize=False)
+    runner.prefetch_kernel = False
     signal = dict.fromkeys(names, 0.0)
     noise = {n: dict.fromkeys(candidates[n], 0.0) for n in names}
-    for index, batch in enumerate(iter_batches(batches, specs)):
-        try:
-            values = dict(zip(run_names, session.run(run_names, batch)))
-        except Exception as exc:
-            raise ModelError(f"onnxruntime failed on batch {index}: {exc}") from None
-        for name in names:
-            x = np.asarray(batch[name] if name in input_names else values[name], dtype=np.float32)
-            signal[name] += sum_squares(x)
-            for label, amax in candidates[name].items():
-                if not math.isfinite(amax) or amax < 0:
-                    noise[name][label] = float("nan")
-                    continue
-                noise[name][label] += sum_sq_diff(x, fake_quantize(x, amax))
-        del values
+    for index, batch in enumerate(iter_batches(batches, runner.specs)):
+        if index == 0:
+            runner.size_parts(batch)
+        for values in runner.parts(batch):
+            for name in names:
+                x = np.asarray(values[name], dtype=np.float32)
+                signal[name] += sum_squares(x)
+                for label, amax in candidates[name].items():
+                    if not math.isfinite(amax) or amax < 0:
+                        noise[name][label] = float("nan")
+                        continue
+                    noise[name][label] += sum_sq_diff(x, fake_quantize(x, amax))
+            del values
         if progress is not None:
             progress(1)
     return {n: {label: sqnr_db(signal[n], e) for label, e in noise[n].items()} for n in names}

@@ -48,14 +48,16 @@ class Runner:
         self.part_size: int | None = None  # samples per part, fixed from the first batch
         self.sample_bytes: int | None = None  # activation bytes per sample, when the shapes tell it
         self.role = "the model"
+        self.prefetch_kernel = True  # the parts will be binned: a large batch starts loading the compiled kernel
 
     @classmethod
     def open(
         cls, model: Any, tensors: Sequence[str] | None, *, threads: int | None, budget_bytes: int,
-        name: str | None = None, optimization: str = "basic",
+        name: str | None = None, optimization: str = "basic", optimize: bool = True,
     ) -> "Runner":
         """A runner over `tensors` (default: every tensor TensorRT calibrates) of `model`, its session ready;
-        `name` (default: the model's path, if given one) names the model in errors."""
+        `name` (default: the model's path, if given one) names the model in errors. `optimize=False` runs the graph
+        as written (every onnxruntime optimisation off: Q/DQ models, see `ort_session`)."""
         role = name or describe(model, "the model")
         model = load_model(model)
         names, info = checked_tensors(model, tensors, role)
@@ -64,7 +66,7 @@ class Runner:
         runner.role = role
         runner.sample_bytes = sample_bytes(info, names, runner.specs)
         runner.session = ort_session(model, runner.run_names, types=types, threads=threads, role=role,
-                                     optimization=optimization)
+                                     optimization=optimization, optimize=optimize)
         return runner
 
     def split(self, batch: Mapping[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
@@ -102,7 +104,8 @@ class Runner:
         if per_sample is None:
             per_sample = sum(v.nbytes for v in self.run(one[0]).values())
         per_sample = max(1, per_sample)
-        _kernel.prefetch(per_sample // 4 * len(one))  # a large batch: load the compiled kernel meanwhile
+        if self.prefetch_kernel:
+            _kernel.prefetch(per_sample // 4 * len(one))  # a large batch: load the compiled kernel meanwhile
         self.part_size = max(1, self.budget // per_sample)
         count = len(self.split(batch))
         if count > 1:

@@ -146,13 +146,16 @@ def quantize_model(
     check: bool = True,
     progress: Callable[[int], None] | None = None,
     exclude: Mapping[str, str] | None = None,
+    max_activation_mb: float = 256,
+    threads: int | None = None,
 ) -> tuple[Any, CoverageReport]:
     """A Q/DQ copy of `model` for TensorRT 11 and its coverage report; `model` itself is not changed.
 
     `scales`: amax per tensor (a mapping or a `CalibrationResult`; scale = amax/127), or a `CalibrationCache` whose
     float32 scales are used bit for bit. `bias_correction`: calibration batches; when given, the first
     `bias_correction_batches` of them measure each quantised Conv/ConvTranspose/Gemm's per-channel mean output error,
-    layer after layer, and fold it into the bias. `progress` is called with 1 per corrected layer.
+    layer after layer, and fold it into the bias, running those batches in parts within `max_activation_mb` (as
+    `calibrate` does) on `threads` onnxruntime threads. `progress` is called with 1 per corrected layer.
 
     `asymmetric` ("minmax" or "mse"): activations get `signs.asymmetric_quantizer`'s scale and zero point on
     `asymmetric_dtype`'s codes ("uint8" [0, 255], or "int8" [-128, 127] with a zero point) instead of amax/127 and 0.
@@ -211,7 +214,8 @@ def quantize_model(
             batches.append(batch)
             if len(batches) >= bias_correction_batches:
                 break
-        shifts, info = correct_biases(float_model, work, layers, batches, progress)
+        shifts, info = correct_biases(float_model, work, layers, batches, progress,
+                                      max_activation_mb=max_activation_mb, threads=threads)
         for index, shift in shifts.items():
             plan.coverage[index].bias_shift = shift
         report.bias_correction = info

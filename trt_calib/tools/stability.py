@@ -202,6 +202,8 @@ class _EvaluationJob:
     samples: Mapping[str, np.ndarray]
     batch_size: int
     threads: int | None
+    max_activation_mb: float = 256
+    metric: str | None = None  # a `--metric FILE.py[:FUNCTION]`, loaded where the job runs (functions do not ship)
 
 
 def _evaluate_scales(job: _EvaluationJob) -> dict[str, Any]:
@@ -216,13 +218,21 @@ def _evaluate_scales(job: _EvaluationJob) -> dict[str, Any]:
         static = job.specs[0].rank and job.specs[0].static_dim(0) is not None
         source = from_arrays(job.samples, job.specs, batch_size=job.batch_size,
                              last_batch="pad" if static else "keep")
-        out = evaluate(model, qdq, source, worst=0, threads=job.threads).primary
+        report = evaluate(model, qdq, source, worst=0, threads=job.threads, max_activation_mb=job.max_activation_mb,
+                          metric=job.metric)
     except TrtCalibError as exc:
         return {"error": str(exc)}
-    row: dict[str, Any] = {"output": out.name, "kind": out.kind, "num_samples": out.num_samples,
-                           "mean_abs_error": out.mean_abs_error, "max_abs_error": out.max_abs_error}
+    out = report.primary
+    row: dict[str, Any] = {"output": out.name, "kind": out.kind or out.sequence, "num_samples": out.num_samples,
+                           "mean_abs_error": out.mean_abs_error, "max_abs_error": out.max_abs_error,
+                           "num_parts": report.num_parts}
     if out.is_classifier:
         row.update(mean_kl=out.mean_kl, agreement=out.agreement)
+    elif out.is_sequence:  # per-position KL ranks; whole-sequence agreement is the decision kept
+        row.update(mean_kl=out.mean_position_kl, agreement=out.sequence_agreement,
+                   position_agreement=out.position_agreement)
+    if report.metric is not None:
+        row.update(task_metric=report.metric["value"], task_metric_higher_is_better=report.metric["higher_is_better"])
     return row
 
 
@@ -322,12 +332,15 @@ def run_stability(
     progress: Callable[[str, int], Callable[[int], None] | None] | None = None,
     max_activation_mb: float = 256,
     meta: Mapping[str, Any] | None = None,
+    metric: str | None = None,
 ) -> StabilityResult:
     """Calibrate every variant of `samples` (stacked per input along axis 0) and measure the spread per tensor.
 
     `heldout` samples evaluate the end-to-end effect (the calibration samples when None); `end_to_end=False` skips
     it. `executor` is an `ort.executor.Executor` (serial when None). `progress(what, total)` may return a callback
-    taking 1 per finished item. `tolerance` is in % of the base amax.
+    taking 1 per finished item. `tolerance` is in % of the base amax. Every model run (calibrations and the
+    end-to-end evaluations) cuts batches into equal parts within `max_activation_mb`. `metric`: a user's task metric
+    `FILE.py[:FUNCTION]` (`ort.user_metric`), which then ranks the end-to-end variants.
     """
     from ..ort.model import load_model, model_inputs
     from ..ort.collect import tie_scales
@@ -412,7 +425,8 @@ def run_stability(
     else:
         on = "held-out samples" if heldout is not None else "the calibration samples (no held-out data given)"
         e2e = _end_to_end(packed, specs, variants, [t[0] for t in tied], quantized, spread_ids,
-                          heldout if heldout is not None else samples, batch_size, engine, progress, on=on)
+                          heldout if heldout is not None else samples, batch_size, engine, progress, on=on,
+                          max_activation_mb=max_activation_mb, metric=metric)
 
     record = {
         "format": FORMAT,
@@ -441,6 +455,7 @@ def _end_to_end(
     packed: ShippedModel, specs: tuple[Any, ...], variants: list[Variant], tied: list[dict[str, float]],
     quantized: set[str] | None, spread_ids: list[int], samples: Mapping[str, np.ndarray], batch_size: int,
     engine: Any, progress: Callable[[str, int], Callable[[int], None] | None] | None, *, on: str,
+    max_activation_mb: float = 256, metric: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate each distinct set of scales among the spread variants; the most and least favourable by the error.
 
@@ -452,30 +467,41 @@ def _end_to_end(
         key = tuple(sorted((n, float(a)) for n, a in tied[i].items() if n in quantized))
         groups.setdefault(key, []).append(i)
     firsts = [ids[0] for ids in groups.values()]
-    jobs = [_EvaluationJob(packed, specs, tied[i], dict(samples), batch_size, engine.threads_per_worker)
-            for i in firsts]
+    jobs = [_EvaluationJob(packed, specs, tied[i], dict(samples), batch_size, engine.threads_per_worker,
+                           max_activation_mb, metric) for i in firsts]
     rows = engine.map(_evaluate_scales, jobs, progress=progress("evaluating", len(jobs)) if progress else None)
     errors = [r["error"] for r in rows if "error" in r]
     if errors:
         return {"skipped": errors[0]}
-    metric = "mean_kl" if rows[0].get("kind") else "mean_abs_error"
+    if metric is not None:  # the user's task metric ranks, in the direction it says is better
+        key, sign = "task_metric", -1.0 if rows[0]["task_metric_higher_is_better"] else 1.0
+    else:
+        key, sign = ("mean_kl" if rows[0].get("kind") else "mean_abs_error"), 1.0
     measured = []
     for ids, row in zip(groups.values(), rows):
         for i in ids:
             same = ids[0] if i != ids[0] else None
             measured.append({"variant": i, "label": variants[i].label, "same_scales_as": same, **row})
     measured.sort(key=lambda r: r["variant"])
-    ranked = sorted(measured, key=lambda r: (r[metric], r["variant"]))
+    ranked = sorted(measured, key=lambda r: (_rank_key(sign * r[key]), r["variant"]))
+    extra = {} if metric is None else {"task_metric": metric,
+                                       "higher_is_better": rows[0]["task_metric_higher_is_better"]}
     return {
         "on": on,
         "output": rows[0]["output"],
-        "metric": metric,
+        "metric": key,
+        **extra,
         "evaluations": len(jobs),
         "variants": measured,
         "best": ranked[0]["variant"],
         "worst": ranked[-1]["variant"],
         "base": next(r for r in measured if r["variant"] == 0),
     }
+
+
+def _rank_key(value: float) -> float:
+    """Smaller is better; NaN last."""
+    return math.inf if value is None or math.isnan(value) else value
 
 
 def load_stability(path: str | Path) -> dict[str, Any]:
