@@ -60,7 +60,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="write uint8 / zero-point activation pairs as the symmetric range covering them (reports the "
                    "resolution it costs) instead of refusing them")
     p.add_argument("--no-propagate", action="store_true",
-                   help="write only the pairs' own scales (no scales across pass-through ops, ties or Concats)")
+                   help="no scales across pass-through ops, ties or Concats (only the pairs' own, and those "
+                   "quantize recorded)")
+    p.add_argument("--no-recorded-scales", action="store_true",
+                   help="ignore the scales `trt-calib quantize` recorded in the model's metadata (every scale of the "
+                   "cache or calibration it was given, also those no pair carries: by default they come back bit "
+                   "for bit when every pair still holds its recorded scale)")
     p.add_argument("--original", metavar="FP32.onnx",
                    help="the float model: compare its outputs with the plain model's (top-1 agreement, max |diff|) "
                    "and its weights with the dequantised ones")
@@ -92,7 +97,7 @@ def _run(args: argparse.Namespace) -> int:
     try:
         conv = qdq_to_cache(args.model, trt_version=args.trt_version, algorithm=algorithm,
                             allow_asymmetric=args.allow_asymmetric, propagate=not args.no_propagate,
-                            original=args.original)
+                            original=args.original, recorded=not args.no_recorded_scales)
     except UnsupportedQdqError as exc:
         return _refused(args, exc)
     report = conv.report
