@@ -20,6 +20,7 @@ from ._common import (
     open_data,
     positive_int,
     print_json,
+    resolve_trt_version,
     trt_version_arg,
     write_output,
 )
@@ -51,9 +52,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("model", metavar="Q.onnx", help="the Q/DQ model")
     p.add_argument("--onnx", required=True, metavar="PLAIN.onnx", help="plain model to write (no Q/DQ nodes)")
     p.add_argument("--cache", required=True, metavar="OUT.cache", help="calibration cache to write")
-    p.add_argument("--trt-version", type=trt_version_arg, default=DEFAULT_TRT_VERSION,
-                   help=f"TensorRT version whose header the cache gets (default {DEFAULT_TRT_VERSION}); TensorRT "
-                   "reads a cache only under its own version")
+    p.add_argument("--trt-version", type=trt_version_arg, default=None,
+                   help="TensorRT version whose header the cache gets; TensorRT reads a cache only under its own "
+                   f"version (default: the installed tensorrt's, else {DEFAULT_TRT_VERSION}, with a warning)")
     p.add_argument("--algorithm", choices=list(CALIBRATOR_NAMES), default="entropy2",
                    help="calibrator named in the header (default entropy2, EntropyCalibration2: trtexec --calib and DLA)")
     p.add_argument("--allow-asymmetric", action="store_true",
@@ -93,6 +94,7 @@ def _run(args: argparse.Namespace) -> int:
         outputs={"--onnx": args.onnx, "--cache": args.cache},
     )
     algorithm = CALIBRATOR_NAMES[args.algorithm]
+    args.trt_version, trt_source = resolve_trt_version(args.trt_version)
     make_header(algorithm, args.trt_version)
     try:
         conv = qdq_to_cache(args.model, trt_version=args.trt_version, algorithm=algorithm,
@@ -124,7 +126,8 @@ def _run(args: argparse.Namespace) -> int:
     write_output(args.cache, conv.cache.dumps().encode("ascii"), what="calibration cache")
     if args.json:
         doc = report.to_json()
-        doc.update(model=str(args.model), onnx=str(args.onnx), cache=str(args.cache), refused=[])
+        doc.update(model=str(args.model), onnx=str(args.onnx), cache=str(args.cache), refused=[],
+                   trt_version=args.trt_version, trt_version_source=trt_source)
         print_json(doc)
     elif not getattr(args, "quiet", False):
         print(report.table())
