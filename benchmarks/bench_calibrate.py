@@ -29,6 +29,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+from machine import announce, machine_line  # benchmarks/machine.py, beside this script
+
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO / "artifacts" / "efficientnet_lite0"
 
@@ -145,10 +147,10 @@ def main() -> None:
     parser.add_argument("--only", default="abcdef", metavar="LETTERS",
                         help="run only these contenders, e.g. 'ad' (default: all; (a) and (b) are always run)")
     args = parser.parse_args()
+    announce()  # CPU model, SIMD level, cores and load, at the start and at the end
     if not args.model.is_file() or not args.data.is_file():
         raise SystemExit(f"{args.model} or {args.data} missing: run python samples/efficientnet_lite0/export.py")
 
-    print(f"load average at start: {' '.join(f'{v:.2f}' for v in os.getloadavg())}  ({os.cpu_count()} CPUs)")
     results = {}
     for name, (code, env) in CONTENDERS.items():
         letter, always = name[1], name.startswith(("(a)", "(b)"))
@@ -161,7 +163,7 @@ def main() -> None:
             continue
         workers = f"   largest worker {r['worker_rss_mb']:5.0f} MB" if name.startswith("(e)") else ""
         print(f"{name:<48} {r['seconds']:8.2f} s   peak RSS {r['peak_rss_mb']:7.0f} MB{workers}", flush=True)
-    print(f"load average at end:   {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+    print(machine_line("end of the runs"))
 
     base = results["(a) onnxruntime inference"]
     ours = results["(b) trt-calib calibrate (entropy2)"]

@@ -321,7 +321,7 @@ def test_forcing_numba_without_it_is_a_named_error():
         "try:\n    kernel.compiled()\nexcept MissingDependencyError as exc:\n    print(exc)\n"
     )
     done = run_python(code, TRT_CALIB_KERNEL="numba")
-    assert "pip install \"trt-calib[fast]\"" in done.stdout, done.stderr
+    assert "Hint: pip install numba" in done.stdout, done.stderr
 
 
 @pytest.fixture

@@ -22,7 +22,8 @@ releases the GIL, each slice counts into its own slots, and the slots are summed
 not used: its default threading layer (workqueue) aborts the process when two Python threads call such a function
 at once.
 
-The kernel is optional (`pip install "trt-calib[fast]"`): without numba, or when `TRT_CALIB_KERNEL=numpy`, the
+numba is a dependency of trt-calib where numba publishes wheels (pyproject.toml); without it (another platform or
+Python, or an install without dependencies), or when `TRT_CALIB_KERNEL=numpy`, the
 numpy code in `histogram.py` runs instead, with identical results. Compiled code is cached on disk by numba (next
 to this file, in `~/.cache/numba` when that is read-only, or in `NUMBA_CACHE_DIR`), so the ~2 s compile is paid
 once per machine; where no cache folder is writable the numpy code runs, and a warning says so. Loading numba and
@@ -250,7 +251,7 @@ def _load(strict: bool) -> _Compiled | None:
                 from ..errors import MissingDependencyError
 
                 raise MissingDependencyError(
-                    f"TRT_CALIB_KERNEL=numba, but numba does not import ({exc}). Hint: pip install \"trt-calib[fast]\""
+                    f"TRT_CALIB_KERNEL=numba, but numba does not import ({exc}). Hint: pip install numba"
                 ) from None
         except _NoCache as exc:
             _state["failed"] = exc
