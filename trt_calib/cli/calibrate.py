@@ -84,8 +84,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=threads_arg, default=None, help="onnxruntime intra-op threads and "
                    "histogram threads, 1 to 256 (default: all cores; with --executor, per worker)")
     p.add_argument("--max-activation-mb", type=finite_float(0, lo_open=True), default=256,
-                   help="run a batch in parts when its activations exceed this (default 256); the histograms "
-                   "stay those of whole batches")
+                   help="activation memory a batch may take at once (default 256): a larger batch runs in parts, "
+                   "each of half of it, as the next part runs while one is binned (all of it with --threads 1); "
+                   "the histograms stay those of whole batches")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_calibrator_dry_run(p)
     add_executor_arguments(p, default="serial")
