@@ -51,6 +51,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from machine import announce  # benchmarks/machine.py, beside this script
+
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO / "artifacts" / "efficientnet_lite0"
 LENET = REPO / "data" / "lenet"
@@ -367,6 +369,7 @@ def main() -> None:
     parser.add_argument("--range-only", action="store_true",
                         help="only entropy2 with TensorRT's ranges and with --range global (a few minutes)")
     args = parser.parse_args()
+    announce()  # CPU model, SIMD level, cores and load, at the start and at the end
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     logging.getLogger("trt_calib").setLevel(logging.WARNING)
     logging.getLogger().handlers[0].addFilter(lambda r: not r.getMessage().startswith("Please consider"))

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from machine import announce  # benchmarks/machine.py, beside this script
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
@@ -97,6 +99,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch-size", type=int, default=16, help="EfficientNet-Lite0 batch size (default 16)")
     args = parser.parse_args()
+    announce()  # CPU model, SIMD level, cores and load, at the start and at the end
     measure("LeNet (sampleINT8 batches, TensorRT 7.0 table)", LENET, lenet_batches(), "7.0.0",
             CalibrationCache.load(TRT_TABLE))
     if (EFFNET / "model.onnx").is_file():

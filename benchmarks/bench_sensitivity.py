@@ -34,6 +34,8 @@ from typing import Any
 
 import numpy as np
 
+from machine import announce  # benchmarks/machine.py, beside this script
+
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO / "artifacts" / "efficientnet_lite0"
 BATCH = 16
@@ -80,6 +82,7 @@ def main() -> int:
     parser.add_argument("--json", metavar="OUT.json", help="also write the numbers as JSON")
     parser.add_argument("--markdown", action="store_true", help="also print the KL table as Markdown")
     args = parser.parse_args()
+    announce()  # CPU model, SIMD level, cores and load, at the start and at the end
     load_at_start = " ".join(f"{v:.2f}" for v in os.getloadavg())
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     logging.getLogger("trt_calib").setLevel(logging.WARNING)

@@ -14,6 +14,8 @@ import time
 
 import numpy as np
 
+from machine import announce  # benchmarks/machine.py, beside this script
+
 from trt_calib.core.histogram import AbsHistogram
 from trt_calib.core.thresholds import entropy_search
 
@@ -56,6 +58,7 @@ def main() -> None:
     parser.add_argument("--tensors", type=int, default=6, help="number of synthetic tensors (default 6)")
     parser.add_argument("--values", type=int, default=4_000_000, help="values per histogram update (default 4M)")
     args = parser.parse_args()
+    announce()  # CPU model, SIMD level, cores and load, at the start and at the end
 
     rng = np.random.default_rng(0)
     kinds = [

@@ -7,8 +7,11 @@
 
 Everything is computed here from the bundled data with trt_calib's own functions: the sampleINT8 reproduction and
 what each of TensorRT's details contributes to it (by switching them off one at a time), the growth of the histogram
-range over the batches, P and Q of the KL search, and what the symmetric grid costs per tensor. The figures go to
-docs/figures/ (or --out); the tables are printed as Markdown.
+range over the batches, P and Q of the KL search, and what the symmetric grid costs per tensor. The tables are
+printed as Markdown. The figures go to artifacts/doc-figures/ (git-ignored), so a run leaves the clone as it was;
+`--out docs/figures` replaces the copies the docs show. The same machine gives the same bytes every run, but
+another CPU may move a few anti-aliased pixels: onnxruntime's convolutions and numpy's sums pick their SIMD code by
+CPU, so the plotted values can differ in their last bits.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ LENET_IMAGES = REPO / "data" / "lenet" / "mnist_train_images_0_599.npy"
 LENET_LABELS = REPO / "data" / "lenet" / "mnist_train_labels_0_599.npy"
 TRT_TABLE = REPO / "data" / "caches" / "sampleINT8_TRT-7000.cache"
 EFFNET = REPO / "artifacts" / "efficientnet_lite0"
+DEFAULT_OUT = REPO / "artifacts" / "doc-figures"
 DPI = 80
 
 log = logging.getLogger("make_doc_figures")
@@ -356,7 +360,8 @@ def accuracy(model_path: Path, calib: Any, heldout: Any, hists: Mapping[str, Sig
 # ---------------------------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=REPO / "docs" / "figures", help="figure folder")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="figure folder (default artifacts/doc-figures, "
+                        "git-ignored; docs/figures holds the copies the docs show)")
     parser.add_argument("--efficientnet", action="store_true", help="also measure EfficientNet-Lite0")
     parser.add_argument("--accuracy", action="store_true", help="also measure INT8 accuracy (needs trt_calib.qdq)")
     args = parser.parse_args(argv)

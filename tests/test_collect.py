@@ -183,8 +183,7 @@ def test_cli_calibrate_writes_cache_sidecar_json_and_compares(tmp_path, capsys):
     assert "8/8 shared tensors consistent" in captured.err and "3c008912" in captured.err
     printed = json.loads(captured.out)
     assert printed["comparison"]["summary"].startswith("8/8 shared tensors consistent")
-    assert {k: v for k, v in printed.items() if k not in ("cache", "sidecar", "comparison")} == \
-        json.loads(details.read_text())
+    assert printed == json.loads(details.read_text())  # the same object, comparison and all (issue 22)
     cache = CalibrationCache.load(out)
     assert cache.header == "TRT-7000-EntropyCalibration2" and len(cache) == 10
     sidecar = json.loads((tmp_path / "lenet.cache.json").read_text())
@@ -218,15 +217,17 @@ def test_cli_calibrate_minmax_with_npy_batches(tmp_path):
     assert cache.amax("data") == 1.0
 
 
-def test_batches_run_in_parts_give_exactly_the_whole_batch_histograms(caplog):
+@pytest.mark.parametrize("threads, parts", [(1, "3 parts of about 2"), (2, "6 parts of about 1")])
+def test_batches_run_in_parts_give_exactly_the_whole_batch_histograms(caplog, threads, parts):
+    """With 2 threads the next part runs while one is binned, so each part gets half the budget."""
     rng = np.random.default_rng(7)
     scales = (1.0, 0.5, 4.0, 2.0)  # the third batch grows every range
     batches = [{"x": (rng.standard_normal((6, 1, 4, 4)) * s).astype(np.float32)} for s in scales]
-    whole, _ = collect_histograms(tiny_model(), batches)
+    whole, _ = collect_histograms(tiny_model(), batches, threads=1)
     caplog.set_level("INFO")
     per_sample = 4 * (16 + 32 + 32 + 8 + 8 + 2 + 16)  # float32 values of x, conv, relu, pool, scaled, gap, cat
-    parted, n = collect_histograms(tiny_model(), batches, max_activation_mb=2 * per_sample / 2**20)
-    assert n == 4 and "in 3 parts of about 2 samples" in caplog.text
+    parted, n = collect_histograms(tiny_model(), batches, max_activation_mb=2 * per_sample / 2**20, threads=threads)
+    assert n == 4 and f"in {parts} samples" in caplog.text
     for name in whole:
         assert parted[name] == whole[name], name
 
@@ -270,18 +271,21 @@ def test_a_batch_is_cut_into_equal_parts():
     assert len(split_batch(batch, specs, 16)) == 1
 
 
-def test_a_first_batch_in_parts_runs_again_only_the_parts_before_its_largest_values(caplog):
-    """Every tensor's max sits in part 3 of 4: parts 3 and 4 run once, parts 1 and 2 twice."""
+@pytest.mark.parametrize("threads, parts, again", [(1, "4 parts of about 4", "2 of its 4"),
+                                                   (2, "8 parts of about 2", "4 of its 8")])
+def test_a_first_batch_in_parts_runs_again_only_the_parts_before_its_largest_values(caplog, threads, parts, again):
+    """Every tensor's max sits in sample 9: the parts before its part run twice, it and the later ones once (with 2
+    threads the parts are half as large, as the next runs while one is binned)."""
     rng = np.random.default_rng(3)
     first = rng.uniform(-0.9, 0.9, (16, 1, 4, 4)).astype(np.float32)
-    first[9, 0, 1, 1], first[9, 0, 2, 2] = 10.0, -10.0  # sample 9: in part 3 of 4 parts of 4
+    first[9, 0, 1, 1], first[9, 0, 2, 2] = 10.0, -10.0  # sample 9: in part 3 of 4 parts of 4, part 5 of 8 of 2
     batches = [{"x": first}, {"x": rng.standard_normal((16, 1, 4, 4)).astype(np.float32) * 4}]
-    whole, _ = collect_histograms(tiny_model(), batches)
+    whole, _ = collect_histograms(tiny_model(), batches, threads=1)
     caplog.set_level("INFO")
     per_sample = 4 * (16 + 32 + 32 + 8 + 8 + 2 + 16)
-    parted, _ = collect_histograms(tiny_model(), batches, max_activation_mb=4.5 * per_sample / 2**20)
-    assert "in 4 parts of about 4 samples" in caplog.text
-    assert "first batch: 2 of its 4 parts ran twice" in caplog.text
+    parted, _ = collect_histograms(tiny_model(), batches, max_activation_mb=4.5 * per_sample / 2**20, threads=threads)
+    assert f"in {parts} samples" in caplog.text
+    assert f"first batch: {again} parts ran twice" in caplog.text
     for name in whole:
         assert parted[name] == whole[name], name
 
@@ -320,3 +324,38 @@ def test_cli_calibrate_records_a_non_default_optimization_in_the_sidecar_and_jso
     assert json.loads((tmp_path / "lenet.cache.json").read_text())["options"] == {"optimization": "all"}
     assert main(["calibrate", str(LENET), "--data", str(LENET_BATCHES), "--cache", str(out), "--optimization",
                  "fast"]) == 2
+
+
+def test_running_ahead_keeps_at_most_two_parts_alive_and_bins_in_order():
+    """While part k + 1 runs, part k is being binned; part k - 1 is gone (what halving the budget relies on)."""
+    import weakref
+
+    from trt_calib.core.histogram import AbsHistogram
+    from trt_calib.ort.fill import fill_histograms
+    from trt_calib.ort.runner import Runner
+
+    rng = np.random.default_rng(5)
+    batches = [{"x": (rng.standard_normal((8, 1, 4, 4)) * s).astype(np.float32)} for s in (1.0, 3.0, 0.5)]
+    per_sample = 4 * (16 + 32 + 32 + 8 + 8 + 2 + 16)
+    runner = Runner.open(tiny_model(), None, threads=2, budget_bytes=2 * per_sample)
+    live: set[int] = set()  # ids of output arrays not yet freed
+    seen, order = [], []
+    real_run = runner.run
+
+    def run(part):
+        seen.append(len(live))  # outputs of earlier parts still alive when this part starts
+        values = real_run(part)
+        for name, value in values.items():
+            if name not in runner.input_names:
+                live.add(id(value))
+                weakref.finalize(value, live.discard, id(value))
+        order.append(float(part["x"].sum()))
+        return values
+
+    runner.run = run
+    histograms = {n: AbsHistogram() for n in runner.names}
+    assert fill_histograms(runner, batches, histograms, first=True, ahead=True) == 3
+    outputs = len(runner.run_names)
+    assert len(order) > 6 and max(seen) <= outputs  # never two earlier parts' outputs alive
+    sequential, _ = collect_histograms(tiny_model(), batches, max_activation_mb=2 * per_sample / 2**20, threads=1)
+    assert histograms == sequential

@@ -321,7 +321,7 @@ def test_forcing_numba_without_it_is_a_named_error():
         "try:\n    kernel.compiled()\nexcept MissingDependencyError as exc:\n    print(exc)\n"
     )
     done = run_python(code, TRT_CALIB_KERNEL="numba")
-    assert "pip install \"trt-calib[fast]\"" in done.stdout, done.stderr
+    assert "Hint: pip install numba" in done.stdout, done.stderr
 
 
 @pytest.fixture
@@ -333,8 +333,9 @@ def fresh_kernel(monkeypatch):
 
 def test_auto_loads_the_kernel_in_the_background_once_enough_values_come(fresh_kernel):
     assert kernel.compiled(kernel.LOAD_AFTER - 1) is None and kernel._state["loader"] is None
-    assert kernel.compiled(1) is None  # numpy bins this part; the kernel loads meanwhile
-    assert kernel.wait_loaded() is not None
+    assert kernel.compiled(1) is None and kernel._state["loader"] is not None  # enough announced: loading starts
+    # the next part waits for the load rather than binning with numpy beside it (3-4x slower, and it slows the load)
+    assert kernel.compiled(1) is not None
     assert kernel.compiled(1) is kernel.wait_loaded()
 
 

@@ -154,7 +154,8 @@ def test_lenet_plain_model_agrees_with_fp32_on_mnist(lenet_round_trip):
 
 
 def test_lenet_report_lists_the_calibrated_tensors_left_without_a_scale(lenet_round_trip):
-    _, _, conv = lenet_round_trip
+    _, qdq, _ = lenet_round_trip
+    conv = qdq_to_cache(qdq, trt_version="7.0.0", recorded=False)  # as for a Q/DQ model quantize did not write
     missing = {m.tensor: m for m in conv.report.missing}
     assert set(missing) == set(calibrated_tensors(conv.model)) - set(conv.cache.scales)
     assert "needs none if TensorRT fuses" in missing["ip1_prerelu"].note  # Gemm read only by its Relu
@@ -170,11 +171,124 @@ def test_real_cache_round_trips_bit_for_bit_on_its_model(model, cache):
     shared = _assert_same_bits_for_shared_names(conv.cache, reference)
     paired = {t for t, _ in _q_scales(qdq)}
     assert paired and paired <= set(shared)  # every pair came back, under the name the cache uses
+    # and so did every entry of the cache, also those no pair carries (quantize records them in the model)
+    assert {e.name: e.hex for e in reference.entries}.items() <= {e.name: e.hex for e in conv.cache.entries}.items()
     assert conv.cache.header == reference.header and not _qdq_ops(conv.model)
     (spec,) = model_inputs(conv.model)  # symbolic sizes (lannyyip's width) get 64
     x = np.random.default_rng(0).standard_normal([d if isinstance(d, int) else 64 for d in spec.shape])
     run = run_plain(conv.model, [{spec.name: x.astype(np.float32)}])
     assert run["batches"] == 1 and all(o["shape"] for o in run["outputs"])
+
+
+# ---------------------------------------------------------------------------------------------- our own caches
+def _entries(cache):
+    return {e.name: e.hex for e in cache.entries}
+
+
+def _lite0_like(seed=0):
+    """EfficientNet-Lite0's structure in small: Conv stem + Clip(0, 6) (shared bounds), blocks of expand Conv + Clip,
+    depthwise Conv + Clip, project Conv (no activation), a residual Add, head Conv + Clip, GlobalAveragePool,
+    Reshape and Gemm."""
+    rng = np.random.default_rng(seed)
+    inits = [_arr("lo", 0.0), _arr("hi", 6.0), _arr("shape", [-1, 16], np.int64)]
+    nodes = []
+
+    def conv(x, out, cin, cout, k=1, group=1, stride=1, clip=True):
+        w = f"{out}_w"
+        inits.extend([_arr(w, rng.standard_normal((cout, cin // group, k, k)) * (1.5 / np.sqrt(cin // group * k * k))),
+                      _arr(f"{out}_b", rng.standard_normal(cout) * 0.1)])
+        nodes.append(helper.make_node("Conv", [x, w, f"{out}_b"], [f"{out}_conv"], name=f"{out}/Conv", group=group,
+                                      strides=[stride, stride], pads=[k // 2] * 4))
+        if not clip:
+            return f"{out}_conv"
+        nodes.append(helper.make_node("Clip", [f"{out}_conv", "lo", "hi"], [f"{out}_clip"], name=f"{out}/Clip"))
+        return f"{out}_clip"
+
+    x = conv("input", "stem", 3, 8, k=3, stride=2)
+    x = conv(x, "b0_dw", 8, 8, k=3, group=8)
+    p0 = conv(x, "b0_project", 8, 8, clip=False)
+    x = conv(p0, "b1_expand", 8, 16)
+    x = conv(x, "b1_dw", 16, 16, k=3, group=16)
+    p1 = conv(x, "b1_project", 16, 8, clip=False)
+    nodes.append(helper.make_node("Add", [p1, p0], ["b1_add"], name="b1/Add"))
+    x = conv("b1_add", "head", 8, 16)
+    nodes += [helper.make_node("GlobalAveragePool", [x], ["pool"], name="pool"),
+              helper.make_node("Reshape", ["pool", "shape"], ["flat"], name="flat"),
+              helper.make_node("Gemm", ["flat", "fc_w", "fc_b"], ["logits"], name="fc", transB=1)]
+    inits += [_arr("fc_w", rng.standard_normal((10, 16)) * 0.3), _arr("fc_b", np.zeros(10))]
+    return _model(nodes, [_vi("input", ["N", 3, 16, 16])], [_vi("logits", ["N", 10])], inits)
+
+
+@pytest.mark.parametrize("given", ["cache", "calibration"])
+def test_an_efficientnet_lite0_like_cache_comes_back_from_qdq_bit_for_bit(given):
+    from trt_calib.ort.collect import calibrate
+
+    model = _lite0_like()
+    x = np.random.default_rng(1).standard_normal((32, 3, 16, 16)).astype(np.float32)
+    result = calibrate(model, [{"input": x[k:k + 8]} for k in range(0, 32, 8)], trt_version="8.6.1")
+    written = CalibrationCache.parse(result.cache.to_bytes())  # the cache calibrate writes
+    qdq, _ = quantize_model(model, written if given == "cache" else result)
+    conv = qdq_to_cache(qdq, trt_version="8.6.1")
+    assert conv.cache.dumps() == written.dumps()  # every entry, bit for bit (and in the same order)
+    assert conv.report.counts()["recorded"] == len(written) == 17
+    assert not [p for p in conv.model.metadata_props if p.key == "trt_calib.scales"]
+    # the pairs alone carry only the tensors quantised ops read: the conv outputs before their Clip are lost
+    pairs_only = _entries(qdq_to_cache(qdq, trt_version="8.6.1", recorded=False).cache)
+    lost = set(_entries(written)) - set(pairs_only)
+    assert {"stem_conv", "b0_dw_conv", "logits"} <= lost
+
+
+def test_our_lenet_cache_comes_back_from_qdq_bit_for_bit_on_the_command_line(tmp_path, capsys):
+    """Issue 22: calibrate -> quantize --from-cache -> qdq-to-cache changed conv2 and pool2 by x0.7533 (the pair on
+    pool2_flat carried its scale back through Flatten and the MaxPool tie) and lost ip1_prerelu, ip2 and prob."""
+    from conftest import LENET_BATCHES
+
+    cache, q, plain, back = (tmp_path / n for n in ("lenet.cache", "q.onnx", "plain.onnx", "back.cache"))
+    assert main(["-q", "calibrate", str(LENET), "--data", str(LENET_BATCHES), "--cache", str(cache),
+                 "--trt-version", "7.0.0", "--no-progress"]) == 0
+    assert main(["-q", "quantize", str(LENET), "--from-cache", str(cache), "-o", str(q)]) == 0
+    assert main(["-q", "qdq-to-cache", str(q), "--onnx", str(plain), "--cache", str(back), "--trt-version", "7.0.0",
+                 "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert back.read_bytes() == cache.read_bytes()
+    assert doc["recorded"].startswith("used: 10 scale(s)")
+    conv2 = next(e for e in doc["entries"] if e["tensor"] == "conv2")
+    assert conv2["origin"] == "recorded" and conv2["hex"] == _entries(CalibrationCache.load(cache))["conv2"]
+    # without the record, the Q/DQ pairs alone give what the issue saw
+    assert main(["-q", "qdq-to-cache", str(q), "--onnx", str(tmp_path / "p2.onnx"), "--cache",
+                 str(tmp_path / "b2.cache"), "--trt-version", "7.0.0", "--no-recorded-scales"]) == 0
+    theirs, ours = _entries(CalibrationCache.load(tmp_path / "b2.cache")), _entries(CalibrationCache.load(cache))
+    assert theirs["conv2"] == theirs["pool2"] == ours["pool2_flat"] != ours["conv2"]
+    assert {"ip1_prerelu", "ip2", "prob"}.isdisjoint(theirs)
+
+
+def _set_pair_scale(model, tensor, value):
+    q = next(n for n in model.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == tensor)
+    init = next(t for t in model.graph.initializer if t.name == q.input[1])
+    init.CopyFrom(numpy_helper.from_array(np.asarray(value, np.float32).reshape(numpy_helper.to_array(init).shape),
+                                          init.name))
+
+
+def test_a_record_the_pairs_contradict_is_ignored_with_a_warning(lenet_round_trip, caplog):
+    reference, qdq, _ = lenet_round_trip
+    edited = onnx.ModelProto()
+    edited.CopyFrom(qdq)
+    _set_pair_scale(edited, "pool1", 0.5)  # edited after quantize: the pair now says another scale
+    conv = qdq_to_cache(edited, trt_version="7.0.0")
+    assert conv.report.recorded.startswith("ignored: the pair QuantizeLinear") and "pool1" in conv.report.recorded
+    assert "trt_calib.scales" in caplog.text
+    assert conv.cache.scales["pool1"] == 0.5 and "prob" not in conv.cache.scales
+
+
+@pytest.mark.parametrize("value", ["{", "[]", '{"scales": {"x": "zz"}, "pairs": {}}', '{"scales": 1, "pairs": {}}'])
+def test_a_malformed_record_is_ignored_and_reported(lenet_round_trip, value):
+    _, qdq, _ = lenet_round_trip
+    edited = onnx.ModelProto()
+    edited.CopyFrom(qdq)
+    next(p for p in edited.metadata_props if p.key == "trt_calib.scales").value = value
+    conv = qdq_to_cache(edited, trt_version="7.0.0")
+    assert "is not the record quantize writes" in conv.report.recorded
+    assert conv.report.counts()["recorded"] == 0
 
 
 # ---------------------------------------------------------------------------------------------- onnxruntime-made

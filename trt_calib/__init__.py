@@ -8,8 +8,16 @@ onnxruntime or TensorRT at package import.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from . import _compat
 from .errors import CacheFormatError, CalibrationError, DataError, MissingDependencyError, ModelError, TrtCalibError
+
+if TYPE_CHECKING:  # what the lazy names below are, for IDEs and type checkers (nothing is imported at run time)
+    from .core.cache import CalibrationCache
+    from .core.histogram import AbsHistogram
+    from .ort.collect import calibrate
+    from .trt.calibrator import dry_run
 
 __version__ = "0.1.0"
 
@@ -30,6 +38,11 @@ def __getattr__(name: str):
 
         return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    """The module's names and the lazy ones, so `dir()`, `help(trt_calib)` and completion list the entry points."""
+    return sorted(set(globals()) | set(_LAZY))
 
 
 __all__ = [

@@ -26,7 +26,7 @@ from onnx import TensorProto, helper
 from trt_calib._util import atomic_write
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-CORPUS = REPO_ROOT.parent / "shared" / "corpus" / "lenet"
+CORPUS = REPO_ROOT / "tests" / "data" / "lenet_caffe"  # sampleINT8's Caffe files, with their provenance
 DEFAULT_CAFFEMODEL = CORPUS / "mnist_lenet.caffemodel"
 DEFAULT_PROTOTXT = CORPUS / "deploy.prototxt"
 DEFAULT_OUTPUT = REPO_ROOT / "data" / "lenet" / "lenet.onnx"

@@ -31,6 +31,7 @@ __all__ = [
     "int_in",
     "finite_float",
     "trt_version_arg",
+    "resolve_trt_version",
     "checked_by",
     "threads_arg",
     "percentile_arg",
@@ -554,3 +555,36 @@ def calibrator_dry_run(
     out(str(summary))
     out("dry run: nothing was built or written")
     return 0
+
+
+# ---------------------------------------------------------------------------------------------- TensorRT version
+def resolve_trt_version(given: str | None, *, purpose: str = "header") -> tuple[str, str]:
+    """(version, where it came from) for a command's --trt-version, never a silent guess.
+
+    Given: as given. Not given: the installed TensorRT's (`trt.version.installed_tensorrt`; an info line says so),
+    else trt-calib's DEFAULT_TRT_VERSION with one warning line on stderr naming it and how to change it: TensorRT
+    ignores a cache whose header names another version. `purpose` is "header" (the version goes into a cache header)
+    or "emulate" (only the calibration emulated depends on it). `--json` outputs record both values.
+    """
+    if given is not None:
+        return given, "--trt-version"
+    from ..core.cache import DEFAULT_TRT_VERSION
+    from ..trt.version import installed_tensorrt
+
+    found = installed_tensorrt()
+    if found is not None and found.version is not None:
+        log = logging.getLogger("trt_calib")
+        what = "the cache header names" if purpose == "header" else "emulating the calibration of"
+        log.info("%s TensorRT %s, the installed one (%s); --trt-version X.Y.Z for another", what, found.version,
+                 found.found)
+        return found.version, f"installed {found.found}"
+    why = "no TensorRT is installed here" if found is None else f"found {found.found}"
+    if purpose == "header":
+        logging.getLogger("trt_calib").warning(
+            "the cache header names TensorRT %s, trt-calib's default (%s); TensorRT ignores a cache made for another "
+            "version. Hint: --trt-version X.Y.Z, the TensorRT that will read it", DEFAULT_TRT_VERSION, why)
+    else:
+        logging.getLogger("trt_calib").warning(
+            "emulating the calibration of TensorRT %s, trt-calib's default (%s). Hint: --trt-version X.Y.Z (8.0 and "
+            "older also tie Concat inputs)", DEFAULT_TRT_VERSION, why)
+    return DEFAULT_TRT_VERSION, f"default ({why})"

@@ -310,7 +310,7 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
         "convert",
         help="cache -> JSON {name: amax}, JSON -> cache, or rewrite a cache header (explicit flag only)",
         description="Convert between a TensorRT cache and JSON {tensor name: amax}. --to json reads a cache; "
-        "--to cache reads JSON (or `calibrate --json` output) and needs --trt-version. A cache -> cache "
+        "--to cache reads JSON (or `calibrate --json` output) and needs --trt-version (default: the installed tensorrt's). A cache -> cache "
         "conversion only rewrites the header, and only with --rewrite-header: TensorRT then uses scales computed "
         "for another version or calibrator without recalibrating. Output is written atomically; the input is "
         "never overwritten without --force.",
@@ -318,8 +318,8 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
     p.add_argument("input", help="calibration cache or JSON file")
     p.add_argument("--to", choices=("json", "cache"), required=True, help="output format")
     p.add_argument("-o", "--output", metavar="OUT", help="file to write (default: standard output)")
-    p.add_argument("--trt-version", type=trt_version_arg, help="TensorRT version for the new header (needed for "
-                   "--to cache)")
+    p.add_argument("--trt-version", type=trt_version_arg, help="TensorRT version for the new header (--to cache: "
+                   "default the installed tensorrt's; without one it is needed, and --rewrite-header always needs it)")
     p.add_argument("--algorithm", type=calibrator_arg, help="calibrator for the new header: entropy2 (default for "
                    "JSON input), minmax, or a header name such as EntropyCalibration2; a rewrite keeps the cache's "
                    "unless given")
@@ -349,6 +349,7 @@ def _run_convert(args: argparse.Namespace) -> int:
         raise UsageError("--json prints a summary of the conversion; give -o OUT for the converted file")
     from_json = _is_json_file(args.input)
     warning = None
+    trt_source = "--trt-version" if args.trt_version else None
     if args.to == "json":
         if from_json:
             raise TrtCalibError(f"{args.input} is already JSON. Hint: --to cache converts it to a cache")
@@ -367,8 +368,17 @@ def _run_convert(args: argparse.Namespace) -> int:
             raise TrtCalibError("--rewrite-header applies to a cache input; JSON -> cache writes a new header "
                                 "from --trt-version and --algorithm")
         if not args.trt_version:
-            raise TrtCalibError("JSON -> cache needs --trt-version: TensorRT ignores a cache whose header names "
-                                "another version. Hint: --trt-version 8.6.1 (the TensorRT that will read it)")
+            from ..trt.version import installed_tensorrt
+
+            found = installed_tensorrt()
+            if found is None or found.version is None:
+                why = "no TensorRT is installed here" if found is None else f"found {found.found}"
+                raise TrtCalibError("JSON -> cache needs --trt-version: TensorRT ignores a cache whose header names "
+                                    f"another version ({why}). Hint: --trt-version 8.6.1 (the TensorRT that will "
+                                    "read it)")
+            args.trt_version, trt_source = found.version, f"installed {found.found}"
+            print(f"the header names TensorRT {found.version}, the installed one ({found.found}); --trt-version "
+                  "X.Y.Z for another", file=sys.stderr)
         cache = cache_from_json(args.input, algorithm=args.algorithm or "EntropyCalibration2",
                                 trt_version=args.trt_version)
         payload, header, entries = cache.dumps(), cache.header, len(cache)
@@ -388,7 +398,8 @@ def _run_convert(args: argparse.Namespace) -> int:
         write_output(args.output, payload.encode("utf-8"), what="the converted file")
     if args.json:
         print_json({"input": args.input, "output": args.output, "to": args.to, "header": header,
-                     "entries": entries, "warning": warning})
+                     "entries": entries, "warning": warning, "trt_version": args.trt_version,
+                     "trt_version_source": trt_source})
     elif not args.output:
         sys.stdout.write(payload)
     return 0

@@ -26,6 +26,7 @@ from ._common import (
     print_comparison,
     print_json,
     progress_bar,
+    resolve_trt_version,
     threads_arg,
     trt_version_arg,
     write_output,
@@ -60,16 +61,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--algorithm", choices=list(ALGORITHM_HEADERS), default="entropy2", help="default entropy2")
     p.add_argument("--percentile", type=percentile_arg, default=99.99,
                    help="for --algorithm percentile, in (0, 100] (default 99.99)")
-    p.add_argument("--trt-version", type=trt_version_arg, default=DEFAULT_TRT_VERSION,
-                   help=f"TensorRT version to write the header for and to emulate (default {DEFAULT_TRT_VERSION}); "
-                   "<= 8.0 also ties Concat inputs to the output's scale")
+    p.add_argument("--trt-version", type=trt_version_arg, default=None,
+                   help="TensorRT version to write the header for and to emulate (TensorRT ignores a cache whose "
+                   "header names another version). Default: the installed tensorrt's, else "
+                   f"{DEFAULT_TRT_VERSION}, with a warning; <= 8.0 also ties Concat inputs to the output's scale")
     p.add_argument("--range", dest="range_mode", choices=("trt", "global"), default="trt",
                    help="histogram ranges: trt (TensorRT's: the first batch's max, doubled as later batches exceed "
                    "it, so batch size and order matter; default) or global (each tensor's max over all batches, "
                    "taken in a first pass: independent of batch size and order, but not TensorRT's algorithm; "
                    "the sidecar and --json say so, and TensorRT uses the cache's scales as they are)")
-    add_json_flag(p, file=True, help="print per-tensor details (amax, index, ranges) as JSON on stdout (errors "
-                  "too); with FILE also write them there")
+    add_json_flag(p, file=True, help="print the result (cache, sidecar, header, TensorRT version and where it came "
+                  "from, per-tensor amax, index and ranges, the --compare table) as JSON on stdout (errors too); "
+                  "with FILE also write the same object there")
     p.add_argument("--save-histograms", metavar="H.npz", help="also save every histogram (for reports, re-runs)")
     p.add_argument("--compare", metavar="REF.cache", help="print our table next to a reference cache "
                    "(e.g. TensorRT's) with the difference of each entry in float32 ULP")
@@ -81,8 +84,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=threads_arg, default=None, help="onnxruntime intra-op threads and "
                    "histogram threads, 1 to 256 (default: all cores; with --executor, per worker)")
     p.add_argument("--max-activation-mb", type=finite_float(0, lo_open=True), default=256,
-                   help="run a batch in parts when its activations exceed this (default 256); the histograms "
-                   "stay those of whole batches")
+                   help="activation memory a batch may take at once (default 256): a larger batch runs in parts, "
+                   "each of half of it, as the next part runs while one is binned (all of it with --threads 1); "
+                   "the histograms stay those of whole batches")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_calibrator_dry_run(p)
     add_executor_arguments(p, default="serial")
@@ -104,6 +108,8 @@ def run_calibrate(args: argparse.Namespace) -> int:
     else:
         guard_paths(inputs=inputs_guard, outputs={"--cache": args.cache, "the sidecar (--cache OUT.json)": sidecar,
                                                   "--json": out_json, "--save-histograms": args.save_histograms})
+    if not args.dry_run:
+        args.trt_version, trt_source = resolve_trt_version(args.trt_version)
     inputs = model_inputs_of(args.model)
     source = open_data(args, inputs)
     if args.dry_run:
@@ -144,11 +150,19 @@ def run_calibrate(args: argparse.Namespace) -> int:
         },
         cache_bytes=payload,
     )
+    comparison = None
+    if reference is not None:
+        from ..core.compare import compare
+
+        comparison = compare(reference, result)
+    summary = {"cache": str(args.cache), "sidecar": str(sidecar), "header": cache.header,
+               **result.to_json(), "trt_version_source": trt_source}
+    if comparison is not None:
+        summary["comparison"] = {"reference": str(args.compare), **comparison.to_json()}
     write_output(args.cache, payload, what="the cache")
     write_output(sidecar, provenance_text(provenance), what="the sidecar")
-    details = result.to_json()
     if out_json:
-        write_output(out_json, json_text(details), what="the --json details")
+        write_output(out_json, json_text(summary), what="the --json result")
     if args.range_mode != "trt":
         log.warning("--range %s: %s", args.range_mode, GLOBAL_RANGE_NOTE)
     if args.save_histograms:
@@ -162,17 +176,10 @@ def run_calibrate(args: argparse.Namespace) -> int:
         len(result.amax), result.num_batches, manifest.get("num_samples", 0), result.seconds, result.peak_rss_mb,
     )
     log.info("wrote %s (%s) and %s", args.cache, cache.header, sidecar)
-    comparison = None
-    if reference is not None:
-        from ..core.compare import compare
-
-        comparison = compare(reference, result)
+    if comparison is not None:
         print(f"ours ({cache.header}) against {args.compare} ({reference.header}):")
         print_comparison(comparison, ours_label="ours", ref_label="reference")
     status = 0 if comparison is None or comparison.consistent else 1
     if args.json:
-        summary = {"cache": str(args.cache), "sidecar": str(sidecar), "header": cache.header, **details}
-        if comparison is not None:
-            summary["comparison"] = {"reference": str(args.compare), **comparison.to_json()}
         print_json(summary)
     return status

@@ -20,6 +20,7 @@ from ._common import (
     open_data,
     positive_int,
     print_json,
+    resolve_trt_version,
     trt_version_arg,
     write_output,
 )
@@ -51,16 +52,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("model", metavar="Q.onnx", help="the Q/DQ model")
     p.add_argument("--onnx", required=True, metavar="PLAIN.onnx", help="plain model to write (no Q/DQ nodes)")
     p.add_argument("--cache", required=True, metavar="OUT.cache", help="calibration cache to write")
-    p.add_argument("--trt-version", type=trt_version_arg, default=DEFAULT_TRT_VERSION,
-                   help=f"TensorRT version whose header the cache gets (default {DEFAULT_TRT_VERSION}); TensorRT "
-                   "reads a cache only under its own version")
+    p.add_argument("--trt-version", type=trt_version_arg, default=None,
+                   help="TensorRT version whose header the cache gets; TensorRT reads a cache only under its own "
+                   f"version (default: the installed tensorrt's, else {DEFAULT_TRT_VERSION}, with a warning)")
     p.add_argument("--algorithm", choices=list(CALIBRATOR_NAMES), default="entropy2",
                    help="calibrator named in the header (default entropy2, EntropyCalibration2: trtexec --calib and DLA)")
     p.add_argument("--allow-asymmetric", action="store_true",
                    help="write uint8 / zero-point activation pairs as the symmetric range covering them (reports the "
                    "resolution it costs) instead of refusing them")
     p.add_argument("--no-propagate", action="store_true",
-                   help="write only the pairs' own scales (no scales across pass-through ops, ties or Concats)")
+                   help="no scales across pass-through ops, ties or Concats (only the pairs' own, and those "
+                   "quantize recorded)")
+    p.add_argument("--no-recorded-scales", action="store_true",
+                   help="ignore the scales `trt-calib quantize` recorded in the model's metadata (every scale of the "
+                   "cache or calibration it was given, also those no pair carries: by default they come back bit "
+                   "for bit when every pair still holds its recorded scale)")
     p.add_argument("--original", metavar="FP32.onnx",
                    help="the float model: compare its outputs with the plain model's (top-1 agreement, max |diff|) "
                    "and its weights with the dequantised ones")
@@ -88,11 +94,12 @@ def _run(args: argparse.Namespace) -> int:
         outputs={"--onnx": args.onnx, "--cache": args.cache},
     )
     algorithm = CALIBRATOR_NAMES[args.algorithm]
+    args.trt_version, trt_source = resolve_trt_version(args.trt_version)
     make_header(algorithm, args.trt_version)
     try:
         conv = qdq_to_cache(args.model, trt_version=args.trt_version, algorithm=algorithm,
                             allow_asymmetric=args.allow_asymmetric, propagate=not args.no_propagate,
-                            original=args.original)
+                            original=args.original, recorded=not args.no_recorded_scales)
     except UnsupportedQdqError as exc:
         return _refused(args, exc)
     report = conv.report
@@ -119,7 +126,8 @@ def _run(args: argparse.Namespace) -> int:
     write_output(args.cache, conv.cache.dumps().encode("ascii"), what="calibration cache")
     if args.json:
         doc = report.to_json()
-        doc.update(model=str(args.model), onnx=str(args.onnx), cache=str(args.cache), refused=[])
+        doc.update(model=str(args.model), onnx=str(args.onnx), cache=str(args.cache), refused=[],
+                   trt_version=args.trt_version, trt_version_source=trt_source)
         print_json(doc)
     elif not getattr(args, "quiet", False):
         print(report.table())

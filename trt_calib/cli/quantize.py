@@ -26,6 +26,7 @@ from ._common import (
     print_json,
     progress_bar,
     threads_arg,
+    resolve_trt_version,
     trt_version_arg,
     write_output,
 )
@@ -61,8 +62,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                      help="threshold algorithm when calibrating on --data (default entropy2; not with --asymmetric)")
     src.add_argument("--percentile", type=percentile_arg, default=99.99,
                      help="for --algorithm percentile, in (0, 100] (default 99.99)")
-    src.add_argument("--trt-version", type=trt_version_arg, default=DEFAULT_TRT_VERSION,
-                     help=f"TensorRT version whose calibration to emulate (default {DEFAULT_TRT_VERSION})")
+    src.add_argument("--trt-version", type=trt_version_arg, default=None,
+                     help="TensorRT version whose calibration to emulate on --data (default: the installed "
+                     f"tensorrt's, else {DEFAULT_TRT_VERSION}, with a warning)")
     src.add_argument("--asymmetric", nargs="?", const="mse", choices=ASYMMETRIC_METHODS, default=None,
                      help="activations with zero points from signed histograms of --data: the range is the observed "
                      "[min, max] (minmax) or the one with the least expected squared error (mse, what a bare "
@@ -141,6 +143,9 @@ def _run_quantize(args: argparse.Namespace) -> int:
                         "--from-cache": args.from_cache, "--exclude-nodes-from": args.exclude_nodes_from},
                 outputs={"-o": args.output, "--report": args.report})
 
+    trt_version = None
+    if args.from_cache is None and args.asymmetric is None:
+        trt_version = resolve_trt_version(args.trt_version, purpose="emulate")
     source = open_data(args, model_inputs_of(args.model)) if args.data is not None else None
     if args.from_cache is not None:
         from_cache = CalibrationCache.load(args.from_cache)  # before the model's weights and any data are read
@@ -160,7 +165,7 @@ def _run_quantize(args: argparse.Namespace) -> int:
                 scales_from = f"signed histograms (asymmetric {args.asymmetric}, {dtype})"
             else:
                 scales = calibrate(
-                    args.model, source, algorithm=algorithm, trt_version=args.trt_version, percentile=args.percentile,
+                    args.model, source, algorithm=algorithm, trt_version=trt_version[0], percentile=args.percentile,
                     progress=progress, threads=args.threads, max_activation_mb=args.max_activation_mb,
                 )
                 scales_from = f"calibration ({algorithm})"
@@ -191,6 +196,8 @@ def _run_quantize(args: argparse.Namespace) -> int:
     document["model"] = str(args.model)
     document["output"] = str(args.output)
     document["scales_from"] = scales_from
+    if trt_version is not None:
+        document["trt_version"], document["trt_version_source"] = trt_version
     if args.report:
         write_output(args.report, json_text(document), what="the coverage report")
     if args.json:

@@ -24,6 +24,7 @@ from ._common import (
     open_executor,
     positive_int,
     print_json,
+    resolve_trt_version,
     trt_version_arg,
     write_output,
 )
@@ -68,8 +69,9 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
                      help="threshold algorithm when calibrating on --data (default entropy2)")
     src.add_argument("--percentile", type=finite_float(0, 100, lo_open=True), default=99.99,
                      help="for --algorithm percentile (default 99.99)")
-    src.add_argument("--trt-version", type=trt_version_arg, default=DEFAULT_TRT_VERSION,
-                     help=f"TensorRT version whose calibration to emulate (default {DEFAULT_TRT_VERSION})")
+    src.add_argument("--trt-version", type=trt_version_arg, default=None,
+                     help="TensorRT version whose calibration to emulate (default: the installed tensorrt's, else "
+                     f"{DEFAULT_TRT_VERSION}, with a warning)")
     src.add_argument("--placement", choices=list(PLACEMENTS), default="trt", help="as `quantize --placement`")
     src.add_argument("--per-tensor-weights", action="store_true", help="as `quantize --per-tensor-weights`")
     m = p.add_argument_group("measurement")
@@ -153,6 +155,9 @@ def run_sensitivity(args: argparse.Namespace) -> int:
                 "--from-cache": args.from_cache},
         outputs={"-o": args.output},
     )
+    trt_source = ""
+    if not args.from_cache:
+        args.trt_version, trt_source = resolve_trt_version(args.trt_version, purpose="emulate")
     model = load_model(args.model)
     inputs = model_inputs(model)
     cache = CalibrationCache.load(args.from_cache) if args.from_cache else None
@@ -173,7 +178,7 @@ def run_sensitivity(args: argparse.Namespace) -> int:
         finally:
             if bar is not None:
                 bar.close()
-        what["scales"] = f"calibration ({algorithm}, TensorRT {args.trt_version} emulated)"
+        what["scales"] = f"calibration ({algorithm}, TensorRT {args.trt_version} emulated; version: {trt_source})"
     info = {"model": str(args.model), **what}
 
     bar = _bar(args, "measuring", "run")

@@ -22,12 +22,14 @@ releases the GIL, each slice counts into its own slots, and the slots are summed
 not used: its default threading layer (workqueue) aborts the process when two Python threads call such a function
 at once.
 
-The kernel is optional (`pip install "trt-calib[fast]"`): without numba, or when `TRT_CALIB_KERNEL=numpy`, the
+numba is a dependency of trt-calib where numba publishes wheels (pyproject.toml); without it (another platform or
+Python, or an install without dependencies), or when `TRT_CALIB_KERNEL=numpy`, the
 numpy code in `histogram.py` runs instead, with identical results. Compiled code is cached on disk by numba (next
 to this file, in `~/.cache/numba` when that is read-only, or in `NUMBA_CACHE_DIR`), so the ~2 s compile is paid
 once per machine; where no cache folder is writable the numpy code runs, and a warning says so. Loading numba and
 its cache still takes ~0.5 s per process, so `auto` mode loads the kernel only once a process is about to bin
-`LOAD_AFTER` values, on a background thread while numpy bins: small runs never pay for it.
+`LOAD_AFTER` values, on a background thread (calibration announces them before its first model run, which then
+overlaps the load); small runs never pay for it.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ from typing import Any, Iterator, NamedTuple
 import numpy as np
 
 __all__ = ["ScanResult", "BACKENDS", "LOAD_AFTER", "backend", "set_backend", "compiled", "prefetch", "wait_loaded",
-           "scan", "set_threads", "threads", "using_threads", "warm_up"]
+           "scan", "set_threads", "threads", "using_threads", "usable_cpus", "warm_up"]
 
 log = logging.getLogger(__name__)
 
@@ -250,7 +252,7 @@ def _load(strict: bool) -> _Compiled | None:
                 from ..errors import MissingDependencyError
 
                 raise MissingDependencyError(
-                    f"TRT_CALIB_KERNEL=numba, but numba does not import ({exc}). Hint: pip install \"trt-calib[fast]\""
+                    f"TRT_CALIB_KERNEL=numba, but numba does not import ({exc}). Hint: pip install numba"
                 ) from None
         except _NoCache as exc:
             _state["failed"] = exc
@@ -263,7 +265,7 @@ def _load(strict: bool) -> _Compiled | None:
 
 def prefetch(num_values: int) -> None:
     """Say that `num_values` are about to be binned: in `auto` mode, once LOAD_AFTER values are announced the
-    kernel starts loading on a background thread (numpy bins until it is ready; the results are the same)."""
+    kernel starts loading on a background thread (binning waits for it; the results are the same either way)."""
     if _state["compiled"] is not None or _state["loader"] is not None or backend() != "auto":
         return
     _state["numpy_values"] += int(num_values)
@@ -277,7 +279,9 @@ def compiled(num_values: int = 0) -> _Compiled | None:
 
     `numba` loads them at once and raises what goes wrong; `auto` counts the values (`prefetch`), loads the kernel in
     the background once there are LOAD_AFTER of them, and falls back to numpy for good when numba is missing or
-    cannot cache; `numpy` never loads it.
+    cannot cache; `numpy` never loads it. While a background load is under way, values wait for it rather than go
+    to numpy: the load was started because many values are coming, numpy bins 3-4x slower, and binning numpy
+    beside the load would slow the load down (it holds the GIL for numba's imports).
     """
     mode = backend()
     if mode == "numpy":
@@ -286,6 +290,10 @@ def compiled(num_values: int = 0) -> _Compiled | None:
         return _state["compiled"]
     if mode == "numba":
         return _load(True)
+    loader = _state["loader"]
+    if loader is not None and num_values > 0:
+        loader.join()
+        return _state["compiled"]
     prefetch(num_values)
     return None
 
@@ -314,14 +322,15 @@ def warm_up() -> bool:
 
 
 # ---------------------------------------------------------------------------------------------- threads
-def _usable_cpus() -> int:
+def usable_cpus() -> int:
+    """The cores this process may run on."""
     try:
         return len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         return os.cpu_count() or 1
 
 
-_threads = {"n": max(1, min(4, _usable_cpus()))}
+_threads = {"n": max(1, min(4, usable_cpus()))}
 _pool: dict[str, Any] = {"pool": None, "size": 0}
 
 

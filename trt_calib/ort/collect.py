@@ -31,6 +31,7 @@ __all__ = [
     "CalibrationResult",
     "collect_histograms",
     "collect_signed",
+    "pipelined",
     "amax_from_histograms",
     "tie_scales",
     "calibrate",
@@ -43,6 +44,11 @@ _POOL_OPS = ("MaxPool", "AveragePool")
 #: size and order matter); "global" takes each tensor's max over all batches in a first pass and bins every batch
 #: into that fixed range, so the result depends on neither (not TensorRT's algorithm).
 RANGE_MODES = ("trt", "global")
+
+
+def pipelined(threads: int | None) -> bool:
+    """Whether calibration runs the next part while it bins one (`fill.run_ahead`): not with one thread or core."""
+    return threads != 1 and (threads or _kernel.usable_cpus()) > 1
 
 
 def collect_histograms(
@@ -63,7 +69,8 @@ def collect_histograms(
 
     A batch whose activations exceed `max_activation_mb` runs in parts; the histograms are exactly those of whole
     batches (the parts of the first batch before its largest values run twice, to learn its range before binning:
-    `first_batch_in_parts`). `progress` is called with 1 after
+    `first_batch_in_parts`). With more than one thread (`pipelined`), the next part runs while one is binned, and
+    each part gets half of `max_activation_mb`, so the activations alive at once stay within it. `progress` is called with 1 after
     each batch. `range_mode="global"` (see `RANGE_MODES`) reads `batches` twice: a first pass over every batch
     takes each tensor's max|x| (`global_maxima`), then fixed-range histograms of that range are filled.
     `optimization` is onnxruntime's graph optimisation (`OPTIMIZATION_LEVELS`; "basic" is the exact one).
@@ -76,8 +83,9 @@ def collect_histograms(
         return collect_sharded(model, batches, executor, tensors=tensors, num_bins=num_bins, progress=progress,
                                threads=threads, max_activation_mb=max_activation_mb, name=name,
                                range_mode=range_mode, optimization=optimization)
-    runner = Runner.open(model, tensors, threads=threads, budget_bytes=int(max_activation_mb * 2**20),
-                          name=name, optimization=optimization)
+    ahead = pipelined(threads)
+    budget = int(max_activation_mb * 2**20) // (2 if ahead else 1)  # two parts are alive when one runs ahead
+    runner = Runner.open(model, tensors, threads=threads, budget_bytes=budget, name=name, optimization=optimization)
     if range_mode == "global":
         # A tensor that is zero everywhere has no range to fix; its growing histogram stays at range 0 (amax 0).
         fixed = global_maxima(runner, batches)
@@ -86,7 +94,7 @@ def collect_histograms(
         histograms = {n: AbsHistogram(num_bins) for n in runner.names}
     with _kernel.using_threads(threads):
         count = fill_histograms(runner, batches, histograms, first=range_mode == "trt", size=range_mode == "trt",
-                      progress=progress)
+                                progress=progress, ahead=ahead)
     return histograms, count
 
 

@@ -1,12 +1,18 @@
 """Filling TensorRT's histograms from a `Runner`, batch after batch, exactly as whole batches would.
 
 Shared by sequential calibration (`collect`) and each shard of a sharded one (`shard`).
+
+With `ahead=True` the model runs one part ahead on a worker thread while this thread bins the part before
+(`run_ahead`): onnxruntime at the exact optimisation level keeps about one of two cores busy, and the binning
+kernel releases the GIL, so the two overlap. Parts are binned in the same order, so the histograms are the same
+bytes; at most two parts' activations exist at once (the caller gives the runner half the activation budget).
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable, Iterable, Iterator, Mapping, TypeVar
 
 import numpy as np
 
@@ -14,12 +20,46 @@ from ..core.histogram import AbsHistogram, finite_abs_max
 from .data import iter_batches
 from .runner import Runner
 
-__all__ = ["fill_histograms", "first_batch_in_parts", "add_batch"]
+__all__ = ["fill_histograms", "first_batch_in_parts", "add_batch", "run_ahead"]
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
 
-def first_batch_in_parts(runner: Runner, batch: Mapping[str, np.ndarray], histograms: dict[str, AbsHistogram]) -> int:
+
+def run_ahead(runner: Runner, parts: Iterable[tuple[T, Mapping[str, np.ndarray]]], *,
+              ahead: bool = True) -> Iterator[tuple[T, dict[str, np.ndarray]]]:
+    """(tag, runner.run(part)) for each (tag, part), in order; with `ahead`, part k + 1 runs on a worker thread
+    while the caller works on part k.
+
+    The run of part k + 2 starts only when the caller asks for part k + 1, so at most two parts' activations are
+    alive: the one being used and the one running (`fill_histograms` also clears each dict once it is binned).
+    `parts` is read on the calling thread (a data script's generator never runs on the worker). An error of a run
+    is raised here, at the part it belongs to.
+    """
+    if not ahead:
+        for tag, part in parts:
+            yield tag, runner.run(part)
+        return
+    items = iter(parts)
+    with ThreadPoolExecutor(1, thread_name_prefix="trt-calib-run") as pool:
+        nxt = next(items, None)
+        running = None if nxt is None else (nxt[0], pool.submit(runner.run, nxt[1]))
+        try:
+            while running is not None:
+                tag, future = running
+                nxt = next(items, None)  # the next part's inputs, read while the model runs
+                values = future.result()
+                running = None if nxt is None else (nxt[0], pool.submit(runner.run, nxt[1]))
+                yield tag, values
+                del values
+        finally:
+            if running is not None:  # abandoned (an error or an interrupt in the caller): let the run finish
+                running[1].cancel()
+
+
+def first_batch_in_parts(runner: Runner, batch: Mapping[str, np.ndarray], histograms: dict[str, AbsHistogram], *,
+                         ahead: bool = False) -> int:
     """TensorRT's first batch, run in parts: returns how many parts had to run twice.
 
     The first batch's range is its max over all parts, and it must be known before any value is binned. Each
@@ -30,8 +70,8 @@ def first_batch_in_parts(runner: Runner, batch: Mapping[str, np.ndarray], histog
     """
     parts = runner.split(batch)
     start: dict[str, int] = {}  # per tensor: the first part binned at its final range
-    for j, part in enumerate(parts):
-        for name, value in runner.run(part).items():
+    for j, values in run_ahead(runner, enumerate(parts), ahead=ahead):
+        for name, value in values.items():
             h = histograms[name]
             if j == 0:
                 h.begin_batch(finite_abs_max(value))
@@ -45,35 +85,67 @@ def first_batch_in_parts(runner: Runner, batch: Mapping[str, np.ndarray], histog
                 fresh.begin_batch(float(h.abs_max))
                 fresh.add_part(value)
                 start[name] = j
+        values.clear()
     again = max(start.values(), default=0)
-    for j in range(again):
-        for name, value in runner.run(parts[j]).items():
+    for j, values in run_ahead(runner, ((j, parts[j]) for j in range(again)), ahead=ahead):
+        for name, value in values.items():
             if start[name] > j:
                 histograms[name].add_part(value)
+        values.clear()
     for h in histograms.values():
         h.end_batch()
     return again
 
 
 def fill_histograms(runner: Runner, batches: Iterable[Any], histograms: dict[str, AbsHistogram], *, first: bool,
-          size: bool = True, progress: Callable[[int], None] | None = None) -> int:
+                    size: bool = True, progress: Callable[[int], None] | None = None, ahead: bool = False) -> int:
     """Every batch into the histograms, in order; returns the number of batches.
 
     `size`: the first batch decides the part size (else the runner's stands); `first`: the histograms have seen no
     batch yet, so a first batch that runs in parts must learn its range before binning (`first_batch_in_parts`).
+    `ahead`: run the next part while this one is binned (`run_ahead`); the same histograms.
     """
-    count = 0
-    for batch in iter_batches(batches, runner.specs):
-        parts = runner.size_parts(batch) if count == 0 and size else 1
-        if count == 0 and first and parts > 1:
-            again = first_batch_in_parts(runner, batch, histograms)
-            log.info("first batch: %d of its %d parts ran twice, to learn its range first", again, parts)
-        else:
-            add_batch(runner, batch, histograms)
-        count += 1
+    source = iter(iter_batches(batches, runner.specs))
+    batch = next(source, None)
+    if batch is None:
+        return 0
+    parts = runner.size_parts(batch) if size else 1
+    if first and parts > 1:
+        again = first_batch_in_parts(runner, batch, histograms, ahead=ahead)
+        log.info("first batch: %d of its %d parts ran twice, to learn its range first", again, parts)
         if progress is not None:
             progress(1)
+        count = 1
+    else:
+        source = _chain(batch, source)
+        count = 0
+    del batch
+
+    def stream() -> Iterator[tuple[tuple[bool, bool], Mapping[str, np.ndarray]]]:
+        for whole in source:
+            cut = runner.split(whole)
+            for j, part in enumerate(cut):
+                yield (j == 0, j == len(cut) - 1), part
+
+    for (begins, ends), values in run_ahead(runner, stream(), ahead=ahead):
+        if begins:
+            for h in histograms.values():
+                h.begin_batch()
+        for name, value in values.items():
+            histograms[name].add_part(value)
+        values.clear()
+        if ends:
+            for h in histograms.values():
+                h.end_batch()
+            count += 1
+            if progress is not None:
+                progress(1)
     return count
+
+
+def _chain(first: T, rest: Iterator[T]) -> Iterator[T]:
+    yield first
+    yield from rest
 
 
 def add_batch(runner: Runner, batch: Mapping[str, np.ndarray], histograms: Mapping[str, AbsHistogram]) -> None:

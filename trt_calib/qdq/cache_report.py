@@ -51,7 +51,7 @@ class CacheScale:
 
     tensor: str
     scale: float
-    origin: str  # "pair" | "pass-through" | "tie" | "concat"
+    origin: str  # "pair" | "recorded" (quantize's record_scales) | "pass-through" | "tie" | "concat"
     detail: str  # e.g. "QuantizeLinear 'x_q' (2 pairs)", "through MaxPool 'pool1' from 'conv1'"
 
     @property
@@ -169,6 +169,7 @@ class QdqToCacheReport:
     checker: str = "passed"
     comparison: dict[str, Any] | None = None  # FP32 vs plain (compare_with_original), added by the caller
     run: dict[str, Any] | None = None  # the plain model's onnxruntime run (run_plain), added by the caller
+    recorded: str = ""  # what became of the scales quantize recorded in the model ("" when it holds none)
 
     @property
     def exit_code(self) -> int:
@@ -183,7 +184,8 @@ class QdqToCacheReport:
             "entries": len(self.entries),
             "pairs": len(self.pairs),
             "from_pairs": by_origin.get("pair", 0),
-            "propagated": len(self.entries) - by_origin.get("pair", 0),
+            "recorded": by_origin.get("recorded", 0),
+            "propagated": len(self.entries) - by_origin.get("pair", 0) - by_origin.get("recorded", 0),
             "conflicts": len(self.conflicts),
             "asymmetric": len(self.asymmetric),
             "weights": len(self.weights),
@@ -195,8 +197,9 @@ class QdqToCacheReport:
 
     def summary(self) -> str:
         c = self.counts()
-        text = (f"{c['entries']} cache entries ({c['from_pairs']} from {c['pairs']} Q/DQ pairs, {c['propagated']} "
-                f"through pass-through ops and ties), {c['weights']} weights dequantised, {c['missing']} of "
+        recorded = f"{c['recorded']} as quantize recorded them, " if c["recorded"] else ""
+        text = (f"{c['entries']} cache entries ({c['from_pairs']} from {c['pairs']} Q/DQ pairs, {recorded}"
+                f"{c['propagated']} through pass-through ops and ties), {c['weights']} weights dequantised, {c['missing']} of "
                 f"{c['calibrated']} calibrated tensors without a scale, {c['conflicts']} conflicts")
         if self.asymmetric:
             text += f", {c['asymmetric']} asymmetric pairs made symmetric"
@@ -205,7 +208,10 @@ class QdqToCacheReport:
     def table(self) -> str:
         """The report as text lines for a terminal."""
         width = max([len(e.tensor) for e in self.entries] + [6])
-        lines = [f"cache header: {self.header}", "", f"{'tensor':<{width}}  {'hex':>8}  {'amax':>11}  from"]
+        lines = [f"cache header: {self.header}", ""]
+        if self.recorded:
+            lines[1:1] = [f"scales recorded by quantize: {self.recorded}"]
+        lines.append(f"{'tensor':<{width}}  {'hex':>8}  {'amax':>11}  from")
         for e in self.entries:
             lines.append(f"{e.tensor:<{width}}  {e.hex:>8}  {e.amax:11.6g}  {e.detail}")
         for c in self.conflicts:
@@ -257,6 +263,7 @@ class QdqToCacheReport:
             "opset": self.opset,
             "propagate": self.propagate,
             "checker": self.checker,
+            "recorded": self.recorded,
             "entries": [e.to_json() for e in self.entries],
             "pairs": [p.to_json() for p in self.pairs],
             "conflicts": [c.to_json() for c in self.conflicts],

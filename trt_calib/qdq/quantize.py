@@ -16,6 +16,9 @@ the tensor's signed histogram (`signs.asymmetric_quantizer`); a Concat's inputs 
 their ranges. Such a model is for runtimes that take zero points (onnxruntime; DLA with TensorRT's parser flag
 `kENABLE_UINT8_AND_ASYMMETRIC_QUANTIZATION_DLA`): TensorRT on GPUs rejects non-zero zero points, and the model says
 so in its `metadata_props` (`ASYMMETRIC_METADATA_KEY`). Weights stay symmetric int8.
+
+Symmetric models also record every scale they were given in their `metadata_props` (`scales.record_scales`), also
+those no pair can carry, so that `qdq_to_cache` gives a cache back bit for bit.
 """
 
 from __future__ import annotations
@@ -38,7 +41,8 @@ from .graph import BIASED_OPS, UNNAMED_PREFIX, MIN_OPSET, PLACEMENTS, Graph, onn
 from .placement import exclusion_plan, make_plan, Plan
 from .report import ActivationScale, CoverageReport
 from .rewrite import rewrite_graph
-from .scales import ASYMMETRIC_DTYPES, ASYMMETRIC_METADATA_KEY, ASYMMETRIC_NOTE, Affine, Resolver, Scales, scale_table
+from .scales import (ASYMMETRIC_DTYPES, ASYMMETRIC_METADATA_KEY, ASYMMETRIC_NOTE, Affine, Resolver, Scales, record_scales,
+                     scale_table)
 
 __all__ = ["quantize_model"]
 
@@ -182,6 +186,8 @@ def quantize_model(
         plan, excluded = exclusion_plan(g, plan, exclude)
     layers = [(i, n.output[0]) for i, n in enumerate(work.graph.node) if i in plan.weights and n.op_type in BIASED_OPS]
     rewrite_graph(work, g, plan)
+    record_scales(work, table, {t: plan.act_grid[t] for t in plan.act_slots},
+                  scales.header if isinstance(scales, CalibrationCache) else None)
 
     report = CoverageReport(
         nodes=[plan.coverage[i] for i in sorted(plan.coverage)],

@@ -3,6 +3,7 @@ and the resolver that finds a scale for a tensor (directly or through pass-throu
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
@@ -23,6 +24,9 @@ ASYMMETRIC_DTYPES = {"uint8": (0, 255, np.uint8), "int8": (-128, 127, np.int8)}
 #: The `metadata_props` key that marks a model with asymmetric activations.
 ASYMMETRIC_METADATA_KEY = "trt_calib.asymmetric"
 #: Where a model with zero points runs; in the metadata, the coverage report, the warning and the CLI help.
+#: The `metadata_props` key under which `quantize_model` records every symmetric scale it was given (JSON), so that
+#: `qdq_to_cache` gives back the cache's scales bit for bit, also those no pair can carry (see `record_scales`).
+SCALES_METADATA_KEY = "trt_calib.scales"
 ASYMMETRIC_NOTE = (
     "TensorRT on GPUs rejects it (zero points must be 0: only symmetric quantization is supported); DLA needs the "
     "ONNX parser flag kENABLE_UINT8_AND_ASYMMETRIC_QUANTIZATION_DLA (TensorRT 10.11+); onnxruntime runs it"
@@ -230,3 +234,66 @@ class Resolver:
         if problem:
             return None, f"{problem} for {name!r}", None
         return own[0], own[1], None
+
+
+# ---------------------------------------------------------------------------------------------- the way back
+def _hex(scale: Any) -> str:
+    return format(int(np.asarray(scale, dtype=np.float32).reshape(()).view(np.uint32)), "x")
+
+
+def record_scales(model: Any, table: Scales, pairs: Mapping[str, Any], header: str | None = None) -> None:
+    """Record in `model`'s metadata_props (`SCALES_METADATA_KEY`) every symmetric scale of `table` and the scale each
+    activation pair was given, as float32 hex.
+
+    A Q/DQ graph cannot carry every scale of a cache: tensors no quantised op reads get no pair (a network's
+    output, a Gemm before its fused ReLU), and a pair placed after a pass-through op (Flatten after a tied MaxPool)
+    or shared by a Concat's inputs holds another tensor's scale. `qdq_to_cache` reads the record back, after
+    checking that every pair still holds the scale recorded for it (a model edited since is not trusted), so a
+    cache -> Q/DQ -> cache round trip returns every scale the cache had. Asymmetric grids are not recorded (a cache
+    holds symmetric scales only). TensorRT and onnxruntime ignore metadata_props.
+    """
+    if table.asymmetric is not None:
+        return
+    value = json.dumps({
+        "format": 1,
+        "source": table.source,
+        "header": header,
+        "scales": {name: _hex(table.table[name]) for name in table.names},
+        "pairs": {name: _hex(grid) for name, grid in pairs.items()},
+    }, separators=(",", ":"))
+    for prop in model.metadata_props:
+        if prop.key == SCALES_METADATA_KEY:
+            prop.value = value
+            return
+    model.metadata_props.add(key=SCALES_METADATA_KEY, value=value)
+
+
+@dataclass(frozen=True)
+class RecordedScales:
+    """What `record_scales` wrote into a Q/DQ model: the scales (name -> float32 hex) and the pairs' scales."""
+
+    scales: dict[str, str]
+    pairs: dict[str, str]
+    source: str
+    header: str | None
+
+
+def read_recorded_scales(model: Any) -> tuple[RecordedScales | None, str]:
+    """The record `record_scales` left in `model` and "" , or (None, why it cannot be read); (None, "") without one."""
+    values = [p.value for p in model.metadata_props if p.key == SCALES_METADATA_KEY]
+    if not values:
+        return None, ""
+    try:
+        doc = json.loads(values[-1])
+        scales, pairs = doc["scales"], doc["pairs"]
+        ok = (isinstance(scales, dict) and isinstance(pairs, dict)
+              and all(isinstance(k, str) and isinstance(v, str) and 1 <= len(v) <= 8 and int(v, 16) >= 0
+                      for table in (scales, pairs) for k, v in table.items()))
+    except (ValueError, TypeError, KeyError):
+        ok = False
+    if not ok:
+        return None, f"metadata_props {SCALES_METADATA_KEY!r} is not the record quantize writes"
+    source = doc.get("source") if isinstance(doc.get("source"), str) else "?"
+    header = doc.get("header") if isinstance(doc.get("header"), str) else None
+    return RecordedScales({k: v.lower() for k, v in scales.items()}, {k: v.lower() for k, v in pairs.items()},
+                          source, header), ""

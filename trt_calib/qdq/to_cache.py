@@ -16,6 +16,10 @@ the first:
 - tensors without a pair of their own take a neighbour's scale across ops that keep values
   (`PASS_THROUGH_OPS`, both ways, as NVIDIA's qdq-translator does) and Concat outputs take their inputs' (the
   largest); every such entry says where it came from;
+- a model `quantize_model` wrote carries every scale it was given in its metadata_props (`record_scales`); when
+  every pair still holds the scale recorded for it, those scales are written as they were (a cache -> Q/DQ ->
+  cache round trip gives back every entry bit for bit, also those no pair could carry), and the record is dropped
+  from the plain model; a record the pairs contradict (the model was edited) is ignored, with a warning;
 - the tensors TensorRT calibrates in the plain model that still have no scale are listed (they run in higher
   precision).
 """
@@ -28,7 +32,7 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
-from ..core.cache import DEFAULT_TRT_VERSION, CacheEntry, CalibrationCache, make_header
+from ..core.cache import DEFAULT_TRT_VERSION, CacheEntry, CalibrationCache, hex_to_scale, make_header
 from ..errors import ModelError
 from .cache_report import (
     AsymmetricConversion,
@@ -43,6 +47,7 @@ from .cache_report import (
 )
 from .graph import node_attr, constant_attr, onnx_opset
 from .rewrite import drop_unused_constants
+from .scales import SCALES_METADATA_KEY, RecordedScales, read_recorded_scales
 
 __all__ = [
     "PASS_THROUGH_OPS",
@@ -530,6 +535,39 @@ def _direct_scales(conv: _Converter, final: Mapping[str, str]) -> tuple[dict[str
     return entries, conflicts, pairs
 
 
+def _recorded_stale(conv: _Converter, recorded: RecordedScales) -> str:
+    """Why the pairs contradict the scales `quantize` recorded ("" when every pair holds its recorded scale)."""
+    for source, found in conv.pairs.items():
+        for p in found:
+            want = recorded.pairs.get(source)
+            if want is None:
+                return f"the pair {p.node} on {source!r} is not one quantize placed"
+            if p.own.dtype != "int8" or p.own.zero_point != 0:
+                return f"the pair {p.node} on {source!r} is asymmetric"
+            mine = p.own.scale_hex
+            if mine != want:
+                narrowed = np.float32(hex_to_scale(want)).astype(p.own.scale_dtype if p.own.scale_dtype in
+                                                                   ("float16", "bfloat16") else np.float32)
+                if float32_hex(np.float32(narrowed)) != mine:
+                    return f"the pair {p.node} on {source!r} holds {mine}, the record says {want}"
+    return ""
+
+
+def _restore_recorded(entries: dict[str, CacheScale], recorded: RecordedScales, final: Mapping[str, str]) -> None:
+    """Write every recorded scale under the tensor's name in the plain model, over what the pairs gave."""
+    for source, hx in recorded.scales.items():
+        name = final.get(source, source)
+        scale = hex_to_scale(hx)
+        pair = entries.get(name)
+        given = {"cache": "the cache's scale", "amax": "the calibrated scale"}.get(recorded.source, "the scale given")
+        detail = f"recorded by quantize ({SCALES_METADATA_KEY}): {given}"
+        if pair is not None and pair.origin == "pair" and pair.hex != hx:
+            detail += f"; its pair holds {pair.hex} ({pair.detail})"
+        elif pair is not None and pair.origin == "pair":
+            detail += f", also held by its {pair.detail}"
+        entries[name] = CacheScale(name, scale, "recorded", detail)
+
+
 def _propagate(model: Any, entries: dict[str, CacheScale]) -> None:
     """Give tensors without a scale a neighbour's, across pass-through ops and ties (both ways) and Concat outputs
     (the largest input), until nothing changes. A pair's own scale is never replaced."""
@@ -623,12 +661,15 @@ def qdq_to_cache(
     propagate: bool = True,
     original: Any = None,
     check: bool = True,
+    recorded: bool = True,
 ) -> QdqConversion:
     """The plain model, the TensorRT cache and the report for a Q/DQ `model` (a path or a ModelProto, unchanged).
 
     `trt_version` and `algorithm` make the header TensorRT reads the cache under (EntropyCalibration2: DLA's
     calibrator). `allow_asymmetric` turns uint8 and zero-point pairs into the symmetric range covering them instead
-    of refusing them. `propagate=False` writes only the pairs' own scales. `original` (the FP32 model) lets the
+    of refusing them. `propagate=False` writes no scales across pass-through ops, ties and Concats. `recorded=False`
+    ignores the scales `quantize_model` recorded in the model (`record_scales`), so only what the pairs hold and what
+    propagates from them is written. `original` (the FP32 model) lets the
     report compare every dequantised weight with its float original, matched by consumer node name and input slot.
     Raises `UnsupportedQdqError` listing every node implicit TensorRT cannot express.
     """
@@ -650,6 +691,19 @@ def qdq_to_cache(
     removed = len(conv.removed)
     final = _rewrite(plain, conv)
     entries, conflicts, pairs = _direct_scales(conv, final)
+    record, unreadable = read_recorded_scales(source)
+    _drop_record(plain)
+    record_note = unreadable
+    if record is not None and recorded:
+        record_note = _recorded_stale(conv, record)
+        if not record_note:
+            _restore_recorded(entries, record, final)
+            record_note = f"used: {len(record.scales)} scale(s) as quantize recorded them"
+        else:
+            record_note = f"ignored: {record_note} (the model was changed after quantize)"
+            log.warning("the scales quantize recorded in %s are %s", SCALES_METADATA_KEY, record_note)
+    elif record is not None:
+        record_note = "not used (recorded=False)"
     if propagate:
         _propagate(plain, entries)
     calibrated = calibrated_tensors(plain)
@@ -667,6 +721,7 @@ def qdq_to_cache(
         header=cache.header, pairs=pairs, entries=ordered, conflicts=conflicts, asymmetric=asymmetric,
         weights=conv.folds, missing=_missing(plain, calibrated, entries), removed_nodes=removed,
         calibrated=len(calibrated), opset=onnx_opset(plain), propagate=propagate, checker=checker,
+        recorded=record_note,
     )
     if conflicts:
         log.warning("%d tensor(s) have Q/DQ pairs with different scales; the largest was written: %s",
@@ -676,6 +731,14 @@ def qdq_to_cache(
         log.warning("%d asymmetric pair(s) made symmetric; the worst, %s, loses %.2f bits of resolution",
                     len(asymmetric), worst.tensor, worst.bits_lost)
     return QdqConversion(plain, cache, report)
+
+
+def _drop_record(model: Any) -> None:
+    """The plain model keeps no `record_scales` record: its scales are in the cache now."""
+    kept = [p for p in model.metadata_props if p.key != SCALES_METADATA_KEY]
+    if len(kept) != len(model.metadata_props):
+        del model.metadata_props[:]
+        model.metadata_props.extend(kept)
 
 
 def _compare_originals(folds: Iterable[WeightFold], plain: Any, original: Any) -> None:

@@ -137,7 +137,8 @@ class _Doctor:
         started = time.perf_counter()
         if not kernel.warm_up():
             return "skip", ("numba is not installed, or cannot cache its compiled code: histograms are binned with "
-                            "numpy (same results, 3-4x slower). Hint: pip install \"trt-calib[fast]\", and set "
+                            "numpy (same results, 3-4x slower). Hint: pip install numba (trt-calib installs it where numba has "
+                            "wheels), and set "
                             "NUMBA_CACHE_DIR where the package folder and ~/.cache are read-only")
         from importlib.metadata import version
 
