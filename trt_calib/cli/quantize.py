@@ -24,6 +24,7 @@ from ._common import (
     positive_int,
     print_json,
     progress_bar,
+    refuse_quantized_model,
     threads_arg,
     trt_version_arg,
     write_output,
@@ -137,6 +138,7 @@ def _run_quantize(args: argparse.Namespace) -> int:
                         "--from-cache": args.from_cache, "--exclude-nodes-from": args.exclude_nodes_from},
                 outputs={"-o": args.output, "--report": args.report})
 
+    refuse_quantized_model(args.model, "Q/DQ insertion")
     source = open_data(args, model_inputs_of(args.model)) if args.data is not None else None
     if args.from_cache is not None:
         from_cache = CalibrationCache.load(args.from_cache)  # before the model's weights and any data are read

@@ -67,9 +67,12 @@ class NodeCoverage:
     weight_axis: int | None = None  # None: one scale for the whole weight
     reason: str = ""  # why it stays in float (or a note on how it was quantised)
     bias_shift: float | None = None  # bias correction: the largest per-channel shift folded into the bias
+    body: str = ""  # the If branch or Loop/Scan body holding the node ("" for the main graph)
 
     def to_json(self) -> dict[str, Any]:
         row: dict[str, Any] = {"node": self.node, "op_type": self.op_type, "quantized": self.quantized}
+        if self.body:
+            row["body"] = self.body
         if self.inputs:
             row["inputs"] = list(self.inputs)
         if self.weight is not None:
@@ -145,6 +148,8 @@ class CoverageReport:
             else:
                 weight = "per-tensor" if n.weight_axis is None else f"axis {n.weight_axis}"
             note = n.reason
+            if n.body and not note.startswith("inside the "):
+                note = f"[in {n.body}] " + note
             if n.bias_shift is not None:
                 note = (note + "; " if note else "") + f"bias shifted by up to {n.bias_shift:.3g}"
             lines.append(

@@ -93,7 +93,7 @@ class ValidationReport:
 class _Graph:
     """What validate needs to know about an ONNX graph."""
 
-    calibrated: list[str]
+    calibrated: list[str]  # main-graph tensors TensorRT calibrates
     tensors: set[str]
     inputs: set[str]
     initializers: set[str]
@@ -101,10 +101,12 @@ class _Graph:
     producer: dict[str, Any]
     consumers: dict[str, list[Any]]
     nodes: list[Any]
+    body: list[Any] = field(default_factory=list)  # control_flow.BodyTensor: what TensorRT names in If/Loop/Scan bodies
 
 
 def _graph(model: Any) -> _Graph:
-    from ..ort.model import calibrated_tensors, load_model, model_inputs
+    from ..ort.control_flow import body_tensors
+    from ..ort.model import calibrated_from_types, float_types, load_model, model_inputs, tensor_types
 
     model = load_model(model, weights=False)  # the graph only: a model over 2 GB keeps its weights on disk
     graph = model.graph
@@ -115,21 +117,32 @@ def _graph(model: Any) -> _Graph:
     tensors = set(inputs) | initializers
     # Constant folding by name: a tensor computed only from constants (or from shapes) holds no calibration data.
     constant = set(initializers)
-    for node in graph.node:
-        for name in node.input:
-            if name:
-                consumers.setdefault(name, []).append(node)
-        for name in node.output:
-            if name:
-                producer[name] = node
-                tensors.add(name)
-        real_inputs = [n for n in node.input if n]
-        if node.op_type in ("Constant", "ConstantOfShape", "Shape", "Size") or (
-            real_inputs and all(n in constant for n in real_inputs)
-        ):
-            constant.update(n for n in node.output if n)
+
+    def index(g: Any) -> None:
+        for node in g.node:
+            for name in node.input:
+                if name:
+                    consumers.setdefault(name, []).append(node)
+            for name in node.output:
+                if name:
+                    producer[name] = node
+                    tensors.add(name)
+            real_inputs = [n for n in node.input if n]
+            if node.op_type in ("Constant", "ConstantOfShape", "Shape", "Size") or (
+                real_inputs and all(n in constant for n in real_inputs)
+            ):
+                constant.update(n for n in node.output if n)
+            for attr in node.attribute:  # If branches, Loop/Scan bodies: their tensors are the model's too
+                if attr.HasField("g"):
+                    constant.update(t.name for t in attr.g.initializer)
+                    index(attr.g)
+                for sub in attr.graphs:
+                    index(sub)
+
+    index(graph)
+    types = tensor_types(model)
     return _Graph(
-        calibrated=calibrated_tensors(model),
+        calibrated=calibrated_from_types(model, types),
         tensors=tensors,
         inputs=inputs,
         initializers=initializers,
@@ -137,6 +150,7 @@ def _graph(model: Any) -> _Graph:
         producer=producer,
         consumers=consumers,
         nodes=list(graph.node),
+        body=body_tensors(model, types, float_types()),
     )
 
 
@@ -273,7 +287,7 @@ def _numbering_shift(missing: list[str], candidates: Iterable[str]) -> tuple[int
 def _coverage_findings(report: ValidationReport, cache: CalibrationCache, g: _Graph) -> None:
     names = list(cache.scales)
     in_cache = set(names)
-    calibrated = set(g.calibrated)
+    calibrated = set(g.calibrated) | {b.name for b in g.body}
     missing = [t for t in g.calibrated if t not in in_cache]
     groups: dict[str, list[str]] = {"unnamed": [], "internal": [], "uncalibrated": [], "extra": []}
     for name in names:
@@ -297,6 +311,8 @@ def _coverage_findings(report: ValidationReport, cache: CalibrationCache, g: _Gr
         "unnamed": len(groups["unnamed"]),
         "internal": len(groups["internal"]),
         "duplicates": len(cache.duplicates()),
+        "body_tensors": len({b.name for b in g.body}),
+        "body_covered": len({b.name for b in g.body if b.name in in_cache}),
     }
     if n_model and len(missing) > MOST_MISSING_FRACTION * n_model:
         report.add(
@@ -326,6 +342,7 @@ def _coverage_findings(report: ValidationReport, cache: CalibrationCache, g: _Gr
             offset=offset,
             matches=hits,
         )
+    _body_findings(report, g, in_cache)
     for name in groups["extra"]:
         report.add("warning", "not-in-model", "cache entry names no tensor of this model (stale entry from "
                    "another export or a model with more layers); TensorRT ignores it", name)
@@ -355,6 +372,36 @@ def _coverage_findings(report: ValidationReport, cache: CalibrationCache, g: _Gr
         hexes = [e.hex for e in cache.entries if e.name == name]
         report.add("warning", "duplicate", f"{len(hexes)} entries ({', '.join(hexes)}): which one TensorRT uses "
                    "is not documented (trt-calib takes the last). Hint: keep one", name)
+
+
+def _body_findings(report: ValidationReport, g: _Graph, in_cache: set[str]) -> None:
+    """One warning per If branch or Loop/Scan body with tensors TensorRT names but the cache lacks."""
+    bodies: dict[str, list[Any]] = {}
+    for b in g.body:
+        if b.name not in in_cache:
+            bodies.setdefault(b.body, []).append(b)
+    for missing in bodies.values():
+        first = missing[0]
+        total = sum(1 for b in g.body if b.body == first.body)
+        if first.duplicate:
+            why = ("their names are used more than once in the model, and TensorRT renames repeats name_N with a "
+                   "counter shared by the whole parse")
+        elif first.in_loop:
+            why = ("a Loop/Scan body runs once per iteration (an ILoop in TensorRT); trt-calib cannot calibrate it, "
+                   "onnxruntime returns no per-iteration values")
+        else:
+            why = ("the calibration data never took this branch, or the cache was made without looking into If "
+                   "branches. Hint: calibrate with `trt-calib calibrate` on data that takes it")
+        names = [b.name for b in missing]
+        report.add(
+            "warning",
+            "body-not-covered",
+            f"{len(missing)} of the {total} tensors TensorRT names in the {first.where} have no entry "
+            f"({', '.join(names[:3])}{', ...' if len(names) > 3 else ''}): TensorRT builds those layers without INT8 "
+            f"scales. Why: {why}",
+            body=first.where,
+            tensors=names,
+        )
 
 
 def _amax_map(cache: CalibrationCache) -> dict[str, float]:
