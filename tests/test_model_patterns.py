@@ -239,3 +239,55 @@ def test_the_library_refuses_quantized_models_too(tmp_path):
         calibrate(path, [{"x": np.ones((1, 1, 4, 4), np.float32)}])
     with pytest.raises(ModelError, match=r"already quantized"):
         quantize_model(path, {"x": 1.0})
+
+
+# ------------------------------------------------------------------------------------------------ validate on YOLO
+def yolo_head(path) -> None:
+    """YOLOv8's head at toy size: pixel boxes (Conv, Reshape, Mul by the stride) and class scores (Conv, Reshape,
+    Sigmoid) concatenated into one output."""
+    inits = [numpy_helper.from_array(RNG.standard_normal((4, 3, 1, 1)).astype(np.float32), "wb"),
+             numpy_helper.from_array(RNG.standard_normal((2, 3, 1, 1)).astype(np.float32), "wc"),
+             numpy_helper.from_array(np.array([1, 4, 64], np.int64), "shape_b"),
+             numpy_helper.from_array(np.array([1, 2, 64], np.int64), "shape_c"),
+             numpy_helper.from_array(np.array(16.0, np.float32), "stride")]
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "wb"], ["box"]), helper.make_node("Reshape", ["box", "shape_b"], ["boxr"]),
+         helper.make_node("Mul", ["boxr", "stride"], ["pix"]),
+         helper.make_node("Conv", ["x", "wc"], ["logits"]), helper.make_node("Reshape", ["logits", "shape_c"], ["logr"]),
+         helper.make_node("Sigmoid", ["logr"], ["scores"]),
+         helper.make_node("Concat", ["pix", "scores"], ["out"], axis=1)],
+        "yolo", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 6, 64])], inits,
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(path))
+
+
+def yolo_cache(path, **changed: float):
+    from trt_calib.core.cache import amax_to_scale, scale_to_hex
+
+    amax = {"x": 1.0, "box": 20.0, "boxr": 20.0, "pix": 320.0, "logits": 8.0, "logr": 8.0, "scores": 0.004,
+            "out": 320.0, **changed}
+    path.write_text("TRT-8601-EntropyCalibration2\n" + "".join(f"{n}: {scale_to_hex(amax_to_scale(v))}\n"
+                                                               for n, v in amax.items()))
+    return path
+
+
+def test_validate_is_clean_on_a_correct_yolo_cache_and_keeps_its_real_catches(tmp_path):
+    """The class-score Sigmoid is small by nature and its Concat carries pixel boxes: that is no outlier (it was
+    a warning, exit 1, on every correct YOLOv8 cache). A stale entry still is."""
+    from trt_calib.tools.validate import validate_cache
+
+    model = tmp_path / "yolo.onnx"
+    yolo_head(model)
+
+    def outliers(**changed):
+        report = validate_cache(yolo_cache(tmp_path / "c.cache", **changed), model)
+        return [f["tensor"] for f in report.findings if f["code"] == "amax-outlier"], report
+
+    found, report = outliers()
+    assert found == [] and report.exit_code == 0
+    assert outliers(boxr=1e5)[0] == ["boxr"]  # far off the Conv before it and the Mul after it
+    assert outliers(pix=1e6)[0] == ["pix"]  # a Concat input far above the Concat: impossible
+    assert outliers(scores=3.0)[0] == ["scores"]  # a Sigmoid output above 2: another tensor's entry
+    assert outliers(scores=1.2)[0] == []  # entropy thresholds of a Sigmoid reach up to its histogram range, < 2
+    assert outliers(scores=1e-5)[0] == []  # small scores are no outlier, however small

@@ -408,26 +408,61 @@ def _amax_map(cache: CalibrationCache) -> dict[str, float]:
     return {n: a for n, a in cache.amaxes().items() if math.isfinite(a) and a > 0}
 
 
+#: Ops whose output range says nothing about their input's (and the reverse): bounded outputs (a Sigmoid gives
+#: class scores in [0, 1] whatever the logits) and non-linear ranges (Sqrt of a power spectrum, Exp, Pow). Comparing
+#: amax across them flags correct caches: YOLOv8's class-score Sigmoid sits 1000x below its logits.
+NO_RANGE_RELATION = frozenset({
+    "Sigmoid", "Tanh", "Softmax", "LogSoftmax", "HardSigmoid", "Softsign", "Erf", "Sin", "Cos", "Atan", "Asin",
+    "Acos", "Sign", "Exp", "Log", "Pow", "Sqrt", "Reciprocal",
+})
+
+
+#: Ops whose output lies in [-1, 1] whatever their input. TensorRT's histogram range is below twice a tensor's
+#: largest |x| (the first batch's max, doubled until later batches fit), and no threshold exceeds the range, so an
+#: amax above 2 on their output cannot come from them (above 1 it can: entropy thresholds reach into the range).
+UNIT_RANGE = frozenset({"Sigmoid", "HardSigmoid", "Softmax", "Tanh", "Softsign", "Erf", "Sin", "Cos", "Sign"})
+
+
 def _outlier_findings(report: ValidationReport, cache: CalibrationCache, g: _Graph) -> None:
+    """A tensor whose amax is more than OUTLIER_FACTOR off every neighbour it has a range relation with, on both
+    sides: its producer's inputs, and its consumers' outputs. No relation crosses an op of NO_RANGE_RELATION, and a
+    Concat's output only bounds its inputs from above (an input far below the Concat is normal: YOLOv8's scores
+    next to pixel boxes)."""
     amax = _amax_map(cache)
     for name in g.calibrated:
         a = amax.get(name)
         node = g.producer.get(name)
         if a is None or node is None:
             continue
-        before = [amax[n] for n in node.input if n in amax and n != name]
-        after = [amax[o] for c in g.consumers.get(name, []) for o in c.output if o in amax and o != name]
-        if not before or not after:
+        if node.op_type in UNIT_RANGE and a > 2.0:
+            report.add("warning", "amax-outlier", f"amax {a:.6g} is above 2, but a {node.op_type} output lies in "
+                       "[-1, 1] and TensorRT's histogram range stays below twice the largest value. Hint: a stale or "
+                       "misnamed entry (it belongs to another tensor)", name, amax=a)
             continue
-        neighbours = before + after
-        if all(max(a / b, b / a) > OUTLIER_FACTOR for b in neighbours):
+        if node.op_type in NO_RANGE_RELATION:
+            continue
+        before = [amax[n] for n in node.input if n in amax and n != name]
+        after: list[float] = []
+        bounds: list[float] = []  # Concat outputs: off only when this tensor is far above them
+        for consumer in g.consumers.get(name, []):
+            if consumer.op_type in NO_RANGE_RELATION:
+                continue
+            outs = [amax[o] for o in consumer.output if o in amax and o != name]
+            (bounds if consumer.op_type == "Concat" else after).extend(outs)
+        if not before or not (after or bounds):
+            continue
+        off = all(max(a / b, b / a) > OUTLIER_FACTOR for b in before + after) and all(
+            a / b > OUTLIER_FACTOR for b in bounds
+        )
+        if off:
+            neighbours = before + after + bounds
             nearest = min(neighbours, key=lambda b: abs(math.log(a / b)))
             report.add(
                 "warning",
                 "amax-outlier",
                 f"amax {a:.6g} is more than {OUTLIER_FACTOR:g}x off its producer's inputs "
                 f"({', '.join(f'{b:.3g}' for b in before)}) and its consumers' outputs "
-                f"({', '.join(f'{b:.3g}' for b in after)}); nearest is {a / nearest:.3g}x. Hint: a stale or "
+                f"({', '.join(f'{b:.3g}' for b in after + bounds)}); nearest is {a / nearest:.3g}x. Hint: a stale or "
                 "misnamed entry, or a calibration batch that never reached this branch",
                 name,
                 amax=a,
