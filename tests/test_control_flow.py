@@ -30,7 +30,8 @@ W8 = RNG.standard_normal((4, 3)).astype(np.float32) * 3
 
 def _branch(tag: str, weight: str, act: str) -> onnx.GraphProto:
     nodes = [
-        helper.make_node("MatMul", ["x", weight], [f"h{tag}"]),
+        helper.make_node("Mul", ["x", "half"], [f"p{tag}"]),
+        helper.make_node("MatMul", [f"p{tag}", weight], [f"h{tag}"]),
         helper.make_node(act, [f"h{tag}"], [f"r{tag}"]),
         helper.make_node("Gather", ["state", "zero"], [f"s{tag}"], axis=0),
         helper.make_node("Add", [f"r{tag}", f"s{tag}"], [f"a{tag}"]),
@@ -50,7 +51,8 @@ def if_model(path=None, *, constant: bool | None = None) -> onnx.ModelProto:
     inits = [numpy_helper.from_array(W16, "W16"), numpy_helper.from_array(W8, "W8"),
              numpy_helper.from_array(np.array(0, np.int64), "zero"),
              numpy_helper.from_array(np.array([0], np.int64), "axes0"),
-             numpy_helper.from_array(np.array(16000, np.int64), "sr16k")]
+             numpy_helper.from_array(np.array(16000, np.int64), "sr16k"),
+             numpy_helper.from_array(np.array(0.5, np.float32), "half")]
     nodes = []
     if constant is None:
         nodes.append(helper.make_node("Equal", ["sr", "sr16k"], ["is16k"]))
@@ -84,10 +86,11 @@ def batch(n: int, sr: int | None, seed: int) -> dict[str, np.ndarray]:
 def branch_values(b: dict[str, np.ndarray], rate16: bool) -> dict[str, np.ndarray]:
     """The branch tensors of one batch, computed with numpy."""
     tag, w = ("16", W16) if rate16 else ("8", W8)
-    h = b["x"] @ w
+    p = b["x"] * np.float32(0.5)
+    h = p @ w
     r = np.maximum(h, 0) if rate16 else 1 / (1 + np.exp(-h))
     a = r + b["state"][0]
-    return {f"h{tag}": h, f"r{tag}": r, f"a{tag}": a, f"u{tag}": a[None], f"st{tag}": np.stack([a, a])}
+    return {f"p{tag}": p, f"h{tag}": h, f"r{tag}": r, f"a{tag}": a, f"u{tag}": a[None], f"st{tag}": np.stack([a, a])}
 
 
 def test_the_specs_find_state_batch_axis_and_sr_is_not_batched():
@@ -98,7 +101,8 @@ def test_the_specs_find_state_batch_axis_and_sr_is_not_batched():
 def test_body_tensors_are_those_trt_names_in_both_branches_of_a_runtime_if():
     model = if_model()
     body = body_tensors(model, tensor_types(model), float_types())
-    assert [b.name for b in body] == ["h16", "r16", "s16", "a16", "u16", "st16", "h8", "r8", "s8", "a8", "u8", "st8"]
+    assert [b.name for b in body] == ["p16", "h16", "r16", "s16", "a16", "u16", "st16",
+                                      "p8", "h8", "r8", "s8", "a8", "u8", "st8"]
     assert body[0].where == "then_branch of If 'rate'" and body[-1].where == "else_branch of If 'rate'"
     assert not any(b.in_loop or b.duplicate for b in body)
 
@@ -106,7 +110,7 @@ def test_body_tensors_are_those_trt_names_in_both_branches_of_a_runtime_if():
 def test_a_constant_condition_keeps_the_taken_branch_without_its_outputs_which_take_the_if_names():
     """onnx-tensorrt importIf: a weights condition parses only the taken branch; parseNode renames its outputs."""
     model = if_model(constant=False)
-    assert [b.name for b in body_tensors(model, tensor_types(model), float_types())] == ["h8", "r8", "s8", "u8"]
+    assert [b.name for b in body_tensors(model, tensor_types(model), float_types())] == ["p8", "h8", "r8", "s8", "u8"]
     folded, undecided = fold_ifs(model, {})
     assert undecided == [] and "If" not in {n.op_type for n in folded.graph.node}
     result = calibrate(model, [batch(4, None, 1), batch(4, None, 2)], algorithm="minmax")
@@ -122,10 +126,10 @@ def test_calibrate_covers_the_branch_the_data_takes_and_reports_the_other():
     for name in ("h16", "r16", "a16", "st16"):
         want = max(float(np.abs(branch_values(b, True)[name]).max()) for b in batches)
         assert result.amax[name] == pytest.approx(want, rel=1e-6), name
-    assert sorted(result.uncovered) == ["a8", "h8", "r8", "s8", "st8", "u8"]
+    assert sorted(result.uncovered) == ["a8", "h8", "p8", "r8", "s8", "st8", "u8"]
     assert result.uncovered["r8"].startswith("in the else_branch of If 'rate', which no calibration batch took")
     assert not any(n.endswith("8") for n in result.amax)
-    assert result.to_json()["uncovered"][0]["name"] == "h8"
+    assert result.to_json()["uncovered"][0]["name"] == "p8"
 
 
 def test_batches_that_take_different_branches_each_calibrate_their_own_branch():
@@ -213,11 +217,11 @@ def test_cli_calibrate_writes_branch_entries_and_exits_1_while_a_branch_is_uncov
     assert code == 1
     doc = json.loads(capsys.readouterr().out)
     assert {t["name"] for t in doc["tensors"]} >= {"x", "state", "y", "stateN", "h16", "r16", "a16", "st16"}
-    assert [u["name"] for u in doc["uncovered"]] == ["h8", "r8", "s8", "a8", "u8", "st8"]
+    assert [u["name"] for u in doc["uncovered"]] == ["p8", "h8", "r8", "s8", "a8", "u8", "st8"]
     report = validate_cache(cache, path)
     (finding,) = [f for f in report.findings if f["code"] == "body-not-covered"]
-    assert finding["body"] == "else_branch of If 'rate'" and len(finding["tensors"]) == 6
-    assert report.coverage["body_tensors"] == 12 and report.coverage["body_covered"] == 6
+    assert finding["body"] == "else_branch of If 'rate'" and len(finding["tensors"]) == 7
+    assert report.coverage["body_tensors"] == 14 and report.coverage["body_covered"] == 7
     assert not [f for f in report.findings if f["code"] == "not-in-model"]
 
 
@@ -249,3 +253,27 @@ def test_quantize_places_qdq_in_the_branches_and_keeps_the_weights_only_branches
         want = branch_values(b, bool(b["sr"] == 16000))["a16" if b["sr"] == 16000 else "a8"]
         assert np.abs(y - want).max() < 0.1 * np.abs(want).max()
     assert not report.unmapped_entries
+
+
+def test_cli_quantize_exits_1_while_a_branch_has_no_scale_and_0_once_the_data_takes_both(tmp_path, capsys):
+    path = tmp_path / "vad.onnx"
+    if_model(path)
+    b = batch(8, None, 0)
+    np.savez(tmp_path / "d16.npz", x=b["x"], state=b["state"], sr=np.array(16000, np.int64))
+    cmd = ["quantize", str(path), "--batch-size", "4", "--json"]
+    assert main([*cmd, "--data", str(tmp_path / "d16.npz"), "-o", str(tmp_path / "q16.onnx")]) == 1
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["body_gaps"] == ["MatMul_1 (else_branch of If 'rate'): no scale for 'p8'"]
+    onnx.checker.check_model(onnx.load(str(tmp_path / "q16.onnx")), full_check=True)  # written, and valid
+    (tmp_path / "mixed.py").write_text(
+        "import numpy as np\n"
+        "def load_data():\n"
+        "    rng = np.random.default_rng(0)\n"
+        "    for sr in (16000, 8000, 16000):\n"
+        "        yield {'x': rng.standard_normal((4, 4)).astype(np.float32),\n"
+        "               'state': rng.standard_normal((2, 4, 3)).astype(np.float32), 'sr': np.array(sr)}\n"
+    )
+    assert main(["quantize", str(path), "--json", "--data", str(tmp_path / "mixed.py"),
+                 "-o", str(tmp_path / "q.onnx")]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["body_gaps"] == [] and sum(n["quantized"] for n in doc["nodes"] if n["op_type"] == "MatMul") == 2

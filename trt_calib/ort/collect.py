@@ -240,5 +240,5 @@ def _uncovered(model: Any, histograms: Mapping[str, AbsHistogram]) -> dict[str, 
     covered = [n for n, h in histograms.items() if h.num_batches]
     reasons = uncovered_reasons(body, covered, owners=if_conditions(model))
     for line in summary_lines(reasons):
-        log.warning("no cache entry for %s", line)
+        log.warning("not calibrated: %s", line)
     return reasons

@@ -107,6 +107,7 @@ class BodyPlan:
     plan: Plan | None = None
     resolver: Resolver | None = None
     coverage: list[NodeCoverage] = field(default_factory=list)
+    gaps: list[str] = field(default_factory=list)  # weighted nodes left in float for want of any scale
 
 
 @dataclass
@@ -155,11 +156,17 @@ def plan_bodies(work: Any, table: Scales, *, per_channel: bool, placement: str) 
                                "calibrate them: onnxruntime returns no per-iteration values)")
                         body.coverage = [NodeCoverage(node_label(n, i), n.op_type, False, reason=why, body=where)
                                          for i, n in enumerate(sub.node) if n.op_type in WEIGHTED_OPS]
+                        body.gaps = [f"{c.node} ({where}): Loop/Scan body" for c in body.coverage]
                     else:
                         body.g = Graph(sub, outer=visible)
                         body.resolver = Resolver(body.g, table)
                         body.plan = make_plan(body.g, body.resolver, per_channel=per_channel, placement=placement)
                         body.coverage = [replace(body.plan.coverage[i], body=where) for i in sorted(body.plan.coverage)]
+                        for row, i in zip(body.coverage, sorted(body.plan.coverage)):
+                            n = sub.node[i]
+                            if (row.op_type in WEIGHTED_OPS and not row.quantized and n.input
+                                    and not body.g.is_constant(n.input[0]) and body.resolver.own(n.input[0]) is None):
+                                body.gaps.append(f"{row.node} ({where}): no scale for {n.input[0]!r}")
                     bodies.append(body)
                     walk(sub, visible, where, loop)
 
@@ -301,6 +308,7 @@ def quantize_model(
         per_channel=per_channel,
         placement=placement,
         excluded=excluded,
+        body_gaps=[gap for b in prepared.bodies for gap in b.gaps],
     )
     if asymmetric is not None:
         report.asymmetric = {"method": asymmetric, "dtype": asymmetric_dtype, "note": ASYMMETRIC_NOTE}

@@ -102,6 +102,9 @@ class CoverageReport:
     bias_correction: dict[str, Any] | None = None
     asymmetric: dict[str, str] | None = None  # {"method", "dtype", "note"} when activations have zero points
     excluded: dict[str, str] = field(default_factory=dict)  # node -> why it was left in float on request
+    # Conv/Gemm/MatMul inside If/Loop/Scan bodies left in float for want of any scale (a branch the calibration
+    # data never took, a Loop body): "node (where): why"
+    body_gaps: list[str] = field(default_factory=list)
 
     @property
     def quantized_nodes(self) -> list[NodeCoverage]:
@@ -127,6 +130,8 @@ class CoverageReport:
         left_out = sum(n.reason.startswith("excluded: ") for n in self.nodes)
         if left_out:
             text += f"; {left_out} node(s) excluded on request"
+        if self.body_gaps:
+            text += f"; {len(self.body_gaps)} inside If/Loop/Scan bodies without a scale"
         if self.asymmetric:
             text += f"; ASYMMETRIC {self.asymmetric['dtype']} activations ({self.asymmetric['method']} ranges)"
         return text
@@ -194,4 +199,5 @@ class CoverageReport:
             "bias_correction": self.bias_correction,
             "asymmetric": self.asymmetric,
             "excluded": dict(self.excluded),
+            "body_gaps": list(self.body_gaps),
         }
