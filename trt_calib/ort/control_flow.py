@@ -1,7 +1,8 @@
 """If, Loop and Scan bodies: which of their tensors TensorRT names, and calibrating those onnxruntime can reach.
 
-What TensorRT's ONNX parser does with them (onnx/onnx-tensorrt, `onnxOpImporters.cpp` and `ConditionalHelpers.cpp`,
-8.6 to 10.x; docs/how-tensorrt-calibrates.md, "If, Loop and Scan"):
+What TensorRT's ONNX parser does with them (onnx/onnx-tensorrt 10.1 GA, commit 96e7811: `onnxOpImporters.cpp`,
+`ConditionalHelpers.cpp`, `ImporterContext.cpp`; 8.6 GA's `builtin_op_importers.cpp` does the same;
+docs/how-tensorrt-calibrates.md, section 6):
 
 - `If` whose condition is an initializer or a Constant output (`importIf`: `cond.is_weights()`): only the taken
   branch is parsed, inline (`parseGraph` in a `NameScope`). Its tensors are ordinary network tensors under their
