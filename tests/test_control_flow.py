@@ -277,3 +277,25 @@ def test_cli_quantize_exits_1_while_a_branch_has_no_scale_and_0_once_the_data_ta
                  "-o", str(tmp_path / "q.onnx")]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["body_gaps"] == [] and sum(n["quantized"] for n in doc["nodes"] if n["op_type"] == "MatMul") == 2
+
+
+def test_a_branch_only_other_shapes_take_says_so():
+    """silero's op15 export squeezes when the batch is 1: data batched by 4 never takes that branch."""
+    then = helper.make_graph([helper.make_node("Relu", ["x"], ["one"])], "then", [],
+                             [helper.make_tensor_value_info("one", TensorProto.FLOAT, None)])
+    other = helper.make_graph([helper.make_node("Neg", ["x"], ["many"])], "else", [],
+                              [helper.make_tensor_value_info("many", TensorProto.FLOAT, None)])
+    graph = helper.make_graph(
+        [helper.make_node("Shape", ["x"], ["shape"]), helper.make_node("Gather", ["shape", "zero"], ["n"], axis=0),
+         helper.make_node("Equal", ["n", "one_i"], ["single"]),
+         helper.make_node("If", ["single"], ["y"], name="squeeze_if_single", then_branch=then, else_branch=other)],
+        "shapes", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3])],
+        [numpy_helper.from_array(np.array(0, np.int64), "zero"), numpy_helper.from_array(np.array(1, np.int64), "one_i")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    result = calibrate(model, [{"x": np.ones((4, 3), np.float32)}, {"x": np.ones((4, 3), np.float32)}])
+    assert list(result.uncovered) == ["one"] and "many" in result.amax
+    assert "depends on tensor shapes only" in result.uncovered["one"]
+    result = calibrate(model, [{"x": np.ones((4, 3), np.float32)}, {"x": np.ones((1, 3), np.float32)}])
+    assert result.uncovered == {} and result.histograms["one"].num_batches == 1

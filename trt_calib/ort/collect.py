@@ -21,7 +21,7 @@ from ..core.signs import SignedHistogram
 from ..errors import CalibrationError
 from .data import iter_batches
 from .fill import fill_histograms
-from .control_flow import body_tensors, if_conditions, summary_lines, uncovered_reasons
+from .control_flow import body_tensors, if_conditions, shape_conditions, summary_lines, uncovered_reasons
 from .model import describe, float_types, load_model, model_inputs, refuse_quantized, tensor_types
 from .runner import Runner, global_maxima, source_inputs
 from .shard import collect_sharded
@@ -238,7 +238,7 @@ def _uncovered(model: Any, histograms: Mapping[str, AbsHistogram]) -> dict[str, 
     if not body:
         return {}
     covered = [n for n, h in histograms.items() if h.num_batches]
-    reasons = uncovered_reasons(body, covered, owners=if_conditions(model))
+    reasons = uncovered_reasons(body, covered, owners=if_conditions(model), shape_only=shape_conditions(model))
     for line in summary_lines(reasons):
         log.warning("not calibrated: %s", line)
     return reasons

@@ -42,6 +42,8 @@ __all__ = [
     "main_ifs",
     "uncovered_reasons",
     "if_conditions",
+    "shape_conditions",
+    "missing_bodies",
     "grouped",
     "summary_lines",
 ]
@@ -278,19 +280,47 @@ def fold_ifs(model: Any, decisions: Mapping[str, bool]) -> tuple[Any, list[str]]
     return work, undecided
 
 
+def _where(path: tuple[tuple[str, str], ...]) -> str:
+    return BodyTensor("", path).where
+
+
+def missing_bodies(body: Sequence[BodyTensor], missing: Iterable[str]) -> dict[str, tuple[tuple[str, str], ...]]:
+    """For each missing body tensor, the outermost body on its path whose tensors (nested bodies included) are all
+    missing: an untaken branch is one finding, not one per If inside it."""
+    gone = set(missing)
+    out: dict[str, tuple[tuple[str, str], ...]] = {}
+    for b in body:
+        if b.name not in gone:
+            continue
+        for k in range(1, len(b.path) + 1):
+            prefix = b.path[:k]
+            if all(o.name in gone for o in body if o.path[:k] == prefix):
+                out[b.name] = prefix
+                break
+        else:
+            out[b.name] = b.path
+    return out
+
+
 def uncovered_reasons(body: Sequence[BodyTensor], covered: Iterable[str],
                       conditions: Mapping[str, set[bool]] | None = None,
-                      owners: Mapping[str, str] | None = None) -> dict[str, str]:
+                      owners: Mapping[str, str] | None = None,
+                      shape_only: Iterable[str] | None = None) -> dict[str, str]:
     """Why each body tensor not in `covered` has no calibration entry, by name.
 
     `conditions`: the values each If condition took over the calibration runs; `owners`: If label -> its
-    condition tensor, to say which value the data never gave.
+    condition tensor, to say which value the data never gave; `shape_only`: conditions computed from tensor shapes
+    only (`shape_conditions`), whose other branch only data of other shapes reaches.
     """
+    shape_only = set(shape_only or ())
     done = set(covered)
     reasons: dict[str, str] = {}
+    bodies = missing_bodies(body, [b.name for b in body if b.name not in done])
     for b in body:
         if b.name in done or b.name in reasons:
             continue
+        if not b.duplicate and not b.in_loop:
+            b = BodyTensor(b.name, bodies[b.name])
         if b.duplicate:
             reasons[b.name] = (
                 f"in the {b.where}: its name is used more than once in the model, and TensorRT renames repeats "
@@ -308,8 +338,50 @@ def uncovered_reasons(body: Sequence[BodyTensor], covered: Iterable[str],
             seen = (conditions or {}).get(cond or "", set())
             if cond and seen:
                 text += f" (its condition {cond!r} was {' and '.join(str(v) for v in sorted(seen))} in every run)"
-            reasons[b.name] = text + ". Hint: add calibration data that takes this branch"
+            if cond and cond in (shape_only or ()):
+                hint = ("its condition depends on tensor shapes only: only data of other shapes (another batch "
+                        "size or length, where the model admits one) takes it")
+            else:
+                hint = "add calibration data that takes this branch"
+            reasons[b.name] = f"{text}. Hint: {hint}"
     return reasons
+
+
+def shape_conditions(model: Any) -> set[str]:
+    """The If conditions (at any depth) computed from tensor shapes and constants only (Shape, Size, initializers,
+    Constant outputs): silero's batch-size tests, which no data of one shape can take both ways."""
+    producers: dict[str, Any] = {}
+    constants: set[str] = set()
+
+    def index(graph: Any) -> None:
+        constants.update(t.name for t in graph.initializer)
+        for node in graph.node:
+            for out in node.output:
+                producers[out] = node
+            for _, sub in _subgraphs(node):
+                index(sub)
+
+    index(model.graph)
+    memo: dict[str, bool] = {}
+
+    def shapes_only(name: str, depth: int = 0) -> bool:
+        if name in memo:
+            return memo[name]
+        memo[name] = False  # cycles (none in a valid model) and depth limits end as "depends on data"
+        node = producers.get(name)
+        if name in constants:
+            result = True
+        elif node is None or depth > 200:
+            result = False
+        elif node.op_type in ("Shape", "Size", "Constant", "ConstantOfShape"):
+            result = node.op_type != "ConstantOfShape" or all(shapes_only(i, depth + 1) for i in node.input if i)
+        else:
+            inputs = [i for i in node.input if i]
+            result = bool(inputs) and all(shapes_only(i, depth + 1) for i in inputs) and not any(True for _ in _subgraphs(node))
+        memo[name] = result
+        return result
+
+    return {cond for cond in if_conditions(model).values() if shapes_only(cond)}
 
 
 def if_conditions(model: Any) -> dict[str, str]:

@@ -102,10 +102,11 @@ class _Graph:
     consumers: dict[str, list[Any]]
     nodes: list[Any]
     body: list[Any] = field(default_factory=list)  # control_flow.BodyTensor: what TensorRT names in If/Loop/Scan bodies
+    shape_only: set[str] = field(default_factory=set)  # If labels whose condition depends on tensor shapes only
 
 
 def _graph(model: Any) -> _Graph:
-    from ..ort.control_flow import body_tensors
+    from ..ort.control_flow import body_tensors, if_conditions, shape_conditions
     from ..ort.model import calibrated_from_types, float_types, load_model, model_inputs, tensor_types
 
     model = load_model(model, weights=False)  # the graph only: a model over 2 GB keeps its weights on disk
@@ -151,6 +152,7 @@ def _graph(model: Any) -> _Graph:
         consumers=consumers,
         nodes=list(graph.node),
         body=body_tensors(model, types, float_types()),
+        shape_only={label for label, cond in if_conditions(model).items() if cond in shape_conditions(model)},
     )
 
 
@@ -376,19 +378,25 @@ def _coverage_findings(report: ValidationReport, cache: CalibrationCache, g: _Gr
 
 def _body_findings(report: ValidationReport, g: _Graph, in_cache: set[str]) -> None:
     """One warning per If branch or Loop/Scan body with tensors TensorRT names but the cache lacks."""
-    bodies: dict[str, list[Any]] = {}
+    from ..ort.control_flow import BodyTensor, missing_bodies
+
+    outermost = missing_bodies(g.body, [b.name for b in g.body if b.name not in in_cache])
+    bodies: dict[tuple[tuple[str, str], ...], list[Any]] = {}
     for b in g.body:
-        if b.name not in in_cache:
-            bodies.setdefault(b.body, []).append(b)
-    for missing in bodies.values():
-        first = missing[0]
-        total = sum(1 for b in g.body if b.body == first.body)
+        if b.name in outermost:
+            bodies.setdefault(outermost[b.name], []).append(b)
+    for path, missing in bodies.items():
+        first = BodyTensor(missing[0].name, path, missing[0].in_loop, missing[0].duplicate)
+        total = sum(1 for b in g.body if b.path[: len(path)] == path)
         if first.duplicate:
             why = ("their names are used more than once in the model, and TensorRT renames repeats name_N with a "
                    "counter shared by the whole parse")
         elif first.in_loop:
             why = ("a Loop/Scan body runs once per iteration (an ILoop in TensorRT); trt-calib cannot calibrate it, "
                    "onnxruntime returns no per-iteration values")
+        elif first.path[-1][0] in g.shape_only:
+            why = ("the calibration data never took this branch; its condition depends on tensor shapes only, so "
+                   "only data of other shapes (another batch size or length, where the model admits one) takes it")
         else:
             why = ("the calibration data never took this branch, or the cache was made without looking into If "
                    "branches. Hint: calibrate with `trt-calib calibrate` on data that takes it")
