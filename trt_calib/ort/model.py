@@ -400,13 +400,17 @@ def refuse_quantized(model: Any, role: str, what: str) -> None:
     nodes = quantized_nodes(model)
     if not nodes:
         return
-    ops = sorted({op for _, op in nodes})
-    shown = ", ".join(f"{name} ({op})" for name, op in nodes[:5]) + (f" and {len(nodes) - 5} more" if len(nodes) > 5 else "")
+    counts: dict[str, int] = {}
+    for _, op in nodes:
+        counts[op] = counts.get(op, 0) + 1
+    ops = sorted(counts)
+    shown = ", ".join(f"{name} ({op})" for name, op in nodes[:3]) + (", ..." if len(nodes) > 3 else "")
     qdq = {"QuantizeLinear", "DequantizeLinear"}
     if set(ops) <= qdq:
         hint = ("Hint: `trt-calib qdq-to-cache MODEL` turns its Q/DQ scales into a TensorRT calibration cache; "
                 f"{what} needs the float model it was made from")
     else:
-        hint = (f"Hint: {what} needs the float model; an integer-op model (onnxruntime's QOperator format) "
-                "cannot be turned back into one here")
-    raise ModelError(f"{role} is already quantized ({len(nodes)} node(s) of {', '.join(ops)}: {shown}). {hint}")
+        hint = (f"Hint: {what} needs the float model; integer operators (onnxruntime's QOperator format, dynamic "
+                "quantization) cannot be turned back into one here")
+    kinds = ", ".join(f"{counts[op]} {op}" for op in sorted(counts, key=lambda o: -counts[o]))
+    raise ModelError(f"{role} is already quantized ({kinds}: {shown}). {hint}")
