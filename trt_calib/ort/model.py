@@ -407,7 +407,8 @@ def refuse_quantized(model: Any, role: str, what: str) -> None:
     shown = ", ".join(f"{name} ({op})" for name, op in nodes[:3]) + (", ..." if len(nodes) > 3 else "")
     qdq = {"QuantizeLinear", "DequantizeLinear"}
     if set(ops) <= qdq:
-        hint = ("Hint: `trt-calib qdq-to-cache MODEL` turns its Q/DQ scales into a TensorRT calibration cache; "
+        hint = ("Hint: `trt-calib qdq-to-cache MODEL --onnx PLAIN.onnx --cache OUT.cache` turns its Q/DQ scales "
+                "into a TensorRT calibration cache (and the plain model it applies to); "
                 f"{what} needs the float model it was made from")
     else:
         hint = (f"Hint: {what} needs the float model; integer operators (onnxruntime's QOperator format, dynamic "
