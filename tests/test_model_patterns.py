@@ -291,3 +291,32 @@ def test_validate_is_clean_on_a_correct_yolo_cache_and_keeps_its_real_catches(tm
     assert outliers(scores=3.0)[0] == ["scores"]  # a Sigmoid output above 2: another tensor's entry
     assert outliers(scores=1.2)[0] == []  # entropy thresholds of a Sigmoid reach up to its histogram range, < 2
     assert outliers(scores=1e-5)[0] == []  # small scores are no outlier, however small
+
+
+def test_stability_gathers_and_rebatches_along_the_batch_axis_with_a_rank0_input(tmp_path):
+    """silero's shape: state (2, batch, 4) and a rank-0 sr. stability used to crash concatenating sr."""
+    from trt_calib.tools.stability import gather_samples, run_stability
+
+    w = numpy_helper.from_array(RNG.standard_normal((4, 4)).astype(np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Gather", ["state", "zero"], ["s0"], axis=0),
+         helper.make_node("Add", ["h", "s0"], ["y"]), helper.make_node("Cast", ["sr"], ["srf"], to=TensorProto.FLOAT),
+         helper.make_node("Mul", ["y", "srf"], ["out"])],
+        "rnn",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4]),
+         helper.make_tensor_value_info("state", TensorProto.FLOAT, [2, "batch", 4]),
+         helper.make_tensor_value_info("sr", TensorProto.INT64, [])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["batch", 4])],
+        [w, numpy_helper.from_array(np.array(0, np.int64), "zero")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    arrays = state_data(tmp_path / "d.npz", n=16)
+    np.savez(tmp_path / "d.npz", **arrays, sr=np.array(2, np.int64))
+    source = open_source(tmp_path / "d.npz", model_inputs(model), batch_size=4)
+    samples, first = gather_samples(source)
+    assert first == 4 and samples["state"].shape == (2, 16, 4) and samples["sr"].shape == ()
+    assert np.array_equal(samples["state"][0, :, 0], np.arange(16))
+    result = run_stability(model, samples, batch_size=4, orders=1, batch_sizes=(8,), fractions=(0.5,),
+                           end_to_end=False).to_json()
+    assert result["num_samples"] == 16 and result["base_batch_size"] == 4
+    assert len(result["variants"]) == 4  # base, one order, batch 8, half the samples
