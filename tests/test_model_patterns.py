@@ -320,3 +320,16 @@ def test_stability_gathers_and_rebatches_along_the_batch_axis_with_a_rank0_input
                            end_to_end=False).to_json()
     assert result["num_samples"] == 16 and result["base_batch_size"] == 4
     assert len(result["variants"]) == 4  # base, one order, batch 8, half the samples
+
+
+def test_a_rank0_input_stored_per_sample_takes_each_batchs_one_value(tmp_path):
+    """Mixed-rate VAD data in one .npz: sr per sample, each batch of one rate; a batch mixing rates is refused."""
+    specs = [InputSpec("x", ("batch", 4), np.float32), InputSpec("sr", (), np.int64)]
+    np.savez(tmp_path / "d.npz", x=np.arange(32, dtype=np.float32).reshape(8, 4),
+             sr=np.array([16000] * 4 + [8000] * 4, np.int64))
+    batches = list(open_source(tmp_path / "d.npz", specs, batch_size=4))
+    assert [(b["sr"].shape, int(b["sr"])) for b in batches] == [((), 16000), ((), 8000)]
+    assert batches[1]["x"][0, 0] == 16.0
+    with pytest.raises(DataError, match=r"batch 1: input 'sr' \(\) takes one value per batch, but the batch's "
+                                        r"samples hold 8000, 16000"):
+        list(open_source(tmp_path / "d.npz", specs, batch_size=3, last_batch="keep"))

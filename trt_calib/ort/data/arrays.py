@@ -19,7 +19,12 @@ from .source import SampleSource, file_sha256
 
 
 class _ArraySource(SampleSource):
-    """Samples along axis 0 of one array per input (npy, npz, in-memory)."""
+    """Samples along each input's batch axis, one array per input (npy, npz, in-memory).
+
+    An input that is not batched (rank 0, silero's `sr`) is stored either as its one value, fed to every batch, or
+    as one value per sample (an extra leading dim): each batch then takes its samples' value, which must be one
+    (data holding both 16 kHz and 8 kHz chunks, sorted so that no batch mixes them).
+    """
 
     def __init__(
         self, inputs: Sequence[InputSpec], origin: str, path: str | None,
@@ -27,10 +32,14 @@ class _ArraySource(SampleSource):
     ) -> None:
         specs = {s.name: s for s in inputs}
         counts: dict[str, int] = {}
+        self._per_sample: set[str] = set()  # unbatched inputs stored with one value per sample
         for name, (shape, _) in headers.items():
             spec = specs[name]
             if spec.batch_axis is None:
-                continue  # fed whole to every batch
+                if len(shape) == spec.rank + 1:
+                    self._per_sample.add(name)
+                    counts[name] = int(shape[0])
+                continue  # else fed whole to every batch
             if len(shape) <= spec.batch_axis:
                 where = "axis 0" if spec.batch_axis == 0 else f"axis {spec.batch_axis} (its batch axis)"
                 what = "a scalar" if not shape else f"of shape {format_shape(shape)}"
@@ -45,7 +54,8 @@ class _ArraySource(SampleSource):
                             "Hint: use a data script that yields the batches")
         available = next(iter(counts.values()))
         super().__init__(inputs, origin, path, available, **batching)
-        self._sample_shapes = {n: specs[n].sample_shape(s) for n, (s, _) in headers.items()}
+        self._sample_shapes = {n: tuple(int(d) for d in s[1:]) if n in self._per_sample else specs[n].sample_shape(s)
+                               for n, (s, _) in headers.items()}
         self._check_plan_shapes(self._sample_shapes, {n: d for n, (_, d) in headers.items()})
 
     def _arrays(self) -> Mapping[str, np.ndarray]:
@@ -53,8 +63,27 @@ class _ArraySource(SampleSource):
 
     def _raw_batches(self) -> Iterator[dict[str, np.ndarray]]:
         arrays = self._arrays()
-        for rows in self._plan.batches:
-            yield {s.name: take_rows(arrays[s.name], rows, s) for s in self.inputs}
+        for index, rows in enumerate(self._plan.batches):
+            batch = {}
+            for s in self.inputs:
+                if s.name in self._per_sample:
+                    batch[s.name] = self._one_value(arrays[s.name], rows, s, index)
+                else:
+                    batch[s.name] = take_rows(arrays[s.name], rows, s)
+            yield batch
+
+    def _one_value(self, array: np.ndarray, rows: np.ndarray, spec: InputSpec, index: int) -> np.ndarray:
+        """The value an unbatched input stored per sample has for this batch's samples: it must be one."""
+        values = np.asarray(array[rows])
+        if len(values) and not (values == values[:1]).all():
+            found = np.unique(values.reshape(len(values), -1), axis=0)[:3]
+            shown = ", ".join(str(v[0]) if v.size == 1 else str(v.tolist()) for v in found)
+            raise DataError(
+                f"{self.origin}, batch {index}: input {spec.name!r} {spec.shape_text()} takes one value per batch, but "
+                f"the batch's samples hold {shown}. Hint: order the samples so that each batch holds one value (no "
+                "--shuffle): the samples of each value together, in groups the batch size divides"
+            )
+        return values[0]
 
     def _batch_shapes(self) -> dict[str, list[int]]:
         specs = {s.name: s for s in self.inputs}
