@@ -19,7 +19,7 @@ TensorRT makes names unique with a parser-wide counter (`ImporterContext::regist
 a repeated name becomes `name_N`), so a name used twice in a model cannot be predicted; those tensors are reported.
 
 onnxruntime returns subgraph values only when the graph is rewritten: an If whose condition is decided is replaced
-by its taken branch (`fold_ifs`). The condition's value comes from running the model (`IfPlan.decide`) and is
+by its taken branch (`fold_ifs`). The condition's value comes from running the model (`runner.Branches`) and is
 checked again on every run, so data whose condition changes between batches runs each batch on the branch it takes.
 Loop and Scan bodies run once per iteration and onnxruntime exposes no per-iteration value: not calibrated, reported.
 """
@@ -27,13 +27,12 @@ Loop and Scan bodies run once per iteration and onnxruntime exposes no per-itera
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 __all__ = [
     "CONTROL_FLOW_OPS",
     "BodyTensor",
-    "has_subgraphs",
     "subgraph_reads",
     "body_tensors",
     "reachable_body_tensors",
@@ -76,11 +75,6 @@ class BodyTensor:
             text += " (in " + ", in ".join(reversed(parts[:-1])) + ")"
         return text
 
-    @property
-    def body(self) -> str:
-        """A key naming the innermost body, for grouping findings."""
-        return " / ".join(f"{label}.{attr}" for label, attr in self.path)
-
 
 def _label(node: Any, index: int) -> str:
     """A node in words: its name, or for an unnamed node its first output (unique, and kept by `fold_ifs`)."""
@@ -98,11 +92,6 @@ def _subgraphs(node: Any) -> Iterator[tuple[str, Any]]:
         elif attr.type == AttributeProto.GRAPHS:
             for g in attr.graphs:
                 yield attr.name, g
-
-
-def has_subgraphs(graph: Any) -> bool:
-    """True when any node of `graph` carries a subgraph (If, Loop, Scan, or a custom op with one)."""
-    return any(True for node in graph.node for _ in _subgraphs(node))
 
 
 def subgraph_reads(graph: Any) -> set[str]:
