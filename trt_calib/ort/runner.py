@@ -28,16 +28,13 @@ def split_batch(batch: Mapping[str, np.ndarray], specs: Sequence[InputSpec], siz
     """The batch cut along each input's batch axis into the fewest parts of at most `size` samples, all of one size
     (give or take one sample: 16 in parts of 5 is 4, 4, 4, 4, not 5, 5, 5, 1), or whole when it cannot be cut.
 
-    Inputs that are not batched (rank 0) go whole into every part; the batched ones must have a dynamic dim at their
-    batch axis and agree on the number of samples.
+    Inputs that are not batched (rank 0, or `batch_axis` None) go whole into every part; the batched ones must have a
+    dynamic dim at their batch axis and agree on the number of samples.
     """
     by_name = {s.name: s for s in specs}
     batched = [by_name[k] for k in batch if k in by_name and by_name[k].batch_axis is not None]
     counts = {s.count(batch[s.name].shape) for s in batched}
-    splittable = (
-        len(counts) == 1 and len(batched) == sum(1 for k in batch if k in by_name and by_name[k].rank)
-        and all(s.static_dim(s.batch_axis) is None for s in batched)  # type: ignore[arg-type]
-    )
+    splittable = len(counts) == 1 and all(s.static_dim(s.batch_axis) is None for s in batched)  # type: ignore[arg-type]
     count = counts.pop() if len(counts) == 1 else -1
     if not splittable or count is None or size >= count:
         return [dict(batch)]
