@@ -299,3 +299,56 @@ def test_a_branch_only_other_shapes_take_says_so():
     assert "depends on tensor shapes only" in result.uncovered["one"]
     result = calibrate(model, [{"x": np.ones((4, 3), np.float32)}, {"x": np.ones((1, 3), np.float32)}])
     assert result.uncovered == {} and result.histograms["one"].num_batches == 1
+
+
+def nested_model() -> onnx.ModelProto:
+    """An If (on sr) whose then-branch holds another If (on a constant), each branch with its own MatMul."""
+    w = [numpy_helper.from_array(RNG.standard_normal((4, 4)).astype(np.float32), f"w{i}") for i in range(3)]
+
+    def leaf(tag: str, weight: str, source: str) -> onnx.GraphProto:
+        return helper.make_graph(
+            [helper.make_node("Relu", [source], [f"in{tag}"]), helper.make_node("MatMul", [f"in{tag}", weight], [f"o{tag}"])],
+            tag, [], [helper.make_tensor_value_info(f"o{tag}", TensorProto.FLOAT, None)])
+
+    inner = helper.make_node("If", ["yes"], ["inner_out"], name="inner", then_branch=leaf("a", "w0", "x"),
+                             else_branch=leaf("b", "w1", "x"))
+    outer_then = helper.make_graph([inner, helper.make_node("Neg", ["inner_out"], ["t_out"])], "outer_then", [],
+                                   [helper.make_tensor_value_info("t_out", TensorProto.FLOAT, None)])
+    graph = helper.make_graph(
+        [helper.make_node("Equal", ["sr", "sr16k"], ["is16k"]),
+         helper.make_node("If", ["is16k"], ["y"], name="outer", then_branch=outer_then,
+                          else_branch=leaf("c", "w2", "x"))],
+        "nested",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4]),
+         helper.make_tensor_value_info("sr", TensorProto.INT64, [])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])],
+        [*w, numpy_helper.from_array(np.array(16000, np.int64), "sr16k"), numpy_helper.from_array(np.array(True), "yes")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def test_nested_branches_calibrate_and_quantize_and_a_constant_ifs_other_branch_is_no_gap():
+    model = nested_model()
+    batches = [{"x": RNG.standard_normal((4, 4)).astype(np.float32), "sr": np.array(sr, np.int64)}
+               for sr in (16000, 8000, 16000)]
+    result = calibrate(model, batches)
+    assert {"ina", "inner_out", "t_out", "inc", "oc"} <= set(result.amax)
+    assert result.uncovered == {}  # the inner If's else-branch does not exist for TensorRT: nothing to report
+    assert "inb" not in result.amax and "oa" not in result.amax  # oa: TensorRT names it inner_out
+    qdq, report = quantize_model(model, result)
+    assert report.body_gaps == []
+    quantized = {(n.node, n.body) for n in report.nodes if n.op_type == "MatMul" and n.quantized}
+    assert quantized == {("MatMul_1", "then_branch of If 'inner' (in then_branch of If 'outer')"),
+                         ("MatMul_1", "else_branch of If 'outer'")}
+    (skipped,) = [n for n in report.nodes if n.op_type == "MatMul" and not n.quantized]
+    assert "which TensorRT does not build" in skipped.reason
+    inner = [a.g for a in [a.g for a in qdq.graph.node[-1].attribute if a.name == "then_branch"][0].node[0].attribute
+             if a.name == "then_branch"][0]
+    assert [n.op_type for n in inner.node].count("QuantizeLinear") == 1  # rewritten in place, kept by the outer copy
+    session = ort.InferenceSession(qdq.SerializeToString(), providers=["CPUExecutionProvider"])
+    reference = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    for b in batches:
+        want = reference.run(["y"], b)[0]
+        assert np.abs(session.run(["y"], b)[0] - want).max() < 0.1 * np.abs(want).max()

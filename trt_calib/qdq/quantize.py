@@ -32,6 +32,7 @@ from ..core.cache import CalibrationCache
 from ..core.signs import ASYMMETRIC_METHODS, SignedHistogram
 from ..errors import CalibrationError, ModelError
 from ..core.result import CalibrationResult
+from ..ort.control_flow import constant_condition
 from ..ort.model import load_model, model_inputs, refuse_quantized, tensor_types
 from ..ort.data import iter_batches
 from .bias import correct_biases
@@ -151,6 +152,14 @@ def plan_bodies(work: Any, table: Scales, *, per_channel: bool, placement: str) 
                     where = f"{attr.name} of {node.op_type} {label!r}" + (f" (in {context})" if context else "")
                     loop = in_loop or node.op_type != "If"
                     body = BodyPlan(sub, where)
+                    fixed = constant_condition(graph, node.input[0], visible) if node.op_type == "If" else None
+                    if fixed is not None and attr.name != ("then_branch" if fixed else "else_branch"):
+                        why = (f"inside the {where}, which TensorRT does not build: the If's condition is a "
+                               "constant, and its parser keeps only the taken branch")
+                        body.coverage = [NodeCoverage(node_label(n, i), n.op_type, False, reason=why, body=where)
+                                         for i, n in enumerate(sub.node) if n.op_type in WEIGHTED_OPS]
+                        bodies.append(body)
+                        continue
                     if loop:
                         why = (f"inside the {where}: trt-calib places no Q/DQ in Loop/Scan bodies (it cannot "
                                "calibrate them: onnxruntime returns no per-iteration values)")
@@ -278,7 +287,7 @@ def quantize_model(
     unquantized: dict[str, str] = {}
     if prepared.bodies:  # branches first: the main rewrite copies the If nodes that hold them
         names, types = NameMaker(work.graph), tensor_types(work)
-        for body in prepared.bodies:
+        for body in reversed(prepared.bodies):  # inner branches first: an outer rewrite copies the Ifs inside it
             if body.plan is None or body.g is None or body.resolver is None:
                 continue
             rewrite_graph(work, body.g, body.plan, graph=body.graph, names=names, types=types)
