@@ -331,9 +331,10 @@ def nested_model() -> onnx.ModelProto:
 
 def test_nested_branches_calibrate_and_quantize_and_a_constant_ifs_other_branch_is_no_gap():
     model = nested_model()
-    batches = [{"x": RNG.standard_normal((4, 4)).astype(np.float32), "sr": np.array(sr, np.int64)}
+    rng = np.random.default_rng(11)
+    batches = [{"x": rng.standard_normal((16, 4)).astype(np.float32), "sr": np.array(sr, np.int64)}
                for sr in (16000, 8000, 16000)]
-    result = calibrate(model, batches)
+    result = calibrate(model, batches, algorithm="minmax")  # 16 values a branch: too few for entropy's search
     assert {"ina", "inner_out", "t_out", "inc", "oc"} <= set(result.amax)
     assert result.uncovered == {}  # the inner If's else-branch does not exist for TensorRT: nothing to report
     assert "inb" not in result.amax and "oa" not in result.amax  # oa: TensorRT names it inner_out
@@ -351,4 +352,4 @@ def test_nested_branches_calibrate_and_quantize_and_a_constant_ifs_other_branch_
     reference = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     for b in batches:
         want = reference.run(["y"], b)[0]
-        assert np.abs(session.run(["y"], b)[0] - want).max() < 0.1 * np.abs(want).max()
+        assert np.abs(session.run(["y"], b)[0] - want).max() < 0.03 * np.abs(want).max()
