@@ -282,6 +282,7 @@ def test_validate_lannyyip_reports_the_renumbered_export(capsys):
     assert report.coverage == {
         "model_tensors": 76, "covered": 37, "missing": 39, "cache_entries": 108, "not_in_model": 17,
         "uncalibrated_in_model": 22, "unnamed": 32, "internal": 0, "duplicates": 0,
+        "body_tensors": 0, "body_covered": 0,
     }
     assert codes(report, "error") == {"most-tensors-missing": 1} and report.exit_code == 3
     missing = tensors(report, "missing-entry")

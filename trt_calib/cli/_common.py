@@ -62,6 +62,8 @@ __all__ = [
     "add_calibrator_dry_run",
     "calibrator_dry_run",
     "model_inputs_of",
+    "batch_axis_arg",
+    "refuse_quantized_model",
 ]
 
 
@@ -424,6 +426,16 @@ def fmt_float(value: float) -> str:
     return f"{value:.9g}"
 
 
+def batch_axis_arg(text: str) -> tuple[str, int | None]:
+    """--batch-axis INPUT:AXIS: the input's name (split at the last ':') and an axis >= 0, or 'none' (not batched)."""
+    name, sep, axis = text.rpartition(":")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"expected INPUT:AXIS (e.g. state:1), got {text!r}")
+    if axis.strip().lower() == "none":
+        return name, None
+    return name, non_negative_int(axis)
+
+
 def add_data_arguments(p: argparse.ArgumentParser, *, required: bool = True) -> None:
     """The data options shared by every command that reads calibration data (checked at parse time)."""
     g = p.add_argument_group("data")
@@ -448,6 +460,10 @@ def add_data_arguments(p: argparse.ArgumentParser, *, required: bool = True) -> 
     g.add_argument("--preprocess", type=checked_by(_preprocess_arg, "preprocess"), default=None, metavar="SPEC",
                    help="image preprocessing, e.g. size=224,resize=256,mean=0.485/0.456/0.406,"
                    "std=0.229/0.224/0.225,scale=1/255,layout=NCHW,order=RGB")
+    g.add_argument("--batch-axis", type=batch_axis_arg, action="append", default=None, metavar="INPUT:AXIS",
+                   help="the axis INPUT's samples are stacked along, in the data and in the model (default: the "
+                   "axis carrying the dim name the inputs share as their first, e.g. state (2, batch, 128) -> 1; "
+                   "else 0; 'none' for an input fed whole to every batch). Repeat for several inputs")
 
 
 def open_data(args: argparse.Namespace, inputs: list, *, padding_is_data: bool = True) -> Any:
@@ -455,14 +471,17 @@ def open_data(args: argparse.Namespace, inputs: list, *, padding_is_data: bool =
 
     `padding_is_data=False` for commands that leave a padded last batch's copies out (evaluate).
     """
-    from ..ort.data import open_source
+    from ..ort.data import open_source, set_batch_axes
 
+    if getattr(args, "batch_axis", None):
+        inputs = set_batch_axes(inputs, dict(args.batch_axis))
     kwargs: dict[str, Any] = {}
     if args.batch_size is not None:
         kwargs["batch_size"] = args.batch_size
     elif not str(args.data).split(":")[0].endswith(".py"):
-        first = inputs[0].shape[0] if inputs and inputs[0].shape else None
-        kwargs["batch_size"] = first if isinstance(first, int) and first > 0 else 8
+        batched = next((s for s in inputs if s.batch_axis is not None), None)
+        first = batched.static_dim(batched.batch_axis) if batched is not None else None
+        kwargs["batch_size"] = first if first else 8
     for key in ("last_batch", "seed", "offset", "limit", "max_batches"):
         if getattr(args, key, None) is not None:
             kwargs[key] = getattr(args, key)
@@ -502,6 +521,13 @@ def add_calibrator_dry_run(parser: argparse.ArgumentParser) -> None:
         help="feed the data through the TensorRT calibrator's callbacks on the CPU (no TensorRT, no GPU) and "
         "report batches, shapes, dtypes and time per batch; writes nothing",
     )
+
+
+def refuse_quantized_model(model: str | os.PathLike, what: str) -> None:
+    """One line, exit 2, before any data is read, when MODEL is already quantized (`ort.model.refuse_quantized`)."""
+    from ..ort.model import load_model, refuse_quantized
+
+    refuse_quantized(load_model(model, weights=False), str(model), what)
 
 
 def model_inputs_of(model: str | os.PathLike) -> list[Any]:

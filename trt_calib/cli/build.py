@@ -101,6 +101,7 @@ def run_build(args: argparse.Namespace) -> int:
     kept = _kept_layers(args, model)
     inputs = model_inputs_of(model)
     source = open_data(args, inputs) if args.data is not None else []
+    inputs = list(getattr(source, "inputs", inputs))  # with the batch axes --batch-axis gave
     if args.dry_run:
         return calibrator_dry_run(source, inputs, algorithm=args.algorithm, cache=args.cache,
                                   max_batches=args.max_batches, json_result=bool(args.json))

@@ -149,7 +149,9 @@ def _run_validate(args: argparse.Namespace) -> int:
         print(f"target:    {target}")
     cov = report.coverage
     if cov:
-        print(f"coverage:  {cov['covered']}/{cov['model_tensors']} model tensors have an entry; "
+        body = (f" (+ {cov['body_covered']}/{cov['body_tensors']} inside If/Loop/Scan bodies)"
+                if cov.get("body_tensors") else "")
+        print(f"coverage:  {cov['covered']}/{cov['model_tensors']} model tensors have an entry{body}; "
               f"{cov['cache_entries']} entries: {cov['not_in_model']} not in the model, "
               f"{cov['uncalibrated_in_model']} on tensors TensorRT does not calibrate, {cov['unnamed']} unnamed, "
               f"{cov['internal']} parser-internal, {cov['duplicates']} duplicated")

@@ -52,6 +52,8 @@ class CalibrationResult:
     peak_rss_mb: float = 0.0
     range_mode: str = "trt"  # "global": fixed ranges from a first pass (GLOBAL_RANGE_NOTE)
     optimization: str = "basic"  # onnxruntime's graph optimisation for the calibration runs
+    # tensors TensorRT names inside If/Loop/Scan bodies that have no entry, and why (ort.control_flow)
+    uncovered: dict[str, str] = field(default_factory=dict)
 
     @property
     def cache(self) -> CalibrationCache:
@@ -104,6 +106,7 @@ class CalibrationResult:
             "seconds": round(self.seconds, 3),
             "peak_rss_mb": round(self.peak_rss_mb, 1),
             "tensors": tensors,
+            "uncovered": [{"name": n, "reason": r} for n, r in self.uncovered.items()],
         }
         if self.range_mode != "trt":
             out["note"] = GLOBAL_RANGE_NOTE

@@ -21,8 +21,9 @@ from ..core.signs import SignedHistogram
 from ..errors import CalibrationError
 from .data import iter_batches
 from .fill import fill_histograms
-from .model import describe, load_model, model_inputs
-from .runner import Runner, global_maxima
+from .control_flow import body_tensors, if_conditions, shape_conditions, summary_lines, uncovered_reasons
+from .model import describe, float_types, load_model, model_inputs, refuse_quantized, tensor_types
+from .runner import Runner, global_maxima, source_inputs
 from .shard import collect_sharded
 
 __all__ = [
@@ -85,7 +86,8 @@ def collect_histograms(
                                range_mode=range_mode, optimization=optimization)
     ahead = pipelined(threads)
     budget = int(max_activation_mb * 2**20) // (2 if ahead else 1)  # two parts are alive when one runs ahead
-    runner = Runner.open(model, tensors, threads=threads, budget_bytes=budget, name=name, optimization=optimization)
+    runner = Runner.open(model, tensors, threads=threads, budget_bytes=budget, name=name, optimization=optimization,
+                         inputs=source_inputs(batches))
     if range_mode == "global":
         # A tensor that is zero everywhere has no range to fix; its growing histogram stays at range 0 (amax 0).
         fixed = global_maxima(runner, batches)
@@ -112,7 +114,8 @@ def collect_signed(
 
     The `.abs` part of each equals what `collect_histograms` builds from the same batches.
     """
-    runner = Runner.open(model, tensors, threads=threads, budget_bytes=1 << 62, name=name)  # no parts for signs
+    runner = Runner.open(model, tensors, threads=threads, budget_bytes=1 << 62, name=name,  # no parts for signs
+                         inputs=source_inputs(batches))
     histograms = {n: SignedHistogram(num_bins) for n in runner.names}
     count = 0
     for batch in iter_batches(batches, runner.specs):
@@ -123,6 +126,8 @@ def collect_signed(
         count += 1
         if progress is not None:
             progress(1)
+    if runner.branches is not None:  # tensors of If branches no batch took have no histogram to give
+        histograms = {n: h for n, h in histograms.items() if h.abs.num_batches or n in runner.input_names}
     return histograms, count
 
 
@@ -195,6 +200,7 @@ def calibrate(
     started = time.perf_counter()
     name = describe(model, "the model")
     model = load_model(model)
+    refuse_quantized(model, name, "calibration")
     histograms, count = collect_histograms(
         model, batches, num_bins=num_bins, progress=progress, threads=threads, max_activation_mb=max_activation_mb,
         name=name,
@@ -202,6 +208,9 @@ def calibrate(
         optimization=optimization,
         executor=executor,
     )
+    uncovered = _uncovered(model, histograms)
+    for name_ in uncovered:
+        histograms.pop(name_, None)
     input_names = {s.name for s in model_inputs(model)}
     bad_inputs = [n for n in input_names if n in histograms and histograms[n].num_nan]
     if bad_inputs:
@@ -228,4 +237,17 @@ def calibrate(
         peak_rss_mb=_peak_rss_mb(),
         range_mode=range_mode,
         optimization=optimization,
+        uncovered=uncovered,
     )
+
+
+def _uncovered(model: Any, histograms: Mapping[str, AbsHistogram]) -> dict[str, str]:
+    """The tensors TensorRT names in If/Loop/Scan bodies that no calibration batch reached, and why."""
+    body = body_tensors(model, tensor_types(model), float_types())
+    if not body:
+        return {}
+    covered = [n for n, h in histograms.items() if h.num_batches]
+    reasons = uncovered_reasons(body, covered, owners=if_conditions(model), shape_only=shape_conditions(model))
+    for line in summary_lines(reasons):
+        log.warning("not calibrated: %s", line)
+    return reasons

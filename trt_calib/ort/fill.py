@@ -70,13 +70,14 @@ def first_batch_in_parts(runner: Runner, batch: Mapping[str, np.ndarray], histog
     """
     parts = runner.split(batch)
     start: dict[str, int] = {}  # per tensor: the first part binned at its final range
+    restarted: set[str] = set()  # tensors whose first parts must be binned again
     for j, values in run_ahead(runner, enumerate(parts), ahead=ahead):
         for name, value in values.items():
             h = histograms[name]
-            if j == 0:
+            if name not in start:  # its first part (a tensor of an If branch may first appear in a later part)
                 h.begin_batch(finite_abs_max(value))
                 h.add_part(value)
-                start[name] = 0
+                start[name] = j
                 continue
             seen = h.abs_max  # h holds only this batch so far: its max
             h.add_part(value)
@@ -85,15 +86,16 @@ def first_batch_in_parts(runner: Runner, batch: Mapping[str, np.ndarray], histog
                 fresh.begin_batch(float(h.abs_max))
                 fresh.add_part(value)
                 start[name] = j
+                restarted.add(name)
         values.clear()
-    again = max(start.values(), default=0)
+    again = max((start[n] for n in restarted), default=0)
     for j, values in run_ahead(runner, ((j, parts[j]) for j in range(again)), ahead=ahead):
         for name, value in values.items():
-            if start[name] > j:
+            if name in restarted and start[name] > j:
                 histograms[name].add_part(value)
         values.clear()
-    for h in histograms.values():
-        h.end_batch()
+    for name in start:
+        histograms[name].end_batch()
     return again
 
 

@@ -18,7 +18,8 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from ..errors import CalibrationError, ModelError
-from .data import InputSpec
+from .control_flow import body_tensors, reachable_body_tensors
+from .data import InputSpec, infer_batch_axes
 
 __all__ = [
     "PROTO_LIMIT",
@@ -35,6 +36,9 @@ __all__ = [
     "calibrated_from_types",
     "checked_tensors",
     "ort_session",
+    "QUANTIZED_OPS",
+    "quantized_nodes",
+    "refuse_quantized",
 ]
 
 log = logging.getLogger(__name__)
@@ -110,7 +114,8 @@ def _np_dtype(elem_type: int) -> np.dtype:
 
 
 def model_inputs(model: Any) -> list[InputSpec]:
-    """The inputs the model must be fed (graph inputs that are not initializers), as `InputSpec`s."""
+    """The inputs the model must be fed (graph inputs that are not initializers), as `InputSpec`s, each with the
+    batch axis its dim names give (`data.infer_batch_axes`). A dim named '?' or '' is unknown, not a shared name."""
     model = load_model(model)
     initializers = {t.name for t in model.graph.initializer}
     specs = []
@@ -125,7 +130,7 @@ def model_inputs(model: Any) -> list[InputSpec]:
             else:
                 dims.append(d.dim_param or None)
         specs.append(InputSpec(vi.name, tuple(dims), _np_dtype(tt.elem_type)))
-    return specs
+    return infer_batch_axes(specs)
 
 
 @functools.lru_cache(maxsize=1)
@@ -151,30 +156,51 @@ def tensor_info(model: Any) -> dict[str, tuple[int, tuple[int | str | None, ...]
         log.warning("ONNX shape inference failed (%s); only tensors typed in the graph are calibrated", exc)
         inferred = model
     info: dict[str, tuple[int, tuple[int | str | None, ...] | None]] = {}
-    for vi in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output):
+    for vi in _value_infos(inferred.graph):
         tt = vi.type.tensor_type if vi.type.HasField("tensor_type") else None
-        if tt is None or not tt.elem_type:
+        if tt is None or not tt.elem_type or vi.name in info:
             continue
         dims = None
         if tt.HasField("shape"):
-            dims = tuple(int(d.dim_value) if d.HasField("dim_value") else (d.dim_param or None) for d in tt.shape.dim)
+            dims = tuple(int(d.dim_value) if d.HasField("dim_value") else _dim_name(d.dim_param) for d in tt.shape.dim)
         info[vi.name] = (tt.elem_type, dims)
     return info
 
 
+def _dim_name(name: str) -> str | None:
+    """A dim's name, None for the unknown ones ('?', '') that name no dim two tensors share."""
+    return None if name.strip() in ("", "?") else name
+
+
+def _value_infos(graph: Any) -> Iterable[Any]:
+    """The typed values of a graph and of its subgraphs (If branches, Loop/Scan bodies), outer graph first."""
+    yield from graph.value_info
+    yield from graph.input
+    yield from graph.output
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("g"):
+                yield from _value_infos(attr.g)
+            for sub in attr.graphs:
+                yield from _value_infos(sub)
+
+
 def sample_bytes(info: Mapping[str, tuple[int, Any]], names: Sequence[str], specs: Sequence[InputSpec]) -> int | None:
-    """Bytes of all `names` for one sample, from their inferred shapes; None unless every one of them is
-    [batch, static dims...] with the inputs' symbolic batch dimension first."""
-    batch_dims = {s.shape[0] for s in specs if s.shape and not isinstance(s.shape[0], int)}
-    if len(batch_dims) != 1 or None in batch_dims:
+    """Bytes of all `names` for one sample, from their inferred shapes; None unless every one of them carries the
+    inputs' named batch dim once (at any axis) and static dims elsewhere."""
+    batch_dims = {s.shape[s.batch_axis] for s in specs if s.batch_axis is not None}
+    if len(batch_dims) != 1 or not all(isinstance(d, str) for d in batch_dims):
         return None
     batch = batch_dims.pop()
     total = 0
     for name in names:
         elem, dims = info.get(name, (0, None))
-        if not dims or dims[0] != batch or not all(isinstance(d, int) and d > 0 for d in dims[1:]):
+        if not dims or list(dims).count(batch) != 1:
             return None
-        total += int(np.prod(dims[1:], dtype=np.int64)) * _np_dtype(elem).itemsize
+        rest = [d for d in dims if d != batch]
+        if not all(isinstance(d, int) and d > 0 for d in rest):
+            return None
+        total += int(np.prod(rest, dtype=np.int64)) * _np_dtype(elem).itemsize
     return total
 
 
@@ -320,10 +346,16 @@ def _session_from_file(model: Any, options: Any, role: str) -> Any:
 
 
 def checked_tensors(model: Any, tensors: Sequence[str] | None, role: str) -> tuple[list[str], dict[str, Any]]:
-    """The tensors to calibrate (`tensors`, or every tensor TensorRT calibrates) and the inferred (type, dims) of the
-    model's tensors; a model with none, or a name it does not type, is an error naming `role`."""
+    """The tensors to calibrate (`tensors`, or every tensor TensorRT calibrates, If branches included where
+    onnxruntime can reach them: `control_flow`) and the inferred (type, dims) of the model's tensors, subgraphs
+    included; a model with none, or a name it does not type, is an error naming `role`."""
     info = tensor_info(model)
-    names = list(tensors) if tensors is not None else calibrated_from_types(model, {n: t for n, (t, _) in info.items()})
+    if tensors is not None:
+        names = list(tensors)
+    else:
+        types = {n: t for n, (t, _) in info.items()}
+        names = calibrated_from_types(model, types)
+        names += [n for n in reachable_body_tensors(body_tensors(model, types, float_types())) if n not in names]
     if not names:
         raise CalibrationError(
             f"{role}: has no float tensor TensorRT would calibrate (inputs and node outputs are all integer, "
@@ -333,3 +365,53 @@ def checked_tensors(model: Any, tensors: Sequence[str] | None, role: str) -> tup
     if missing:
         raise ModelError(f"no typed tensor named {', '.join(repr(n) for n in missing[:10])} in the model")
     return names, info
+
+
+#: Operators of a model that is already quantised: its scales are in the graph, there is nothing to calibrate.
+QUANTIZED_OPS = frozenset({
+    "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "QLinearConv", "QLinearMatMul", "ConvInteger",
+    "MatMulInteger", "QLinearAdd", "QLinearMul", "QLinearSigmoid", "QLinearLeakyRelu", "QLinearConcat",
+    "QLinearAveragePool", "QLinearGlobalAveragePool", "QLinearSoftmax", "QLinearReduceMean", "QLinearWhere",
+    "QGemm", "QAttention", "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "DynamicQuantizeLSTM", "QEmbedLayerNormalization",
+})
+
+
+def quantized_nodes(model: Any) -> list[tuple[str, str]]:
+    """(node name or its first output, op type) of every quantised operator, subgraphs included, in graph order."""
+    found: list[tuple[str, str]] = []
+
+    def walk(graph: Any) -> None:
+        for node in graph.node:
+            if node.op_type in QUANTIZED_OPS or node.op_type.startswith("QLinear"):
+                found.append((node.name or (node.output[0] if node.output else "?"), node.op_type))
+            for attr in node.attribute:
+                if attr.HasField("g"):
+                    walk(attr.g)
+                for sub in attr.graphs:
+                    walk(sub)
+
+    walk(load_model(model, weights=False).graph)
+    return found
+
+
+def refuse_quantized(model: Any, role: str, what: str) -> None:
+    """A ModelError (one line) when `model` is already quantised: `what` (calibrating, Q/DQ insertion) needs a float
+    model. Q/DQ models are pointed at `trt-calib qdq-to-cache`, which turns their scales into a TensorRT cache."""
+    nodes = quantized_nodes(model)
+    if not nodes:
+        return
+    counts: dict[str, int] = {}
+    for _, op in nodes:
+        counts[op] = counts.get(op, 0) + 1
+    ops = sorted(counts)
+    shown = ", ".join(f"{name} ({op})" for name, op in nodes[:3]) + (", ..." if len(nodes) > 3 else "")
+    qdq = {"QuantizeLinear", "DequantizeLinear"}
+    if set(ops) <= qdq:
+        hint = ("Hint: `trt-calib qdq-to-cache MODEL --onnx PLAIN.onnx --cache OUT.cache` turns its Q/DQ scales "
+                "into a TensorRT calibration cache (and the plain model it applies to); "
+                f"{what} needs the float model it was made from")
+    else:
+        hint = (f"Hint: {what} needs the float model; integer operators (onnxruntime's QOperator format, dynamic "
+                "quantization) cannot be turned back into one here")
+    kinds = ", ".join(f"{counts[op]} {op}" for op in sorted(counts, key=lambda o: -counts[o]))
+    raise ModelError(f"{role} is already quantized ({kinds}: {shown}). {hint}")

@@ -15,24 +15,126 @@ import numpy as np
 from ..core import kernel as _kernel
 from ..core.histogram import finite_abs_max
 from ..errors import CalibrationError
-from .data import InputSpec, iter_batches
+from .control_flow import fold_ifs
+from .data import BatchSource, InputSpec, iter_batches
 from .model import checked_tensors, describe, load_model, model_inputs, ort_session, sample_bytes
 
-__all__ = ["Runner", "split_batch", "batch_maxima", "global_maxima"]
+__all__ = ["Runner", "Branches", "split_batch", "batch_maxima", "global_maxima", "source_inputs"]
 
 log = logging.getLogger(__name__)
 
 
 def split_batch(batch: Mapping[str, np.ndarray], specs: Sequence[InputSpec], size: int) -> list[dict[str, np.ndarray]]:
-    """The batch cut along the batch dim into the fewest parts of at most `size` samples, all of one size (give or
-    take one sample: 16 in parts of 5 is 4, 4, 4, 4, not 5, 5, 5, 1), or whole when it cannot be cut."""
-    n = {v.shape[0] if v.ndim else -1 for v in batch.values()}
-    splittable = len(n) == 1 and all(s.shape and not isinstance(s.shape[0], int) for s in specs)
-    count = n.pop() if len(n) == 1 else -1
-    if not splittable or size >= count:
+    """The batch cut along each input's batch axis into the fewest parts of at most `size` samples, all of one size
+    (give or take one sample: 16 in parts of 5 is 4, 4, 4, 4, not 5, 5, 5, 1), or whole when it cannot be cut.
+
+    Inputs that are not batched (rank 0, or `batch_axis` None) go whole into every part; the batched ones must have a
+    dynamic dim at their batch axis and agree on the number of samples.
+    """
+    by_name = {s.name: s for s in specs}
+    batched = [by_name[k] for k in batch if k in by_name and by_name[k].batch_axis is not None]
+    counts = {s.count(batch[s.name].shape) for s in batched}
+    splittable = len(counts) == 1 and all(s.static_dim(s.batch_axis) is None for s in batched)  # type: ignore[arg-type]
+    count = counts.pop() if len(counts) == 1 else -1
+    if not splittable or count is None or size >= count:
         return [dict(batch)]
     bounds = np.linspace(0, count, -(-count // size) + 1).round().astype(int)
-    return [{k: v[a:b] for k, v in batch.items()} for a, b in zip(bounds[:-1], bounds[1:])]
+    parts = []
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        part = {}
+        for k, v in batch.items():
+            spec = by_name.get(k)
+            if spec is None or spec.batch_axis is None:
+                part[k] = v
+            else:
+                index = [slice(None)] * v.ndim
+                index[spec.batch_axis] = slice(int(a), int(b))
+                part[k] = v[tuple(index)]
+        parts.append(part)
+    return parts
+
+
+def source_inputs(batches: Any) -> list[InputSpec] | None:
+    """The inputs a `BatchSource` was opened with (their batch axes as the user gave them), else None."""
+    return list(batches.inputs) if isinstance(batches, BatchSource) else None
+
+
+def _truth(value: Any) -> bool:
+    """An If condition's value: its single element, as a bool."""
+    array = np.asarray(value)
+    if array.size != 1:
+        raise CalibrationError(f"an If condition holds {array.size} values, not one")
+    return bool(array.reshape(-1)[0])
+
+
+class Branches:
+    """Runs a model whose requested tensors lie in If branches: each part on a copy with the branches it takes
+    inlined (`control_flow.fold_ifs`), so onnxruntime returns their tensors.
+
+    Which branches a part takes is decided by running the model (its If conditions as outputs, level by level for
+    nested Ifs), then checked on every later run: the conditions are outputs of the inlined copy too, and a part
+    whose conditions differ from the copy's runs again on the copy of its own branches. `seen` records every value
+    each condition took.
+    """
+
+    def __init__(self, model: Any, names: Sequence[str], open_session: Any) -> None:
+        self.base, _ = fold_ifs(model, {})  # conditions TensorRT's parser folds (constants) are folded once
+        self.names = list(names)
+        self.open_session = open_session  # (model, outputs) -> an onnxruntime session
+        self.probes: dict[tuple[tuple[str, bool], ...], tuple[Any, list[str]]] = {}
+        self.variants: dict[tuple[tuple[str, bool], ...], tuple[Any, list[str], list[str]]] = {}
+        self.key: tuple[tuple[str, bool], ...] | None = None
+        self.seen: dict[str, set[bool]] = {}
+
+    def decide(self, part: Mapping[str, np.ndarray]) -> tuple[tuple[str, bool], ...]:
+        """The branches `part` takes: (condition tensor, value) for every If it reaches, outer Ifs first."""
+        decisions: dict[str, bool] = {}
+        while True:
+            key = tuple(decisions.items())
+            if key not in self.probes:
+                model, undecided = fold_ifs(self.base, decisions)
+                self.probes[key] = (self.open_session(model, undecided) if undecided else None, undecided)
+            session, undecided = self.probes[key]
+            if not undecided:
+                return key
+            values = session.run(undecided, dict(part))
+            decisions.update({c: _truth(v) for c, v in zip(undecided, values)})
+
+    def variant(self, key: tuple[tuple[str, bool], ...]) -> tuple[Any, list[str], list[str]]:
+        """(session, the requested tensors it computes, the condition tensors it checks) for one choice of branches."""
+        if key not in self.variants:
+            model, _ = fold_ifs(self.base, dict(key))
+            defined = {i.name for i in model.graph.input} | {o for n in model.graph.node for o in n.output}
+            run = [n for n in self.names if n in defined]
+            conds = [c for c, _ in key if c not in run]
+            self.variants[key] = (self.open_session(model, run + conds), run, [c for c, _ in key])
+        return self.variants[key]
+
+    def run(self, part: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The requested tensors the part's branches compute (tensors of branches it does not take are absent)."""
+        key = self.key if self.key is not None else self.decide(part)
+        speculative = self.key is not None
+        while True:
+            session, run, conds = self.variant(key)
+            wanted = run + [c for c in conds if c not in run]
+            try:
+                outputs = session.run(wanted, dict(part))
+            except Exception:
+                if not speculative:
+                    raise
+                key, speculative = self.decide(part), False  # the last part's branches do not fit this one
+                continue
+            values = dict(zip(wanted, outputs))
+            del outputs
+            if all(_truth(values[c]) == v for c, v in key):
+                break
+            if not speculative:
+                raise CalibrationError("an If condition changed between deciding its branch and running it")
+            key, speculative = self.decide(part), False
+        self.key = key
+        for c, v in key:
+            self.seen.setdefault(c, set()).add(v)
+        return {n: values[n] for n in run}
 
 
 class Runner:
@@ -49,24 +151,42 @@ class Runner:
         self.sample_bytes: int | None = None  # activation bytes per sample, when the shapes tell it
         self.role = "the model"
         self.prefetch_kernel = True  # the parts will be binned: a large batch starts loading the compiled kernel
+        self.branches: Branches | None = None  # set when requested tensors lie in If branches
 
     @classmethod
     def open(
         cls, model: Any, tensors: Sequence[str] | None, *, threads: int | None, budget_bytes: int,
-        name: str | None = None, optimization: str = "basic", optimize: bool = True,
+        name: str | None = None, optimization: str = "basic", inputs: Sequence[InputSpec] | None = None,
+        optimize: bool = True,
     ) -> "Runner":
-        """A runner over `tensors` (default: every tensor TensorRT calibrates) of `model`, its session ready;
-        `name` (default: the model's path, if given one) names the model in errors. `optimize=False` runs the graph
-        as written (every onnxruntime optimisation off: Q/DQ models, see `ort_session`)."""
+        """A runner over `tensors` (default: every tensor TensorRT calibrates, If branches included) of `model`, its
+        session ready; `name` (default: the model's path, if given one) names the model in errors. `inputs`: the
+        model's inputs with the batch axes to split along (default: the model's, `model_inputs`; a `BatchSource`
+        carries those the user gave: `source_inputs`). `optimize=False` runs the graph as written (every
+        onnxruntime optimisation off: Q/DQ models, see `ort_session`)."""
         role = name or describe(model, "the model")
         model = load_model(model)
         names, info = checked_tensors(model, tensors, role)
         types = {n: elem for n, (elem, _) in info.items()}
-        runner = cls(None, names, model_inputs(model), budget_bytes)
+        specs = model_inputs(model)
+        if inputs is not None:
+            given = {s.name: s for s in inputs}
+            if set(given) != {s.name for s in specs} or not all(s.same_input(given[s.name]) for s in specs):
+                raise ValueError("inputs must be the model's inputs (batch axes aside)")
+            specs = [given[s.name] for s in specs]
+        runner = cls(None, names, specs, budget_bytes)
         runner.role = role
         runner.sample_bytes = sample_bytes(info, names, runner.specs)
-        runner.session = ort_session(model, runner.run_names, types=types, threads=threads, role=role,
-                                     optimization=optimization, optimize=optimize)
+
+        def open_session(m: Any, outputs: Sequence[str]) -> Any:
+            return ort_session(m, outputs, types=types, threads=threads, role=role, optimization=optimization,
+                               optimize=optimize)
+
+        main = {i.name for i in model.graph.input} | {o for n in model.graph.node for o in n.output}
+        if any(n not in main for n in runner.run_names):
+            runner.branches = Branches(model, runner.run_names, open_session)
+        else:
+            runner.session = open_session(model, runner.run_names)
         return runner
 
     def split(self, batch: Mapping[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
@@ -74,14 +194,18 @@ class Runner:
         return split_batch(batch, self.specs, self.part_size or 1 << 62)
 
     def run(self, part: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """(name -> activation) for every calibrated tensor, for one part of a batch."""
+        """(name -> activation) for every calibrated tensor, for one part of a batch (with If branches: the tensors
+        of the branches the part takes)."""
         try:
-            outputs = self.session.run(self.run_names, part)
+            if self.branches is not None:
+                values = self.branches.run(part)
+            else:
+                outputs = self.session.run(self.run_names, part)
+                values = dict(zip(self.run_names, outputs))
+                del outputs
         except Exception as exc:
             fed = ", ".join(f"{n!r} {tuple(v.shape)} {v.dtype}" for n, v in part.items())
             raise CalibrationError(f"{self.role}: onnxruntime failed on inputs {fed}: {exc}") from None
-        values = dict(zip(self.run_names, outputs))
-        del outputs
         values.update({n: part[n] for n in self.names if n in self.input_names})
         return values
 

@@ -34,7 +34,7 @@ from ..core import kernel as _kernel
 from ..core.histogram import AbsHistogram, grown_ranges
 from .fill import fill_histograms
 from .model import checked_tensors, load_model, model_inputs
-from .runner import Runner, batch_maxima
+from .runner import Runner, batch_maxima, source_inputs
 from .data import iter_batches
 from .executor import Executor, ShippedModel, per_process
 
@@ -58,6 +58,7 @@ class _Job:
     start: Mapping[str, float] | None = None  # pass two, TensorRT ranges: each tensor's range before the shard
     fixed: Mapping[str, float] | None = None  # pass two, global ranges: each tensor's fixed range
     first: bool = False  # the shard holds the calibration's first batch
+    inputs: tuple[Any, ...] | None = None  # the model's InputSpecs with the batch axes the data was opened with
 
 
 def _runner(job: _Job) -> Runner:
@@ -65,10 +66,10 @@ def _runner(job: _Job) -> Runner:
 
     def make() -> Runner:
         return Runner.open(job.model.load(), job.tensors, threads=job.threads, budget_bytes=int(job.max_activation_mb * 2**20),
-                            name=job.name, optimization=job.optimization)
+                            name=job.name, optimization=job.optimization, inputs=job.inputs)
 
     key = ("trt-calib shard runner", job.model.sha256, job.tensors, job.threads, job.max_activation_mb,
-           job.optimization)
+           job.optimization, job.inputs)
     return per_process(key, make)
 
 
@@ -123,11 +124,13 @@ def collect_sharded(
     role = name or (str(model) if isinstance(model, (str, os.PathLike)) else "the model")
     model = load_model(model)
     names = tuple(checked_tensors(model, tensors, role)[0])
-    all_batches = [dict(b) for b in iter_batches(batches, model_inputs(model))]
+    given = source_inputs(batches)
+    specs = given if given is not None else model_inputs(model)
+    all_batches = [dict(b) for b in iter_batches(batches, specs)]
     count = len(all_batches)  # iter_batches refuses an empty source
     shards = shard_bounds(count, executor.workers)
     job = _Job(ShippedModel.of(model), role, names, (), threads or executor.threads_per_worker, max_activation_mb,
-               optimization, num_bins)
+               optimization, num_bins, inputs=tuple(given) if given is not None else None)
 
     def jobs(lo: int, hi: int, parts: int, **fields: Any) -> list[_Job]:
         return [_replace(job, batches=tuple(all_batches[lo + a : lo + b]), **fields)

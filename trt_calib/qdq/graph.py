@@ -24,13 +24,16 @@ UNNAMED_PREFIX = "(Unnamed Layer*"
 
 
 class Graph:
-    """Read-only indexes over a graph: producers, consumers, constants."""
+    """Read-only indexes over a graph: producers, consumers, constants.
 
-    def __init__(self, graph: Any) -> None:
+    `outer`: name -> TensorProto of the constants an If branch reads from enclosing graphs (weights of a branch's
+    Conv are often the main graph's initializers)."""
+
+    def __init__(self, graph: Any, outer: Any = None) -> None:
         from onnx import numpy_helper
 
         self.graph = graph
-        self.initializers = {t.name: t for t in graph.initializer}
+        self.initializers = {**(outer or {}), **{t.name: t for t in graph.initializer}}
         self.constant_nodes = {
             n.output[0]: n for n in graph.node if n.op_type == "Constant" and n.output and constant_attr(n) is not None
         }

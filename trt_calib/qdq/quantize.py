@@ -24,7 +24,8 @@ those no pair can carry, so that `qdq_to_cache` gives a cache back bit for bit.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
@@ -34,13 +35,14 @@ from ..core.cache import CalibrationCache
 from ..core.signs import ASYMMETRIC_METHODS, SignedHistogram
 from ..errors import CalibrationError, ModelError
 from ..core.result import CalibrationResult
-from ..ort.model import load_model, model_inputs
+from ..ort.control_flow import constant_condition
+from ..ort.model import load_model, model_inputs, refuse_quantized, tensor_types
 from ..ort.data import iter_batches
 from .bias import correct_biases
-from .graph import BIASED_OPS, UNNAMED_PREFIX, MIN_OPSET, PLACEMENTS, Graph, onnx_opset
+from .graph import BIASED_OPS, UNNAMED_PREFIX, MIN_OPSET, PLACEMENTS, WEIGHTED_OPS, Graph, constant_attr, node_label, onnx_opset
 from .placement import exclusion_plan, make_plan, Plan
-from .report import ActivationScale, CoverageReport
-from .rewrite import rewrite_graph
+from .report import ActivationScale, CoverageReport, NodeCoverage
+from .rewrite import NameMaker, rewrite_graph
 from .scales import (ASYMMETRIC_DTYPES, ASYMMETRIC_METADATA_KEY, ASYMMETRIC_NOTE, Affine, Resolver, Scales, record_scales,
                      scale_table)
 
@@ -66,6 +68,25 @@ def _mark_asymmetric(model: Any, method: str, dtype: str) -> None:
     model.metadata_props.add(key=ASYMMETRIC_METADATA_KEY, value=value)
 
 
+def _body_names(model: Any) -> set[str]:
+    """Every value name defined inside the model's subgraphs (node outputs, body inputs, initializers)."""
+    names: set[str] = set()
+
+    def walk(graph: Any, top: bool) -> None:
+        for node in graph.node:
+            if not top:
+                names.update(o for o in node.output if o)
+            for attr in node.attribute:
+                subs = [attr.g] if attr.HasField("g") else list(attr.graphs)
+                for sub in subs:
+                    names.update(i.name for i in sub.input)
+                    names.update(t.name for t in sub.initializer)
+                    walk(sub, False)
+
+    walk(model.graph, True)
+    return names
+
+
 def _check(qdq: Any, float_model: Any) -> None:
     """onnx.checker (full) on the result; a failure the float model already had is only logged."""
     import onnx
@@ -82,6 +103,19 @@ def _check(qdq: Any, float_model: Any) -> None:
 
 
 @dataclass
+class BodyPlan:
+    """Q/DQ placement inside one If branch (a `graph` inside the working copy), or why a Loop/Scan body gets none."""
+
+    graph: Any  # the branch's GraphProto, inside the working copy (rewritten in place)
+    where: str  # "then_branch of If 'x'"
+    g: Graph | None = None  # None: a Loop/Scan body, not placed
+    plan: Plan | None = None
+    resolver: Resolver | None = None
+    coverage: list[NodeCoverage] = field(default_factory=list)
+    gaps: list[str] = field(default_factory=list)  # weighted nodes left in float for want of any scale
+
+
+@dataclass
 class _Prepared:
     """A float model made ready for Q/DQ: at opset >= 13, indexed, its scales resolved and its full placement planned."""
 
@@ -91,6 +125,66 @@ class _Prepared:
     table: Scales
     resolver: Resolver
     plan: Plan
+    bodies: list[BodyPlan] = field(default_factory=list)  # If branches and Loop/Scan bodies (`plan_bodies`)
+
+
+def _constants(graph: Any) -> dict[str, Any]:
+    """name -> TensorProto of a graph's initializers and Constant outputs (what its branches may read)."""
+    out = {t.name: t for t in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "Constant" and node.output and constant_attr(node) is not None:
+            out[node.output[0]] = constant_attr(node)
+    return out
+
+
+def plan_bodies(work: Any, table: Scales, *, per_channel: bool, placement: str) -> list[BodyPlan]:
+    """Q/DQ placement in every If branch, by the main graph's rules, with the scales of the branch's own tensors
+    (TensorRT names them as ONNX does: `ort.control_flow`); a branch's weights may be the enclosing graphs'
+    initializers. Loop/Scan bodies get none (trt-calib calibrates no Loop/Scan body); their weighted nodes are
+    listed as left in float, with why."""
+    from onnx import AttributeProto
+
+    bodies: list[BodyPlan] = []
+
+    def walk(graph: Any, outer: dict[str, Any], context: str, in_loop: bool) -> None:
+        visible = {**outer, **_constants(graph)}
+        for index, node in enumerate(graph.node):
+            label = node_label(node, index)
+            for attr in node.attribute:
+                subs = [attr.g] if attr.type == AttributeProto.GRAPH else list(attr.graphs)
+                for sub in subs:
+                    where = f"{attr.name} of {node.op_type} {label!r}" + (f" (in {context})" if context else "")
+                    loop = in_loop or node.op_type != "If"
+                    body = BodyPlan(sub, where)
+                    fixed = constant_condition(graph, node.input[0], visible) if node.op_type == "If" else None
+                    if fixed is not None and attr.name != ("then_branch" if fixed else "else_branch"):
+                        why = (f"inside the {where}, which TensorRT does not build: the If's condition is a "
+                               "constant, and its parser keeps only the taken branch")
+                        body.coverage = [NodeCoverage(node_label(n, i), n.op_type, False, reason=why, body=where)
+                                         for i, n in enumerate(sub.node) if n.op_type in WEIGHTED_OPS]
+                        bodies.append(body)
+                        continue
+                    if loop:
+                        why = (f"inside the {where}: trt-calib places no Q/DQ in Loop/Scan bodies (it cannot "
+                               "calibrate them: onnxruntime returns no per-iteration values)")
+                        body.coverage = [NodeCoverage(node_label(n, i), n.op_type, False, reason=why, body=where)
+                                         for i, n in enumerate(sub.node) if n.op_type in WEIGHTED_OPS]
+                        body.gaps = [f"{c.node} ({where}): Loop/Scan body" for c in body.coverage]
+                    else:
+                        body.g = Graph(sub, outer=visible)
+                        body.resolver = Resolver(body.g, table)
+                        body.plan = make_plan(body.g, body.resolver, per_channel=per_channel, placement=placement)
+                        body.coverage = [replace(body.plan.coverage[i], body=where) for i in sorted(body.plan.coverage)]
+                        for row, i in zip(body.coverage, sorted(body.plan.coverage)):
+                            n = sub.node[i]
+                            if (row.op_type in WEIGHTED_OPS and not row.quantized and n.input
+                                    and not body.g.is_constant(n.input[0]) and body.resolver.own(n.input[0]) is None):
+                                body.gaps.append(f"{row.node} ({where}): no scale for {n.input[0]!r}")
+                    bodies.append(body)
+                    walk(sub, visible, where, loop)
+
+    walk(work.graph, {}, "", False)
+    return bodies
 
 
 def prepare_model(
@@ -107,8 +201,9 @@ def prepare_model(
         raise ValueError(f"unknown asymmetric method {asymmetric!r}; choose one of {', '.join(ASYMMETRIC_METHODS)} (or None)")
     if asymmetric_dtype not in ASYMMETRIC_DTYPES:
         raise ValueError(f"unknown asymmetric_dtype {asymmetric_dtype!r}; choose one of {', '.join(ASYMMETRIC_DTYPES)}")
-    table = scale_table(scales, None if asymmetric is None else (asymmetric, asymmetric_dtype))
     original = load_model(model)
+    refuse_quantized(original, str(model) if isinstance(model, (str, os.PathLike)) else "the model", "Q/DQ insertion")
+    table = scale_table(scales, None if asymmetric is None else (asymmetric, asymmetric_dtype))
     work = onnx.ModelProto()
     work.CopyFrom(original)
     before = onnx_opset(work)
@@ -124,17 +219,26 @@ def prepare_model(
     g = Graph(work.graph)
     resolver = Resolver(g, table)
     plan = make_plan(g, resolver, per_channel=per_channel, placement=placement)
-    if not plan.act_slots:
+    bodies = plan_bodies(work, table, per_channel=per_channel, placement=placement)
+    if not plan.act_slots and not any(b.plan is not None and b.plan.act_slots for b in bodies):
         hint = {
             "cache": "Hint: cache entries must carry the ONNX tensor names (TensorRT's parser keeps them)",
             "amax": "Hint: pass amax for the inputs of the Conv/Gemm/MatMul nodes",
             "histograms": "Hint: pass histograms of the inputs of the Conv/Gemm/MatMul nodes",
         }[table.source]
+        in_main = any(n.op_type in WEIGHTED_OPS for n in work.graph.node)
+        looped = [c for b in bodies if b.plan is None for c in b.coverage]
+        if not in_main and looped:
+            raise CalibrationError(
+                f"nothing to quantise: every Conv/ConvTranspose/Gemm/MatMul sits inside a Loop/Scan body (e.g. "
+                f"{looped[0].node}, {looped[0].body}), where trt-calib places no Q/DQ: it cannot calibrate them, "
+                "onnxruntime returns no per-iteration values"
+            )
         raise CalibrationError(
             f"nothing to quantise: none of the {len(table.names)} scale(s) given names an input of a "
             f"Conv/ConvTranspose/Gemm/MatMul of the model. {hint}"
         )
-    return _Prepared(work, before, g, table, resolver, plan)
+    return _Prepared(work, before, g, table, resolver, plan, bodies)
 
 
 def quantize_model(
@@ -185,22 +289,46 @@ def quantize_model(
     if exclude:
         plan, excluded = exclusion_plan(g, plan, exclude)
     layers = [(i, n.output[0]) for i, n in enumerate(work.graph.node) if i in plan.weights and n.op_type in BIASED_OPS]
-    rewrite_graph(work, g, plan)
-    record_scales(work, table, {t: plan.act_grid[t] for t in plan.act_slots},
+    used: set[str] = set()
+    body_pairs: dict[str, Any] = {}
+    activations: dict[str, ActivationScale] = {}
+    unquantized: dict[str, str] = {}
+    if prepared.bodies:  # branches first: the main rewrite copies the If nodes that hold them
+        names, types = NameMaker(work.graph), tensor_types(work)
+        for body in reversed(prepared.bodies):  # inner branches first: an outer rewrite copies the Ifs inside it
+            if body.plan is None or body.g is None or body.resolver is None:
+                continue
+            rewrite_graph(work, body.g, body.plan, graph=body.graph, names=names, types=types)
+            activations.update({t: _activation_scale(t, body.plan.act_grid[t], body.plan.act_origin[t])
+                                for t in body.plan.act_slots})
+            unquantized.update(body.plan.unquantized)
+            body_pairs.update({t: body.plan.act_grid[t] for t in body.plan.act_slots})
+            used |= body.resolver.used
+    rewrite_graph(work, g, plan)  # also drops main-graph weights that branches now read as int8 copies
+    record_scales(work, table, {**{t: plan.act_grid[t] for t in plan.act_slots}, **body_pairs},
                   scales.header if isinstance(scales, CalibrationCache) else None)
+    used |= resolver.used
+    activations = {**{t: _activation_scale(t, plan.act_grid[t], plan.act_origin[t]) for t in plan.act_slots},
+                   **activations}
+    unquantized = {**plan.unquantized, **unquantized}
+    in_bodies = _body_names(work)
+
+    def known(name: str) -> bool:
+        return g.is_tensor(name) or name in in_bodies
 
     report = CoverageReport(
-        nodes=[plan.coverage[i] for i in sorted(plan.coverage)],
-        activations={t: _activation_scale(t, plan.act_grid[t], plan.act_origin[t]) for t in plan.act_slots},
-        unquantized_tensors=plan.unquantized,
+        nodes=[plan.coverage[i] for i in sorted(plan.coverage)] + [c for b in prepared.bodies for c in b.coverage],
+        activations=activations,
+        unquantized_tensors=unquantized,
         scale_source=table.source,
-        unmapped_entries=[n for n in table.names if not n.startswith(UNNAMED_PREFIX) and not g.is_tensor(n)],
+        unmapped_entries=[n for n in table.names if not n.startswith(UNNAMED_PREFIX) and not known(n)],
         unnamed_entries=[n for n in table.names if n.startswith(UNNAMED_PREFIX)],
-        unused_entries=[n for n in table.names if g.is_tensor(n) and n not in resolver.used],
+        unused_entries=[n for n in table.names if known(n) and n not in used],
         opset=(before, onnx_opset(work)),
         per_channel=per_channel,
         placement=placement,
         excluded=excluded,
+        body_gaps=[gap for b in prepared.bodies for gap in b.gaps],
     )
     if asymmetric is not None:
         report.asymmetric = {"method": asymmetric, "dtype": asymmetric_dtype, "note": ASYMMETRIC_NOTE}

@@ -67,9 +67,12 @@ class NodeCoverage:
     weight_axis: int | None = None  # None: one scale for the whole weight
     reason: str = ""  # why it stays in float (or a note on how it was quantised)
     bias_shift: float | None = None  # bias correction: the largest per-channel shift folded into the bias
+    body: str = ""  # the If branch or Loop/Scan body holding the node ("" for the main graph)
 
     def to_json(self) -> dict[str, Any]:
         row: dict[str, Any] = {"node": self.node, "op_type": self.op_type, "quantized": self.quantized}
+        if self.body:
+            row["body"] = self.body
         if self.inputs:
             row["inputs"] = list(self.inputs)
         if self.weight is not None:
@@ -99,6 +102,9 @@ class CoverageReport:
     bias_correction: dict[str, Any] | None = None
     asymmetric: dict[str, str] | None = None  # {"method", "dtype", "note"} when activations have zero points
     excluded: dict[str, str] = field(default_factory=dict)  # node -> why it was left in float on request
+    # Conv/Gemm/MatMul inside If/Loop/Scan bodies left in float for want of any scale (a branch the calibration
+    # data never took, a Loop body): "node (where): why"
+    body_gaps: list[str] = field(default_factory=list)
 
     @property
     def quantized_nodes(self) -> list[NodeCoverage]:
@@ -124,6 +130,8 @@ class CoverageReport:
         left_out = sum(n.reason.startswith("excluded: ") for n in self.nodes)
         if left_out:
             text += f"; {left_out} node(s) excluded on request"
+        if self.body_gaps:
+            text += f"; {len(self.body_gaps)} inside If/Loop/Scan bodies without a scale"
         if self.asymmetric:
             text += f"; ASYMMETRIC {self.asymmetric['dtype']} activations ({self.asymmetric['method']} ranges)"
         return text
@@ -145,6 +153,8 @@ class CoverageReport:
             else:
                 weight = "per-tensor" if n.weight_axis is None else f"axis {n.weight_axis}"
             note = n.reason
+            if n.body and not note.startswith("inside the "):
+                note = f"[in {n.body}] " + note
             if n.bias_shift is not None:
                 note = (note + "; " if note else "") + f"bias shifted by up to {n.bias_shift:.3g}"
             lines.append(
@@ -189,4 +199,5 @@ class CoverageReport:
             "bias_correction": self.bias_correction,
             "asymmetric": self.asymmetric,
             "excluded": dict(self.excluded),
+            "body_gaps": list(self.body_gaps),
         }

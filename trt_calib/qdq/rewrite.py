@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from ..ort.control_flow import subgraph_reads
 from ..ort.model import tensor_types
 from .graph import Graph
 from .placement import Plan
@@ -17,13 +18,24 @@ log = logging.getLogger(__name__)
 
 
 class NameMaker:
+    """Fresh names: none a graph or any of its subgraphs (If branches, Loop/Scan bodies) already uses."""
+
     def __init__(self, graph: Any) -> None:
-        self.taken = {t.name for t in graph.initializer} | {i.name for i in graph.input} | {o.name for o in graph.output}
+        self.taken: set[str] = set()
+        self._add(graph)
+
+    def _add(self, graph: Any) -> None:
+        self.taken |= {t.name for t in graph.initializer} | {i.name for i in graph.input} | {o.name for o in graph.output}
         for n in graph.node:
             self.taken.update(n.input)
             self.taken.update(n.output)
             if n.name:
                 self.taken.add(n.name)
+            for attr in n.attribute:
+                if attr.HasField("g"):
+                    self._add(attr.g)
+                for sub in attr.graphs:
+                    self._add(sub)
 
     def __call__(self, base: str) -> str:
         name, k = base, 1
@@ -50,13 +62,18 @@ def _scale_and_zero_point(grid: Any) -> tuple[np.float32, np.ndarray]:
     return grid, np.zeros((), np.int8)
 
 
-def rewrite_graph(model: Any, g: Graph, plan: Plan) -> None:
-    """Insert the planned Q/DQ nodes in place (topological order kept) and drop constants nothing reads any more."""
+def rewrite_graph(model: Any, g: Graph, plan: Plan, *, graph: Any = None, names: NameMaker | None = None,
+                  types: dict[str, int] | None = None) -> None:
+    """Insert the planned Q/DQ nodes in place (topological order kept) and drop constants nothing reads any more.
+
+    `graph`: the graph `g` indexes when it is not the main graph (an If branch: its new initializers go into the
+    branch; the caller drops the main graph's weights that no branch reads any more); `names`, `types`: shared by
+    the rewrites of one model."""
     from onnx import NodeProto, helper, numpy_helper
 
-    graph = model.graph
-    names = NameMaker(graph)
-    types = tensor_types(model)
+    graph = model.graph if graph is None else graph
+    names = NameMaker(model.graph) if names is None else names
+    types = tensor_types(model) if types is None else types
     old_nodes = list(graph.node)
     pending: dict[int, list[Any]] = {}  # node index -> nodes to emit before it
     new_inits: list[Any] = []
@@ -117,9 +134,10 @@ def rewrite_graph(model: Any, g: Graph, plan: Plan) -> None:
 
 
 def drop_unused_constants(graph: Any) -> None:
-    """Remove initializers and Constant nodes (and initializer-backed graph inputs) no node or output reads."""
+    """Remove initializers and Constant nodes (and initializer-backed graph inputs) no node, output or subgraph
+    reads (an If branch or a Loop body may read the main graph's initializers by name)."""
     while True:
-        read = {name for n in graph.node for name in n.input} | {o.name for o in graph.output}
+        read = {name for n in graph.node for name in n.input} | {o.name for o in graph.output} | subgraph_reads(graph)
         dead_nodes = [n for n in graph.node if n.op_type == "Constant" and n.output and n.output[0] not in read]
         dead_inits = [t for t in graph.initializer if t.name not in read]
         if not dead_nodes and not dead_inits:

@@ -137,18 +137,35 @@ def plan_variants(
 
 
 def gather_samples(batches: Iterable[Mapping[str, np.ndarray]]) -> tuple[dict[str, np.ndarray], int]:
-    """Every sample of `batches` stacked along axis 0 per input, and the first batch's size (the base batch size)."""
+    """Every sample of `batches` stacked per input along its batch axis (axis 0 unless the source's `InputSpec`s
+    say otherwise; an input that is not batched, such as a rank-0 one, is kept once and must not change), and the
+    first batch's size (the base batch size)."""
+    specs = {s.name: s for s in getattr(batches, "inputs", ())}
     parts: dict[str, list[np.ndarray]] = {}
     first = None
     for batch in batches:
         for name, value in batch.items():
             value = np.asarray(value)
+            spec = specs.get(name)
+            axis = spec.batch_axis if spec is not None else (0 if value.ndim else None)
+            if axis is None:
+                if name in parts and not np.array_equal(parts[name][0], value):
+                    raise DataError(f"stability: input {name!r} is not batched and changes between batches; "
+                                    "stability re-batches the samples, so it must hold one value")
+                parts[name] = [value]
+                continue
             if first is None:
-                first = int(value.shape[0]) if value.ndim else 1
+                first = int(value.shape[axis])
             parts.setdefault(name, []).append(value)
     if first is None:
         raise DataError("stability: the data holds no batches")
-    return {name: np.concatenate(values) for name, values in parts.items()}, first
+
+    def stacked(name: str, values: list[np.ndarray]) -> np.ndarray:
+        spec = specs.get(name)
+        axis = spec.batch_axis if spec is not None else (0 if values[0].ndim else None)
+        return values[0] if axis is None else np.concatenate(values, axis=axis)
+
+    return {name: stacked(name, values) for name, values in parts.items()}, first
 
 
 # ---------------------------------------------------------------------------------------------- work items
@@ -183,7 +200,10 @@ def _calibrate_variant(job: _CalibrationJob) -> _Outcome:
     from ..ort.data import from_arrays
 
     started = time.perf_counter()
-    samples = {name: np.asarray(values)[job.indices] for name, values in job.pool.items()}
+    axes = {spec.name: spec.batch_axis for spec in job.specs}
+    samples = {name: np.asarray(values) if axes.get(name, 0) is None
+               else np.take(np.asarray(values), job.indices, axis=axes.get(name, 0))
+               for name, values in job.pool.items()}
     source = from_arrays(samples, job.specs, batch_size=job.variant.batch_size, last_batch=job.last_batch)
     histograms, count = collect_histograms(job.model.load(), source, threads=job.threads,
                                            max_activation_mb=job.max_activation_mb)
@@ -354,11 +374,12 @@ def run_stability(
     names = [s.name for s in specs]
     if set(samples) != set(names):
         raise DataError(f"stability: samples are for inputs {sorted(samples)}, the model has {names}")
-    total = {int(np.asarray(samples[n]).shape[0]) for n in names}
+    total = {int(np.asarray(samples[s.name]).shape[s.batch_axis]) for s in specs if s.batch_axis is not None}
     if len(total) != 1:
         raise DataError(f"stability: the inputs hold different numbers of samples ({sorted(total)})")
     num_samples = total.pop()
-    static = {s.static_dim(0) for s in specs if s.rank and s.static_dim(0) is not None}
+    static = {s.static_dim(s.batch_axis) for s in specs
+              if s.batch_axis is not None and s.static_dim(s.batch_axis) is not None}
     wanted = [batch_size, *batch_sizes]
     if static and any(b not in static for b in wanted):
         raise DataError(

@@ -93,7 +93,7 @@ class ValidationReport:
 class _Graph:
     """What validate needs to know about an ONNX graph."""
 
-    calibrated: list[str]
+    calibrated: list[str]  # main-graph tensors TensorRT calibrates
     tensors: set[str]
     inputs: set[str]
     initializers: set[str]
@@ -101,10 +101,13 @@ class _Graph:
     producer: dict[str, Any]
     consumers: dict[str, list[Any]]
     nodes: list[Any]
+    body: list[Any] = field(default_factory=list)  # control_flow.BodyTensor: what TensorRT names in If/Loop/Scan bodies
+    shape_only: set[str] = field(default_factory=set)  # If labels whose condition depends on tensor shapes only
 
 
 def _graph(model: Any) -> _Graph:
-    from ..ort.model import calibrated_tensors, load_model, model_inputs
+    from ..ort.control_flow import body_tensors, if_conditions, shape_conditions
+    from ..ort.model import calibrated_from_types, float_types, load_model, model_inputs, tensor_types
 
     model = load_model(model, weights=False)  # the graph only: a model over 2 GB keeps its weights on disk
     graph = model.graph
@@ -115,21 +118,32 @@ def _graph(model: Any) -> _Graph:
     tensors = set(inputs) | initializers
     # Constant folding by name: a tensor computed only from constants (or from shapes) holds no calibration data.
     constant = set(initializers)
-    for node in graph.node:
-        for name in node.input:
-            if name:
-                consumers.setdefault(name, []).append(node)
-        for name in node.output:
-            if name:
-                producer[name] = node
-                tensors.add(name)
-        real_inputs = [n for n in node.input if n]
-        if node.op_type in ("Constant", "ConstantOfShape", "Shape", "Size") or (
-            real_inputs and all(n in constant for n in real_inputs)
-        ):
-            constant.update(n for n in node.output if n)
+
+    def index(g: Any) -> None:
+        for node in g.node:
+            for name in node.input:
+                if name:
+                    consumers.setdefault(name, []).append(node)
+            for name in node.output:
+                if name:
+                    producer[name] = node
+                    tensors.add(name)
+            real_inputs = [n for n in node.input if n]
+            if node.op_type in ("Constant", "ConstantOfShape", "Shape", "Size") or (
+                real_inputs and all(n in constant for n in real_inputs)
+            ):
+                constant.update(n for n in node.output if n)
+            for attr in node.attribute:  # If branches, Loop/Scan bodies: their tensors are the model's too
+                if attr.HasField("g"):
+                    constant.update(t.name for t in attr.g.initializer)
+                    index(attr.g)
+                for sub in attr.graphs:
+                    index(sub)
+
+    index(graph)
+    types = tensor_types(model)
     return _Graph(
-        calibrated=calibrated_tensors(model),
+        calibrated=calibrated_from_types(model, types),
         tensors=tensors,
         inputs=inputs,
         initializers=initializers,
@@ -137,6 +151,8 @@ def _graph(model: Any) -> _Graph:
         producer=producer,
         consumers=consumers,
         nodes=list(graph.node),
+        body=body_tensors(model, types, float_types()),
+        shape_only={label for label, cond in if_conditions(model).items() if cond in shape_conditions(model)},
     )
 
 
@@ -273,7 +289,7 @@ def _numbering_shift(missing: list[str], candidates: Iterable[str]) -> tuple[int
 def _coverage_findings(report: ValidationReport, cache: CalibrationCache, g: _Graph) -> None:
     names = list(cache.scales)
     in_cache = set(names)
-    calibrated = set(g.calibrated)
+    calibrated = set(g.calibrated) | {b.name for b in g.body}
     missing = [t for t in g.calibrated if t not in in_cache]
     groups: dict[str, list[str]] = {"unnamed": [], "internal": [], "uncalibrated": [], "extra": []}
     for name in names:
@@ -297,6 +313,8 @@ def _coverage_findings(report: ValidationReport, cache: CalibrationCache, g: _Gr
         "unnamed": len(groups["unnamed"]),
         "internal": len(groups["internal"]),
         "duplicates": len(cache.duplicates()),
+        "body_tensors": len({b.name for b in g.body}),
+        "body_covered": len({b.name for b in g.body if b.name in in_cache}),
     }
     if n_model and len(missing) > MOST_MISSING_FRACTION * n_model:
         report.add(
@@ -326,6 +344,7 @@ def _coverage_findings(report: ValidationReport, cache: CalibrationCache, g: _Gr
             offset=offset,
             matches=hits,
         )
+    _body_findings(report, g, in_cache)
     for name in groups["extra"]:
         report.add("warning", "not-in-model", "cache entry names no tensor of this model (stale entry from "
                    "another export or a model with more layers); TensorRT ignores it", name)
@@ -357,30 +376,101 @@ def _coverage_findings(report: ValidationReport, cache: CalibrationCache, g: _Gr
                    "is not documented (trt-calib takes the last). Hint: keep one", name)
 
 
+def _body_findings(report: ValidationReport, g: _Graph, in_cache: set[str]) -> None:
+    """One warning per If branch or Loop/Scan body with tensors TensorRT names but the cache lacks."""
+    from ..ort.control_flow import BodyTensor, missing_bodies
+
+    outermost = missing_bodies(g.body, [b.name for b in g.body if b.name not in in_cache])
+    bodies: dict[tuple[tuple[str, str], ...], list[Any]] = {}
+    for b in g.body:
+        if b.name in outermost:
+            bodies.setdefault(outermost[b.name], []).append(b)
+    for path, missing in bodies.items():
+        first = BodyTensor(missing[0].name, path, missing[0].in_loop, missing[0].duplicate)
+        total = sum(1 for b in g.body if b.path[: len(path)] == path)
+        if first.duplicate:
+            why = ("their names are used more than once in the model, and TensorRT renames repeats name_N with a "
+                   "counter shared by the whole parse")
+        elif first.in_loop:
+            why = ("a Loop/Scan body runs once per iteration (an ILoop in TensorRT); trt-calib cannot calibrate it, "
+                   "onnxruntime returns no per-iteration values")
+        elif first.path[-1][0] in g.shape_only:
+            why = ("the calibration data never took this branch; its condition depends on tensor shapes only, so "
+                   "only data of other shapes (another batch size or length, where the model admits one) takes it")
+        else:
+            why = ("the calibration data never took this branch, or the cache was made without looking into If "
+                   "branches. Hint: calibrate with `trt-calib calibrate` on data that takes it")
+        names = [b.name for b in missing]
+        report.add(
+            "warning",
+            "body-not-covered",
+            f"{len(missing)} of the {total} tensors TensorRT names in the {first.where} have no entry "
+            f"({', '.join(names[:3])}{', ...' if len(names) > 3 else ''}): TensorRT builds those layers without INT8 "
+            f"scales. Why: {why}",
+            body=first.where,
+            tensors=names,
+        )
+
+
 def _amax_map(cache: CalibrationCache) -> dict[str, float]:
     return {n: a for n, a in cache.amaxes().items() if math.isfinite(a) and a > 0}
 
 
+#: Ops whose output range says nothing about their input's (and the reverse): bounded outputs (a Sigmoid gives
+#: class scores in [0, 1] whatever the logits) and non-linear ranges (Sqrt of a power spectrum, Exp, Pow). Comparing
+#: amax across them flags correct caches: YOLOv8's class-score Sigmoid sits 1000x below its logits.
+NO_RANGE_RELATION = frozenset({
+    "Sigmoid", "Tanh", "Softmax", "LogSoftmax", "HardSigmoid", "Softsign", "Erf", "Sin", "Cos", "Atan", "Asin",
+    "Acos", "Sign", "Exp", "Log", "Pow", "Sqrt", "Reciprocal",
+})
+
+
+#: Ops whose output lies in [-1, 1] whatever their input. TensorRT's histogram range is below twice a tensor's
+#: largest |x| (the first batch's max, doubled until later batches fit), and no threshold exceeds the range, so an
+#: amax above 2 on their output cannot come from them (above 1 it can: entropy thresholds reach into the range).
+UNIT_RANGE = frozenset({"Sigmoid", "HardSigmoid", "Softmax", "Tanh", "Softsign", "Erf", "Sin", "Cos", "Sign"})
+
+
 def _outlier_findings(report: ValidationReport, cache: CalibrationCache, g: _Graph) -> None:
+    """A tensor whose amax is more than OUTLIER_FACTOR off every neighbour it has a range relation with, on both
+    sides: its producer's inputs, and its consumers' outputs. No relation crosses an op of NO_RANGE_RELATION, and a
+    Concat's output only bounds its inputs from above (an input far below the Concat is normal: YOLOv8's scores
+    next to pixel boxes)."""
     amax = _amax_map(cache)
     for name in g.calibrated:
         a = amax.get(name)
         node = g.producer.get(name)
         if a is None or node is None:
             continue
-        before = [amax[n] for n in node.input if n in amax and n != name]
-        after = [amax[o] for c in g.consumers.get(name, []) for o in c.output if o in amax and o != name]
-        if not before or not after:
+        if node.op_type in UNIT_RANGE and a > 2.0:
+            report.add("warning", "amax-outlier", f"amax {a:.6g} is above 2, but a {node.op_type} output lies in "
+                       "[-1, 1] and TensorRT's histogram range stays below twice the largest value. Hint: a stale or "
+                       "misnamed entry (it belongs to another tensor)", name, amax=a)
             continue
-        neighbours = before + after
-        if all(max(a / b, b / a) > OUTLIER_FACTOR for b in neighbours):
+        if node.op_type in NO_RANGE_RELATION:
+            continue
+        before = [amax[n] for n in node.input if n in amax and n != name]
+        after: list[float] = []
+        bounds: list[float] = []  # Concat outputs: off only when this tensor is far above them
+        for consumer in g.consumers.get(name, []):
+            if consumer.op_type in NO_RANGE_RELATION:
+                continue
+            outs = [amax[o] for o in consumer.output if o in amax and o != name]
+            (bounds if consumer.op_type == "Concat" else after).extend(outs)
+        if not before or not (after or bounds):
+            continue
+        off = all(max(a / b, b / a) > OUTLIER_FACTOR for b in before + after) and all(
+            a / b > OUTLIER_FACTOR for b in bounds
+        )
+        if off:
+            neighbours = before + after + bounds
             nearest = min(neighbours, key=lambda b: abs(math.log(a / b)))
             report.add(
                 "warning",
                 "amax-outlier",
                 f"amax {a:.6g} is more than {OUTLIER_FACTOR:g}x off its producer's inputs "
                 f"({', '.join(f'{b:.3g}' for b in before)}) and its consumers' outputs "
-                f"({', '.join(f'{b:.3g}' for b in after)}); nearest is {a / nearest:.3g}x. Hint: a stale or "
+                f"({', '.join(f'{b:.3g}' for b in after + bounds)}); nearest is {a / nearest:.3g}x. Hint: a stale or "
                 "misnamed entry, or a calibration batch that never reached this branch",
                 name,
                 amax=a,

@@ -133,13 +133,24 @@ def host_copy(value: Any) -> np.ndarray:
     raise CalibrationError(f"cannot copy a {type(value).__name__} to the host for the cross-check")
 
 
-def leading_dim(raw: Any) -> int:
-    """The batch size a raw batch implies: the first dim of its first array (1 for a scalar)."""
-    value = next(iter(raw.values())) if isinstance(raw, Mapping) else raw
-    shape = getattr(value, "shape", None)
-    if shape is None:
-        shape = np.shape(value)
-    return int(shape[0]) if len(shape) else 1
+def leading_dim(raw: Any, input_specs: Mapping[str, Any] | None = None) -> int:
+    """The batch size a raw batch implies: the dim at the batch axis of its first batched input (`InputSpec`
+    .batch_axis when `input_specs` names it, e.g. 1 for silero's state (2, batch, 128); rank-0 inputs are not
+    batched), else the first dim of its first array (1 for a scalar)."""
+    specs = input_specs or {}
+    items = list(raw.items()) if isinstance(raw, Mapping) else [(None, raw)]
+    for name, value in items:
+        spec = specs.get(name) if name is not None else None
+        shape = getattr(value, "shape", None)
+        if shape is None:
+            shape = np.shape(value)
+        if spec is not None:
+            axis = getattr(spec, "batch_axis", 0)
+            if axis is None or len(shape) <= axis:
+                continue  # not batched: the next input tells the batch size
+            return int(shape[axis])
+        return int(shape[0]) if len(shape) else 1
+    return 1
 
 
 def shape_text(shape: Sequence[Any]) -> str:

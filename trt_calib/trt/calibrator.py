@@ -269,7 +269,7 @@ class CalibratorCore:
                 raw = self.feed.peek_raw()
                 if raw is None:
                     return 1  # get_batch reports the empty source
-                self._batch_size = leading_dim(raw)
+                self._batch_size = leading_dim(raw, self.feed.input_specs)
             return self._batch_size
         except BaseException as exc:
             self._record_failure(exc, "get_batch_size", self.batches_fed)

@@ -22,13 +22,15 @@ import numpy as np
 from ...errors import DataError
 from .arrays import InMemorySource, NpySource, NpzSource
 from .images import IMAGE_EXTENSIONS, ImageSource
-from .inputs import InputSpec, Checker, input_names_of
+from .inputs import InputSpec, Checker, infer_batch_axes, input_names_of, set_batch_axes
 from .preprocess import Preprocess
 from .scripts import GeneratorSource, split_script, data_file
 from .source import LAST_BATCH_POLICIES, BatchSource, check_batching, check_max_batches
 
 __all__ = [
     "InputSpec",
+    "infer_batch_axes",
+    "set_batch_axes",
     "Preprocess",
     "BatchSource",
     "open_source",
@@ -165,8 +167,10 @@ def iter_batches(batches: Any, inputs: Sequence[InputSpec]) -> Iterator[dict[str
     C-contiguous in the declared dtype.
     """
     inputs = _check_inputs(inputs)
-    if isinstance(batches, BatchSource) and batches.inputs == inputs:
-        yield from batches
+    if isinstance(batches, BatchSource) and len(batches.inputs) == len(inputs) and all(
+        a.same_input(b) for a, b in zip(batches.inputs, inputs)
+    ):
+        yield from batches  # checked by the source, along the batch axes it was opened with
         return
     if isinstance(batches, np.ndarray):
         raise DataError(

@@ -19,22 +19,43 @@ from .source import SampleSource, file_sha256
 
 
 class _ArraySource(SampleSource):
-    """Samples along axis 0 of one array per input (npy, npz, in-memory)."""
+    """Samples along each input's batch axis, one array per input (npy, npz, in-memory).
+
+    An input that is not batched (rank 0, silero's `sr`) is stored either as its one value, fed to every batch, or
+    as one value per sample (an extra leading dim): each batch then takes its samples' value, which must be one
+    (data holding both 16 kHz and 8 kHz chunks, sorted so that no batch mixes them).
+    """
 
     def __init__(
         self, inputs: Sequence[InputSpec], origin: str, path: str | None,
         headers: Mapping[str, tuple[tuple[int, ...], np.dtype]], **batching: Any,
     ) -> None:
-        counts = {name: shape[0] if shape else None for name, (shape, _) in headers.items()}
-        for name, count in counts.items():
-            if count is None:
-                raise DataError(f"{origin}: {name!r} is a scalar; samples must be stacked along axis 0")
+        specs = {s.name: s for s in inputs}
+        counts: dict[str, int] = {}
+        self._per_sample: set[str] = set()  # unbatched inputs stored with one value per sample
+        for name, (shape, _) in headers.items():
+            spec = specs[name]
+            if spec.batch_axis is None:
+                if len(shape) == spec.rank + 1:
+                    self._per_sample.add(name)
+                    counts[name] = int(shape[0])
+                continue  # else fed whole to every batch
+            if len(shape) <= spec.batch_axis:
+                where = "axis 0" if spec.batch_axis == 0 else f"axis {spec.batch_axis} (its batch axis)"
+                what = "a scalar" if not shape else f"of shape {format_shape(shape)}"
+                raise DataError(f"{origin}: {name!r} is {what}; samples must be stacked along {where}")
+            counts[name] = int(shape[spec.batch_axis])
         if len(set(counts.values())) > 1:
-            listed = ", ".join(f"{n!r}: {c}" for n, c in counts.items())
-            raise DataError(f"{origin}: inputs have different numbers of samples ({listed})")
+            listed = ", ".join(f"{n!r}: {c} along axis {specs[n].batch_axis}" for n, c in counts.items())
+            raise DataError(f"{origin}: inputs have different numbers of samples ({listed}). "
+                            f"{_axis_hint([specs[n] for n in counts])}")
+        if not counts:
+            raise DataError(f"{origin}: no input is batched (all are rank 0), so there are no samples to batch. "
+                            "Hint: use a data script that yields the batches")
         available = next(iter(counts.values()))
         super().__init__(inputs, origin, path, available, **batching)
-        self._sample_shapes = {n: tuple(int(d) for d in s[1:]) for n, (s, _) in headers.items()}
+        self._sample_shapes = {n: tuple(int(d) for d in s[1:]) if n in self._per_sample else specs[n].sample_shape(s)
+                               for n, (s, _) in headers.items()}
         self._check_plan_shapes(self._sample_shapes, {n: d for n, (_, d) in headers.items()})
 
     def _arrays(self) -> Mapping[str, np.ndarray]:
@@ -42,11 +63,51 @@ class _ArraySource(SampleSource):
 
     def _raw_batches(self) -> Iterator[dict[str, np.ndarray]]:
         arrays = self._arrays()
-        for rows in self._plan.batches:
-            yield {s.name: np.asarray(arrays[s.name][rows]) for s in self.inputs}
+        for index, rows in enumerate(self._plan.batches):
+            batch = {}
+            for s in self.inputs:
+                if s.name in self._per_sample:
+                    batch[s.name] = self._one_value(arrays[s.name], rows, s, index)
+                else:
+                    batch[s.name] = take_rows(arrays[s.name], rows, s)
+            yield batch
+
+    def _one_value(self, array: np.ndarray, rows: np.ndarray, spec: InputSpec, index: int) -> np.ndarray:
+        """The value an unbatched input stored per sample has for this batch's samples: it must be one."""
+        values = np.asarray(array[rows])
+        if len(values) and not (values == values[:1]).all():
+            found = np.unique(values.reshape(len(values), -1), axis=0)[:3]
+            shown = ", ".join(str(v[0]) if v.size == 1 else str(v.tolist()) for v in found)
+            raise DataError(
+                f"{self.origin}, batch {index}: input {spec.name!r} {spec.shape_text()} takes one value per batch, but "
+                f"the batch's samples hold {shown}. Hint: order the samples so that each batch holds one value (no "
+                "--shuffle): the samples of each value together, in groups the batch size divides"
+            )
+        return values[0]
 
     def _batch_shapes(self) -> dict[str, list[int]]:
-        return {n: [self.batch_size, *s] for n, s in self._sample_shapes.items()}
+        specs = {s.name: s for s in self.inputs}
+        return {n: list(specs[n].batched_shape(self.batch_size, s)) for n, s in self._sample_shapes.items()}
+
+
+def _axis_hint(specs: Sequence[InputSpec]) -> str:
+    """What to do when inputs disagree on their sample counts: name the inputs whose batch axis the model fixes."""
+    for spec in specs:
+        axis = spec.batch_axis
+        if axis is not None and spec.static_dim(axis) is not None:
+            free = [a for a in range(spec.rank) if spec.static_dim(a) is None]
+            fix = f"--batch-axis {spec.name}:{free[0]}" if len(free) == 1 else f"--batch-axis {spec.name}:AXIS"
+            return (f"Hint: the model fixes axis {axis} of {spec.name!r} {spec.shape_text()} to "
+                    f"{spec.static_dim(axis)}, so it is probably not its batch axis; say which is with {fix}")
+    return ("Hint: samples are stacked along each input's batch axis; give every input the same number, or say "
+            "where an input's batch axis is with --batch-axis INPUT:AXIS")
+
+
+def take_rows(array: np.ndarray, rows: np.ndarray, spec: InputSpec) -> np.ndarray:
+    """The samples `rows` of `array` along the input's batch axis (an input that is not batched: all of it)."""
+    if spec.batch_axis is None:
+        return np.asarray(array)
+    return np.asarray(np.take(array, rows, axis=spec.batch_axis))
 
 
 class NpySource(_ArraySource):
@@ -70,10 +131,10 @@ class NpySource(_ArraySource):
 
     def _raw_batches(self) -> Iterator[dict[str, np.ndarray]]:
         name = self.inputs[0].name
-        if self._fortran:  # rows are not contiguous on disk: read the whole array once per pass
+        if self._fortran or self.inputs[0].batch_axis != 0:  # rows not contiguous on disk: read it whole per pass
             arrays = self._arrays()
             for rows in self._plan.batches:
-                yield {name: np.asarray(arrays[name][rows])}
+                yield {name: take_rows(arrays[name], rows, self.inputs[0])}
             return
         try:
             f = open(self._file, "rb")
@@ -223,7 +284,7 @@ class InMemorySource(_ArraySource):
     def _digest(self) -> str:
         h = hashlib.sha256()
         for name in sorted(self._data):
-            a = np.ascontiguousarray(self._data[name])
+            a = np.require(self._data[name], requirements="C")
             h.update(json.dumps([name, a.dtype.str, list(a.shape)]).encode())
             h.update(memoryview(a).cast("B"))
         return h.hexdigest()

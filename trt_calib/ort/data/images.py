@@ -62,6 +62,11 @@ class ImageSource(SampleSource):
             )
         pre = preprocess or Preprocess()
         spec = inputs[0]
+        if spec.rank == 4 and spec.batch_axis != 0:
+            raise DataError(
+                f"{origin}: input {spec.name!r} {spec.shape_text()} has its batch axis at {spec.batch_axis}; image "
+                "folders feed NCHW or NHWC batches (batch axis 0). Hint: prepare an .npz or a data script"
+            )
         if spec.rank != 4:
             raise DataError(
                 f"{origin}: input {spec.name!r} has shape {spec.shape_text()}, not an image batch "

@@ -16,18 +16,42 @@ from ...errors import DataError
 logger = logging.getLogger("trt_calib.ort.data")
 
 
+#: Dim names that mean "unknown", not a symbol two inputs share: paddle2onnx writes '?', some exporters ''.
+UNKNOWN_DIM_NAMES = frozenset({"", "?"})
+
+
 @dataclass(frozen=True)
 class InputSpec:
-    """One model input as the model declares it; `None`, a string or an int <= 0 in `shape` is a dynamic dim."""
+    """One model input as the model declares it; `None`, an int <= 0 or an unknown name ('?', '') in `shape` is a
+    dynamic dim, any other string a named one (inputs naming the same dim must agree on its size).
+
+    `batch_axis` is the axis samples are stacked along (0 unless the model says otherwise, e.g. silero's state
+    (2, batch, 128) has it at 1; `infer_batch_axes`); None for an input that is not batched (rank 0): every batch
+    feeds it whole.
+    """
 
     name: str
     shape: tuple[int | str | None, ...]
     dtype: np.dtype
+    batch_axis: int | None = 0
 
     def __post_init__(self) -> None:
-        dims = tuple(d if d is None or isinstance(d, str) else int(d) for d in self.shape)
+        dims = tuple(
+            None if d is None or (isinstance(d, str) and d.strip() in UNKNOWN_DIM_NAMES)
+            else d if isinstance(d, str) else int(d)
+            for d in self.shape
+        )
         object.__setattr__(self, "shape", dims)
         object.__setattr__(self, "dtype", np.dtype(self.dtype))
+        axis = self.batch_axis
+        if not dims:
+            axis = None
+        elif axis is not None:
+            axis = int(axis)
+            if not -len(dims) <= axis < len(dims):
+                raise ValueError(f"input {self.name!r}: batch axis {axis} is outside its rank {len(dims)}")
+            axis %= len(dims)
+        object.__setattr__(self, "batch_axis", axis)
 
     @property
     def rank(self) -> int:
@@ -40,6 +64,75 @@ class InputSpec:
 
     def shape_text(self) -> str:
         return format_shape(self.shape)
+
+    def with_batch_axis(self, axis: int | None) -> "InputSpec":
+        return InputSpec(self.name, self.shape, self.dtype, axis)
+
+    def same_input(self, other: "InputSpec") -> bool:
+        """Same name, shape and dtype (the batch axis aside)."""
+        return (self.name, self.shape, self.dtype) == (other.name, other.shape, other.dtype)
+
+    def count(self, shape: Sequence[int]) -> int | None:
+        """Samples in an array of `shape` fed to this input (None when it is not batched)."""
+        return None if self.batch_axis is None or len(shape) <= self.batch_axis else int(shape[self.batch_axis])
+
+    def sample_shape(self, shape: Sequence[int]) -> tuple[int, ...]:
+        """`shape` without the batch axis."""
+        dims = tuple(int(d) for d in shape)
+        return dims if self.batch_axis is None else dims[: self.batch_axis] + dims[self.batch_axis + 1 :]
+
+    def batched_shape(self, rows: int, sample: Sequence[int]) -> tuple[int, ...]:
+        """The shape of `rows` samples of shape `sample` stacked along the batch axis."""
+        dims = tuple(int(d) for d in sample)
+        if self.batch_axis is None:
+            return dims
+        return dims[: self.batch_axis] + (int(rows),) + dims[self.batch_axis :]
+
+    def axis_text(self) -> str:
+        return "not batched" if self.batch_axis is None else f"batch axis {self.batch_axis}"
+
+
+def infer_batch_axes(inputs: Sequence[InputSpec]) -> list[InputSpec]:
+    """The inputs with the batch axis each has by the model's dim names: the name most inputs carry as their first
+    dim (e.g. 'batch') marks the batch axis of every input that carries it once (silero's state (2, batch, 128):
+    axis 1); other inputs keep axis 0, rank-0 inputs have none."""
+    firsts: dict[str, int] = {}
+    for spec in inputs:
+        if spec.rank and isinstance(spec.shape[0], str):
+            firsts[spec.shape[0]] = firsts.get(spec.shape[0], 0) + 1
+    if not firsts:
+        return list(inputs)
+    symbol = max(firsts.items(), key=lambda kv: kv[1])[0]
+    out = []
+    for spec in inputs:
+        where = [a for a, d in enumerate(spec.shape) if d == symbol]
+        out.append(spec.with_batch_axis(where[0]) if len(where) == 1 else spec)
+    return out
+
+
+def set_batch_axes(inputs: Sequence[InputSpec], axes: Mapping[str, int | None]) -> list[InputSpec]:
+    """The inputs with the batch axes `axes` names (input -> axis, None for not batched); an unknown input or an
+    axis outside the input's rank is a DataError naming both."""
+    by_name = {s.name: s for s in inputs}
+    unknown = [n for n in axes if n not in by_name]
+    if unknown:
+        raise DataError(
+            f"batch axis given for {', '.join(repr(n) for n in unknown)}, which the model has no input called. "
+            f"Hint: the model's inputs are {input_names_of(inputs)}"
+        )
+    out = []
+    for spec in inputs:
+        if spec.name not in axes:
+            out.append(spec)
+            continue
+        axis = axes[spec.name]
+        if axis is not None and not 0 <= axis < spec.rank:
+            raise DataError(
+                f"batch axis {axis} for input {spec.name!r} {spec.shape_text()}: it has rank {spec.rank}, so axes "
+                f"0 to {spec.rank - 1}" + ("" if spec.rank else " (a rank-0 input is not batched)")
+            )
+        out.append(spec.with_batch_axis(axis))
+    return out
 
 
 def format_shape(shape: Sequence[Any]) -> str:
@@ -92,9 +185,11 @@ def _conform(value: Any, spec: InputSpec, where: str, note: set[tuple[str, str]]
     except (ValueError, TypeError) as exc:
         raise DataError(f"{where}: input {spec.name!r} cannot be read as an array ({exc})") from None
     if arr.ndim != spec.rank:
+        hint = ("a rank-0 input takes one value per batch" if spec.batch_axis is None
+                else f"batches carry the batch dim at axis {spec.batch_axis}")
         raise DataError(
             f"{where}: input {spec.name!r} has shape {format_shape(arr.shape)} (rank {arr.ndim}) but the model "
-            f"declares {spec.shape_text()} (rank {spec.rank}). Hint: batches carry the batch dim first"
+            f"declares {spec.shape_text()} (rank {spec.rank}). Hint: {hint}"
         )
     for axis in range(spec.rank):
         want = spec.static_dim(axis)
@@ -103,7 +198,7 @@ def _conform(value: Any, spec: InputSpec, where: str, note: set[tuple[str, str]]
                 f"{where}: input {spec.name!r} has shape {format_shape(arr.shape)} but the model declares "
                 f"{spec.shape_text()} (dim {axis} must be {want})"
             )
-    if spec.rank and arr.shape[0] == 0:
+    if spec.batch_axis is not None and arr.shape[spec.batch_axis] == 0:
         raise DataError(f"{where}: input {spec.name!r} is an empty batch {format_shape(arr.shape)}")
     if check_dtype(arr.dtype, spec, where):
         dst = spec.dtype
@@ -127,7 +222,7 @@ def _conform(value: Any, spec: InputSpec, where: str, note: set[tuple[str, str]]
         with np.errstate(over="ignore", invalid="ignore"):  # overflow is reported below, naming the input
             arr = arr.astype(dst, order="C")
     else:
-        arr = np.ascontiguousarray(arr)
+        arr = np.require(arr, requirements="C")  # np.ascontiguousarray would make a rank-0 array rank 1
     if arr.dtype.kind == "f":
         finite = np.isfinite(arr)
         if not finite.all():
@@ -196,7 +291,9 @@ class Checker:
             ref = self.first[name]
             if arr.shape == ref:
                 continue
-            if arr.ndim and arr.shape[1:] == ref[1:] and arr.shape[0] < ref[0]:
+            spec = next(s for s in self.inputs if s.name == name)
+            axis = spec.batch_axis
+            if axis is not None and spec.sample_shape(arr.shape) == spec.sample_shape(ref) and arr.shape[axis] < ref[axis]:
                 self.short_at = index
                 continue
             raise DataError(
@@ -230,6 +327,6 @@ def check_shared_dims(inputs: Sequence[InputSpec], shapes: Mapping[str, Sequence
 def hash_batch(digest: Any, batch: Mapping[str, np.ndarray], inputs: Sequence[InputSpec]) -> None:
     """Fold one validated batch (names, dtypes, shapes and bytes) into `digest`."""
     for spec in inputs:
-        arr = np.ascontiguousarray(batch[spec.name])
+        arr = np.require(batch[spec.name], requirements="C")
         digest.update(json.dumps([spec.name, arr.dtype.str, list(arr.shape)]).encode())
         digest.update(arr.reshape(-1).view(np.uint8) if arr.size else b"")

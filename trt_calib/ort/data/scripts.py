@@ -131,11 +131,11 @@ class GeneratorSource(BatchSource):
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
         batches = samples = 0
         shapes: dict[str, list[int]] = {}
+        counted = next((s for s in self.inputs if s.batch_axis is not None), None)
         for batch in super().__iter__():
             if not shapes:
                 shapes = {n: list(a.shape) for n, a in batch.items()}
-            first = batch[self.inputs[0].name]
-            samples += first.shape[0] if first.ndim else 1
+            samples += 1 if counted is None else int(counted.count(batch[counted.name].shape) or 0)
             batches += 1
             yield batch
         self._stats = {"batches": batches, "samples": samples, "shapes": shapes}
@@ -167,10 +167,11 @@ class GeneratorSource(BatchSource):
 
     def _extra_manifest(self) -> dict:
         shapes = self._scan()["shapes"]
-        first = shapes.get(self.inputs[0].name) or [None]
+        counted = next((s for s in self.inputs if s.batch_axis is not None), None)
+        first = shapes.get(counted.name) if counted is not None else None
         return {
             "function": self.function,
-            "batch_size": first[0],
+            "batch_size": counted.count(first) if counted is not None and first else None,
             "shuffle": False,
             "seed": None,
             "last_batch": "as yielded",

@@ -101,7 +101,8 @@ class BatchSource:
             "max_batches": self.max_batches,
             "batches_sha256": self.content_sha256(),
             "inputs": [
-                {"name": s.name, "dtype": s.dtype.name, "batch_shape": shapes.get(s.name)} for s in self.inputs
+                {"name": s.name, "dtype": s.dtype.name, "batch_shape": shapes.get(s.name), "batch_axis": s.batch_axis}
+                for s in self.inputs
             ],
         }
         info.update(self._extra_manifest())
@@ -239,23 +240,21 @@ class SampleSource(BatchSource):
     def _check_plan_shapes(
         self, sample_shapes: Mapping[str, tuple[int, ...]], dtypes: Mapping[str, np.dtype] | None
     ) -> None:
-        """Fail at open, not mid-calibration, when the data cannot fit the model."""
+        """Fail at open, not mid-calibration, when the data cannot fit the model.
+
+        `sample_shapes` are the shapes of one sample (the batch axis taken out), or the whole array of an input that
+        is not batched.
+        """
         last = len(self._plan.batches[-1])
         for spec in self.inputs:
             for rows in {self.batch_size, last}:
-                shape = (rows, *sample_shapes[spec.name])
+                shape = spec.batched_shape(rows, sample_shapes[spec.name])
                 if len(shape) != spec.rank or any(
                     spec.static_dim(a) not in (None, shape[a]) for a in range(spec.rank)
                 ):
-                    hint = "Hint: samples are stacked along axis 0"
-                    if spec.rank and spec.static_dim(0) is not None and len(shape) == spec.rank:
-                        hint = (
-                            f"Hint: the model has a fixed batch dim of {spec.static_dim(0)}; use that batch_size"
-                            + (" and last_batch='drop' or 'pad'" if rows != self.batch_size else "")
-                        )
                     raise DataError(
                         f"{self.origin}: input {spec.name!r} would be batched as {format_shape(shape)} but the model "
-                        f"declares {spec.shape_text()}. {hint}"
+                        f"declares {spec.shape_text()}. {_plan_hint(spec, shape, rows != self.batch_size)}"
                     )
             if dtypes is not None and check_dtype(dtypes[spec.name], spec, self.origin):
                 logger.info(
@@ -263,7 +262,8 @@ class SampleSource(BatchSource):
                     self.origin, spec.name, dtypes[spec.name], spec.dtype,
                 )
         check_shared_dims(
-            self.inputs, {n: (self.batch_size, *shape) for n, shape in sample_shapes.items()}, self.origin
+            self.inputs, {s.name: s.batched_shape(self.batch_size, sample_shapes[s.name]) for s in self.inputs},
+            self.origin,
         )
 
     def _extra_manifest(self) -> dict:
@@ -279,6 +279,24 @@ class SampleSource(BatchSource):
             "available_samples": self.available,
             "order_sha256": order.hexdigest(),
         }
+
+
+def _plan_hint(spec: InputSpec, shape: tuple[int, ...], last: bool) -> str:
+    """Why batching cannot fit `spec`, and what to change."""
+    axis = spec.batch_axis
+    if axis is None:
+        return f"Hint: input {spec.name!r} is not batched (rank 0): store one value of shape {spec.shape_text()}"
+    if len(shape) != spec.rank:
+        return (f"Hint: samples of {spec.name!r} are stacked along its batch axis {axis}; store them so, or say where "
+                f"the batch axis is with --batch-axis {spec.name}:AXIS")
+    fixed = spec.static_dim(axis)
+    wrong = [a for a in range(spec.rank) if a != axis and spec.static_dim(a) not in (None, shape[a])]
+    if fixed is not None and not wrong:
+        where = "" if axis == 0 else f" (axis {axis} of {spec.name!r})"
+        return (f"Hint: the model has a fixed batch dim of {fixed}{where}; use that batch_size"
+                + (" and last_batch='drop' or 'pad'" if last else ""))
+    return (f"Hint: samples of {spec.name!r} are stacked along axis {axis} (its batch axis); if the batch axis is "
+            f"another one, say so with --batch-axis {spec.name}:AXIS")
 
 
 def file_sha256(path: Path) -> str:
