@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from ..core import kernel as _kernel
 from ..core.cache import DEFAULT_TRT_VERSION
-from ..core.histogram import DEFAULT_NUM_BINS, AbsHistogram
+from ..core.histogram import DEFAULT_NUM_BINS, AbsHistogram, finite_abs_max
 from ..core.result import ALGORITHM_HEADERS, CalibrationResult, amax_from_histograms
 from ..core.signs import SignedHistogram
 from ..errors import CalibrationError
@@ -99,22 +99,37 @@ def collect_signed(
     progress: Callable[[int], None] | None = None,
     threads: int | None = None,
     name: str | None = None,
+    max_activation_mb: float = 256,
 ) -> tuple[dict[str, SignedHistogram], int]:
     """One SignedHistogram per calibrated tensor (or per name in `tensors`), updated once per batch; (histograms, batches).
 
-    The `.abs` part of each equals what `collect_histograms` builds from the same batches.
+    The `.abs` part of each equals what `collect_histograms` builds from the same batches. A batch whose activations
+    exceed `max_activation_mb` runs in parts, with the same histograms; a first batch in parts runs twice (first for
+    its max|x|, which sets TensorRT's range, so that no part is held back until the batch ends).
     """
-    runner = Runner.open(model, tensors, threads=threads, budget_bytes=1 << 62, name=name)  # no parts for signs
+    runner = Runner.open(model, tensors, threads=threads, budget_bytes=int(max_activation_mb * 2**20), name=name)
     histograms = {n: SignedHistogram(num_bins) for n in runner.names}
     count = 0
-    for batch in iter_batches(batches, runner.specs):
-        for values in runner.parts(batch):
-            for name, value in values.items():
-                histograms[name].update(value)
-            del values
-        count += 1
-        if progress is not None:
-            progress(1)
+    with _kernel.using_threads(threads):
+        for batch in iter_batches(batches, runner.specs):
+            maxima = None
+            if count == 0 and runner.size_parts(batch) > 1:
+                maxima = dict.fromkeys(runner.names, 0.0)
+                for values in runner.parts(batch):
+                    for tensor, value in values.items():
+                        maxima[tensor] = max(maxima[tensor], finite_abs_max(value))
+                    del values
+            for tensor, h in histograms.items():
+                h.begin_batch(None if maxima is None else maxima[tensor])
+            for values in runner.parts(batch):
+                for tensor, value in values.items():
+                    histograms[tensor].add_part(value)
+                del values
+            for h in histograms.values():
+                h.end_batch()
+            count += 1
+            if progress is not None:
+                progress(1)
     return histograms, count
 
 
