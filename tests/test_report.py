@@ -453,13 +453,15 @@ def test_degenerate_tensors_draw_without_a_script_error(browser, tmp_path):
     infinite.update(np.array([1.0, np.inf, -2.0], np.float32))
     one_sided.update(np.linspace(0.0, 3.0, 500, dtype=np.float32))
     empty = SignedHistogram()
-    hists = {"zeros": zeros, "inf": infinite, "one_sided": one_sided, "empty": empty}
+    odd = "a</script><!--<script>b&c"  # a name that would end or reopen a script element if pasted as it is
+    hists = {"zeros": zeros, "inf": infinite, "one_sided": one_sided, odd: empty}
     write_report(tmp_path / "r", analyse(hists), hists, meta={"model_name": "synthetic"})
     page = open_page(browser, tmp_path / "r")
     assert page.get_attribute("body", "data-figures-done") == "ok" and page.locator(".figure svg").count() == 4
     panels = page.evaluate("Object.values(window.trtCalibFigures).map(f => [f.figure.name, f.layout.map(e => e.kind)])")
     assert panels == [["zeros", ["abs", "kl", "signed"]], ["inf", ["abs", "kl", "signed"]],
-                      ["one_sided", ["abs", "kl", "signed"]], ["empty", ["abs", "kl", "signed"]]]
+                      ["one_sided", ["abs", "kl", "signed"]], [odd, ["abs", "kl", "signed"]]]
+    assert page.locator("#fig-3 svg text").first.text_content() == odd  # drawn as text, not markup
     assert "no finite divergence" in page.inner_html("#fig-1")  # inf: TensorRT's search has no curve
     page.close()
 

@@ -94,7 +94,7 @@ def figure_payload(summary: Any, hist: AbsHistogram | SignedHistogram, anchor: s
 
 
 def payload_script(payloads: list[tuple[dict[str, Any], bytes]]) -> str:
-    """The figures' data as an inert JSON script element (no `</` inside, so no tag can end it early): each
+    """The figures' data as an inert JSON script element (no `<` inside, so nothing can end it early): each
     figure's scalars with the offset and size of its arrays in one compressed stream of all of them."""
     figures, offset = [], 0
     for meta, blob in payloads:
@@ -102,7 +102,7 @@ def payload_script(payloads: list[tuple[dict[str, Any], bytes]]) -> str:
         offset += len(blob)
     data = base64.b64encode(zlib.compress(b"".join(blob for _, blob in payloads), 6)).decode("ascii")
     text = json.dumps({"figures": figures, "data": data}, separators=(",", ":"), allow_nan=False)
-    text = text.replace("</", "<\\/")
+    text = text.replace("<", "\\u003c")  # only inside strings: no tag, comment or script state can start
     return f'<script type="application/json" id="trt-calib-figure-data">{text}</script>'
 
 
