@@ -10,7 +10,10 @@ from types import ModuleType
 
 from .errors import MissingDependencyError, TrtCalibError
 
-__all__ = ["atomic_write", "read_bounded", "require"]
+__all__ = ["atomic_write", "read_bounded", "require", "json_depth", "MAX_JSON_DEPTH"]
+
+#: Deeper than any JSON document trt-calib writes (they nest 5 or 6 levels), far below what recursion can reach.
+MAX_JSON_DEPTH = 64
 
 
 def atomic_write(path: str | os.PathLike, data: bytes | str) -> Path:
@@ -65,3 +68,20 @@ def require(module: str, *, extra: str | None = None, purpose: str = "") -> Modu
         raise MissingDependencyError(
             f"{module} is needed{what} but cannot be imported ({exc}). Hint: {hint}"
         ) from exc
+
+
+def json_depth(value: object) -> int:
+    """How deeply a parsed JSON value nests arrays and objects (a scalar is 0), counted without recursion, so that
+    a hostile document cannot exhaust the stack of the code that reads it."""
+    depth, stack = 0, [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict):
+            children = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        depth = max(depth, level)
+        stack.extend((child, level + 1) for child in children)
+    return depth

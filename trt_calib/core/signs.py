@@ -103,9 +103,24 @@ class SignedHistogram:
         """Fold one calibration batch in: the |x| histogram exactly as TensorRT's, and the negatives in its bins
         (counted in the same pass over the data)."""
         a = as_float32(x)
-        before = self.abs.range
-        self.abs.begin_batch(signs=True)
-        self.abs.add_part(a)
+        self.begin_batch()
+        self.add_part(a)
+        self.end_batch()
+
+    def begin_batch(self, abs_max: float | None = None) -> None:
+        """Start a batch that arrives in parts (`add_part`, then `end_batch`): the same as one `update` with the
+        whole batch. As `AbsHistogram.begin_batch`: a known batch max|x| sets or grows the range before binning
+        (else the first batch's values wait for `end_batch`)."""
+        self._before = self.abs.range
+        self.abs.begin_batch(abs_max, signs=True)
+
+    def add_part(self, x: Any) -> None:
+        """Add part of the current batch (`AbsHistogram.add_part`: keep `x` unmodified until `end_batch`)."""
+        self.abs.add_part(x)
+
+    def end_batch(self) -> None:
+        """Finish the batch begun with `begin_batch`."""
+        before = self._before
         batch = self.abs.end_batch()
         after = self.abs.range
         if before > 0 and after != before:

@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from ..core import kernel as _kernel
 from ..core.cache import DEFAULT_TRT_VERSION
-from ..core.histogram import DEFAULT_NUM_BINS, AbsHistogram
+from ..core.histogram import DEFAULT_NUM_BINS, AbsHistogram, finite_abs_max
 from ..core.result import ALGORITHM_HEADERS, CalibrationResult, amax_from_histograms
 from ..core.signs import SignedHistogram
 from ..errors import CalibrationError
@@ -109,23 +109,40 @@ def collect_signed(
     progress: Callable[[int], None] | None = None,
     threads: int | None = None,
     name: str | None = None,
+    max_activation_mb: float = 256,
 ) -> tuple[dict[str, SignedHistogram], int]:
     """One SignedHistogram per calibrated tensor (or per name in `tensors`), updated once per batch; (histograms, batches).
 
-    The `.abs` part of each equals what `collect_histograms` builds from the same batches.
+    The `.abs` part of each equals what `collect_histograms` builds from the same batches. A batch whose activations
+    exceed `max_activation_mb` runs in parts, with the same histograms; a first batch in parts runs twice (first for
+    its max|x|, which sets TensorRT's range, so that no part is held back until the batch ends).
     """
-    runner = Runner.open(model, tensors, threads=threads, budget_bytes=1 << 62, name=name,  # no parts for signs
+    runner = Runner.open(model, tensors, threads=threads, budget_bytes=int(max_activation_mb * 2**20), name=name,
                          inputs=source_inputs(batches))
     histograms = {n: SignedHistogram(num_bins) for n in runner.names}
     count = 0
-    for batch in iter_batches(batches, runner.specs):
-        for values in runner.parts(batch):
-            for name, value in values.items():
-                histograms[name].update(value)
-            del values
-        count += 1
-        if progress is not None:
-            progress(1)
+    with _kernel.using_threads(threads):
+        for batch in iter_batches(batches, runner.specs):
+            maxima = None
+            if count == 0 and runner.size_parts(batch) > 1:  # the first batch's range, before anything is binned
+                maxima = {}
+                for values in runner.parts(batch):
+                    for tensor, value in values.items():
+                        maxima[tensor] = max(maxima.get(tensor, 0.0), finite_abs_max(value))
+                    del values
+            begun: set[str] = set()  # a tensor of an If branch is in the parts that take its branch only
+            for values in runner.parts(batch):
+                for tensor, value in values.items():
+                    if tensor not in begun:
+                        histograms[tensor].begin_batch(None if maxima is None else maxima[tensor])
+                        begun.add(tensor)
+                    histograms[tensor].add_part(value)
+                del values
+            for tensor in begun:
+                histograms[tensor].end_batch()
+            count += 1
+            if progress is not None:
+                progress(1)
     if runner.branches is not None:  # tensors of If branches no batch took have no histogram to give
         histograms = {n: h for n, h in histograms.items() if h.abs.num_batches or n in runner.input_names}
     return histograms, count

@@ -31,6 +31,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from .._util import MAX_JSON_DEPTH, json_depth
 from ..errors import DataError, ModelError, UsageError
 from ..ort.evaluate import (
     ORT_NOTE,
@@ -584,9 +585,13 @@ def load_sensitivity(path: str | Path) -> SensitivityResult:
         raise DataError(f"{path}: no such sensitivity file") from None
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise DataError(f"{path}: not a readable sensitivity JSON ({exc})") from None
+    except RecursionError:
+        raise DataError(f"{path}: JSON nested too deeply to be a sensitivity file") from None
+    if json_depth(doc) > MAX_JSON_DEPTH:
+        raise DataError(f"{path}: JSON nested deeper than {MAX_JSON_DEPTH} levels: not a sensitivity file")
     try:
         return _from_json(doc)
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise DataError(
             f"{path}: not a sensitivity file of trt-calib ({type(exc).__name__}: {exc}). "
             "Hint: write one with `trt-calib sensitivity MODEL --data D -o SENS.json`"

@@ -1,10 +1,12 @@
-"""HTML + PNG calibration reports: per tensor, the |x| histogram with its thresholds, TensorRT's KL curve, the sign
+"""HTML calibration reports: per tensor, the |x| histogram with its thresholds, TensorRT's KL curve, the sign
 structure, the expected quantisation error and the effective bits; a model-level table sortable by error.
 
-The numbers come from `thresholds`, `signs` and `collect`; this module assembles and draws them. A report is a folder
-(`index.html`, `report.json`, `figures/*.png`) that opens from disk: no server, no external script or style sheet.
+The numbers come from `thresholds`, `signs` and `collect`; this module assembles them. A report is a folder
+(`index.html`, `report.json`) that opens from disk: no server, no external script or style sheet. The per-tensor
+figures are drawn by the browser from the numbers embedded in index.html (`report_figures`; fast at hundreds of
+tensors), or, with `figures="png"`, by matplotlib into `figures/*.png`, in parallel worker processes.
 `report-manifest.json` lists the files the report wrote: a new report replaces those and never touches anything else
-in the folder.
+in the folder, nor anything a symlink leads out of it.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -55,6 +57,8 @@ __all__ = [
     "analyse",
     "select_tensors",
     "render_figure",
+    "figure_png",
+    "FIGURE_MODES",
     "write_report",
     "build_report",
 ]
@@ -68,6 +72,9 @@ REPORT_MARKER = "trt-calib report"
 MANIFEST = "report-manifest.json"
 #: The symmetric thresholds every report draws, in drawing order.
 THRESHOLDS = ("entropy2", "minmax", "percentile", "mse")
+#: How per-tensor figures are made: "inline", drawn by the browser from data in index.html (one file, fast);
+#: "png", drawn by matplotlib into figures/*.png (image files, about 0.2 s of CPU each, in parallel processes).
+FIGURE_MODES = ("inline", "png")
 _STYLE = {
     "entropy2": ("#d62728", "-", "entropy2 (TensorRT)"),
     "minmax": ("#7f7f7f", "--", "minmax"),
@@ -142,12 +149,25 @@ class TensorSummary:
 
 @dataclass
 class ReportResult:
-    """What `build_report` wrote: the folder, the summaries (all tensors) and the ones drawn."""
+    """What `build_report` wrote: the folder, the summaries (all tensors), the tensors drawn, the figures on the page
+    (the tensors' and the sections') and the sections."""
 
     path: Path
     summaries: list[TensorSummary]
     drawn: list[str]
     seconds: float
+    figures: int = 0
+    sections: list[str] = field(default_factory=list)
+
+    def describe(self) -> str:
+        """What the page holds, in words: "253 tensors, 253 figures", "the stability section, 2 figures"."""
+        parts = []
+        if self.summaries or not self.sections:
+            parts.append(f"{len(self.summaries)} tensor{'s' * (len(self.summaries) != 1)}")
+        if self.sections:
+            parts.append(f"the {' and '.join(self.sections)} section{'s' * (len(self.sections) != 1)}")
+        parts.append(f"{self.figures} figure{'s' * (self.figures != 1)}")
+        return ", ".join(parts)
 
 
 def _jsonable(value: Any) -> Any:
@@ -171,8 +191,11 @@ def analyse(
     algorithm: str = "entropy2",
     percentile: float = 99.99,
     trt_version: str = DEFAULT_TRT_VERSION,
+    progress: Callable[[int], None] | None = None,
 ) -> list[TensorSummary]:
-    """One summary per histogram (in the mapping's order): thresholds, errors, signs; ties applied when `model` is given."""
+    """One summary per histogram (in the mapping's order): thresholds, errors, signs; ties applied when `model` is given.
+
+    `progress(1)` is called after each tensor's thresholds are searched (most of the time goes there)."""
     if algorithm not in THRESHOLDS:
         raise ValueError(f"unknown algorithm {algorithm!r}; choose one of {', '.join(THRESHOLDS)}")
     per_tensor: dict[str, tuple[EntropySearch, list[QuantChoice]]] = {}
@@ -184,6 +207,8 @@ def analyse(
         per_tensor[name] = (search, choices)
         by_name = {c.name: c.amax for c in choices}
         raw[name] = by_name.get(algorithm, search.amax if algorithm == "entropy2" else _degenerate_amax(h, algorithm))
+        if progress is not None:
+            progress(1)
     tied: dict[str, str] = {}
     amax = raw
     if model is not None:
@@ -271,6 +296,22 @@ def _tie_sources(model: Any, names: Sequence[str]) -> list[str]:
 # ---------------------------------------------------------------------------------------------- figures
 def render_figure(summary: TensorSummary, hist: AbsHistogram | SignedHistogram, path: str | os.PathLike) -> Path:
     """Draw one tensor's figure (PNG, Agg backend): |x| histogram with thresholds, KL curve, signed view if known."""
+    path = Path(path)
+    _figure(summary, hist).savefig(path, format="png")
+    return path
+
+
+def figure_png(item: tuple[TensorSummary, AbsHistogram | SignedHistogram]) -> bytes:
+    """`render_figure` of a (summary, histogram) pair as PNG bytes: the task each worker runs for `figures="png"`."""
+    import io
+
+    buffer = io.BytesIO()
+    _figure(*item).savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
+def _figure(summary: TensorSummary, hist: AbsHistogram | SignedHistogram) -> Any:
+    """The matplotlib Figure `render_figure` saves."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -348,9 +389,7 @@ def render_figure(summary: TensorSummary, hist: AbsHistogram | SignedHistogram, 
         ax.set_title(f"signs: {summary.sign}, {100 * summary.negative_share:.3g}% negative", fontsize=10)
         ax.legend(fontsize=7, loc="upper right", framealpha=0.85)
     fig.suptitle(summary.name, fontsize=11)
-    path = Path(path)
-    fig.savefig(path, format="png")
-    return path
+    return fig
 
 
 def _log_y(ax: Any, subs: tuple[float, ...] = (1.0,)) -> None:
@@ -421,6 +460,14 @@ document.querySelectorAll("table.sortable").forEach(function (table) {
   });
 });
 """
+
+
+def _figure_css(payloads: Any) -> str:
+    if payloads is None:
+        return ""
+    from .report_figures import FIGURE_CSS
+
+    return FIGURE_CSS
 
 
 def json_number(v: float, fmt: str = ".4g") -> str:
@@ -537,7 +584,14 @@ accept.</dd>
 """
 
 
-def _page(summaries: Sequence[TensorSummary], drawn: Sequence[str], meta: Mapping[str, Any], extra: str = "") -> str:
+def figure_id(summary: TensorSummary) -> str:
+    """The id of a tensor's figure in the page (unique: names that differ only in odd characters share anchors)."""
+    return f"fig-{summary.order}"
+
+
+def _page(summaries: Sequence[TensorSummary], drawn: Sequence[str], meta: Mapping[str, Any], extra: str = "",
+          payloads: Sequence[Mapping[str, Any]] | None = None) -> str:
+    """The page; with `payloads` (`report_figures.figure_payload`), the figures are drawn by the browser."""
     title = f"trt-calib report: {meta.get('model_name', 'model')}"
     meta_rows = "".join(
         f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(str(v))}</td></tr>"
@@ -557,11 +611,20 @@ def _page(summaries: Sequence[TensorSummary], drawn: Sequence[str], meta: Mappin
             f"{100 * s.error.clipped:.3g}% clipped, {s.bits:.2f} effective bits, SQNR {json_number(s.error.sqnr_db, '.2f')} dB."
             f"{tie}</p>"
             + (f'<img src="{html.escape(s.figure)}" alt="figures of {html.escape(s.name)}">' if s.figure else "")
+            + (f'<div class="figure" id="{figure_id(s)}"><noscript>The figure is drawn by the page\'s script: allow '
+               "JavaScript for this file, or write PNG figures with --figures png.</noscript></div>"
+               if payloads is not None else "")
             + _choices_table(s)
         )
     omitted = len(summaries) - len(drawn)
     note = (f'<p class="small">Figures for the {len(drawn)} tensors with the lowest SQNR; {omitted} more are in the '
             "table only (raise --max-tensors to draw them).</p>" if omitted else "")
+    script = ""
+    if payloads is not None:
+        from .report_figures import FIGURE_SCRIPT, payload_script
+
+        note += '<p id="figure-status"></p>'
+        script = payload_script(list(payloads)) + f"\n<script>{FIGURE_SCRIPT}</script>"
     tensors = "" if not summaries else f"""<h2>Tensors</h2>
 <p class="small">Click a column to sort (e.g. SQNR dB for the tensors TensorRT quantises worst). Shaded rows: the three
 lowest SQNR. "uint8 gain" is the SQNR of the best asymmetric uint8 grid minus that of the chosen amax.</p>
@@ -573,13 +636,14 @@ lowest SQNR. "uint8 gain" is the SQNR of the best asymmetric uint8 grid minus th
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <meta name="viewport" content="width=device-width, initial-scale=1">
-<style>{_CSS}</style></head>
+<style>{_CSS}{_figure_css(payloads)}</style></head>
 <body>
 <h1>{html.escape(title)}</h1>
 <table class="meta">{meta_rows}</table>
 {extra}
 {tensors}
 <script>{_SORT_JS}</script>
+{script}
 </body></html>
 """
 
@@ -670,41 +734,64 @@ def write_report(
     force: bool = False,
     progress: bool = False,
     sections: Sequence[Any] = (),
+    figures: str = "inline",
+    workers: int | None = None,
 ) -> list[str]:
     """Write the report into `out_dir`; returns the drawn names.
 
-    Figures are drawn for the `max_tensors` tensors with the lowest SQNR (all when None), kept in model order.
-    `sections` (e.g. `sensitivity_report.SensitivitySection`) draw their figures into the folder with
-    `render(folder)`, which returns their HTML, shown before the tensors; `to_json()` goes into report.json.
+    Figures are drawn for the `max_tensors` tensors with the lowest SQNR (all when None), kept in model order:
+    `figures="inline"` embeds their numbers for the browser to draw, `"png"` draws PNG files with matplotlib in
+    `workers` processes (default: one per core; 1 draws in this process). `sections` (e.g.
+    `sensitivity_report.SensitivitySection`) draw their figures into the folder with `render(folder)`, which returns
+    their HTML, shown before the tensors; `to_json()` goes into report.json.
     """
     out_dir = Path(out_dir)
     _check_target(out_dir, force)
+    if figures not in FIGURE_MODES:
+        raise TrtCalibError(f"unknown figure mode {figures!r}; choose one of {', '.join(FIGURE_MODES)}")
     if max_tensors is not None and max_tensors < 0:
         raise TrtCalibError(f"--max-tensors must be >= 0, got {max_tensors}")
+    if workers is not None and workers < 1:
+        raise TrtCalibError(f"workers must be >= 1, got {workers}")
     ranked = sorted(summaries, key=lambda s: (_sqnr_rank(s), s.order))
     limit = len(ranked) if max_tensors is None else max_tensors
     drawn_set = {s.name for s in ranked[:limit]}
     drawn = [s.name for s in summaries if s.name in drawn_set]
+    by_name = {s.name: s for s in summaries}
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.resolve().parent))
     try:
         (tmp / "figures").mkdir()
         from tqdm import tqdm
 
-        by_name = {s.name: s for s in summaries}
-        for name in tqdm(drawn, desc="drawing", unit="tensor", file=sys.stderr,
-                         disable=None if progress else True, leave=False):
-            s = by_name[name]
-            s.figure = _figure_name(s.order, s.name)
-            render_figure(s, histograms[name], tmp / s.figure)
+        with tqdm(total=len(drawn), desc="figures", unit="figure", file=sys.stderr, leave=False,
+                  disable=None if progress else True) as bar:
+            payloads = None
+            if figures == "inline":
+                from .report_figures import figure_payload
+
+                payloads = []
+                for name in drawn:
+                    s = by_name[name]
+                    s.figure = None
+                    payloads.append(figure_payload(s, histograms[name], figure_id(s)))
+                    bar.update(1)
+            else:
+                pngs = _draw_pngs([(by_name[n], histograms[n]) for n in drawn], workers, bar.update)
+                for name, png in zip(drawn, pngs):
+                    s = by_name[name]
+                    s.figure = _figure_name(s.order, s.name)
+                    (tmp / s.figure).write_bytes(png)
         extra = "".join(section.render(tmp) for section in sections)
-        (tmp / "index.html").write_text(_page(summaries, drawn, meta, extra), encoding="utf-8")
-        report = {"generator": REPORT_MARKER, **_jsonable(dict(meta)), "drawn": drawn,
+        (tmp / "index.html").write_text(_page(summaries, drawn, meta, extra, payloads), encoding="utf-8")
+        report = {"generator": REPORT_MARKER, **_jsonable(dict(meta)), "figures": figures, "drawn": drawn,
                   "tensors": [s.to_dict() for s in summaries]}
         for section in sections:
             report[section.name] = _jsonable(section.to_json())
         (tmp / "report.json").write_text(json.dumps(report, indent=1, allow_nan=False) + "\n", encoding="utf-8")
         from .provenance import file_sha256
 
+        if not any((tmp / "figures").iterdir()):
+            (tmp / "figures").rmdir()
         # Everything in the fresh temporary folder is the report's own: the manifest lists it all.
         files = sorted(p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file())
         hashes = {f: file_sha256(tmp / f) for f in files}
@@ -714,6 +801,29 @@ def write_report(
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return drawn
+
+
+def _draw_pngs(items: Sequence[tuple[TensorSummary, Any]], workers: int | None,
+               progress: Callable[[int], None]) -> list[bytes]:
+    """PNG bytes of each (summary, histogram), drawn by matplotlib: in worker processes (`ort.executor`, local)
+    when there are enough figures to pay for starting them, else here."""
+    from ..ort.executor import make_executor
+
+    count = workers if workers is not None else min(_cores(), len(items) // _FIGURES_PER_WORKER)
+    kind = "local" if count > 1 else "serial"
+    with make_executor(kind, workers=count if kind == "local" else None) as executor:
+        return executor.map(figure_png, items, progress=progress)
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+#: A worker process costs about as much to start (imports, matplotlib's setup) as drawing a few figures.
+_FIGURES_PER_WORKER = 8
 
 
 def _sqnr_rank(s: TensorSummary) -> float:
@@ -727,16 +837,35 @@ def _umask() -> int:
     return mask
 
 
+def _inside(folder: Path, name: str) -> bool:
+    """Whether `folder/name` is reached without a symlink below `folder`: its real path is the folder's real path
+    joined with `name`. A manifest entry that a symlink leads elsewhere (even out of the folder) is not ours."""
+    real = os.path.realpath(folder)
+    return os.path.realpath(os.path.join(folder, name)) == os.path.normpath(os.path.join(real, name))
+
+
 def _install(tmp: Path, out_dir: Path, files: Mapping[str, str]) -> None:
     """Move the finished report from `tmp` into `out_dir`, replacing only files a previous report wrote there and
-    that still hold what it wrote; `files` maps the new report's files (all but the manifest) to their sha256."""
+    that still hold what it wrote; `files` maps the new report's files (all but the manifest) to their sha256.
+
+    Every path is resolved first: nothing reached through a symlink is written, replaced or deleted (a manifest
+    entry under a symlinked folder may be anyone's file, anywhere)."""
     if not out_dir.exists():
         os.rename(tmp, out_dir)
         return
     listed = report_files(out_dir) or {}
-    owned = {f: h for f, h in listed.items() if f == MANIFEST or _still_ours(out_dir / f, h)}
+    linked = sorted(f for f in {*listed, *files} if f != MANIFEST and not _inside(out_dir, f))
+    owned = {f: h for f, h in listed.items()
+             if f == MANIFEST or (f not in linked and _still_ours(out_dir / f, h))}
+    outside = [f for f in files if f in linked]
+    if outside:
+        raise TrtCalibError(
+            f"{out_dir}: the report would write {', '.join(outside[:5])}{' ...' if len(outside) > 5 else ''} through a "
+            "symlink (the path resolves elsewhere); nothing was changed. Hint: remove the symlink, or choose another -o"
+        )
     foreign = [f for f in [*files, MANIFEST] if f not in owned and os.path.lexists(out_dir / f)]
-    if (out_dir / "figures").exists() and not (out_dir / "figures").is_dir():
+    new_figures = any(f.startswith("figures/") for f in files)
+    if new_figures and os.path.lexists(out_dir / "figures") and not (out_dir / "figures").is_dir():
         foreign.append("figures")
     if foreign:
         raise TrtCalibError(
@@ -748,7 +877,8 @@ def _install(tmp: Path, out_dir: Path, files: Mapping[str, str]) -> None:
     # nothing a later report would take for someone else's.
     pending = {**{f: h for f, h in owned.items() if f != MANIFEST}, **dict.fromkeys(files)}
     atomic_write(out_dir / MANIFEST, _manifest_text(pending))
-    (out_dir / "figures").mkdir(exist_ok=True)
+    if new_figures:
+        (out_dir / "figures").mkdir(exist_ok=True)
     for name in sorted(files):
         os.replace(tmp / name, out_dir / name)
     for name in sorted(set(owned) - set(files) - {MANIFEST}):
@@ -758,7 +888,11 @@ def _install(tmp: Path, out_dir: Path, files: Mapping[str, str]) -> None:
             pass
         except IsADirectoryError:
             log.warning("%s: listed in the report's manifest but a folder now; left in place", out_dir / name)
-    stale = sorted(set(listed) - set(owned))
+    kept = [f for f in listed if f in linked]
+    if kept:
+        log.warning("%s: left %s in place: listed by the earlier report, but reached through a symlink now",
+                    out_dir, ", ".join(kept[:5]) + (" ..." if len(kept) > 5 else ""))
+    stale = sorted(set(listed) - set(owned) - set(kept))
     if stale:
         log.info("%s: kept %s, which the earlier report wrote but which changed since", out_dir, ", ".join(stale[:5]))
     atomic_write(out_dir / MANIFEST, _manifest_text(files))
@@ -782,11 +916,16 @@ def build_report(
     meta: Mapping[str, Any] | None = None,
     save_histograms: str | os.PathLike | None = None,
     sections: Sequence[Any] = (),
+    max_activation_mb: float = 256,
+    figures: str = "inline",
+    workers: int | None = None,
 ) -> ReportResult:
     """Collect signed histograms from `batches` (or use saved `histograms`), analyse, and write the report folder.
 
     `tensors` are glob patterns limiting the tensors reported. `sections` are extra sections (`write_report`); with
-    them, neither batches nor histograms are needed. Nothing is written unless everything succeeded.
+    them, neither batches nor histograms are needed. A batch whose activations exceed `max_activation_mb` runs in
+    parts, as in calibration (the same histograms). `figures` and `workers`: see `write_report`. Nothing is written
+    unless everything succeeded.
     """
     from ..ort.model import calibrated_tensors, load_model
 
@@ -811,7 +950,7 @@ def build_report(
             bar = tqdm(total=total, unit="batch", desc="collecting", file=sys.stderr, leave=False, disable=None)
         try:
             collected, _ = collect_signed(model, batches, names + extra, progress=bar.update if bar else None,
-                                          threads=threads)
+                                          threads=threads, max_activation_mb=max_activation_mb)
         finally:
             if bar is not None:
                 bar.close()
@@ -834,8 +973,12 @@ def build_report(
             )
         if strangers:
             log.warning("%d saved histogram(s) name no tensor of the model: %s", len(strangers), ", ".join(strangers[:10]))
-    summaries_all = analyse(histograms, model=model, algorithm=algorithm, percentile=percentile,
-                            trt_version=trt_version)
+    from tqdm import tqdm
+
+    with tqdm(total=len(histograms), desc="thresholds", unit="tensor", file=sys.stderr, leave=False,
+              disable=None if progress else True) as bar:
+        summaries_all = analyse(histograms, model=model, algorithm=algorithm, percentile=percentile,
+                                trt_version=trt_version, progress=bar.update)
     wanted = set(names)
     summaries = [s for s in summaries_all if s.name in wanted]
     for order, s in enumerate(summaries):
@@ -855,10 +998,13 @@ def build_report(
         for key in ("algorithm", "TensorRT version emulated", "tensors"):
             info.pop(key)
     drawn = write_report(out_dir, summaries, histograms, meta=info, max_tensors=max_tensors, force=force,
-                         progress=progress, sections=sections)
+                         progress=progress, sections=sections, figures=figures, workers=workers)
     seconds = time.perf_counter() - started
-    log.info("wrote %s (%d tensors, %d figures) in %.1f s", out_dir / "index.html", len(summaries), len(drawn), seconds)
-    return ReportResult(out_dir, summaries, drawn, seconds)
+    result = ReportResult(out_dir, summaries, drawn, seconds,
+                          figures=len(drawn) + sum(len(getattr(s, "figures", ())) for s in sections),
+                          sections=[s.name for s in sections])
+    log.info("wrote %s (%s) in %.1f s", out_dir / "index.html", result.describe(), seconds)
+    return result
 
 
 def _version() -> str:

@@ -39,6 +39,7 @@ class SensitivitySection:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.result = load_sensitivity(self.path)
+        self.figures: list[str] = []  # what `render` drew
 
     def meta(self) -> dict[str, Any]:
         r = self.result
@@ -51,6 +52,7 @@ class SensitivitySection:
         """Draw the bar chart and the greedy curve into `folder`/figures and return the section's HTML."""
         self._bars(folder / BARS_FIGURE)
         self._curve(folder / CURVE_FIGURE)
+        self.figures = [BARS_FIGURE, CURVE_FIGURE]
         return self._html()
 
     # ------------------------------------------------------------------------------------------ figures

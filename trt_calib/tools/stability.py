@@ -35,6 +35,7 @@ import numpy as np
 
 from .. import __version__
 from ..core.cache import DEFAULT_TRT_VERSION
+from .._util import MAX_JSON_DEPTH, json_depth
 from ..errors import DataError, TrtCalibError
 from ..ort.executor import ShippedModel
 
@@ -534,6 +535,10 @@ def load_stability(path: str | Path) -> dict[str, Any]:
         raise DataError(f"{path}: no such stability file") from None
     except (OSError, ValueError) as exc:
         raise DataError(f"{path}: not a readable stability JSON ({exc})") from None
+    except RecursionError:
+        raise DataError(f"{path}: JSON nested too deeply to be a stability file") from None
+    if json_depth(record) > MAX_JSON_DEPTH:
+        raise DataError(f"{path}: JSON nested deeper than {MAX_JSON_DEPTH} levels: not a stability file")
     if not isinstance(record, dict) or record.get("format") != FORMAT:
         raise DataError(f"{path}: not a trt-calib stability file (format {FORMAT!r}). Hint: trt-calib stability "
                         "MODEL --data D -o STAB.json writes one")

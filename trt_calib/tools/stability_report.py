@@ -4,14 +4,19 @@ STAB.json (`tools.stability`, `trt-calib stability`). This module only draws and
 from __future__ import annotations
 
 import html
+import math
 import os
 from pathlib import Path
 from typing import Any, Mapping
 
+from ..errors import DataError
 from .report import table_cell, json_number
 from .stability import load_stability
 
-__all__ = ["StabilitySection", "render_stability_figures", "stability_section"]
+__all__ = ["StabilitySection", "render_stability_figures", "stability_section", "stability_plots"]
+
+#: What reading a STAB.json whose fields are not those `trt-calib stability` writes can raise.
+_MALFORMED = (KeyError, TypeError, ValueError, IndexError, AttributeError, ZeroDivisionError, OverflowError)
 
 
 _KIND_STYLE = {
@@ -33,32 +38,65 @@ def _judged(record: Mapping[str, Any]) -> list[dict[str, Any]]:
     return sorted(rows, key=lambda t: -float(t["range_percent"]))
 
 
-def render_stability_figures(record: Mapping[str, Any], folder: str | os.PathLike) -> dict[str, str]:
-    """Draw STAB.json's spread bars and settle curve into `folder`/figures; returns their paths relative to it."""
+def _finite(values: list[float]) -> list[float]:
+    return [v for v in values if math.isfinite(v)]
+
+
+def stability_plots(record: Mapping[str, Any]) -> dict[str, Any]:
+    """The numbers the two figures draw, read from STAB.json (a field that is missing or of the wrong type raises
+    here, before anything is drawn): per shown tensor its spread in % of the base amax, per tensor its settle curve
+    in bins of the base histogram."""
+    variants = record["variants"]
+    judged = _judged(record)
+    spread = []
+    for t in judged[:_STABILITY_ROWS][::-1]:  # least stable at the top
+        base = float(t["base_amax"])
+        points = [(100.0 * (float(t["amax"][i]) / base - 1.0), _KIND_STYLE[variants[i]["kind"]], variants[i]["kind"])
+                  for i in record["spread_variants"]]
+        spread.append({"name": str(t["name"]), "unstable": bool(t["unstable"]),
+                       "points": [p for p in points if math.isfinite(p[0])]})
+    settle = []
+    if judged and record["subset_variants"]:
+        loud = [t for t in judged if t["unstable"] or t["settle"]["settled_at"] is None][:10]  # least stable first
+        loud_names = {t["name"] for t in loud}
+        for t in [t for t in judged if t["name"] not in loud_names] + loud:  # the labelled lines drawn on top
+            sizes = [float(n) for n in t["settle"]["num_samples"]]
+            bins = [(float(a) - float(t["base_amax"])) / float(t["base_bin_width"]) for a in t["settle"]["amax"]]
+            if len(sizes) != len(bins):
+                raise ValueError(f"{t['name']}: settle curve of {len(bins)} amax for {len(sizes)} sample counts")
+            keep = [(n, b) for n, b in zip(sizes, bins) if math.isfinite(n) and math.isfinite(b)]
+            settle.append({"name": str(t["name"]), "loud": t["name"] in loud_names,
+                           "sizes": [n for n, _ in keep], "bins": [b for _, b in keep]})
+    return {"spread": spread, "settle": settle, "judged": len(judged), "variants": len(record["spread_variants"]),
+            "tolerance": float(record["tolerance_percent"])}
+
+
+def render_stability_figures(record: Mapping[str, Any], folder: str | os.PathLike,
+                             plots: Mapping[str, Any] | None = None) -> dict[str, str]:
+    """Draw STAB.json's spread bars and settle curve into `folder`/figures; returns their paths relative to it.
+    `plots` is `stability_plots(record)`, when already made."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     folder = Path(folder)
     (folder / "figures").mkdir(exist_ok=True)
-    variants = record["variants"]
-    judged = _judged(record)
-    tolerance = float(record["tolerance_percent"])
+    plots = stability_plots(record) if plots is None else plots
+    tolerance = plots["tolerance"]
     out: dict[str, str] = {}
-    if judged:
-        shown = judged[:_STABILITY_ROWS][::-1]  # least stable at the top
+    if plots["spread"]:
+        shown = plots["spread"]
         fig = Figure(figsize=(9.0, 1.2 + 0.24 * len(shown)), dpi=80)
         FigureCanvasAgg(fig)
         ax = fig.subplots()
         fig.subplots_adjust(left=0.25, right=0.97, bottom=0.6 / (1.2 + 0.24 * len(shown)) + 0.05, top=0.93)
         for y, t in enumerate(shown):
-            base = float(t["base_amax"])
-            rel = [100.0 * (float(t["amax"][i]) / base - 1.0) for i in record["spread_variants"]]
+            rel = [r for r, _, _ in t["points"]]
             color = "#d62728" if t["unstable"] else "#9e9e9e"
-            ax.plot([min(rel), max(rel)], [y, y], color=color, linewidth=5, alpha=0.45, solid_capstyle="butt")
-            for i, r in zip(record["spread_variants"], rel):
-                c, marker, _ = _KIND_STYLE[variants[i]["kind"]]
+            if rel:
+                ax.plot([min(rel), max(rel)], [y, y], color=color, linewidth=5, alpha=0.45, solid_capstyle="butt")
+            for r, (c, marker, _), kind in t["points"]:
                 ax.plot([r], [y], marker=marker, color=c, markersize=4, linestyle="none",
-                        zorder=4 if variants[i]["kind"] == "base" else 3)
+                        zorder=4 if kind == "base" else 3)
         for kind, (c, marker, label) in _KIND_STYLE.items():
             ax.plot([], [], marker=marker, color=c, linestyle="none", label=label)
         ax.plot([], [], color="#d62728", linewidth=5, alpha=0.45, label=f"range > {tolerance:g}% (unstable)")
@@ -66,27 +104,23 @@ def render_stability_figures(record: Mapping[str, Any], folder: str | os.PathLik
         ax.set_yticks(range(len(shown)))
         ax.set_yticklabels([_short(t["name"]) for t in shown], fontsize=7)
         ax.set_xlabel("amax relative to the base calibration (%)")
-        ax.set_title(f"entropy2 amax over {len(record['spread_variants'])} orders / batch sizes "
-                     f"({min(len(judged), _STABILITY_ROWS)} least stable of {len(judged)} tensors)", fontsize=10)
+        ax.set_title(f"entropy2 amax over {plots['variants']} orders / batch sizes "
+                     f"({len(shown)} least stable of {plots['judged']} tensors)", fontsize=10)
         ax.legend(fontsize=7, loc="lower right", framealpha=0.85)
         ax.grid(axis="x", color="#eeeeee")
         out["spread"] = "figures/stability_spread.png"
         fig.savefig(folder / out["spread"])
-    if judged and record["subset_variants"]:
+    if plots["settle"]:
         fig = Figure(figsize=(9.6, 4.2), dpi=80)
         FigureCanvasAgg(fig)
         ax = fig.subplots()
         fig.subplots_adjust(left=0.08, right=0.70, bottom=0.13, top=0.91)
         ax.axhspan(-1.0, 1.0, color="#2ca02c", alpha=0.12, label="within one bin")
-        loud = [t for t in judged if t["unstable"] or t["settle"]["settled_at"] is None][:10]  # least stable first
-        loud_names = {t["name"] for t in loud}
-        for t in [t for t in judged if t["name"] not in loud_names] + loud:  # the labelled lines drawn on top
-            sizes = t["settle"]["num_samples"]
-            bins = [(float(a) - float(t["base_amax"])) / float(t["base_bin_width"]) for a in t["settle"]["amax"]]
-            if t["name"] in loud_names:
-                ax.plot(sizes, bins, marker="o", markersize=3, linewidth=1.2, label=_short(t["name"]))
+        for t in plots["settle"]:
+            if t["loud"]:
+                ax.plot(t["sizes"], t["bins"], marker="o", markersize=3, linewidth=1.2, label=_short(t["name"]))
             else:
-                ax.plot(sizes, bins, color="#b0b0b0", linewidth=0.7)
+                ax.plot(t["sizes"], t["bins"], color="#b0b0b0", linewidth=0.7)
         ax.set_yscale("symlog", linthresh=1.0)
         ax.set_xlabel("calibration samples (the first n of the data)")
         ax.set_ylabel("amax - full-data amax (bins)")
@@ -182,15 +216,33 @@ class StabilitySection:
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
         self.record = load_stability(self.path)
+        self.figures: list[str] = []  # what `render` drew
+        # Everything the section shows is read now, so that a STAB.json with the right format tag but other fields
+        # is refused before any data is read or anything drawn.
+        try:
+            self.plots = stability_plots(self.record)
+            names = {"spread": "figures/stability_spread.png"} if self.plots["spread"] else {}
+            if self.plots["settle"]:
+                names["settle"] = "figures/stability_settle.png"
+            self.html = stability_section(self.record, names)
+            s = self.record["summary"]
+            self.description = (f"{self.path} ({len(self.record['variants'])} calibrations, {int(s['unstable'])} of "
+                                f"{int(s['judged'])} tensors unstable)")
+            if not isinstance(s, dict):
+                raise TypeError(f"summary is a {type(s).__name__}, not an object")
+        except _MALFORMED as exc:
+            raise DataError(
+                f"{self.path}: a stability file with trt-calib's format tag, but not as `trt-calib stability` writes it "
+                f"({type(exc).__name__}: {str(exc)[:200]}). Hint: write it again with trt-calib stability -o"
+            ) from None
 
     def meta(self) -> dict[str, Any]:
-        s = self.record["summary"]
-        return {"stability": f"{self.path} ({len(self.record['variants'])} calibrations, {s['unstable']} of "
-                             f"{s['judged']} tensors unstable)"}
+        return {"stability": self.description}
 
     def to_json(self) -> Mapping[str, Any]:
-        return self.record.get("summary", {})
+        return self.record["summary"]
 
     def render(self, folder: Path) -> str:
         """Draw the spread bars and the settle curve into `folder`/figures and return the section's HTML."""
-        return stability_section(self.record, render_stability_figures(self.record, folder))
+        self.figures = list(render_stability_figures(self.record, folder, self.plots).values())
+        return self.html
