@@ -19,8 +19,6 @@ The load average is printed: on a shared machine the ratios, not the seconds, ar
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import resource
 import subprocess
 import sys
@@ -31,21 +29,10 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import announce  # noqa: E402  benchmarks/machine.py, beside this script
+
 GOAL_SECONDS = 60.0
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def load() -> str:
-    return " ".join(f"{v:.2f}" for v in os.getloadavg())
 
 
 def synthetic_model(path: Path, blocks: int = 83) -> None:
@@ -142,7 +129,7 @@ def main() -> int:
     if args.model is not None and args.data is None:
         parser.error("--model needs --data")
 
-    print(f"CPU: {cpu_model()}, {os.cpu_count()} cores; load average at start: {load()}")
+    announce()  # CPU model, SIMD level, cores and load, at the start and at the end
     with tempfile.TemporaryDirectory(prefix="bench_report.") as tmp:
         tmp = Path(tmp)
         model = args.model
@@ -173,7 +160,6 @@ def main() -> int:
         verdict = "met" if base["wall"] < GOAL_SECONDS else "NOT met"
         print(f"goal (issue 20): the whole page in under {GOAL_SECONDS:.0f} s on 2 cores: {verdict} "
               f"({base['wall']:.1f} s)")
-    print(f"load average at end: {load()}")
     return 0
 
 

@@ -18,7 +18,6 @@ from trt_calib.cli import main
 from trt_calib.errors import CalibrationError
 from trt_calib.ort.collect import calibrate
 from trt_calib.ort.control_flow import body_tensors, fold_ifs
-from trt_calib.ort.data import from_arrays
 from trt_calib.ort.model import float_types, model_inputs, tensor_types
 from trt_calib.qdq import quantize_model
 from trt_calib.tools.validate import validate_cache

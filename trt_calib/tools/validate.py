@@ -249,10 +249,10 @@ def _zero_finding(report: ValidationReport, name: str, kind: str, g: _Graph | No
         report.add("warning", "zero-scale", f"network input has scale 0: {why}, so the calibration data fed "
                    "zeros here. Hint: check the data (an empty image folder, a wrong key, missing preprocessing)", name)
     elif g is not None and name in g.constant:
-        report.add("info", "zero-scale", f"scale 0 on a tensor computed from constants only: expected if it is "
+        report.add("info", "zero-scale", "scale 0 on a tensor computed from constants only: expected if it is "
                    "constant zero", name)
     elif (kind == "unnamed" and "[Constant]" in name) or kind == "internal":
-        report.add("info", "zero-scale", f"scale 0 on a TensorRT constant/helper tensor: expected for a zero "
+        report.add("info", "zero-scale", "scale 0 on a TensorRT constant/helper tensor: expected for a zero "
                    "constant", name)
     else:
         report.add("warning", "zero-scale", f"scale 0: {why}; unless this tensor is constant zero "
