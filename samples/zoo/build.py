@@ -42,7 +42,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 import zipfile
 from dataclasses import dataclass, field
@@ -68,8 +67,23 @@ def _efficientnet_export() -> Any:
 
 
 EXPORT = _efficientnet_export()
-save_npz, sha256_of, write_bytes, split_regions = EXPORT.save_npz, EXPORT.sha256_of, EXPORT._write_bytes, \
-    EXPORT.split_regions
+sha256_of, write_bytes, split_regions = EXPORT.sha256_of, EXPORT._write_bytes, EXPORT.split_regions
+
+
+def save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """An uncompressed .npz with fixed zip timestamps (equal data, equal sha256), as the EfficientNet sample writes
+    them, but keeping rank-0 arrays rank 0 (silero's `sr`; np.ascontiguousarray would make it shape (1,))."""
+    import io
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
+        for key, array in arrays.items():
+            member = io.BytesIO()
+            np.lib.format.write_array(member, np.asarray(array, order="C"), allow_pickle=False)
+            info = zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.external_attr = 0o644 << 16
+            archive.writestr(info, member.getvalue())
+    write_bytes(path, buffer.getvalue())
 
 
 # ---------------------------------------------------------------------------------------------------------------
