@@ -21,7 +21,7 @@ Data, made here with fixed seeds (no overlap between calibration and held-out se
                   chunk carries the recurrent state FP32 reached streaming the audio up to it
 The preprocessing is each package's own, re-written from its source in the wheel (rapidocr's DetPreProcess,
 resize_norm_img; nudenet's _read_image); OpenCV's INTER_LINEAR resize is re-written with numpy (same fixed-point
-arithmetic), so neither OpenCV nor the packages themselves are needed.
+arithmetic, bit for bit), so neither OpenCV nor the packages themselves are needed.
 
 Outputs in --out (default artifacts/zoo/; never commit them): one folder per model with model.onnx, calib.npz,
 heldout.npz (keys = input names), for the VAD models also data.py (the data script that feeds them: the `state`
@@ -208,41 +208,47 @@ def describe_graph(path: Path) -> dict[str, Any]:
 RESIZE_BITS = 11  # OpenCV's INTER_RESIZE_COEF_BITS: uint8 resizes use 11-bit fixed-point weights
 
 
-def _linear_taps(src: int, dst: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """OpenCV's INTER_LINEAR source indices and fixed-point weights along one axis (half-pixel centres, edges
-    clamped): for each output index, (i0, i1, w0, w1) with w0 + w1 == 2**11."""
-    scale = src / dst
-    f = (np.arange(dst, dtype=np.float64) + 0.5) * scale - 0.5
+def _linear_taps(src: int, dst: int, clamp: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """OpenCV's INTER_LINEAR taps along one axis, as cv::resize computes them: the source position in float32
+    ((d + 0.5) * src/dst - 0.5), its floor and fraction, each weight rounded to 11 bits on its own. Along x
+    (`clamp`) a position outside the image takes the edge pixel with weight 1; along y the weights stay and only the
+    row indices are clipped."""
+    scale = 1.0 / (dst / src)
+    f = ((np.arange(dst, dtype=np.float64) + 0.5) * scale - 0.5).astype(np.float32)
     i0 = np.floor(f).astype(np.int64)
-    frac = f - i0
-    low = i0 < 0
-    i0[low], frac[low] = 0, 0.0
-    high = i0 >= src - 1
-    i0[high], frac[high] = src - 1, 0.0
-    i1 = np.minimum(i0 + 1, src - 1)
-    one = 1 << RESIZE_BITS
-    w1 = np.rint(frac * one).astype(np.int64)  # cv::saturate_cast<short>(alpha * INTER_RESIZE_COEF_SCALE)
-    return i0, i1, one - w1, w1
+    frac = (f - i0.astype(np.float32)).astype(np.float32)
+    if clamp:
+        low, high = i0 < 0, i0 >= src - 1
+        i0[low], frac[low] = 0, 0
+        i0[high], frac[high] = src - 1, 0
+    i1, i0 = np.clip(i0 + 1, 0, src - 1), np.clip(i0, 0, src - 1)
+    one = np.float32(1 << RESIZE_BITS)
+    w0 = np.rint((np.float32(1) - frac) * one).astype(np.int64)  # saturate_cast<short>: round half to even
+    w1 = np.rint(frac * one).astype(np.int64)
+    return i0, i1, w0, w1
 
 
 def resize_linear(image: np.ndarray, width: int, height: int) -> np.ndarray:
-    """cv2.resize(image, (width, height)) with the default INTER_LINEAR on uint8 HxWxC: 11-bit weights per axis,
-    the product rounded once at the end (OpenCV's FixedPtCast with 22 bits). Agrees with OpenCV to within one
-    grey level (its SIMD path rounds the intermediate rows); no antialiasing when shrinking, as OpenCV."""
+    """cv2.resize(image, (width, height)) with the default INTER_LINEAR on uint8 HxW[xC], bit for bit as OpenCV's
+    SIMD path computes it: a horizontal pass with 11-bit weights into int32 rows, then a vertical pass on rows
+    shifted right by 4, each product taken >> 16, summed, + 2, >> 2. An exact halving of both sides is INTER_AREA
+    in OpenCV (2x2 means, rounded), and so here. No antialiasing when shrinking, as OpenCV. Checked against
+    opencv-python-headless 5.1.0 on random images of many sizes: no pixel differs."""
     if image.dtype != np.uint8:
         raise ValueError(f"expected uint8, got {image.dtype}")
     h, w = image.shape[:2]
     if (h, w) == (height, width):
         return image.copy()
-    y0, y1, wy0, wy1 = _linear_taps(h, height)
-    x0, x1, wx0, wx1 = _linear_taps(w, width)
     img = image.astype(np.int64)
-    shape = (1, -1) + (1,) * (image.ndim - 2)
-    rows = img[:, x0] * wx0.reshape(shape) + img[:, x1] * wx1.reshape(shape)  # H x width x C, scale 2**11
-    shape_y = (-1, 1) + (1,) * (image.ndim - 2)
-    out = rows[y0] * wy0.reshape(shape_y) + rows[y1] * wy1.reshape(shape_y)  # scale 2**22
-    out = (out + (1 << (2 * RESIZE_BITS - 1))) >> (2 * RESIZE_BITS)
-    return np.clip(out, 0, 255).astype(np.uint8)
+    if (h, w) == (2 * height, 2 * width):
+        return ((img[0::2, 0::2] + img[0::2, 1::2] + img[1::2, 0::2] + img[1::2, 1::2] + 2) >> 2).astype(np.uint8)
+    y0, y1, wy0, wy1 = _linear_taps(h, height, clamp=False)
+    x0, x1, wx0, wx1 = _linear_taps(w, width, clamp=True)
+    across = (1, -1) + (1,) * (image.ndim - 2)
+    down = (-1, 1) + (1,) * (image.ndim - 2)
+    rows = img[:, x0] * wx0.reshape(across) + img[:, x1] * wx1.reshape(across)
+    out = ((rows[y0] >> 4) * wy0.reshape(down) >> 16) + ((rows[y1] >> 4) * wy1.reshape(down) >> 16)
+    return np.clip((out + 2) >> 2, 0, 255).astype(np.uint8)
 
 
 # The EfficientNet sample's eight colour photos plus the camera man (grey, repeated to three channels): people and
