@@ -49,6 +49,7 @@ CONTENDERS = ("entropy2", "minmax", "mse", "best", "exclude3", "ort")
 LABELS = {"entropy2": "entropy2 (TensorRT)", "minmax": "minmax", "mse": "mse", "best": "best per tensor",
           "exclude3": "entropy2, top-3 sensitive in float", "ort": "ORT quantize_static MinMax"}
 WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+RECURRENT_OPS = ("LSTM", "GRU", "RNN")  # weighted too; listed apart from the Q/DQ count
 QUICK_BATCHES = 2
 SENSITIVITY_SAMPLES = 8
 
@@ -124,10 +125,13 @@ def weighted_coverage(model: Any) -> dict[str, int]:
     model = load_model(model)
     graphs = list(_graphs(model.graph))
     dequantized = {o for g, _ in graphs for n in g.node if n.op_type == "DequantizeLinear" for o in n.output}
-    out = {"main": 0, "nested": 0, "quantized": 0, "quantized_nested": 0, "dq_nodes": 0}
+    out = {"main": 0, "nested": 0, "quantized": 0, "quantized_nested": 0, "dq_nodes": 0, "recurrent": 0,
+           "recurrent_nested": 0}
     for graph, nested in graphs:
         for node in graph.node:
             out["dq_nodes"] += node.op_type == "DequantizeLinear"
+            if node.op_type in RECURRENT_OPS:
+                out["recurrent_nested" if nested else "recurrent"] += 1
             if node.op_type not in WEIGHTED_OPS:
                 continue
             out["nested" if nested else "main"] += 1
@@ -203,7 +207,7 @@ def work_calibrate(zoo: Path, name: str, entry: dict[str, Any], quick: bool, wor
     (workdir / "amax.json").write_text(json.dumps({"raw": raw, "tied": tied}))
     out: dict[str, Any] = {"plain_s": plain, "calibrate_s": seconds, "ratio": seconds / plain if plain else math.nan,
                            "batches": len(batches), "calibrated_tensors": len(result.amax),
-                           "peak_rss_mb": peak_rss_mb(), "graph": weighted_coverage(model)}
+                           "peak_rss_mb": peak_rss_mb()}
     try:
         qdq, coverage = quantize_model(model, tied["entropy2"])
         out.update(coverage=coverage.summary(), activation_pairs=len(coverage.activations),
@@ -388,15 +392,17 @@ def _pct(value: Any) -> str:
     return "-" if value is None or not math.isfinite(value) else f"{100 * value:.1f}%"
 
 
-def print_model(name: str, entry: dict[str, Any], outcomes: dict[str, Outcome]) -> None:
+def print_model(name: str, entry: dict[str, Any], graph: dict[str, int], outcomes: dict[str, Outcome]) -> None:
     print(f"\n{name}: {entry['description']}")
     print(f"  metric: samples/zoo/metrics.py:{entry['family']} (INT8 vs FP32, held-out set, higher is better)")
+    where = f" ({graph['nested']} of them inside If/Loop/Scan bodies)" if graph["nested"] else ""
+    recurrent = graph["recurrent"] + graph["recurrent_nested"]
+    rnn = (f", {recurrent} LSTM/GRU/RNN ({graph['recurrent_nested']} inside bodies), not counted above"
+           if recurrent else "")
+    print(f"  model: {graph['main'] + graph['nested']} Conv/ConvTranspose/Gemm/MatMul{where}{rnn}")
     cal = outcomes["calibrate"]
     if cal.ok:
         d = cal.data
-        g = d["graph"]
-        where = f" ({g['nested']} of them inside If/Loop/Scan bodies)" if g["nested"] else ""
-        print(f"  model: {g['main'] + g['nested']} Conv/ConvTranspose/Gemm/MatMul{where}")
         if "qdq" in d:
             print(f"  Q/DQ coverage (entropy2): {coverage_note(d['qdq'])}, {d['activation_pairs']} activation pairs; "
                   f"quantize says: {d['coverage']}")
@@ -469,10 +475,11 @@ def main() -> int:
                 o = outcomes[contender]
                 print(f"[{name}] {contender}: {'ok' if o.ok else o.reason} ({o.seconds:.0f} s)", file=sys.stderr,
                       flush=True)
-        print_model(name, models[name], outcomes)
+        graph = weighted_coverage(args.zoo / name / "model.onnx")
+        print_model(name, models[name], graph, outcomes)
         sys.stdout.flush()
-        report["models"][name] = {k: {"ok": o.ok, "reason": o.reason, "seconds": o.seconds, **o.data}
-                                  for k, o in outcomes.items()}
+        report["models"][name] = {"graph": graph, **{k: {"ok": o.ok, "reason": o.reason, "seconds": o.seconds,
+                                                         **o.data} for k, o in outcomes.items()}}
     print(f"\nmachine at the end: {machine()}; total {time.perf_counter() - started:.0f} s")
     if args.json:
         from trt_calib._util import atomic_write
