@@ -184,13 +184,11 @@ def work_calibrate(zoo: Path, name: str, entry: dict[str, Any], quick: bool, wor
     from trt_calib.core.result import amax_from_histograms
     from trt_calib.errors import TrtCalibError
     from trt_calib.ort.collect import calibrate, tie_scales
-    from trt_calib.ort.data import iter_batches
-    from trt_calib.ort.model import load_model, model_inputs
+    from trt_calib.ort.model import load_model
     from trt_calib.qdq import quantize_model
 
     path = zoo / name / "model.onnx"
     model = load_model(path)
-    specs = model_inputs(model)
     raw_calib = raw_batches(zoo, name, entry, "calib", quick)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     t0 = time.perf_counter()
@@ -198,7 +196,7 @@ def work_calibrate(zoo: Path, name: str, entry: dict[str, Any], quick: bool, wor
         session.run(None, batch)
     plain = time.perf_counter() - t0
     del session, raw_calib
-    batches = list(iter_batches(sources(zoo, name, entry, "calib", quick), specs))  # trt-calib's data checks
+    batches = sources(zoo, name, entry, "calib", quick)  # read and checked by trt-calib, as the CLI does
     t0 = time.perf_counter()
     result = calibrate(model, batches, algorithm="entropy2")
     seconds = time.perf_counter() - t0
@@ -206,7 +204,7 @@ def work_calibrate(zoo: Path, name: str, entry: dict[str, Any], quick: bool, wor
     tied = {a: tie_scales(model, raw[a])[0] for a in ALGORITHMS}
     (workdir / "amax.json").write_text(json.dumps({"raw": raw, "tied": tied}))
     out: dict[str, Any] = {"plain_s": plain, "calibrate_s": seconds, "ratio": seconds / plain if plain else math.nan,
-                           "batches": len(batches), "calibrated_tensors": len(result.amax),
+                           "batches": result.num_batches, "calibrated_tensors": len(result.amax),
                            "peak_rss_mb": peak_rss_mb()}
     try:
         qdq, coverage = quantize_model(model, tied["entropy2"])
@@ -302,7 +300,7 @@ def work_ort(zoo: Path, name: str, entry: dict[str, Any], quick: bool, workdir: 
     qdq = onnx.load(str(out))
     coverage = weighted_coverage(qdq)
     value, count = task_metric(path, qdq, raw_batches(zoo, name, entry, "heldout", quick), _metric(entry))
-    note = f"{coverage_note(coverage)}, {coverage['dq_nodes']} DequantizeLinear"
+    note = f"{coverage['dq_nodes']} DequantizeLinear, {coverage_note(coverage)}"
     return {"metric": value, "made_s": made, "heldout_batches": count, "note": note, "peak_rss_mb": peak_rss_mb()}
 
 
