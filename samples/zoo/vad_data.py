@@ -17,7 +17,7 @@ from typing import Iterator
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-STREAMS = 8  # build.py --vad-streams; checked against the files below
+STREAMS = 8  # build.py --vad-streams (build.py writes the number it used here)
 
 
 def batches(split: str, batch_size: int | None = None) -> Iterator[dict[str, np.ndarray]]:
