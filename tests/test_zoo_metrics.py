@@ -94,6 +94,8 @@ def test_nms_is_class_agnostic_with_strict_score_threshold():
     # box 1 overlaps box 0 by 81/119 > 0.45; box 3 is not > 0.25; box 4 ties box 0 and comes later, IoU 1
     assert zm.nms(boxes, scores) == [0, 2]
     assert zm.box_iou(boxes[0], boxes[1:2])[0] == pytest.approx(81 / 119)
+    flat = np.array([[320, 10, 0, 5], [320, 50, 0, 9], [5, 5, 4, 4]], float)  # clipped away at the image's edge
+    assert zm.nms(flat, np.array([0.9, 0.8, 0.7])) == [0, 2]  # OpenCV: two empty boxes overlap fully
 
 
 def yolo_output(rows: list[tuple[float, float, float, float, int, float]], classes: int = 3,

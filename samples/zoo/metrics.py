@@ -155,14 +155,20 @@ def box_iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
 def nms(boxes: np.ndarray, scores: np.ndarray, score_threshold: float = YOLO_SCORE,
         iou_threshold: float = YOLO_NMS_IOU) -> list[int]:
     """cv2.dnn.NMSBoxes: candidates with score > score_threshold in descending score order (stable on ties), each
-    kept unless it overlaps an already kept box by IoU > iou_threshold. Class-agnostic, as nudenet calls it."""
+    kept unless it overlaps an already kept box by IoU > iou_threshold. Class-agnostic, as nudenet calls it. As in
+    OpenCV's `rectOverlap` (1 - jaccardDistance), two boxes of zero area together overlap fully."""
     scores = np.asarray(scores, dtype=np.float64)
     order = [int(i) for i in np.argsort(-scores, kind="stable") if scores[i] > score_threshold]
     kept: list[int] = []
     boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    areas = boxes[:, 2] * boxes[:, 3]
     for i in order:
-        if not kept or np.all(box_iou(boxes[i], boxes[kept]) <= iou_threshold):
-            kept.append(i)
+        if kept:
+            overlap = box_iou(boxes[i], boxes[kept])
+            overlap[areas[i] + areas[kept] <= np.finfo(np.float64).eps] = 1.0
+            if np.any(overlap > iou_threshold):
+                continue
+        kept.append(i)
     return kept
 
 
