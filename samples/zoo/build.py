@@ -558,7 +558,9 @@ def build_yolo(args: argparse.Namespace, photos: dict[str, np.ndarray], shapes: 
     """Square photo crops resized to 320x320 with 1-4 faces of scikit-image's LFW subset pasted on each (64-160
     px; faces are what nudenet's detector finds in ordinary photos, so its detections are not all "nothing");
     calibration takes faces 0-49, held-out faces 50-99. Then nudenet's _read_image: no padding (already square),
-    cv2.dnn.blobFromImage(1/255, (320, 320), swapRB=True) of the BGR image, i.e. RGB / 255, NCHW."""
+    cv2.dnn.blobFromImage(1/255, (320, 320), swapRB=True), NCHW. The model gets BGR: _read_image first calls
+    cv2.cvtColor(COLOR_RGBA2BGR) on the 3-channel BGR image cv2.imread gives, which swaps R and B, and
+    swapRB swaps them back (crosscheck.py compares with _read_image itself)."""
     from skimage import data
 
     faces = np.rint(np.asarray(data.lfw_subset())[:LFW_FACES] * 255).astype(np.uint8)
@@ -581,12 +583,13 @@ def build_yolo(args: argparse.Namespace, photos: dict[str, np.ndarray], shapes: 
                 grey = resize_linear(np.repeat(faces[face][:, :, None], 3, axis=2), size, size)
                 rgb[y:y + size, x:x + size] = grey
                 pasted.append({"lfw_index": face, "box": [x, y, size, size]})
-            out[i] = (rgb.astype(np.float32) * np.float32(1 / 255.0)).transpose(2, 0, 1)
+            out[i] = (rgb[:, :, ::-1].astype(np.float32) * np.float32(1 / 255.0)).transpose(2, 0, 1)
             items.append({**vars(sq), "faces": pasted})
         arrays[split] = {"images": out}
         entries[split] = items
     return Built(arrays, {"crops": entries},
-                 {"source": "nudenet/nudenet.py _read_image (blobFromImage 1/255, 320x320, swapRB)", "color": "RGB",
+                 {"source": "nudenet/nudenet.py _read_image (cvtColor RGBA2BGR, then blobFromImage 1/255, 320x320, "
+                            "swapRB)", "color": "BGR",
                   "scale": "x / 255", "resize": "OpenCV INTER_LINEAR (numpy)", "shape": [3, YOLO_SIZE, YOLO_SIZE]})
 
 
