@@ -390,7 +390,10 @@ def det_preprocess(rgb: np.ndarray) -> np.ndarray:
     resize_h = int(round(int(h * ratio) / 32) * 32)
     resize_w = int(round(int(w * ratio) / 32) * 32)
     bgr = resize_linear(rgb, resize_w, resize_h)[:, :, ::-1]
-    return ((bgr.astype(np.float32) * np.float32(1 / 255.0) - OCR_MEAN) / OCR_STD).transpose(2, 0, 1)
+    # as DetPreProcess.normalize computes it: x * (1/255) in float32, then the mean/std arrays make it float64
+    scaled = bgr.astype(np.float32) * np.float32(1 / 255.0)
+    normalised = (scaled - np.full(3, OCR_MEAN)) / np.full(3, OCR_STD)
+    return normalised.transpose(2, 0, 1).astype(np.float32)
 
 
 def resize_norm_img(rgb: np.ndarray, shape: tuple[int, int, int], max_wh_ratio: float | None = None) -> np.ndarray:

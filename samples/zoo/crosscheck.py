@@ -8,6 +8,7 @@ The packages' Python files are read from the pinned wheels in the build's cache 
 nudenet's dependencies are not needed), and compared with:
   resize_linear     cv2.resize(INTER_LINEAR) on 300 random images and sizes (1 and 3 channels, exact halves)
   YOLO input        nudenet's _read_image on square crops of a photo
+  OCR input         rapidocr's DetPreProcess and resize_norm_img (rec, cls) on random images
   nms               cv2.dnn.NMSBoxes(boxes, scores, 0.25, 0.45) on 500 random sets (ties, empty boxes)
   yolo_detections   nudenet's _postprocess on every held-out image of yolov8n_320
   ctc_text          rapidocr's CTCLabelDecode on the held-out lines of ppocr_rec
@@ -37,6 +38,45 @@ def load(path: Path, name: str) -> Any:
     sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
+
+
+def ocr_preprocessing(root: Path, build: Any, rng: np.random.Generator) -> tuple[int, int]:
+    """rapidocr's own DetPreProcess and resize_norm_img on BGR images against build.py's on the same RGB ones.
+    Their modules import packages the check does not need (pyclipper, shapely, rapidocr's session helpers): those
+    names are stubbed, the functions compared are pure OpenCV and numpy."""
+    import types
+
+    for name in ("pyclipper", "shapely", "shapely.geometry", "rapidocr_onnxruntime.utils"):
+        stub = types.ModuleType(name)
+        stub.Polygon = stub.OrtInferSession = stub.read_yaml = None  # type: ignore[attr-defined]
+        sys.modules.setdefault(name, stub)
+    package = types.ModuleType("rapidocr_onnxruntime")  # its __init__ would load the whole pipeline
+    package.__path__ = [str(root / "rapidocr_onnxruntime")]  # type: ignore[attr-defined]
+    sys.modules.setdefault("rapidocr_onnxruntime", package)
+    det = load(root / "rapidocr_onnxruntime" / "ch_ppocr_det" / "utils.py", "_rapidocr_det_utils")
+    rec_module = importlib.import_module("rapidocr_onnxruntime.ch_ppocr_rec.text_recognize")
+    cls_module = importlib.import_module("rapidocr_onnxruntime.ch_ppocr_cls.text_cls")
+    rec = types.SimpleNamespace(rec_image_shape=list(build.REC_SHAPE))
+    cls = types.SimpleNamespace(cls_image_shape=list(build.CLS_SHAPE))
+    differ = total = 0
+    for _ in range(20):
+        h, w = int(rng.integers(16, 80)), int(rng.integers(16, 400))
+        rgb = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        bgr = np.ascontiguousarray(rgb[:, :, ::-1])
+        ratio = max(build.REC_SHAPE[2] / build.REC_SHAPE[1], w / h)
+        pairs = [
+            (rec_module.TextRecognizer.resize_norm_img(rec, bgr, ratio), build.resize_norm_img(rgb, build.REC_SHAPE,
+                                                                                                ratio)),
+            (cls_module.TextClassifier.resize_norm_img(cls, bgr), build.resize_norm_img(rgb, build.CLS_SHAPE)),
+        ]
+        big = rng.integers(0, 256, (int(rng.integers(100, 900)), int(rng.integers(100, 900)), 3), dtype=np.uint8)
+        theirs = det.DetPreProcess(build.DET_LIMIT_SIDE, "min", [0.5] * 3, [0.5] * 3)(np.ascontiguousarray(
+            big[:, :, ::-1]))[0]
+        pairs.append((theirs, build.det_preprocess(big)))
+        for a, b in pairs:
+            total += 1
+            differ += a.dtype != b.dtype or not np.array_equal(a, b)
+    return differ, total
 
 
 def main() -> int:
@@ -106,6 +146,10 @@ def main() -> int:
             mine = build.resize_linear(crop, 320, 320)[:, :, ::-1].astype(np.float32) * np.float32(1 / 255.0)
             differ += not np.array_equal(blob[0], mine.transpose(2, 0, 1))
         report("YOLO preprocessing vs nudenet._read_image", differ == 0, f"{differ} of 3 crops differ")
+
+        differ, total = ocr_preprocessing(root, build, rng)
+        report("OCR preprocessing vs rapidocr's DetPreProcess and resize_norm_img (rec, cls)", differ == 0,
+               f"{differ} of {total} images differ")
 
         labels = vars(nudenet)["__labels"]
         out = run("yolov8n_320", np.load(zoo / "yolov8n_320" / "heldout.npz")["images"], 16)
