@@ -116,15 +116,29 @@ def _graphs(graph: Any, nested: bool = False) -> Iterator[tuple[Any, bool]]:
                 yield from _graphs(sub, True)
 
 
+# Ops a Q/DQ pair commutes with (TensorRT propagates Q/DQ through them): a tensor they make from dequantized inputs
+# reaches the next layer as int8. Concat needs every input dequantized, the others their data input.
+PASS_THROUGH_OPS = ("Concat", "MaxPool", "Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Slice",
+                    "Split", "Identity")
+
+
 def weighted_coverage(model: Any) -> dict[str, int]:
-    """Conv/ConvTranspose/Gemm/MatMul nodes in the main graph and in If/Loop/Scan bodies, and how many of them read
-    both their first two inputs from DequantizeLinear nodes (what TensorRT runs in INT8), counted here from the
-    graph itself so that a tool that looks only at the main graph cannot hide the bodies."""
+    """Conv/ConvTranspose/Gemm/MatMul nodes in the main graph and in If/Loop/Scan bodies, and how many of them get
+    both their first two inputs as int8: from a DequantizeLinear, directly or through ops Q/DQ commutes with
+    (PASS_THROUGH_OPS). Counted from the graph itself, so a tool that looks only at the main graph cannot hide
+    the bodies."""
     from trt_calib.ort.model import load_model
 
     model = load_model(model)
     graphs = list(_graphs(model.graph))
     dequantized = {o for g, _ in graphs for n in g.node if n.op_type == "DequantizeLinear" for o in n.output}
+    for graph, _ in graphs:  # nodes are in topological order within a graph
+        for node in graph.node:
+            if node.op_type not in PASS_THROUGH_OPS or not node.input:
+                continue
+            data = [i for i in node.input if i] if node.op_type == "Concat" else [node.input[0]]
+            if all(i in dequantized for i in data):
+                dequantized.update(node.output)
     out = {"main": 0, "nested": 0, "quantized": 0, "quantized_nested": 0, "dq_nodes": 0, "recurrent": 0,
            "recurrent_nested": 0}
     for graph, nested in graphs:
