@@ -266,8 +266,8 @@ def work_qdq(zoo: Path, name: str, entry: dict[str, Any], quick: bool, workdir: 
         scales = amax["tied"]["entropy2"]
         # sensitivity builds and runs about four Q/DQ variants per unit: it gets the first SENSITIVITY_SAMPLES
         # calibration samples (a data script's first batch), never the held-out ones the metric is measured on
-        calib = sources(zoo, name, entry, "calib", quick, batch_size=min(SENSITIVITY_SAMPLES, entry["batch_size"]),
-                        max_batches=1)
+        samples = 2 if quick else SENSITIVITY_SAMPLES
+        calib = sources(zoo, name, entry, "calib", quick, batch_size=min(samples, entry["batch_size"]), max_batches=1)
         result = sensitivity(model, scales, calib, max_keep=3)
         top = [u.node for u in result.units[:3]]
         exclude = {n: "top-3 sensitivity" for n in top}
@@ -443,7 +443,8 @@ def main() -> int:
     parser.add_argument("--zoo", type=Path, default=ZOO, help=f"the built zoo (default {ZOO})")
     parser.add_argument("--only", nargs="+", metavar="MODEL", help="these models only (names in the manifest)")
     parser.add_argument("--quick", action="store_true",
-                        help=f"smoke test: {QUICK_BATCHES} calibration and {QUICK_BATCHES} held-out batches")
+                        help=f"smoke test: {QUICK_BATCHES} calibration and {QUICK_BATCHES} held-out batches, "
+                        "sensitivity on 2 samples")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per contender (default 1800)")
     parser.add_argument("--json", metavar="OUT.json", help="also write every outcome as JSON")
     parser.add_argument("--worker", choices=("calibrate", *CONTENDERS), help=argparse.SUPPRESS)
