@@ -28,8 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import platform
 import resource
 import subprocess
 import sys
@@ -40,6 +38,9 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import announce, machine_line  # noqa: E402  benchmarks/machine.py, beside this script
 
 REPO = Path(__file__).resolve().parents[1]
 ZOO = REPO / "artifacts" / "zoo"
@@ -387,19 +388,6 @@ def run_contender(args: argparse.Namespace, model: str, contender: str, workdir:
     return Outcome(contender, False, reason=reason, seconds=seconds)
 
 
-def machine() -> str:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    load = ", ".join(f"{v:.2f}" for v in os.getloadavg())
-    return f"{cpu}, {os.cpu_count()} CPUs, load average {load}"
-
-
 def _pct(value: Any) -> str:
     return "-" if value is None or not math.isfinite(value) else f"{100 * value:.1f}%"
 
@@ -470,10 +458,10 @@ def main() -> int:
     import onnxruntime
 
     started = time.perf_counter()
-    print(f"machine: {machine()}")
+    announce()  # CPU model, SIMD level, cores and load, at the start and at the end
     print(f"onnxruntime {onnxruntime.__version__}, onnx {onnx.__version__}, numpy {np.__version__}"
           + ("; --quick: numbers are a smoke test, not results" if args.quick else ""))
-    report: dict[str, Any] = {"machine": machine(), "quick": args.quick, "models": {}}
+    report: dict[str, Any] = {"machine": machine_line("start"), "quick": args.quick, "models": {}}
     for name in names:
         with tempfile.TemporaryDirectory(prefix=f"bench_zoo.{name}.") as tmp:
             workdir = Path(tmp)
@@ -493,7 +481,7 @@ def main() -> int:
         sys.stdout.flush()
         report["models"][name] = {"graph": graph, **{k: {"ok": o.ok, "reason": o.reason, "seconds": o.seconds,
                                                          **o.data} for k, o in outcomes.items()}}
-    print(f"\nmachine at the end: {machine()}; total {time.perf_counter() - started:.0f} s")
+    print(f"\ntotal {time.perf_counter() - started:.0f} s")
     if args.json:
         from trt_calib._util import atomic_write
 
