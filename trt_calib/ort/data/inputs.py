@@ -126,8 +126,8 @@ def _conform(value: Any, spec: InputSpec, where: str, note: set[tuple[str, str]]
             logger.info("input %r: %s data converted to the declared %s", spec.name, arr.dtype, dst)
         with np.errstate(over="ignore", invalid="ignore"):  # overflow is reported below, naming the input
             arr = arr.astype(dst, order="C")
-    else:
-        arr = np.ascontiguousarray(arr)
+    elif not arr.flags.c_contiguous:
+        arr = np.ascontiguousarray(arr)  # (never on a rank-0 input: ascontiguousarray would make it (1,))
     if arr.dtype.kind == "f":
         finite = np.isfinite(arr)
         if not finite.all():
