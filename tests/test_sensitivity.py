@@ -20,7 +20,7 @@ from trt_calib.errors import CalibrationError, DataError, MissingDependencyError
 from trt_calib.ort.collect import calibrate
 from trt_calib.ort.evaluate import evaluate
 from trt_calib.ort.executor import make_executor
-from trt_calib.qdq import qdq_session, quantize_model
+from trt_calib.qdq import quantize_model
 from trt_calib.qdq.sensitivity import (
     METRICS,
     _cosine_error,

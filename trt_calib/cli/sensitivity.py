@@ -40,7 +40,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     from ..core.cache import DEFAULT_TRT_VERSION
     from ..ort.collect import ALGORITHM_HEADERS
     from ..qdq import PLACEMENTS
-    from ..qdq.sensitivity import KEEP_DTYPES, METRICS
+    from ..qdq.sensitivity import KEEP_DTYPES
 
     p = subparsers.add_parser(
         "sensitivity",

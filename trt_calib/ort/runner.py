@@ -235,11 +235,12 @@ class SuffixRunner:
 
     @classmethod
     def open(cls, cut: Any, *, threads: int | None, role: str = "the model's suffix",
-             optimize: bool = False) -> "SuffixRunner":
-        """A runner over `cut`'s graph outputs; `optimize=False` (default) runs the graph as written."""
+             optimize: bool = False, arena: bool = True) -> "SuffixRunner":
+        """A runner over `cut`'s graph outputs; `optimize=False` (default) runs the graph as written; `arena=False`
+        frees its activations after each run (many runners held at once)."""
         inputs = [vi.name for vi in cut.graph.input if vi.name not in {t.name for t in cut.graph.initializer}]
         outputs = [o.name for o in cut.graph.output]
-        session = ort_session(cut, (), optimize=optimize, threads=threads, role=role)
+        session = ort_session(cut, (), optimize=optimize, threads=threads, role=role, arena=arena)
         return cls(session, inputs, outputs, role)
 
     def run(self, values: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -296,7 +296,7 @@ _FP32, _INT8 = "fp32", "int8"  # the reference a variant is cut from
 @dataclass
 class _Job:
     """What every task needs, shipped with each (so any executor can run it): the float model, the plan, the held-out
-    batches (all of them, or the screening samples) and their FP32 outputs."""
+    batches and their FP32 outputs."""
 
     model: Any  # executor.ShippedModel: the float model at opset >= 13
     plan: Any  # placement.Plan
@@ -311,6 +311,7 @@ class _Job:
     padded: int  # padded rows at the end of the last batch, left out of the scores
     threads: int | None
     part_size: int | None  # samples per part (None: whole batches)
+    arena: bool = False  # onnxruntime's memory arena for the cones' sessions (off: activations freed after a run)
 
 
 @dataclass(frozen=True)
@@ -518,7 +519,7 @@ def _suffix(job: _Job, state: Mapping[str, Any], plan: Any, changed: set[int], r
         return None
     cut, order = cut_model(work, cone, outputs, types=state["types"])
     rewrite_graph(cut, Graph(cut.graph), _remapped(plan, {old: new for new, old in enumerate(order)}))
-    return SuffixRunner.open(cut, threads=job.threads, role=role)
+    return SuffixRunner.open(cut, threads=job.threads, role=role, arena=job.arena)
 
 
 def _run_variants(task: tuple[_Job, list[_Variant]]) -> list[tuple[str, dict[str, Any]]]:
@@ -582,7 +583,6 @@ def _local_model(job: _Job, state: Mapping[str, Any], units: Sequence[int]) -> t
     made = {o for n in nodes for o in n.output}
     reads = list(dict.fromkeys(r for n in nodes for r in node_reads(n) if r not in made))
     inputs = [r for r in reads if r not in initializers and r not in used_constants]
-    outputs = [copy for unit in units for copy in pairs[unit][1::2]]
     model = onnx.ModelProto()
     model.ir_version = work.ir_version
     model.opset_import.extend(work.opset_import)
@@ -680,7 +680,10 @@ class _Sweep:
 
     def __init__(self, executor: Any, progress: Callable[[int], None] | None,
                  checkpoint: Callable[[dict[str, Any]], None] | None, fingerprint: dict[str, Any],
-                 done: Mapping[str, Any] | None = None) -> None:
+                 done: Mapping[str, Any] | None = None, *, weight: Callable[[_Variant], int] | None = None,
+                 capacity: int | None = None) -> None:
+        self.weight = weight  # a variant's session bytes (its cone's weights); a task holds at most `capacity`
+        self.capacity = capacity
         self.executor = executor
         self.progress = progress
         self.checkpoint = checkpoint
@@ -711,11 +714,16 @@ class _Sweep:
             # round of its own on the serial executor, so an interrupt loses at most one task's runs.
             per_task = max(1, math.ceil(len(todo) / (tasks_per_worker * workers)))
         chunks: list[list[_Variant]] = []
+        held = 0
         for v in todo:
-            if chunks and len(chunks[-1]) < per_task and chunks[-1][-1].reference == v.reference:
+            size = self.weight(v) if self.weight is not None else 0
+            fits = self.capacity is None or held + size <= self.capacity
+            if chunks and len(chunks[-1]) < per_task and chunks[-1][-1].reference == v.reference and fits:
                 chunks[-1].append(v)
+                held += size
             else:
                 chunks.append([v])
+                held = size
         for first in range(0, len(chunks), workers):
             if stop is not None and stop(self._known(variants)):
                 break
@@ -930,10 +938,6 @@ def default_candidates(max_keep: int) -> int:
     return max_keep + max(3, max_keep // 2)
 
 
-def _label(prepared: Any, index: int) -> str:
-    return node_label(prepared.work.graph.node[index], index)
-
-
 def measure_kept(
     model: Any,
     scales: Any,
@@ -963,7 +967,8 @@ def measure_kept(
             raise ModelError(f"no node named {', '.join(repr(n) for n in unknown[:5])} in the model")
         rest = every - {known[n] for n in names}
         variants.append(_Variant(f"kept/{j}", rest, rest, _INT8))
-    sweep = _Sweep(executor, progress, None, setup.fingerprint)
+    sweep = _Sweep(executor, progress, None, setup.fingerprint, weight=_session_weights(setup.prepared),
+                   capacity=int(max_activation_mb * 2**20))
     results = sweep.measure(setup.job, variants)
     m = setup.metric or _user_metric(setup.user.name, bool(next(iter(results.values()))["higher_is_better"]))
     return m, [_error(results[v.key]) for v in variants]
@@ -1024,7 +1029,8 @@ def sensitivity(
     fingerprint = dict(setup.fingerprint, placement=placement, per_channel=per_channel, max_keep=max_keep,
                        target=target, candidates=None if measure_all else wanted)
     done = _resumed(resume, fingerprint)
-    sweep = _Sweep(executor, progress, checkpoint, fingerprint, done)
+    sweep = _Sweep(executor, progress, checkpoint, fingerprint, done, weight=_session_weights(prepared),
+                   capacity=int(max_activation_mb * 2**20))
     # a recommendation never keeps every unit in float; nor more than were measured
     limit = min(max_keep, max(0, len(units) - 1), wanted)
 
@@ -1122,6 +1128,28 @@ def sensitivity(
         screened_out=screened_out,
         not_ranked=_not_ranked(prepared),
     )
+
+
+def _session_weights(prepared: Any) -> Callable[[_Variant], int]:
+    """A variant's session memory, estimated from its cone's weights (twice: onnxruntime's copy and the model's):
+    the sessions a task holds at once are kept under the budget (a unit near the input holds the whole model)."""
+    from ..ort.runner import downstream, node_reads
+
+    graph = prepared.work.graph
+    sizes = {t.name: int(np.prod(t.dims, dtype=np.int64)) * 4 for t in graph.initializer}
+    empty = prepared.plan.restricted(weights=(), activations=())
+
+    def weight(v: _Variant) -> int:
+        if v.local:
+            return 0
+        reference = prepared.plan if v.reference == _INT8 else empty
+        changed = _changed(reference, prepared.plan.restricted(weights=v.weights, activations=v.activations))
+        if not changed:
+            return 0
+        read = {n for i in downstream(graph, changed) for n in node_reads(graph.node[i])}
+        return 2 * sum(sizes.get(n, 0) for n in read)
+
+    return weight
 
 
 def _sortable(value: float) -> float:
