@@ -1163,7 +1163,8 @@ def _choose(greedy: Sequence[GreedyPoint], m: Metric, target: float | None, limi
     if meeting:
         return meeting[0], f"the smallest k whose error meets the target {target:g}"
     best = min(greedy, key=lambda p: (m.key(p.error), p.k))
-    cap = "" if limit < units - 1 or units == 0 else f"; k <= {limit}: keeping every unit in float is no INT8 model"
+    binds = units > 0 and limit == units - 1 and best.k == limit
+    cap = f"; k <= {limit}: keeping every unit in float is no INT8 model" if binds else ""
     if target is not None:
         return best.k, f"target {target:g} not met within k <= {limit}: the lowest error of the curve{cap}"
     base = m.key(greedy[0].error)
