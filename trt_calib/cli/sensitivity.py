@@ -50,8 +50,9 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "(alone), with every unit but that one INT8 (excluded), and with only its weights or only its activations "
         "INT8; rank the units by what excluding them buys back, then run the model with the top k kept in float, "
         "k = 0, 1, 2, ... until --target or --max-keep (never every unit). Each variant runs only the nodes its "
-        "change reaches; with more units than --candidates, every unit is first screened on a few held-out samples "
-        "and only the best candidates are measured on all (the JSON says which numbers are screened estimates). "
+        "change reaches; with more units than --candidates, every unit is first screened by its local error (the "
+        "noise it adds at its own output, cheap) and only the largest are measured (the JSON lists the others with "
+        "that estimate). "
         "Every number is a run with onnxruntime (CPU, graph as written). SENS.json is written as runs finish "
         "(partial until the end): after Ctrl-C or a kill, --resume continues it. `quantize --exclude-nodes-from` "
         "and `build --keep-precision` act on it, and the trtexec flags that do the same are printed.",
