@@ -16,11 +16,11 @@ import trt_standin
 from conftest import LENET, LENET_IMAGES, TRT_TABLE
 from trt_calib.cli import main
 from trt_calib.core.cache import CalibrationCache
-from trt_calib.errors import DataError, MissingDependencyError, ModelError, UsageError
+from trt_calib.errors import CalibrationError, DataError, MissingDependencyError, ModelError, UsageError
 from trt_calib.ort.collect import calibrate
 from trt_calib.ort.evaluate import evaluate
 from trt_calib.ort.executor import make_executor
-from trt_calib.qdq import qdq_session, quantize_model
+from trt_calib.qdq import quantize_model
 from trt_calib.qdq.sensitivity import (
     METRICS,
     _cosine_error,
@@ -96,12 +96,12 @@ def test_excluding_a_node_leaves_it_float_and_every_other_pair_as_it_was(scales)
     assert report.to_json()["excluded"] == {"conv2": "named on request"}
 
 
-def test_excluding_every_unit_gives_the_float_outputs(scales, held):
-    qdq, report = quantize_model(LENET, scales, exclude=dict.fromkeys(UNITS, "all"))
-    assert not any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in qdq.graph.node)
-    got = qdq_session(qdq).run(None, held[0])[0]
-    want = qdq_session(onnx.load(LENET)).run(None, held[0])[0]
-    np.testing.assert_array_equal(got, want)
+def test_excluding_every_unit_is_refused_one_left_is_a_q_dq_model(scales, held):
+    with pytest.raises(CalibrationError, match="nothing left to quantise"):
+        quantize_model(LENET, scales, exclude=dict.fromkeys(UNITS, "all"))
+    qdq, report = quantize_model(LENET, scales, exclude=dict.fromkeys(UNITS[:3], "all"))
+    assert [n.node for n in report.nodes if n.quantized] == ["ip2"]
+    assert sum(n.op_type == "QuantizeLinear" for n in qdq.graph.node) == 1
 
 
 def test_excluding_an_unknown_node_names_close_matches(scales):
@@ -142,13 +142,23 @@ def test_the_greedy_curve_is_measured_and_reproduced_by_quantize(result, scales,
     full, _ = quantize_model(LENET, scales)
     assert result.greedy[0].k == 0 and result.greedy[0].error == result.baseline_error
     assert result.baseline_error == pytest.approx(_kl(full, held), rel=1e-9)
-    assert [p.k for p in result.greedy] == [0, 1, 2, 3, 4]
+    assert [p.k for p in result.greedy] == [0, 1, 2, 3]  # never every unit: a float model is no recommendation
     two = result.greedy[2]
     assert two.kept_in_float == [u.node for u in result.units[:2]] == result.kept(2)
     qdq, _ = quantize_model(LENET, scales, exclude=dict.fromkeys(two.kept_in_float, "kept"))
     assert two.error == pytest.approx(_kl(qdq, held), rel=1e-9)
-    assert result.greedy[4].error == 0.0  # everything float: exactly the FP32 outputs
-    assert result.chosen_k == 4 and "no target" in result.chosen_reason
+    _, [every_float] = measure_kept(LENET, scales, held, [UNITS])
+    assert every_float == 0.0  # everything float: exactly the FP32 outputs
+
+
+def test_without_a_target_the_choice_is_the_knee_of_the_curve_never_every_unit(result):
+    """Issue 22 item 2 / issue 23 item 8: without --target LeNet's choice was k = 4, every unit in float."""
+    errors = [p.error for p in result.greedy]
+    best = min(errors)
+    knee = next(k for k, e in enumerate(errors) if errors[0] - e >= 0.9 * (errors[0] - best))
+    assert result.chosen_k == knee < len(result.units)
+    assert "90% of the curve's best improvement" in result.chosen_reason and "no target" in result.chosen_reason
+    assert result.kept() == [u.node for u in result.units[:knee]]
 
 
 def test_measure_kept_repeats_the_runs_of_the_curve(result, scales, held):
@@ -188,8 +198,8 @@ def test_results_are_the_same_on_serial_local_and_a_real_dask_cluster(scales):
 def test_metrics_cosine_and_sqnr(scales, held):
     assert _cosine_error(np.array([[1.0, 0.0], [0.0, 0.0], [1.0, 1.0]]),
                          np.array([[0.0, 1.0], [0.0, 0.0], [2.0, 2.0]])) == pytest.approx([1.0, 0.0, 0.0])
-    cos = sensitivity(LENET, scales, held[:1], metric="cosine", max_keep=0)
-    sqnr = sensitivity(LENET, scales, held[:1], metric="sqnr", max_keep=0)
+    cos = sensitivity(LENET, scales, held[:1], metric="cosine", max_keep=0, candidates="all")
+    sqnr = sensitivity(LENET, scales, held[:1], metric="sqnr", max_keep=0, candidates="all")
     assert cos.baseline_error == pytest.approx(cos.baseline_outputs["prob"]["1-cosine"])
     assert sqnr.metric.higher_is_better and sqnr.baseline_error == sqnr.baseline_outputs["prob"]["sqnr_db"]
     # sqnr ranks the unit whose exclusion raises SQNR most first
@@ -207,7 +217,7 @@ def test_auto_metric_is_cosine_for_outputs_that_are_not_probabilities(tmp_path):
     data = [{"x": np.random.default_rng(i).normal(size=(4, 2, 8, 8)).astype(np.float32)} for i in range(2)]
     got = sensitivity(model, {"x": 3.0}, data, max_keep=1)
     assert got.metric.name == "cosine" and [u.node for u in got.units] == ["conv"]
-    assert 0 < got.baseline_error < 0.01 and got.greedy[1].error == 0.0
+    assert 0 < got.baseline_error < 0.01 and [p.k for p in got.greedy] == [0] and got.chosen_k == 0  # one unit: kept
     with pytest.raises(UsageError, match="metric 'kl' needs a classifier output"):
         sensitivity(model, {"x": 3.0}, data, metric="kl")
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import os
 import sys
 from typing import Any
 
@@ -19,6 +20,7 @@ from ._common import (
     finite_float,
     guard_paths,
     json_text,
+    model_paths,
     non_negative_int,
     open_data,
     open_executor,
@@ -39,7 +41,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     from ..core.cache import DEFAULT_TRT_VERSION
     from ..ort.collect import ALGORITHM_HEADERS
     from ..qdq import PLACEMENTS
-    from ..qdq.sensitivity import KEEP_DTYPES, METRICS
+    from ..qdq.sensitivity import KEEP_DTYPES
 
     p = subparsers.add_parser(
         "sensitivity",
@@ -48,9 +50,13 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "inputs, or a residual Add), measure the output error on held-out batches with only that unit INT8 "
         "(alone), with every unit but that one INT8 (excluded), and with only its weights or only its activations "
         "INT8; rank the units by what excluding them buys back, then run the model with the top k kept in float, "
-        "k = 0, 1, 2, ... until --target or --max-keep. Every number is a real run with onnxruntime (CPU, graph as "
-        "written). Writes SENS.json; `quantize --exclude-nodes-from` and `build --keep-precision` act on it, and "
-        "the trtexec flags that do the same are printed.",
+        "k = 0, 1, 2, ... until --target or --max-keep (never every unit). Each variant runs only the nodes its "
+        "change reaches; with more units than --candidates, every unit is first screened by its local error (the "
+        "noise it adds at its own output, cheap) and only the largest are measured (the JSON lists the others with "
+        "that estimate). "
+        "Every number is a run with onnxruntime (CPU, graph as written). SENS.json is written as runs finish "
+        "(partial until the end): after Ctrl-C or a kill, --resume continues it. `quantize --exclude-nodes-from` "
+        "and `build --keep-precision` act on it, and the trtexec flags that do the same are printed.",
     )
     p.add_argument("model", help="ONNX model (float)")
     add_data_arguments(p)
@@ -75,21 +81,60 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     src.add_argument("--placement", choices=list(PLACEMENTS), default="trt", help="as `quantize --placement`")
     src.add_argument("--per-tensor-weights", action="store_true", help="as `quantize --per-tensor-weights`")
     m = p.add_argument_group("measurement")
-    m.add_argument("--metric", choices=("auto", *METRICS), default="auto",
+    m.add_argument("--metric", type=_metric_arg, default="auto", metavar="METRIC",
                    help="auto (default): mean KL(FP32 || INT8) when every output is a probability vector, else "
-                   "1 - cosine; kl (softmax of logits too), cosine, or sqnr (dB, higher is better)")
+                   "1 - cosine; kl (softmax of logits too), cosine, sqnr (dB, higher is better), or a task metric "
+                   "FILE.py[:FUNCTION] (default function `metric`): fn(fp32_outputs, int8_outputs[, batch]) -> "
+                   "value or (value, higher_is_better[, weight]), averaged over held-out batches")
     m.add_argument("--target", type=finite_float(), default=None, metavar="ERROR",
                    help="stop the greedy curve at the first k whose error meets this (<=; >= for sqnr)")
     m.add_argument("--max-keep", type=non_negative_int, default=10, metavar="K",
                    help="keep at most K units in float on the greedy curve (default 10)")
     m.add_argument("--keep-dtype", choices=KEEP_DTYPES, default="fp16",
                    help="precision of the kept units in the printed trtexec flags (default fp16)")
+    m.add_argument("--candidates", type=_candidates_arg, default=None, metavar="N|all",
+                   help="with more units than N, screen every unit by its local error (noise at its own output, "
+                   "cheap) and measure only the N largest; the others are listed as screened out (default: "
+                   "--max-keep plus half of it, at least 3 more); all: measure every unit")
+    m.add_argument("--max-activation-mb", type=finite_float(0, lo_open=True), default=256, metavar="MB",
+                   help="activation memory budget: batches run in equal parts that fit it, as in calibrate "
+                   "(default 256)")
+    m.add_argument("--resume", action="store_true",
+                   help="continue the interrupted sweep whose partial result is in -o (same model, data, scales "
+                   "and options); the finished runs are not made again and the result is the same")
     p.add_argument("-o", "--output", required=True, metavar="SENS.json", help="where to write the result")
     add_json_flag(p, help="print the result as one JSON object on stdout (errors too)")
     add_executor_arguments(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(handler=run_sensitivity)
     return p
+
+
+def _metric_arg(text: str) -> str:
+    """A built-in metric name, or FILE.py[:FUNCTION] naming an existing Python file (loaded before any data)."""
+    from ..ort.data.scripts import split_script
+    from ..qdq.sensitivity import METRICS
+
+    if text in ("auto", *METRICS):
+        return text
+    path, _ = split_script(text)
+    if path.suffix.lower() != ".py":
+        raise argparse.ArgumentTypeError(f"{text!r}: choose auto, {', '.join(METRICS)}, or a task metric "
+                                         "FILE.py[:FUNCTION]")
+    if not path.is_file():
+        raise argparse.ArgumentTypeError(f"{path}: no such metric script")
+    return text
+
+
+def _candidates_arg(text: str) -> int | str:
+    return "all" if text == "all" else positive_int(text)
+
+
+def _metric_path(spec: str) -> str | None:
+    from ..ort.data.scripts import split_script
+    from ..qdq.sensitivity import METRICS
+
+    return None if spec in ("auto", *METRICS) else str(split_script(spec)[0])
 
 
 def _data_path(spec: str | None) -> str | None:
@@ -145,19 +190,26 @@ def run_sensitivity(args: argparse.Namespace) -> int:
     from ..core.cache import CalibrationCache
     from ..ort.model import load_model, model_inputs
     from ..ort.collect import calibrate
-    from ..qdq.sensitivity import sensitivity
+    from ..ort.user_metric import load_metric
+    from ..qdq.sensitivity import read_partial, sensitivity
 
     if args.calib_batches is not None and (args.eval_data is not None or args.from_cache):
         raise UsageError("--calib-batches splits --data into calibration and held-out batches; it does not go with "
                          "--eval-data or --from-cache")
+    if args.resume and not os.path.isfile(args.output):
+        raise UsageError(f"--resume: {args.output} does not exist; nothing to resume. Hint: drop --resume")
     guard_paths(
-        inputs={"MODEL": args.model, "--data": _data_path(args.data), "--eval-data": _data_path(args.eval_data),
-                "--from-cache": args.from_cache},
+        inputs={"MODEL": model_paths(args.model), "--data": _data_path(args.data),
+                "--eval-data": _data_path(args.eval_data), "--from-cache": args.from_cache,
+                "--metric": _metric_path(args.metric)},
         outputs={"-o": args.output},
     )
     trt_source = ""
     if not args.from_cache:
         args.trt_version, trt_source = resolve_trt_version(args.trt_version, purpose="emulate")
+    resume = read_partial(args.output) if args.resume else None
+    if _metric_path(args.metric) is not None:
+        load_metric(args.metric)  # a broken metric script fails now, not after the calibration
     model = load_model(args.model)
     inputs = model_inputs(model)
     cache = CalibrationCache.load(args.from_cache) if args.from_cache else None
@@ -182,6 +234,25 @@ def run_sensitivity(args: argparse.Namespace) -> int:
     info = {"model": str(args.model), **what}
 
     bar = _bar(args, "measuring", "run")
+    saved = [False]
+
+    def save(document: dict[str, Any]) -> None:
+        """Write -o atomically; named once in what this run wrote (an interrupt's message lists it)."""
+        from .._util import atomic_write
+
+        if not saved[0]:
+            write_output(args.output, json_text(document), what="the sensitivity file")
+            saved[0] = True
+            return
+        try:
+            atomic_write(args.output, json_text(document))
+        except OSError as exc:
+            raise UsageError(f"cannot write the sensitivity file {args.output}: {exc.strerror or exc}") from None
+
+    def checkpoint(partial: dict[str, Any]) -> None:
+        """Every finished run on disk, so Ctrl-C or a kill loses at most the runs in flight."""
+        save({**partial, "model": str(args.model)})
+
     with open_executor(args) as executor:
         try:
             result = sensitivity(
@@ -189,6 +260,8 @@ def run_sensitivity(args: argparse.Namespace) -> int:
                 per_channel=not args.per_tensor_weights, target=args.target, max_keep=args.max_keep,
                 executor=executor, progress=bar.update if bar is not None else None, info=info, padded=padded,
                 total=(lambda n: setattr(bar, "total", n)) if bar is not None else None,
+                candidates=args.candidates,
+                max_activation_mb=args.max_activation_mb, checkpoint=checkpoint, resume=resume,
             )
         finally:
             if bar is not None:
@@ -196,7 +269,7 @@ def run_sensitivity(args: argparse.Namespace) -> int:
     document = result.to_json()
     flags = result.trtexec_flags(dtype=args.keep_dtype)
     document["trtexec"] = " ".join(flags)
-    write_output(args.output, json_text(document), what="the sensitivity file")
+    save(document)
     if args.json:
         print_json(document)
     else:
@@ -208,8 +281,12 @@ def run_sensitivity(args: argparse.Namespace) -> int:
             print(f"  TensorRT 8.6-10.x:    trt-calib build {args.model} ... --keep-precision {args.output}"
                   + (f" --keep-dtype {args.keep_dtype}" if args.keep_dtype != "fp16" else ""))
             print(f"  trtexec (8.6-10.x):   {' '.join(flags)}  (with your --onnx, --int8, --fp16, --calib)")
-        log.info("wrote %s (%d units, %d runs in %.1f s on %s)", args.output, len(result.units), result.run["runs"],
-                 result.run["seconds"], result.run["executor"])
+        log.info("wrote %s (%d units, %d runs in %.1f s on %s%s)", args.output, len(result.units),
+                 result.run["runs"], result.run["seconds"], result.run["executor"],
+                 f"; {result.run['resumed_runs']} runs resumed" if result.run.get("resumed_runs") else "")
+    if result.not_ranked:
+        log.warning("%d weighted node(s) get no Q/DQ with these scales and are not ranked: %s", len(result.not_ranked),
+                    "; ".join(f"{n}: {why}" for n, why in list(result.not_ranked.items())[:5]))
     if args.target is not None and not result.target_met:
         log.warning("--target %g not met with up to %d unit(s) kept in float", args.target, args.max_keep)
         return 1

@@ -282,8 +282,12 @@ def ort_session(
     threads: int | None = None,
     role: str = "the model",
     optimization: str = "basic",
+    arena: bool = True,
 ) -> Any:
     """An onnxruntime CPU session over a copy of `model` that also returns every tensor in `outputs`.
+
+    `arena=False` gives the activations back after every run instead of keeping them in onnxruntime's arena: for
+    the many short-lived sessions sensitivity holds at once.
 
     `optimize=False` turns every graph optimisation off: needed for Q/DQ models, which onnxruntime otherwise rewrites
     (its WeightBiasQuantization pass re-quantises float weights between DQ and Q per tensor; QDQ fusions swap in its
@@ -307,6 +311,7 @@ def ort_session(
     enabled = level.ORT_ENABLE_ALL if optimization == "all" else level.ORT_ENABLE_BASIC
     options.graph_optimization_level = enabled if optimize else level.ORT_DISABLE_ALL
     options.log_severity_level = 3
+    options.enable_cpu_mem_arena = arena
     # Idle onnxruntime threads spin by default and would slow the numpy work between runs.
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if threads:

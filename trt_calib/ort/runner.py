@@ -3,23 +3,28 @@ parts small enough for an activation-memory budget.
 
 Calibration (`collect`, `shard`), evaluation and sensitivity all run models through a `Runner`, so the budget,
 the part sizes and the errors that name the inputs fed are the same everywhere.
+
+A model that differs from one already run only downstream of some nodes need not run whole: `downstream` finds the
+nodes a change reaches, `cut_model` makes the sub-model of those nodes (its inputs are the tensors it reads from the
+rest), and a `SuffixRunner` runs it on the tensors a `Runner` fetched from the reference run (sensitivity's variants).
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Collection, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
 from ..core import kernel as _kernel
 from ..core.histogram import finite_abs_max
-from ..errors import CalibrationError
+from ..errors import CalibrationError, ModelError
 from .control_flow import fold_ifs
 from .data import BatchSource, InputSpec, iter_batches
 from .model import checked_tensors, describe, load_model, model_inputs, ort_session, sample_bytes
 
-__all__ = ["Runner", "Branches", "split_batch", "batch_maxima", "global_maxima", "source_inputs"]
+__all__ = ["Runner", "Branches", "SuffixRunner", "split_batch", "batch_maxima", "global_maxima", "source_inputs",
+           "node_reads", "downstream", "upstream", "cut_model"]
 
 log = logging.getLogger(__name__)
 
@@ -236,6 +241,146 @@ class Runner:
             log.info("activations take %.0f MB per sample: running batches in %d parts of about %d samples",
                      per_sample / 2**20, count, -(-len(one) // count))
         return count
+
+
+# ---------------------------------------------------------------------------------------------- running part of a model
+def node_reads(node: Any) -> list[str]:
+    """The tensors a node reads: its inputs, and the outer-scope names its If/Loop/Scan bodies use."""
+    names = [n for n in node.input if n]
+    for attr in node.attribute:
+        for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+            names += _outer_reads(sub)
+    return list(dict.fromkeys(names))
+
+
+def _outer_reads(graph: Any) -> list[str]:
+    """Names a (sub)graph reads that it does not define itself (inputs, initializers, its nodes' outputs)."""
+    defined = {i.name for i in graph.input} | {t.name for t in graph.initializer}
+    names = []
+    for node in graph.node:
+        names += [n for n in node_reads(node) if n not in defined]
+        defined.update(o for o in node.output if o)
+    names += [o.name for o in graph.output if o.name not in defined]
+    return names
+
+
+def downstream(graph: Any, seeds: Collection[int]) -> list[int]:
+    """`seeds` (node indices) and every node that reads, directly or through others, what they make; graph order."""
+    readers: dict[str, list[int]] = {}
+    for i, node in enumerate(graph.node):
+        for name in node_reads(node):
+            readers.setdefault(name, []).append(i)
+    seen = set(seeds)
+    stack = list(seen)
+    while stack:
+        for out in graph.node[stack.pop()].output:
+            for i in readers.get(out, ()):
+                if i not in seen:
+                    seen.add(i)
+                    stack.append(i)
+    return sorted(seen)
+
+
+def upstream(graph: Any, tensors: Collection[str]) -> list[int]:
+    """The nodes needed to make `tensors` (node indices, graph order): their producers and those producers' own."""
+    producer = {out: i for i, node in enumerate(graph.node) for out in node.output if out}
+    seen: set[int] = set()
+    stack = [producer[t] for t in tensors if t in producer]
+    while stack:
+        i = stack.pop()
+        if i in seen:
+            continue
+        seen.add(i)
+        stack += [producer[n] for n in node_reads(graph.node[i]) if n in producer]
+    return sorted(seen)
+
+
+def cut_model(model: Any, nodes: Collection[int], outputs: Sequence[str], *, types: Mapping[str, int],
+              inputs: Sequence[str] = ()) -> tuple[Any, list[int]]:
+    """The sub-model that runs only `nodes` (indices into `model`'s graph, kept in graph order) and returns `outputs`,
+    and the index in `model` of each of its nodes.
+
+    Its graph inputs are `inputs` (kept even when unread, so a batch of the whole model can feed it) and then every
+    tensor the nodes read that none of them makes and that is not an initializer, in the order first read: those are
+    fed from another run of the model. Constant nodes whose values the nodes read come along. `types` gives the
+    element types of the new graph inputs (`model.tensor_types`).
+    """
+    import onnx
+    from onnx import helper
+
+    graph = model.graph
+    chosen = set(nodes)
+    constants = {out: i for i, n in enumerate(graph.node) if n.op_type == "Constant" for out in n.output}
+    for i in list(chosen):
+        chosen.update(constants[n] for n in node_reads(graph.node[i]) if n in constants)
+    order = sorted(chosen)
+    produced = {o for i in order for o in graph.node[i].output if o}
+    initializers = {t.name: t for t in graph.initializer}
+    fed = list(dict.fromkeys(inputs))
+    used_inits: dict[str, Any] = {}
+    for i in order:
+        for name in node_reads(graph.node[i]):
+            if name in produced or name in fed:
+                continue
+            if name in initializers:
+                used_inits.setdefault(name, initializers[name])
+            else:
+                fed.append(name)
+    declared = {vi.name: vi for vi in list(graph.input) + list(graph.output) + list(graph.value_info)}
+    missing = [n for n in list(fed) + list(outputs) if n not in declared and n not in types]
+    if missing:
+        raise ModelError(f"cannot cut the model at {', '.join(repr(n) for n in missing[:5])}: no known type")
+
+    def info(name: str) -> Any:
+        if name in declared and declared[name].type.HasField("tensor_type"):
+            return declared[name]
+        return helper.make_tensor_value_info(name, types[name], None)
+
+    unmade = [n for n in outputs if n not in produced and n not in fed]
+    if unmade:
+        raise ModelError(f"cannot cut the model: {', '.join(repr(n) for n in unmade[:5])} made by no node kept")
+    sub = helper.make_graph([graph.node[i] for i in order], f"{graph.name or 'graph'}_cut",
+                            [info(n) for n in fed], [info(n) for n in outputs], list(used_inits.values()))
+    cut = onnx.ModelProto()
+    cut.ir_version = model.ir_version
+    cut.opset_import.extend(model.opset_import)
+    cut.functions.extend(model.functions)
+    cut.graph.CopyFrom(sub)
+    return cut, order
+
+
+class SuffixRunner:
+    """Runs a cut model (`cut_model`) on the tensors another run fetched: a variant of a model that differs only
+    downstream of a change costs the nodes the change reaches, not the whole model."""
+
+    def __init__(self, session: Any, inputs: Sequence[str], outputs: Sequence[str], role: str) -> None:
+        self.session = session
+        self.inputs = list(inputs)
+        self.outputs = list(outputs)
+        self.role = role
+
+    @classmethod
+    def open(cls, cut: Any, *, threads: int | None, role: str = "the model's suffix",
+             optimize: bool = False, arena: bool = True) -> "SuffixRunner":
+        """A runner over `cut`'s graph outputs; `optimize=False` (default) runs the graph as written; `arena=False`
+        frees its activations after each run (many runners held at once)."""
+        inputs = [vi.name for vi in cut.graph.input if vi.name not in {t.name for t in cut.graph.initializer}]
+        outputs = [o.name for o in cut.graph.output]
+        session = ort_session(cut, (), optimize=optimize, threads=threads, role=role, arena=arena)
+        return cls(session, inputs, outputs, role)
+
+    def run(self, values: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """(output -> value) from `values`, which must hold every input of the cut (a reference run's tensors)."""
+        try:
+            feed = {n: values[n] for n in self.inputs}
+        except KeyError as exc:
+            raise CalibrationError(f"{self.role}: no value for its input {exc} in the reference run") from None
+        try:
+            got = self.session.run(self.outputs, feed)
+        except Exception as exc:  # onnxruntime's own exception types
+            fed = ", ".join(f"{n!r} {tuple(v.shape)} {v.dtype}" for n, v in list(feed.items())[:5])
+            raise CalibrationError(f"{self.role}: onnxruntime failed on inputs {fed}: {exc}") from None
+        return dict(zip(self.outputs, got))
 
 
 def global_maxima(runner: Runner, batches: Iterable[Any]) -> dict[str, float]:

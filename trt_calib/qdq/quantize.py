@@ -288,6 +288,12 @@ def quantize_model(
     excluded: dict[str, str] = {}
     if exclude:
         plan, excluded = exclusion_plan(g, plan, exclude)
+        if not plan.act_slots and not plan.weights:
+            raise CalibrationError(
+                f"nothing left to quantise: the {len(excluded)} exclusion(s) leave every quantisable node "
+                f"({', '.join(list(excluded)[:5])}{', ...' if len(excluded) > 5 else ''}) in float, so the model "
+                "would carry no Q/DQ. Hint: exclude fewer nodes (a smaller --keep)"
+            )
     layers = [(i, n.output[0]) for i, n in enumerate(work.graph.node) if i in plan.weights and n.op_type in BIASED_OPS]
     used: set[str] = set()
     body_pairs: dict[str, Any] = {}

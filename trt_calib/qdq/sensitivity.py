@@ -1,31 +1,52 @@
-"""Which layers lose the accuracy: per-unit INT8 sensitivity, measured on held-out batches, and a measured greedy curve.
+"""Which layers lose the accuracy: per-unit INT8 sensitivity on held-out batches, screened cheaply, then measured
+where it matters, and a measured greedy curve.
 
 A *unit* is a node `quantize_model` gives Q/DQ (a Conv/ConvTranspose/Gemm/MatMul with its weight and activation
-inputs, or a residual Add), under the same placement rules and scales. Every figure is a real run of the model with
-onnxruntime (graph as written, like `ort.evaluate`) on the same held-out batches, against FP32 outputs computed once:
+inputs, or a residual Add), under the same placement rules and scales. Every figure compares a variant's outputs
+with the FP32 outputs on the same held-out batches, run with onnxruntime (graph as written, like `ort.evaluate`):
 
 - ``alone``: only that unit in INT8 (weights and activations), everything else float;
 - ``excluded``: every unit in INT8 except that one (what keeping it in float buys back);
 - ``weights_only`` / ``activations_only``: only that unit's int8 weights / only its activation Q/DQ pairs, so the
   ranking says which of the two hurts (None for a unit without weights, e.g. a residual Add);
 - rank 1 is the unit whose exclusion helps most (best ``excluded``; ties go to the worse ``alone``, then graph order);
-- greedy curve: k = 0, 1, 2, ... top-ranked units kept in float, each point a real run, until the target is met or
-  `max_keep` is reached.
+- greedy curve: k = 0, 1, 2, ... top-ranked units kept in float, each point a run on every held-out sample, until the
+  target is met or `max_keep` (never every unit: at most all but one) is reached.
 
-Q/DQ variants are built in memory from one placement plan (`Plan.restricted`): a variant differs from the full
-INT8 model only in what it leaves out, every pair keeping its scale. Runs go through `ort.executor` (serial, local
-processes or a Dask cluster) in tasks that carry the float model, the plan, the held-out batches and the FP32
-outputs, so results do not depend on the engine.
+**Cost proportional to what changes.** A variant differs from the FP32 model (alone, weights or activations only) or
+from the all-INT8 model (excluded, the greedy points) only in the nodes its change reaches: its *cone*. A task runs
+the reference model once per part of a batch, only as far as the tensors its variants' cones read
+(`ort.runner.Runner` on `cut_model`), then each variant's cone alone (`ort.runner.SuffixRunner`): a unit near the
+outputs costs a few nodes, not a model. Batches are cut into parts under `max_activation_mb`, as in calibration.
+
+**Screening.** When there are more units than `candidates`, every unit is first screened by its *local error*: the
+noise power over the signal power at its outputs with only it in INT8 and FP32 inputs, on every held-out sample (one
+node per unit: about one pass of the model for all of them). The `candidates` units with the largest local error
+are measured (all four fields, each a run to the outputs on every held-out sample) and ranked by those measurements
+(`units`); the others are listed with their local error (`screened_out`), an estimate, not a measurement. The
+baseline and the greedy curve are always measured.
+
+**Nothing lost.** Results are kept as they are measured: `checkpoint(doc)` receives, after every round of tasks, a
+partial document (``"partial": true``) with every finished run; `resume=doc` skips those runs (the rest of the run
+must be the same: a fingerprint of model, scales, held-out data and options is checked), so an interrupted sweep
+continues to the same result.
+
+Q/DQ variants are built from one placement plan (`Plan.restricted`): a variant differs from the full INT8 model only
+in what it leaves out, every pair keeping its scale. Runs go through `ort.executor` (serial, local processes or a
+Dask cluster) in tasks that carry the float model, the plan, the held-out batches and the FP32 outputs, so results
+do not depend on the engine.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
+import os
 import shlex
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -44,17 +65,21 @@ from ..ort.evaluate import (
     looks_like_probabilities,
     sqnr_db,
 )
-from .graph import node_label, node_indices, tensorrt_layer_name
+from .graph import WEIGHTED_OPS, node_label, node_indices, tensorrt_layer_name
 
 __all__ = [
     "METRICS",
     "KEEP_DTYPES",
+    "FORMAT",
+    "PARTIAL_FORMAT",
     "Metric",
     "UnitSensitivity",
     "GreedyPoint",
     "SensitivityResult",
     "sensitivity",
+    "default_candidates",
     "load_sensitivity",
+    "read_partial",
     "trtexec_precision_flags",
     "layer_names_for",
     "exclusions",
@@ -65,6 +90,11 @@ log = logging.getLogger(__name__)
 
 #: Precisions a unit kept out of INT8 can run in on TensorRT 8.6-10.x (`build --keep-dtype`, trtexec's names).
 KEEP_DTYPES = ("fp16", "fp32")
+#: The "format" of a finished SENS.json, and of one a sweep writes while it runs (see `read_partial`).
+FORMAT = "trt-calib sensitivity"
+PARTIAL_FORMAT = "trt-calib sensitivity (partial)"
+#: Without a target, the chosen k is the smallest whose error gets this share of the curve's best improvement.
+KNEE_SHARE = 0.9
 
 
 @dataclass(frozen=True)
@@ -95,9 +125,15 @@ METRICS = {
 }
 
 
+def _user_metric(name: str, higher_is_better: bool) -> Metric:
+    return Metric(name, f"the task metric {name} (`--metric FILE.py[:FUNCTION]`): FP32 against INT8 outputs, "
+                  f"averaged over held-out batches; {'higher' if higher_is_better else 'lower'} is better",
+                  higher_is_better)
+
+
 @dataclass
 class UnitSensitivity:
-    """One unit's four measured errors and its rank."""
+    """One unit's four errors, each measured on every held-out sample, its rank, and its screening estimate."""
 
     node: str
     op: str
@@ -107,11 +143,12 @@ class UnitSensitivity:
     activations_only: float
     rank: int = 0
     index: int = field(default=-1, repr=False)  # node index in the (opset >= 13) graph
+    local_error: float | None = None  # the screen: noise / signal power at its outputs alone in INT8 (None: unscreened)
 
     def to_json(self) -> dict[str, Any]:
         return {"node": self.node, "op": self.op, "alone": _num(self.alone), "excluded": _num(self.excluded),
                 "weights_only": _num(self.weights_only), "activations_only": _num(self.activations_only),
-                "rank": self.rank}
+                "rank": self.rank, "measured": True, "local_error": _num(self.local_error)}
 
 
 @dataclass
@@ -144,6 +181,9 @@ class SensitivityResult:
     layers: dict[str, str] = field(default_factory=dict)  # unit -> the TensorRT layer name the ONNX parser gives it
     info: dict[str, Any] = field(default_factory=dict)  # what was measured on what (JSON-ready)
     run: dict[str, Any] = field(default_factory=dict)  # executor, runs, seconds: the only part that varies by engine
+    screening: dict[str, Any] = field(default_factory=dict)  # how the candidates were chosen
+    screened_out: list[dict[str, Any]] = field(default_factory=list)  # units not measured: node, op, local_error
+    not_ranked: dict[str, str] = field(default_factory=dict)  # weighted nodes left out of the ranking -> why
 
     @property
     def target_met(self) -> bool:
@@ -164,6 +204,7 @@ class SensitivityResult:
 
     def to_json(self) -> dict[str, Any]:
         return {
+            "format": FORMAT,
             "metric": self.metric.name,
             "metric_description": self.metric.description,
             "higher_is_better": self.metric.higher_is_better,
@@ -175,6 +216,9 @@ class SensitivityResult:
             "max_keep": self.max_keep,
             "chosen": {"k": self.chosen_k, "why": self.chosen_reason, "kept_in_float": self.kept()},
             "tensorrt_layers": dict(self.layers),
+            "screening": dict(self.screening),
+            "screened_out": [dict(u) for u in self.screened_out],
+            "not_ranked": dict(self.not_ranked),
             **self.info,
             "run": self.run,
         }
@@ -191,8 +235,17 @@ class SensitivityResult:
             lines.append(f"{u.rank:>4}  {u.node:<{width}}  {u.op:<13}  {_fmt(u.excluded):>10}  {_fmt(u.alone):>10}  "
                          f"{_fmt(u.weights_only):>10}  {_fmt(u.activations_only):>11}")
         lines += ["", "excluded: every unit INT8 but this one; alone: only this one; weights / activations: only its "
-                  "int8 weights / only its input Q/DQ pairs", "",
-                  "greedy (top-k units kept in float, each a real run):"]
+                  "int8 weights / only its input Q/DQ pairs"]
+        if self.screened_out:
+            total = len(self.units) + len(self.screened_out)
+            shown = ", ".join(f"{u['node']} ({_fmt(u['local_error'])})" for u in self.screened_out[:5])
+            more = f", ... ({len(self.screened_out) - 5} more)" if len(self.screened_out) > 5 else ""
+            lines.append(f"screened: the {len(self.units)} of {total} units with the largest local error (noise / "
+                         f"signal power at their outputs, alone in INT8) were measured; not measured: {shown}{more}")
+        if self.not_ranked:
+            lines += ["", f"not ranked ({len(self.not_ranked)}: no Q/DQ with these scales):"]
+            lines += [f"  {node}: {why}" for node, why in self.not_ranked.items()]
+        lines += ["", "greedy (top-k units kept in float, each measured on every held-out sample):"]
         for p in self.greedy:
             mark = "  <- chosen" if p.k == self.chosen_k else ""
             kept = ", ".join(p.kept_in_float[-1:]) if p.k else "-"
@@ -238,57 +291,143 @@ def trtexec_precision_flags(layers: Sequence[str], dtype: str = "fp16") -> list[
 
 
 # ---------------------------------------------------------------------------------------------- scoring
-@dataclass
-class _Sweep:
-    """What every run needs, shipped with each task (so any executor can run it): the float model, the plan, the
-    held-out batches and the FP32 outputs."""
+_FP32, _INT8 = "fp32", "int8"  # the reference a variant is cut from
 
-    model: bytes  # the float model at opset >= 13, serialised
+
+@dataclass
+class _Job:
+    """What every task needs, shipped with each (so any executor can run it): the float model, the plan, the held-out
+    batches and their FP32 outputs."""
+
+    model: Any  # executor.ShippedModel: the float model at opset >= 13
     plan: Any  # placement.Plan
+    plan_digest: str
+    inputs: list[Any]  # InputSpec
+    outputs: list[str]
     batches: list[dict[str, np.ndarray]]
     reference: list[list[np.ndarray]]  # per batch, per output
-    outputs: list[str]
     kinds: dict[str, str | None]  # output -> "probabilities" | "logits" (classifier) | None
-    metric: Metric
+    metric: str  # a METRICS name, or "user"
+    user_metric: str | None  # FILE.py:FUNCTION (absolute) of the user metric
     padded: int  # padded rows at the end of the last batch, left out of the scores
     threads: int | None
+    part_size: int | None  # samples per part (None: whole batches)
+    arena: bool = False  # onnxruntime's memory arena for the cones' sessions (off: activations freed after a run)
 
 
-def _trim(values: list[np.ndarray], rows: int) -> list[np.ndarray]:
-    return [v[: v.shape[0] - rows] if rows and v.ndim and v.shape[0] > rows else v for v in values]
+@dataclass(frozen=True)
+class _Variant:
+    """One run: int8 weights for the units in `weights`, activation pairs for those in `activations`, cut from the
+    `reference` model (what it differs from only downstream of its change). `key` names it in the journal.
+
+    `local`: not a run to the outputs but the screen of the one unit in `weights`: the relative noise power at its
+    output with only it in INT8 and FP32 inputs (its own node, nothing downstream)."""
+
+    key: str
+    weights: frozenset
+    activations: frozenset
+    reference: str
+    local: bool = False
 
 
-def _score(sweep: _Sweep, got: list[list[np.ndarray]]) -> tuple[float, dict[str, dict[str, Any]]]:
-    """(headline error, per-output measures) of one run's outputs against the FP32 reference."""
-    last = len(got) - 1
-    per_output: dict[str, dict[str, Any]] = {}
-    for k, name in enumerate(sweep.outputs):
-        kl: list[np.ndarray] = []
-        cos: list[np.ndarray] = []
-        signal = noise = 0.0
-        for b, (ref, out) in enumerate(zip(sweep.reference, got)):
-            x, y = ref[k], out[k]
-            if b == last:
-                x, y = _trim([x, y], sweep.padded)
-            signal += sum_squares(np.asarray(x, np.float64))
-            noise += sum_sq_diff(np.asarray(x, np.float64), np.asarray(y, np.float64))
-            cos.append(_cosine_error(x, y))
-            kind = sweep.kinds[name]
+def _rows(batch: Mapping[str, np.ndarray]) -> int | None:
+    return next((int(v.shape[0]) for v in batch.values() if v.ndim), None)
+
+
+class _Score:
+    """One variant's errors against FP32, accumulated part by part and batch by batch."""
+
+    def __init__(self, job: _Job, user: Any) -> None:
+        from ..ort.user_metric import MetricAccumulator
+
+        self.job = job
+        # per output: [sum of per-sample 1-cos, samples, sum of per-sample KL, KL samples, signal, noise]
+        self.sums = {name: [0.0, 0, 0.0, 0, 0.0, 0.0] for name in job.outputs}
+        self.user = None if user is None else MetricAccumulator(user)
+        self.parts: list[list[np.ndarray]] = []
+
+    def add(self, ref: Sequence[np.ndarray], got: Sequence[np.ndarray], keep: int | None) -> None:
+        """One part's outputs; only its first `keep` rows count (the rest is padding), all when None."""
+        for k, name in enumerate(self.job.outputs):
+            x, y = np.asarray(ref[k]), np.asarray(got[k])
+            if x.shape != y.shape:
+                raise ModelError(f"output {name!r} is {y.shape} in a Q/DQ variant but {x.shape} in the FP32 model")
+            if keep is not None and x.ndim:
+                x, y = x[:keep], y[:keep]
+            if x.ndim and x.shape[0] == 0:
+                continue
+            s = self.sums[name]
+            xd, yd = np.asarray(x, np.float64), np.asarray(y, np.float64)
+            cos = _cosine_error(x, y)
+            s[0] += float(np.sum(cos))
+            s[1] += cos.size
+            kind = self.job.kinds[name]
             if kind is not None:
-                p, q = log_probabilities(class_rows(x), kind), log_probabilities(class_rows(y), kind)
-                kl.append(kl_divergence(p, q))
-        row: dict[str, Any] = {"1-cosine": float(np.mean(np.concatenate(cos))), "sqnr_db": sqnr_db(signal, noise)}
-        if kl:
-            row["kl"] = float(np.mean(np.concatenate(kl)))
-        per_output[name] = row
-    m = sweep.metric
-    if m.name == "kl":
-        error = float(np.mean([r["kl"] for r in per_output.values() if "kl" in r]))
-    elif m.name == "cosine":
-        error = float(np.mean([r["1-cosine"] for r in per_output.values()]))
-    else:
-        error = float(np.mean([r["sqnr_db"] for r in per_output.values()]))
-    return error, {n: {k: _num(v) for k, v in r.items()} for n, r in per_output.items()}
+                kl = kl_divergence(log_probabilities(class_rows(x), kind), log_probabilities(class_rows(y), kind))
+                s[2] += float(np.sum(kl))
+                s[3] += kl.size
+            s[4] += sum_squares(xd)
+            s[5] += sum_sq_diff(xd, yd)
+        if self.user is not None:
+            self.parts.append([np.asarray(v) for v in got])
+
+    def end_batch(self, index: int, batch: Mapping[str, np.ndarray], keep: int | None) -> None:
+        """Give the user metric the whole batch (its parts joined), padding left out."""
+        if self.user is None:
+            return
+        parts, self.parts = self.parts, []
+        got = parts[0] if len(parts) == 1 else [np.concatenate(v) for v in zip(*parts)]
+        ref = self.job.reference[index]
+        if keep is not None:
+            got, ref = [v[:keep] if v.ndim else v for v in got], [v[:keep] if v.ndim else v for v in ref]
+            batch = {n: v[:keep] if v.ndim else v for n, v in batch.items()}
+        samples = keep if keep is not None else _rows(batch)
+        self.user.add(dict(zip(self.job.outputs, ref)), dict(zip(self.job.outputs, got)), dict(batch), samples)
+
+    def result(self) -> dict[str, Any]:
+        """{"error", "outputs"} (and "higher_is_better" for a user metric), JSON-ready."""
+        per_output: dict[str, dict[str, Any]] = {}
+        for name, (cos, n, kl, kl_n, signal, noise) in self.sums.items():
+            row: dict[str, Any] = {"1-cosine": cos / n if n else math.nan, "sqnr_db": sqnr_db(signal, noise)}
+            if self.job.kinds[name] is not None:
+                row["kl"] = kl / kl_n if kl_n else math.nan
+            per_output[name] = row
+        out: dict[str, Any] = {}
+        name = self.job.metric
+        if name == "user":
+            out["error"] = self.user.result()
+            out["higher_is_better"] = self.user.higher_is_better
+        elif name == "kl":
+            out["error"] = float(np.mean([r["kl"] for r in per_output.values() if "kl" in r]))
+        elif name == "cosine":
+            out["error"] = float(np.mean([r["1-cosine"] for r in per_output.values()]))
+        else:
+            out["error"] = float(np.mean([r["sqnr_db"] for r in per_output.values()]))
+        out["error"] = _num(out["error"])
+        out["outputs"] = {n: {k: _num(v) for k, v in r.items()} for n, r in per_output.items()}
+        return out
+
+
+class _LocalScore:
+    """A unit's local error: noise power over signal power at its outputs, every held-out sample."""
+
+    def __init__(self) -> None:
+        self.signal = 0.0
+        self.noise = 0.0
+
+    def add(self, ref: Sequence[np.ndarray], got: Sequence[np.ndarray], keep: int | None) -> None:
+        for x, y in zip(ref, got):
+            if keep is not None and x.ndim:
+                x, y = x[:keep], y[:keep]
+            self.signal += sum_squares(np.asarray(x, np.float64))
+            self.noise += sum_sq_diff(np.asarray(x, np.float64), np.asarray(y, np.float64))
+
+    def end_batch(self, *_: Any) -> None:
+        pass
+
+    def result(self) -> dict[str, Any]:
+        value = self.noise / self.signal if self.signal > 0 else (0.0 if self.noise == 0 else math.inf)
+        return {"local_error": _num(value), "sqnr_db": _num(sqnr_db(self.signal, self.noise))}
 
 
 def _cosine_error(x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -308,72 +447,325 @@ def _cosine_error(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return np.where(one_zero, 1.0, half)
 
 
-def _run_variants(task: tuple[_Sweep, list[tuple[frozenset, frozenset]]]) -> list[tuple[float, dict]]:
-    """Build and run each (int8-weight units, int8-activation units) variant; module level so workers can run it."""
+# ---------------------------------------------------------------------------------------------- running variants
+def _slot_set(plan: Any) -> set[tuple[str, tuple[int, int]]]:
+    return {(t, slot) for t, slots in plan.act_slots.items() for slot in slots}
+
+
+def _changed(reference: Any, variant: Any) -> set[int]:
+    """The nodes whose inputs or weights differ between two restrictions of one plan."""
+    nodes = {slot[0] for _, slot in _slot_set(reference) ^ _slot_set(variant)}
+    nodes.update(set(reference.weights) ^ set(variant.weights))
+    nodes.update(i for i in set(reference.weights) & set(variant.weights) if reference.weights[i] != variant.weights[i])
+    return nodes
+
+
+def _remapped(plan: Any, position: Mapping[int, int]) -> Any:
+    """The plan restricted to the nodes of a cut model, renumbered (`position`: old index -> index in the cut)."""
+    slots = {}
+    for tensor, planned in plan.act_slots.items():
+        kept = [(position[i], j) for i, j in planned if i in position]
+        if kept:
+            slots[tensor] = kept
+    weights = {position[i]: axis for i, axis in plan.weights.items() if i in position}
+    return replace(plan, act_slots=slots, weights=weights, claims={}, coverage={})
+
+
+def _rewritten(model: Any, plan: Any) -> Any:
+    """A copy of `model` with `plan`'s Q/DQ nodes."""
     import onnx
 
-    from .bias import qdq_session
     from .graph import Graph
     from .rewrite import rewrite_graph
 
-    sweep, variants = task
-    work = onnx.ModelProto.FromString(sweep.model)
-    g = Graph(work.graph)
-    results = []
-    for weights, activations in variants:
-        model = onnx.ModelProto()
-        model.CopyFrom(work)
-        rewrite_graph(model, g, sweep.plan.restricted(weights=weights, activations=activations))
-        session = qdq_session(model, outputs=sweep.outputs, threads=sweep.threads)
-        got = []
-        for index, batch in enumerate(sweep.batches):
-            try:
-                got.append([np.asarray(v) for v in session.run(sweep.outputs, batch)])
-            except Exception as exc:  # onnxruntime's own exception types
-                raise ModelError(f"a Q/DQ variant failed in onnxruntime on held-out batch {index}: {exc}") from None
-        del session
-        results.append(_score(sweep, got))
-    return results
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    rewrite_graph(out, Graph(out.graph), plan)
+    return out
 
 
-class _Runner:
-    """Runs variants on an executor in tasks; counts runs and time, reports progress per finished run."""
+def _process_state(job: _Job) -> dict[str, Any]:
+    """What a worker process keeps between tasks of one sweep: the parsed model, its types, the all-INT8 model."""
+    from ..ort.executor import per_process
 
-    def __init__(self, sweep: _Sweep, executor: Any, progress: Callable[[int], None] | None) -> None:
-        self.sweep = sweep
-        self.executor = executor
-        self.progress = progress
-        self.runs = 0
+    def make() -> dict[str, Any]:
+        from ..ort.model import tensor_types
 
-    def __call__(self, variants: list[tuple[frozenset, frozenset]], *, per_task: int | None = None) -> list[tuple]:
-        if not variants:
-            return []
-        if per_task is None:
-            # One run per task in this process; elsewhere a few tasks per worker, each shipping the sweep once.
-            workers = max(1, self.executor.workers)
-            per_task = 1 if self.executor.name == "serial" else max(1, math.ceil(len(variants) / (4 * workers)))
-        chunks = [variants[i : i + per_task] for i in range(0, len(variants), per_task)]
-        left = [len(variants)]
+        work = job.model.load()
+        return {"work": work, "types": tensor_types(work), "int8": None}
 
-        def tick(_: int) -> None:
-            n = min(per_task, left[0])
-            left[0] -= n
-            if self.progress is not None and n:
-                self.progress(n)
+    return per_process(("trt-calib sensitivity", job.model.sha256, job.plan_digest), make)
 
-        results = self.executor.map(_run_variants, [(self.sweep, c) for c in chunks], progress=tick)
-        self.runs += len(variants)
-        return [r for chunk in results for r in chunk]
+
+def _user(job: _Job) -> Any:
+    if job.user_metric is None:
+        return None
+    from ..ort.executor import per_process
+    from ..ort.user_metric import load_metric
+
+    return per_process(("trt-calib user metric", job.user_metric), lambda: load_metric(job.user_metric))
+
+
+def _suffix(job: _Job, state: Mapping[str, Any], plan: Any, changed: set[int], role: str) -> Any:
+    """A SuffixRunner over the nodes `changed` reaches, with `plan`'s Q/DQ there (None when they reach no output)."""
+    from ..ort.runner import SuffixRunner, cut_model, downstream
+    from .graph import Graph
+    from .rewrite import rewrite_graph
+
+    work = state["work"]
+    cone = downstream(work.graph, changed)
+    made = {o for i in cone for o in work.graph.node[i].output}
+    outputs = [o for o in job.outputs if o in made]
+    if not outputs:
+        return None
+    cut, order = cut_model(work, cone, outputs, types=state["types"])
+    rewrite_graph(cut, Graph(cut.graph), _remapped(plan, {old: new for new, old in enumerate(order)}))
+    return SuffixRunner.open(cut, threads=job.threads, role=role, arena=job.arena)
+
+
+def _run_variants(task: tuple[_Job, list[_Variant]]) -> list[tuple[str, dict[str, Any]]]:
+    """Run a task's variants on every batch of its job; module level so workers can run it."""
+    job, variants = task
+    state = _process_state(job)
+    results: dict[str, dict[str, Any]] = {}
+    for reference in (_FP32, _INT8):
+        group = [v for v in variants if v.reference == reference]
+        if group:
+            results.update(_run_group(job, state, reference, group))
+    return [(v.key, results[v.key]) for v in variants]
+
+
+def _local_model(job: _Job, state: Mapping[str, Any], units: Sequence[int]) -> tuple[Any, dict[int, list[str]]]:
+    """One model that runs every unit of `units` alone in INT8 on FP32 inputs: a copy of each unit's node (and of the
+    Concats its shared pairs sit on), outputs renamed, with its own Q/DQ; its inputs are the FP32 tensors the copies
+    read. Returns the model and, per unit, (its output in the model, the renamed copy) pairs flattened as
+    [original, copy, original, copy, ...]."""
+    import onnx
+    from onnx import helper
+
+    from ..ort.runner import downstream, node_reads, upstream
+    from .graph import Graph
+    from .rewrite import rewrite_graph
+
+    work = state["work"]
+    graph = work.graph
+    types = state["types"]
+    initializers = {t.name: t for t in graph.initializer}
+    constants = {out: n for n in graph.node if n.op_type == "Constant" for out in n.output}
+    nodes: list[Any] = []
+    slots: dict[str, list[tuple[int, int]]] = {}
+    weights: dict[int, Any] = {}
+    pairs: dict[int, list[str]] = {}
+    used_constants: dict[str, Any] = {}
+    for unit in units:
+        seeds = {i for _, (i, _) in job.plan.claims.get(unit, [])} - {unit}
+        path = set(downstream(graph, seeds)) & set(upstream(graph, [n for n in graph.node[unit].input if n]))
+        rename: dict[str, str] = {}
+        where: dict[int, int] = {}
+        for i in sorted(path | seeds | {unit}):
+            node = onnx.NodeProto()
+            node.CopyFrom(graph.node[i])
+            for j, name in enumerate(node.input):
+                if name in rename:
+                    node.input[j] = rename[name]
+                elif name in constants:
+                    used_constants[name] = constants[name]
+            for j, name in enumerate(node.output):
+                if name:
+                    rename[name] = node.output[j] = f"{name}__trt_calib_local_{unit}"
+            node.name = f"{node.name or node.op_type}__trt_calib_local_{unit}"
+            where[i] = len(nodes)
+            nodes.append(node)
+        for tensor, (i, j) in job.plan.claims.get(unit, []):
+            slots.setdefault(tensor, []).append((where[i], j))
+        if unit in job.plan.weights:
+            weights[where[unit]] = job.plan.weights[unit]
+        pairs[unit] = [x for o in graph.node[unit].output if o for x in (o, rename[o])]
+    made = {o for n in nodes for o in n.output}
+    reads = list(dict.fromkeys(r for n in nodes for r in node_reads(n) if r not in made))
+    inputs = [r for r in reads if r not in initializers and r not in used_constants]
+    model = onnx.ModelProto()
+    model.ir_version = work.ir_version
+    model.opset_import.extend(work.opset_import)
+    model.functions.extend(work.functions)
+    model.graph.CopyFrom(helper.make_graph(
+        list(used_constants.values()) + nodes, "units_alone",
+        [helper.make_tensor_value_info(n, types[n], None) for n in inputs],
+        [helper.make_tensor_value_info(c, types[o], None) for u in units for o, c in zip(pairs[u][::2], pairs[u][1::2])],
+        [initializers[r] for r in reads if r in initializers]))
+    shift = len(used_constants)
+    plan = replace(job.plan, act_slots={t: [(i + shift, j) for i, j in v] for t, v in slots.items()},
+                   weights={i + shift: a for i, a in weights.items()}, claims={}, coverage={})
+    rewrite_graph(model, Graph(model.graph), plan)
+    return model, pairs
+
+
+def _run_group(job: _Job, state: dict[str, Any], reference: str, variants: list[_Variant]) -> dict[str, dict]:
+    """Run the reference model once per part, as far as the variants' cones read, then every variant's cone."""
+    from ..ort.runner import Runner, cut_model, split_batch, upstream
+
+    work = state["work"]
+    if reference == _INT8:
+        if state["int8"] is None:
+            state["int8"] = _rewritten(work, job.plan)
+        ref_model, ref_plan = state["int8"], job.plan
+    else:
+        ref_model, ref_plan = work, job.plan.restricted(weights=(), activations=())
+    suffixes: dict[str, Any] = {}
+    needed: set[str] = set()
+    local = [v for v in variants if v.local]
+    pairs: dict[int, list[str]] = {}
+    if local:
+        from ..ort.runner import SuffixRunner
+
+        model, pairs = _local_model(job, state, [next(iter(v.weights)) for v in local])
+        alone = SuffixRunner.open(model, threads=job.threads, role="the units alone")
+        needed.update(alone.inputs)
+        needed.update(o for p in pairs.values() for o in p[::2])
+    for v in variants:
+        if v.local:
+            continue
+        plan = job.plan.restricted(weights=v.weights, activations=v.activations)
+        changed = _changed(ref_plan, plan)
+        runner = _suffix(job, state, plan, changed, f"the Q/DQ variant {v.key}") if changed else None
+        suffixes[v.key] = runner
+        made = set(runner.outputs) if runner is not None else set()
+        needed.update(runner.inputs if runner is not None else ())
+        needed.update(o for o in job.outputs if o not in made)
+    input_names = [s.name for s in job.inputs]
+    fetch = sorted(n for n in needed if n not in input_names)
+    runner = None
+    if fetch:
+        prefix, _ = cut_model(ref_model, upstream(ref_model.graph, fetch), fetch, types=state["types"],
+                              inputs=input_names)
+        runner = Runner.open(prefix, fetch + [n for n in input_names if n in needed], threads=job.threads,
+                             budget_bytes=1 << 62, name=f"the {reference.upper()} model", optimize=False)
+    user = _user(job)
+    scores: dict[str, Any] = {v.key: _LocalScore() if v.local else _Score(job, user) for v in variants}
+    last = len(job.batches) - 1
+    for index, batch in enumerate(job.batches):
+        rows = _rows(batch)
+        valid = rows - job.padded if index == last and job.padded and rows is not None else None
+        offset = 0
+        for part in split_batch(batch, job.inputs, job.part_size or 1 << 62):
+            values = runner.run(part) if runner is not None else {}
+            values.update((n, part[n]) for n in input_names if n not in values)
+            count = _rows(part)
+            whole = count is None or count == rows
+            ref = [r if whole else r[offset : offset + count] for r in job.reference[index]]
+            keep = None if valid is None else max(0, min(count if count is not None else valid, valid - offset))
+            if local:
+                got = alone.run(values)
+                for v in local:
+                    pair = pairs[next(iter(v.weights))]
+                    scores[v.key].add([values[o] for o in pair[::2]], [got[c] for c in pair[1::2]], keep)
+                del got
+            for v in variants:
+                if v.local:
+                    continue
+                suffix = suffixes[v.key]
+                got = suffix.run(values) if suffix is not None else {}
+                scores[v.key].add(ref, [got[o] if o in got else values[o] for o in job.outputs], keep)
+                del got
+            del values
+            offset += count or 0
+        for v in variants:
+            scores[v.key].end_batch(index, batch, valid)
+    return {key: score.result() for key, score in scores.items()}
 
 
 # ---------------------------------------------------------------------------------------------- the sweep
+class _Sweep:
+    """Runs variants on an executor in rounds of tasks, keeps every finished run (`done`, by key) and hands the
+    partial document to `checkpoint` after each round; counts runs and time, reports progress per finished run."""
+
+    def __init__(self, executor: Any, progress: Callable[[int], None] | None,
+                 checkpoint: Callable[[dict[str, Any]], None] | None, fingerprint: dict[str, Any],
+                 done: Mapping[str, Any] | None = None, *, weight: Callable[[_Variant], int] | None = None,
+                 capacity: int | None = None) -> None:
+        self.weight = weight  # a variant's session bytes (its cone's weights); a task holds at most `capacity`
+        self.capacity = capacity
+        self.executor = executor
+        self.progress = progress
+        self.checkpoint = checkpoint
+        self.fingerprint = fingerprint
+        self.done: dict[str, dict[str, Any]] = dict(done or {})
+        self.resumed = len(self.done)
+        self.runs = 0
+        self.seconds: dict[str, float] = {}  # phase -> wall seconds
+
+    def measure(self, job: _Job, variants: Sequence[_Variant], *, per_task: int | None = None,
+                tasks_per_worker: int = 4, stop: Callable[[dict[str, dict]], bool] | None = None,
+                phase: str = "runs") -> dict[str, dict[str, Any]]:
+        """{key: result} of every variant, running those not done yet, in tasks of `per_task` variants (default:
+        `tasks_per_worker` tasks per worker) that never mix references; `stop(results so far)` after each round
+        ends the measurement early (the greedy curve at its target)."""
+        started = time.perf_counter()
+        try:
+            return self._measure(job, variants, per_task, tasks_per_worker, stop)
+        finally:
+            self.seconds[phase] = round(self.seconds.get(phase, 0.0) + time.perf_counter() - started, 3)
+
+    def _measure(self, job: _Job, variants: Sequence[_Variant], per_task: int | None, tasks_per_worker: int,
+                 stop: Callable[[dict[str, dict]], bool] | None) -> dict[str, dict[str, Any]]:
+        todo = list({v.key: v for v in variants if v.key not in self.done}.values())
+        workers = max(1, self.executor.workers)
+        if per_task is None:
+            # A task runs its reference model once for all its variants: a few tasks per worker and phase, each a
+            # round of its own on the serial executor, so an interrupt loses at most one task's runs.
+            per_task = max(1, math.ceil(len(todo) / (tasks_per_worker * workers)))
+        chunks: list[list[_Variant]] = []
+        held = 0
+        for v in todo:
+            size = self.weight(v) if self.weight is not None else 0
+            fits = self.capacity is None or held + size <= self.capacity
+            if chunks and len(chunks[-1]) < per_task and chunks[-1][-1].reference == v.reference and fits:
+                chunks[-1].append(v)
+                held += size
+            else:
+                chunks.append([v])
+                held = size
+        for first in range(0, len(chunks), workers):
+            if stop is not None and stop(self._known(variants)):
+                break
+            batch = chunks[first : first + workers]
+            size = sum(len(c) for c in batch)
+            left = [size]
+
+            def tick(_: int) -> None:
+                n = min(per_task, left[0])
+                left[0] -= n
+                if self.progress is not None and n:
+                    self.progress(n)
+
+            for chunk in self.executor.map(_run_variants, [(job, c) for c in batch], progress=tick):
+                self.done.update(chunk)
+            self.runs += size
+            if self.checkpoint is not None:
+                self.checkpoint(self.partial())
+        return self._known(variants)
+
+    def _known(self, variants: Sequence[_Variant]) -> dict[str, dict[str, Any]]:
+        return {v.key: self.done[v.key] for v in variants if v.key in self.done}
+
+    def partial(self) -> dict[str, Any]:
+        """The document that lets `resume` continue this sweep: every finished run, and what it was run on."""
+        return {"format": PARTIAL_FORMAT, "partial": True,
+                "note": "an unfinished sensitivity sweep: `trt-calib sensitivity ... --resume` continues it",
+                "runs_done": len(self.done), "fingerprint": self.fingerprint, "measured": dict(self.done)}
+
+
+def _error(result: Mapping[str, Any]) -> float:
+    return float(result["error"])
+
+
 def _resolve_metric(metric: str, kinds: Mapping[str, str | None], probabilities: Mapping[str, bool]) -> Metric:
     if metric == "auto":
         if kinds and all(kinds[n] is not None and probabilities[n] for n in kinds):
             return METRICS["kl"]
         return METRICS["cosine"]
     if metric not in METRICS:
-        raise UsageError(f"unknown metric {metric!r}; choose one of auto, {', '.join(METRICS)}")
+        raise UsageError(f"unknown metric {metric!r}; choose one of auto, {', '.join(METRICS)}, or FILE.py[:FUNCTION]")
     if metric == "kl" and not any(k is not None for k in kinds.values()):
         raise UsageError(
             f"metric 'kl' needs a classifier output of shape (N, C) (or (N, C, 1, ...)); the outputs are "
@@ -382,34 +774,65 @@ def _resolve_metric(metric: str, kinds: Mapping[str, str | None], probabilities:
     return METRICS[metric]
 
 
-def _samples(sweep: _Sweep) -> int:
-    return int(sum(r[0].shape[0] if r[0].ndim else 1 for r in sweep.reference)) - sweep.padded
+def _load_user_metric(metric: Any, executor: Any) -> tuple[Any, str | None, str | None]:
+    """(the UserMetric, the spec workers load it from, its file's sha256) for a task metric; Nones for a built-in.
+
+    A metric given as "FILE.py[:FUNCTION]" is loaded again in each worker process; a `UserMetric` object only runs
+    in this process (its function cannot be sent to another)."""
+    from ..ort.executor import per_process
+    from ..ort.user_metric import UserMetric, load_metric
+
+    if isinstance(metric, UserMetric):
+        if executor.name != "serial":
+            raise UsageError(f"a UserMetric object runs in this process only; to measure on the {executor.name} "
+                             "executor pass its 'FILE.py[:FUNCTION]' instead")
+        spec = f"<object {id(metric)}>"
+        per_process(("trt-calib user metric", spec), lambda: metric)
+        return metric, spec, None
+    if isinstance(metric, os.PathLike) or (isinstance(metric, str) and metric not in ("auto", *METRICS)):
+        from ..ort.data.scripts import split_script
+
+        user = load_metric(metric)
+        path, _ = split_script(os.fspath(metric))
+        spec = f"{path.resolve()}:{user.name.rpartition(':')[2]}"
+        return user, spec, _file_sha256(str(path))
+    return None, None, None
 
 
-def _setup(model: Any, scales: Any, eval_batches: Iterable[Any], *, metric: str, placement: str, per_channel: bool,
-           padded: int | None, threads: int | None) -> tuple[Any, _Sweep]:
-    """The full placement plan and the sweep every run shares: held-out batches, FP32 outputs (computed once here)
-    and the metric resolved from them."""
-    from ..ort.model import model_inputs, ort_session
+@dataclass
+class _Setup:
+    prepared: Any
+    job: _Job
+    metric: Metric | None  # None for a user metric until its first run says which way is better
+    user: Any  # the loaded UserMetric, or None
+    fingerprint: dict[str, Any]
+
+
+def _setup(model: Any, scales: Any, eval_batches: Iterable[Any], *, metric: Any, placement: str, per_channel: bool,
+           padded: int | None, executor: Any, max_activation_mb: float) -> _Setup:
+    """The full placement plan and the job every run shares: held-out batches, FP32 outputs (computed once here, in
+    parts under the activation budget), the metric resolved from them, and the sweep's fingerprint."""
     from ..ort.data import BatchSource, iter_batches
+    from ..ort.data.inputs import hash_batch
+    from ..ort.executor import ShippedModel
+    from ..ort.model import model_inputs
     from .quantize import prepare_model
 
+    if not (isinstance(max_activation_mb, (int, float)) and math.isfinite(max_activation_mb) and max_activation_mb > 0):
+        raise UsageError(f"max_activation_mb must be a finite number > 0, got {max_activation_mb!r}")
+    threads = executor.threads_per_worker
+    user, spec, metric_sha = _load_user_metric(metric, executor)
     prepared = prepare_model(model, scales, per_channel=per_channel, placement=placement)
     work = prepared.work
+    specs = model_inputs(work)
     if padded is None:
         padded = eval_batches.num_padded if isinstance(eval_batches, BatchSource) else 0
-    batches = list(iter_batches(eval_batches, model_inputs(work)))
+    batches = list(iter_batches(eval_batches, specs))
     if not batches:
         raise DataError("no held-out batches to measure on")
     outputs = [o.name for o in work.graph.output]
-    session = ort_session(work, outputs, optimize=False, role="the FP32 model")
-    reference = []
-    for index, batch in enumerate(batches):
-        try:
-            reference.append([np.asarray(v) for v in session.run(outputs, batch)])
-        except Exception as exc:
-            raise ModelError(f"the FP32 model failed in onnxruntime on held-out batch {index}: {exc}") from None
-    del session
+    reference, part_size = _fp32_outputs(work, prepared.plan, specs, outputs, batches, threads, max_activation_mb)
+    _check_finite(outputs, reference)
     kinds: dict[str, str | None] = {}
     probabilities: dict[str, bool] = {}
     for k, name in enumerate(outputs):
@@ -418,11 +841,102 @@ def _setup(model: Any, scales: Any, eval_batches: Iterable[Any], *, metric: str,
         classifier = all(r is not None for r in rows)
         probabilities[name] = classifier and all(looks_like_probabilities(r) for r in rows)
         kinds[name] = None if not classifier else ("probabilities" if probabilities[name] else "logits")
-    chosen = _resolve_metric(metric, kinds, probabilities)
-    if chosen.name != "kl":
+    chosen = None if user is not None else _resolve_metric(str(metric), kinds, probabilities)
+    if chosen is not None and chosen.name != "kl":
         kinds = dict.fromkeys(kinds)  # no KL to compute
-    sweep = _Sweep(work.SerializeToString(), prepared.plan, batches, reference, outputs, kinds, chosen, padded, threads)
-    return prepared, sweep
+    shipped = ShippedModel.of(work)
+    plan_digest = _plan_digest(prepared.plan)
+    data = hashlib.sha256()
+    for batch in batches:
+        hash_batch(data, batch, specs)
+    job = _Job(shipped, prepared.plan, plan_digest, specs, outputs, batches, reference, kinds,
+               "user" if user is not None else chosen.name, spec, padded, threads, part_size)
+    fingerprint = {
+        "model_sha256": shipped.sha256, "plan_sha256": plan_digest, "heldout_sha256": data.hexdigest(),
+        "padded": padded, "metric": user.name if user is not None else chosen.name,
+        "metric_sha256": metric_sha,
+    }
+    return _Setup(prepared, job, chosen, user, fingerprint)
+
+
+def _file_sha256(path: str) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _plan_digest(plan: Any) -> str:
+    """A digest of what a plan inserts: every pair's tensor, grid and slots, every weight's axis."""
+    h = hashlib.sha256()
+    for tensor in sorted(plan.act_slots):
+        h.update(repr((tensor, repr(plan.act_grid[tensor]), sorted(plan.act_slots[tensor]))).encode())
+    h.update(repr(sorted(plan.weights.items(), key=lambda kv: kv[0])).encode())
+    h.update(repr({i: sorted(c) for i, c in plan.claims.items()}).encode())
+    return h.hexdigest()
+
+
+def _fp32_outputs(work: Any, plan: Any, specs: Sequence[Any], outputs: list[str],
+                  batches: list[dict[str, np.ndarray]], threads: int | None,
+                  max_activation_mb: float) -> tuple[list[list[np.ndarray]], int | None]:
+    """The FP32 outputs per batch and the samples per part every task cuts batches into (None: whole batches).
+
+    A task holds the reference tensors its variants' cones read (at most every tensor some unit's cone reads) and
+    the cones' own activations: half the budget goes to the first, so parts are sized on those tensors. The outputs
+    are computed in the same parts and joined; when an output is not batch-major they cannot be, and batches run
+    whole.
+    """
+    from ..ort.runner import Runner, downstream, node_reads, split_batch
+
+    graph = work.graph
+    inits = {t.name for t in graph.initializer}
+    read: set[str] = set()
+    for u in plan.units:
+        cone = downstream(graph, {u} | {i for _, (i, _) in plan.claims.get(u, [])})
+        made = {o for i in cone for o in graph.node[i].output}
+        read.update(n for i in cone for n in node_reads(graph.node[i]) if n not in made and n not in inits)
+    inputs = {s.name for s in specs}
+    names = list(outputs) + sorted(n for n in read if n not in inputs and n not in outputs)
+    runner = Runner.open(work, names, threads=threads, budget_bytes=max(1, int(max_activation_mb * 2**19)),
+                         name="the FP32 model", optimize=False)
+    part_size = runner.part_size if runner.size_parts(batches[0]) > 1 else None
+    if part_size is not None:
+        runner = Runner.open(work, outputs, threads=threads, budget_bytes=1 << 62, name="the FP32 model",
+                             optimize=False)
+    reference = []
+    for batch in batches:
+        parts = split_batch(batch, specs, part_size or 1 << 62)
+        got = [[np.asarray(runner.run(p)[n]) for n in outputs] for p in parts]
+        if len(parts) > 1:
+            sizes = [_rows(p) for p in parts]
+            if any(v.ndim == 0 or v.shape[0] != n for values, n in zip(got, sizes) for v in values):
+                log.info("an output is not batch-major: held-out batches run whole, whatever the budget")
+                return [[np.asarray(runner.run(b)[n]) for n in outputs] for b in batches], None
+            got = [[np.concatenate(v) for v in zip(*got)]]
+        reference.append(got[0])
+    return reference, part_size
+
+
+def _check_finite(outputs: Sequence[str], reference: Sequence[Sequence[np.ndarray]]) -> None:
+    """An FP32 output that is not finite leaves nothing to measure INT8 against: an error, not a row of NaNs."""
+    for index, values in enumerate(reference):
+        for name, value in zip(outputs, values):
+            value = np.asarray(value)
+            if np.issubdtype(value.dtype, np.floating) and not np.all(np.isfinite(value)):
+                bad = int(np.size(value) - np.count_nonzero(np.isfinite(value)))
+                what = "NaN" if np.isnan(value).any() else "inf"
+                raise ModelError(
+                    f"the FP32 model's output {name!r} holds {what} on held-out batch {index} ({bad} of "
+                    f"{value.size} values not finite): no INT8 error can be measured against it. Hint: check the "
+                    "model and the held-out data (its preprocessing); evaluate it with `trt-calib evaluate`"
+                )
+
+
+def _samples(job: _Job) -> int:
+    return int(sum(_rows(b) or 1 for b in job.batches)) - job.padded
+
+
+def default_candidates(max_keep: int) -> int:
+    """How many screened units are measured on every held-out sample by default: the `max_keep` the greedy curve can
+    keep and a margin for the screen's noise (half of it, at least 3)."""
+    return max_keep + max(3, max_keep // 2)
 
 
 def measure_kept(
@@ -431,30 +945,34 @@ def measure_kept(
     eval_batches: Iterable[Any],
     kept_sets: Sequence[Sequence[str]],
     *,
-    metric: str = "auto",
+    metric: Any = "auto",
     placement: str = "trt",
     per_channel: bool = True,
     executor: Any = None,
     progress: Callable[[int], None] | None = None,
+    max_activation_mb: float = 256,
 ) -> tuple[Metric, list[float]]:
     """The error of the INT8 model with each set of nodes kept in float (what `quantize_model(exclude=...)` writes),
     measured like `sensitivity`'s runs: (the metric, one error per set)."""
     from ..ort.executor import SerialExecutor
 
     executor = executor if executor is not None else SerialExecutor()
-    prepared, sweep = _setup(model, scales, eval_batches, metric=metric, placement=placement,
-                             per_channel=per_channel, padded=None, threads=executor.threads_per_worker)
-    known = node_indices(prepared.work.graph)
-    every = frozenset(prepared.plan.units)
+    setup = _setup(model, scales, eval_batches, metric=metric, placement=placement, per_channel=per_channel,
+                   padded=None, executor=executor, max_activation_mb=max_activation_mb)
+    known = node_indices(setup.prepared.work.graph)
+    every = frozenset(setup.prepared.plan.units)
     variants = []
-    for names in kept_sets:
+    for j, names in enumerate(kept_sets):
         unknown = [n for n in names if n not in known]
         if unknown:
             raise ModelError(f"no node named {', '.join(repr(n) for n in unknown[:5])} in the model")
         rest = every - {known[n] for n in names}
-        variants.append((rest, rest))
-    results = _Runner(sweep, executor, progress)(variants)
-    return sweep.metric, [error for error, _ in results]
+        variants.append(_Variant(f"kept/{j}", rest, rest, _INT8))
+    sweep = _Sweep(executor, progress, None, setup.fingerprint, weight=_session_weights(setup.prepared),
+                   capacity=int(max_activation_mb * 2**20))
+    results = sweep.measure(setup.job, variants)
+    m = setup.metric or _user_metric(setup.user.name, bool(next(iter(results.values()))["higher_is_better"]))
+    return m, [_error(results[v.key]) for v in variants]
 
 
 def sensitivity(
@@ -462,7 +980,7 @@ def sensitivity(
     scales: Any,
     eval_batches: Iterable[Any],
     *,
-    metric: str = "auto",
+    metric: Any = "auto",
     placement: str = "trt",
     per_channel: bool = True,
     target: float | None = None,
@@ -472,15 +990,23 @@ def sensitivity(
     total: Callable[[int], None] | None = None,
     info: Mapping[str, Any] | None = None,
     padded: int | None = None,
+    candidates: int | str | None = None,
+    max_activation_mb: float = 256,
+    checkpoint: Callable[[dict[str, Any]], None] | None = None,
+    resume: Mapping[str, Any] | None = None,
 ) -> SensitivityResult:
     """Rank every unit `quantize_model(model, scales, placement=..., per_channel=...)` would quantise by the output
     error INT8 costs there, on `eval_batches` (held-out data), and measure the greedy curve (module docstring).
 
-    `metric`: "auto" (KL when every output is a probability vector, else 1 - cosine), "kl", "cosine" or "sqnr".
-    `target`: stop the greedy curve at the first k whose error meets it (<=, or >= for sqnr). `executor`: an
-    `ort.executor.Executor` (default: this process); `progress(n)` after n runs finish, `total(n)` once with the
-    most runs there will be. `padded`: rows of padding at the end of the last batch, left out of the scores (default:
-    a `BatchSource`'s own count). `info` is copied into the JSON.
+    `metric`: "auto" (KL when every output is a probability vector, else 1 - cosine), "kl", "cosine", "sqnr", or a
+    task metric: a `ort.user_metric.UserMetric` or the "FILE.py[:FUNCTION]" that names one. `target`: stop the greedy
+    curve at the first k whose error meets it (<=, or >= when higher is better). `candidates` (default
+    `default_candidates(max_keep)`; "all" or at least the number of units: every unit, no screening): how many units,
+    those with the largest local error (the screen), are measured; the others are listed in `screened_out`. `executor`: an `ort.executor.Executor` (default: this process);
+    `progress(n)` after n runs finish, `total(n)` once with the most runs there will be. `padded`: rows of padding at
+    the end of the last batch, left out of the scores (default: a `BatchSource`'s own count). `max_activation_mb`:
+    the activation budget batches are cut to. `checkpoint(doc)`: called with the partial document after every round
+    of runs; `resume`: such a document, whose runs are not made again. `info` is copied into the JSON.
     """
     from ..ort.executor import SerialExecutor
 
@@ -488,107 +1014,225 @@ def sensitivity(
         raise UsageError(f"max_keep must be >= 0, got {max_keep}")
     if target is not None and not math.isfinite(target):
         raise UsageError(f"target must be a finite number, got {target}")
+    if candidates is not None and candidates != "all" and not (isinstance(candidates, int) and candidates >= 1):
+        raise UsageError(f"candidates must be 'all' or an integer >= 1, got {candidates!r}")
     started = time.perf_counter()
     executor = executor if executor is not None else SerialExecutor()
-    prepared, sweep = _setup(model, scales, eval_batches, metric=metric, placement=placement,
-                             per_channel=per_channel, padded=padded, threads=executor.threads_per_worker)
-    plan, nodes, units, chosen_metric = prepared.plan, prepared.work.graph.node, prepared.plan.units, sweep.metric
-    run = _Runner(sweep, executor, progress)
-
+    setup = _setup(model, scales, eval_batches, metric=metric, placement=placement, per_channel=per_channel,
+                   padded=padded, executor=executor, max_activation_mb=max_activation_mb)
+    prepared, job = setup.prepared, setup.job
+    plan, nodes, units = prepared.plan, prepared.work.graph.node, prepared.plan.units
     every = frozenset(units)
     none: frozenset = frozenset()
-    variants: dict[tuple[frozenset, frozenset], int] = {}
+    samples = _samples(job)
+    wanted = default_candidates(max_keep) if candidates is None else len(units) if candidates == "all" else candidates
+    measure_all = wanted >= len(units)
+    fingerprint = dict(setup.fingerprint, placement=placement, per_channel=per_channel, max_keep=max_keep,
+                       target=target, candidates=None if measure_all else wanted)
+    done = _resumed(resume, fingerprint)
+    sweep = _Sweep(executor, progress, checkpoint, fingerprint, done, weight=_session_weights(prepared),
+                   capacity=int(max_activation_mb * 2**20))
+    # a recommendation never keeps every unit in float; nor more than were measured
+    limit = min(max_keep, max(0, len(units) - 1), wanted)
 
-    def want(w: frozenset, a: frozenset) -> tuple[frozenset, frozenset]:
-        variants.setdefault((w, a), len(variants))
-        return (w, a)
-
-    baseline = want(every, every)
-    asked = {}
-    for u in units:
+    def fields(u: int) -> list[_Variant]:
         one = frozenset([u])
-        has_weights = u in plan.weights
-        asked[u] = {
-            "alone": want(one, one),
-            "excluded": want(every - one, every - one),
-            "weights_only": want(one, none) if has_weights else None,
-            "activations_only": want(none, one) if has_weights else None,
-        }
-    if total is not None:
-        total(len(variants) + min(max_keep, len(units)))
-    measured = dict(zip(variants, run(list(variants))))
-    ranking_seconds = time.perf_counter() - started
+        out = [_Variant(f"alone/{u}", one, one, _FP32)]
+        if u in plan.weights:
+            out += [_Variant(f"weights_only/{u}", one, none, _FP32), _Variant(f"activations_only/{u}", none, one, _FP32)]
+        return out + [_Variant(f"excluded/{u}", every - one, every - one, _INT8)]
 
+    if total is not None:  # the runs still to make (the first greedy point is the top unit's `excluded` run)
+        measured_units = len(units) if measure_all else wanted
+        planned = 1 + (0 if measure_all else len(units)) + sum(len(fields(u)) for u in units[:measured_units])
+        total(max(0, planned + max(0, limit - 1) - len(done)))
+    local: dict[int, float] = {}
+    chosen_units = list(units)
+    if not measure_all:
+        got = sweep.measure(job, [_Variant(f"local/{u}", frozenset([u]), frozenset([u]), _FP32, local=True)
+                                  for u in units], tasks_per_worker=1, phase="screen")
+        local = {u: float(got[f"local/{u}"]["local_error"]) for u in units}
+        chosen_units = sorted(units, key=lambda u: (-_sortable(local[u]), u))[:wanted]
+    # the baseline (every unit INT8) rides with the `excluded` runs, which run the INT8 model anyway
+    runs = [v for u in sorted(chosen_units) for v in fields(u)] + [_Variant("baseline", every, every, _INT8)]
+    got = sweep.measure(job, sorted(runs, key=lambda v: v.reference), tasks_per_worker=2, phase="measure")
+    baseline = got["baseline"]
+    higher = baseline.get("higher_is_better")
+    m = setup.metric or _user_metric(setup.user.name, bool(higher))
+    if setup.metric is None and higher is None:
+        raise DataError(f"{setup.user.name}: never said whether higher is better")
     rows = []
-    for u in units:
-        got = {key: (measured[v][0] if v is not None else None) for key, v in asked[u].items()}
-        if got["activations_only"] is None:
-            got["activations_only"] = got["alone"]  # no weights: the unit is its activations
-        rows.append(UnitSensitivity(node_label(nodes[u], u), nodes[u].op_type, got["alone"], got["excluded"],
-                                    got["weights_only"], got["activations_only"], index=u))
-    m = chosen_metric
+    for u in sorted(chosen_units):
+        value = {f: (_error(got[f"{f}/{u}"]) if f"{f}/{u}" in got else None)
+                 for f in ("alone", "excluded", "weights_only", "activations_only")}
+        if value["activations_only"] is None:
+            value["activations_only"] = value["alone"]  # no weights: the unit is its activations
+        rows.append(UnitSensitivity(node_label(nodes[u], u), nodes[u].op_type, value["alone"], value["excluded"],
+                                    value["weights_only"], value["activations_only"], index=u,
+                                    local_error=local.get(u)))
     rows.sort(key=lambda r: (m.key(r.excluded), -m.key(r.alone), r.index))
     for rank, r in enumerate(rows, 1):
         r.rank = rank
+    screened_out = [{"node": node_label(nodes[u], u), "op": nodes[u].op_type, "local_error": _num(local[u])}
+                    for u in sorted(set(units) - set(chosen_units), key=lambda u: (-_sortable(local[u]), u))]
+    ranking_seconds = time.perf_counter() - started
 
-    base_error, base_outputs = measured[baseline]
-    greedy = [GreedyPoint(0, [], base_error, base_outputs)]
-    limit = min(max_keep, len(rows))
-    k = 1
+    greedy = [GreedyPoint(0, [], _error(baseline), baseline["outputs"])]
     greedy_started = time.perf_counter()
-    while (target is None or not m.meets(greedy[-1].error, target)) and k <= limit:
-        ks = list(range(k, min(limit, k + max(1, executor.workers) - 1) + 1))
-        sets = []
-        for j in ks:
-            kept = frozenset(r.index for r in rows[:j])
-            sets.append((every - kept, every - kept))
-        for j, (error, per_output) in zip(ks, run(sets, per_task=1)):
-            greedy.append(GreedyPoint(j, [r.node for r in rows[:j]], error, per_output))
-            if target is not None and m.meets(error, target):
-                break
-        k = ks[-1] + 1
-    meeting = [p.k for p in greedy if target is not None and m.meets(p.error, target)]
-    if meeting:
-        chosen, why = meeting[0], f"the smallest k whose error meets the target {target:g}"
-    else:
-        best = min(greedy, key=lambda p: (m.key(p.error), p.k))
-        chosen = best.k
-        why = ("the lowest error of the curve (no target given)" if target is None else
-               f"target {target:g} not met within k <= {limit}: the lowest error of the curve")
+
+    def point(j: int) -> _Variant:
+        kept = frozenset(r.index for r in rows[:j])
+        if j == 1:  # the top unit kept in float is its own `excluded` run, already measured
+            return _Variant(f"excluded/{rows[0].index}", every - kept, every - kept, _INT8)
+        return _Variant(f"greedy/{j}", every - kept, every - kept, _INT8)
+
+    def met(results: Mapping[str, dict]) -> bool:
+        return target is not None and any(m.meets(_error(r), target) for r in results.values())
+
+    points = [point(j) for j in range(1, limit + 1)]
+    measured = sweep.measure(job, points, per_task=1, stop=met, phase="greedy")
+    for j, v in enumerate(points, 1):
+        if v.key not in measured:
+            break
+        greedy.append(GreedyPoint(j, [r.node for r in rows[:j]], _error(measured[v.key]), measured[v.key]["outputs"]))
+        if target is not None and m.meets(greedy[-1].error, target):
+            break
+    chosen, why = _choose(greedy, m, target, limit, len(units))
 
     layers = {r.node: tensorrt_layer_name(nodes[r.index]) for r in rows}
     doc = {
         "placement": placement,
         "per_channel_weights": per_channel,
-        "evaluation": {"batches": len(sweep.batches), "samples": _samples(sweep)},
+        "evaluation": {"batches": len(job.batches), "samples": samples},
         "session": SESSION_MODE,
         "note": ORT_NOTE,
         **dict(info or {}),
     }
+    screening = {
+        "units": len(units),
+        "measured": len(rows),
+        "how": ("every unit measured on every held-out sample (no more units than candidates)" if measure_all else
+                f"screened: each unit's local error (noise / signal power at its outputs with only it in INT8 and "
+                f"FP32 inputs, on every held-out sample; `local_error`), an estimate of what it adds, not a "
+                f"measurement of the outputs. The {len(rows)} largest were measured (`units`, every number a run "
+                f"to the outputs on all {samples} samples); the other {len(screened_out)} are in `screened_out`"),
+    }
     return SensitivityResult(
-        metric=m, baseline_error=base_error, baseline_outputs=base_outputs, units=rows, greedy=greedy,
+        metric=m, baseline_error=_error(baseline), baseline_outputs=baseline["outputs"], units=rows, greedy=greedy,
         target=target, max_keep=max_keep, chosen_k=chosen, chosen_reason=why, layers=layers, info=doc,
-        run={"executor": executor.name, "workers": executor.workers, "runs": run.runs,
+        run={"executor": executor.name, "workers": executor.workers, "runs": sweep.runs,
+             "resumed_runs": sweep.resumed, "part_samples": job.part_size, "phase_seconds": sweep.seconds,
              "ranking_seconds": round(ranking_seconds, 3),
              "greedy_seconds": round(time.perf_counter() - greedy_started, 3),
              "seconds": round(time.perf_counter() - started, 3)},
+        screening=screening,
+        screened_out=screened_out,
+        not_ranked=_not_ranked(prepared),
     )
 
 
+def _session_weights(prepared: Any) -> Callable[[_Variant], int]:
+    """A variant's session memory, estimated from its cone's weights (twice: onnxruntime's copy and the model's):
+    the sessions a task holds at once are kept under the budget (a unit near the input holds the whole model)."""
+    from ..ort.runner import downstream, node_reads
+
+    graph = prepared.work.graph
+    sizes = {t.name: int(np.prod(t.dims, dtype=np.int64)) * 4 for t in graph.initializer}
+    empty = prepared.plan.restricted(weights=(), activations=())
+
+    def weight(v: _Variant) -> int:
+        if v.local:
+            return 0
+        reference = prepared.plan if v.reference == _INT8 else empty
+        changed = _changed(reference, prepared.plan.restricted(weights=v.weights, activations=v.activations))
+        if not changed:
+            return 0
+        read = {n for i in downstream(graph, changed) for n in node_reads(graph.node[i])}
+        return 2 * sum(sizes.get(n, 0) for n in read)
+
+    return weight
+
+
+def _sortable(value: float) -> float:
+    return -math.inf if math.isnan(value) else value
+
+
+def _choose(greedy: Sequence[GreedyPoint], m: Metric, target: float | None, limit: int, units: int) -> tuple[int, str]:
+    """The k to recommend: the smallest meeting the target; without one, the smallest that gets `KNEE_SHARE` of the
+    curve's best improvement; never every unit (the curve stops one short)."""
+    meeting = [p.k for p in greedy if target is not None and m.meets(p.error, target)]
+    if meeting:
+        return meeting[0], f"the smallest k whose error meets the target {target:g}"
+    best = min(greedy, key=lambda p: (m.key(p.error), p.k))
+    binds = units > 0 and limit == units - 1 and best.k == limit
+    cap = f"; k <= {limit}: keeping every unit in float is no INT8 model" if binds else ""
+    if target is not None:
+        return best.k, f"target {target:g} not met within k <= {limit}: the lowest error of the curve{cap}"
+    base = m.key(greedy[0].error)
+    gain = base - m.key(best.error)
+    if not math.isfinite(gain) or gain <= 0:
+        return best.k, f"the lowest error of the curve (no target given){cap}"
+    enough = next(p for p in greedy if base - m.key(p.error) >= KNEE_SHARE * gain)
+    return enough.k, (f"the smallest k that gets {KNEE_SHARE:.0%} of the curve's best improvement (k={best.k}); no "
+                      f"target given{cap}")
+
+
+def _not_ranked(prepared: Any) -> dict[str, str]:
+    """Weighted nodes (and residual Adds) the plan leaves without Q/DQ because of their scales or weights: no unit,
+    so no rank; listed with the reason instead of vanishing from the ranking."""
+    out = {}
+    for index, cov in sorted(prepared.plan.coverage.items()):
+        if cov.quantized:
+            continue
+        scale_problem = cov.op_type == "Add" and cov.reason.startswith("residual input:")
+        if cov.op_type in WEIGHTED_OPS or scale_problem:
+            out[cov.node] = cov.reason
+    return out
+
+
+def _resumed(resume: Mapping[str, Any] | None, fingerprint: Mapping[str, Any]) -> dict[str, Any]:
+    """The finished runs of a partial document, after checking it was made by this very sweep."""
+    if resume is None:
+        return {}
+    theirs = resume.get("fingerprint")
+    if resume.get("format") != PARTIAL_FORMAT or not isinstance(theirs, Mapping):
+        raise UsageError("--resume needs a partial sensitivity file (one an interrupted `trt-calib sensitivity` "
+                         "wrote)")
+    mine = json.loads(json.dumps(fingerprint))
+    differ = [k for k in sorted(set(mine) | set(theirs)) if mine.get(k) != theirs.get(k)]
+    if differ:
+        raise UsageError(f"--resume: the partial file was measured with other settings ({', '.join(differ)} "
+                         "differ). Hint: run with the same model, data, scales and options, or drop --resume")
+    measured = resume.get("measured")
+    if not isinstance(measured, Mapping) or not all(isinstance(v, Mapping) for v in measured.values()):
+        raise UsageError("--resume: the partial file holds no measurements")
+    return {str(k): dict(v) for k, v in measured.items()}
+
+
 # ---------------------------------------------------------------------------------------------- reading SENS.json
-def load_sensitivity(path: str | Path) -> SensitivityResult:
-    """A SENS.json written by `trt-calib sensitivity`, checked enough to act on; errors name the file."""
-    path = Path(path)
+def _read_json(path: Path) -> Any:
     try:
         doc = json.loads(path.read_text("utf-8"))
     except FileNotFoundError:
         raise DataError(f"{path}: no such sensitivity file") from None
+    except RecursionError:
+        raise DataError(f"{path}: not a readable sensitivity JSON (nested too deeply)") from None
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise DataError(f"{path}: not a readable sensitivity JSON ({exc})") from None
-    except RecursionError:
-        raise DataError(f"{path}: JSON nested too deeply to be a sensitivity file") from None
     if json_depth(doc) > MAX_JSON_DEPTH:
         raise DataError(f"{path}: JSON nested deeper than {MAX_JSON_DEPTH} levels: not a sensitivity file")
+    return doc
+
+
+def load_sensitivity(path: str | Path) -> SensitivityResult:
+    """A SENS.json written by `trt-calib sensitivity`, checked enough to act on; errors name the file."""
+    path = Path(path)
+    doc = _read_json(path)
+    if isinstance(doc, Mapping) and (doc.get("partial") or doc.get("format") == PARTIAL_FORMAT):
+        raise DataError(
+            f"{path}: an unfinished sensitivity sweep ({doc.get('runs_done', '?')} runs kept), not a result. Hint: "
+            f"finish it with the same `trt-calib sensitivity ... -o {path} --resume`"
+        )
     try:
         return _from_json(doc)
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
@@ -598,14 +1242,29 @@ def load_sensitivity(path: str | Path) -> SensitivityResult:
         ) from None
 
 
+def read_partial(path: str | Path) -> dict[str, Any]:
+    """The partial document an interrupted sweep left in `path` (what `sensitivity(resume=...)` takes)."""
+    path = Path(path)
+    doc = _read_json(path)
+    if not isinstance(doc, dict) or doc.get("format") not in (FORMAT, PARTIAL_FORMAT) and "units" not in doc:
+        raise DataError(f"{path}: not a sensitivity file of trt-calib, nothing to resume")
+    if doc.get("format") != PARTIAL_FORMAT:
+        raise DataError(f"{path}: already a finished sensitivity result, nothing to resume. Hint: drop --resume to "
+                        "measure again")
+    return doc
+
+
 def _float(v: Any) -> float | None:
     return None if v is None else float(v)
 
 
 def _from_json(doc: Mapping[str, Any]) -> SensitivityResult:
-    metric = METRICS[doc["metric"]]
-    units = [UnitSensitivity(str(u["node"]), str(u["op"]), _float(u["alone"]), _float(u["excluded"]),
-                             _float(u["weights_only"]), _float(u["activations_only"]), int(u["rank"]))
+    name = str(doc["metric"])
+    metric = METRICS.get(name) or Metric(name, str(doc.get("metric_description", "")),
+                                         bool(doc.get("higher_is_better", False)))
+    units = [UnitSensitivity(str(u["node"]), str(u["op"]), float(u["alone"]), float(u["excluded"]),
+                             _float(u["weights_only"]), float(u["activations_only"]), int(u["rank"]),
+                             local_error=_float(u.get("local_error")))
              for u in doc["units"]]
     ranks = sorted(u.rank for u in units)
     if ranks != list(range(1, len(units) + 1)):
@@ -614,8 +1273,9 @@ def _from_json(doc: Mapping[str, Any]) -> SensitivityResult:
     greedy = [GreedyPoint(int(p["k"]), [str(n) for n in p["kept_in_float"]], float(p["error"]),
                           dict(p.get("outputs", {}))) for p in doc["greedy"]]
     chosen = doc.get("chosen", {})
-    known = {"metric", "metric_description", "higher_is_better", "baseline_error", "baseline_outputs", "units",
-             "greedy", "target", "max_keep", "chosen", "tensorrt_layers", "run"}
+    known = {"format", "metric", "metric_description", "higher_is_better", "baseline_error", "baseline_outputs",
+             "units", "greedy", "target", "max_keep", "chosen", "tensorrt_layers", "run", "screening", "screened_out",
+             "not_ranked"}
     return SensitivityResult(
         metric=metric, baseline_error=float(doc["baseline_error"]),
         baseline_outputs=dict(doc.get("baseline_outputs", {})),
@@ -623,6 +1283,9 @@ def _from_json(doc: Mapping[str, Any]) -> SensitivityResult:
         chosen_k=int(chosen.get("k", 0)), chosen_reason=str(chosen.get("why", "")),
         layers={str(k): str(v) for k, v in doc.get("tensorrt_layers", {}).items()},
         info={k: v for k, v in doc.items() if k not in known}, run=dict(doc.get("run", {})),
+        screening=dict(doc.get("screening", {})), screened_out=[dict(u) for u in doc.get("screened_out", [])],
+        not_ranked={str(k): str(v) for k, v in
+                                                              doc.get("not_ranked", {}).items()},
     )
 
 
