@@ -297,8 +297,8 @@ def _alive(pid: int) -> bool:
 def test_ctrl_c_keeps_every_finished_run_and_resume_finishes_the_same_json(tmp_path, executor):
     np.save(tmp_path / "d.npy", np.load(LENET_IMAGES)[:300].astype(np.float32)[:, None] / np.float32(255.0))
     (tmp_path / "m.py").write_text(SLOW_METRIC.format(sleep=0.05))
-    common = ["sensitivity", str(LENET), "--data", str(tmp_path / "d.npy"), "--batch-size", "50",
-              "--calib-batches", "2", "--metric", str(tmp_path / "m.py"), "--candidates", "all", "--max-keep", "3",
+    common = ["sensitivity", str(LENET), "--trt-version", "10.16.1", "--data", str(tmp_path / "d.npy"),
+              "--batch-size", "50", "--calib-batches", "2", "--metric", str(tmp_path / "m.py"), "--candidates", "all", "--max-keep", "3",
               "--executor", executor, "-q"]
     if executor == "local":
         common += ["--workers", "2"]
@@ -418,7 +418,7 @@ def test_a_rank_0_input_works_in_sensitivity_as_in_calibrate(tmp_path):
                  "-o", str(tmp_path / "s.json"), "--max-activation-mb", "0.001"]) == 0
     doc = json.loads((tmp_path / "s.json").read_text())
     assert sorted(u["node"] for u in doc["units"]) == ["conv1", "conv2"] and doc["evaluation"]["samples"] == 16
-    assert doc["run"]["part_samples"] is None  # a rank-0 input: batches cannot be cut, they run whole
+    assert doc["run"]["part_samples"] == 1  # the budget cuts x along its batch axis; sr goes whole to every part
 
 
 # ---------------------------------------------------------------------------------------------- recommendations
