@@ -45,6 +45,9 @@ __all__ = [
     "open_executor",
     "json_file",
     "json_text",
+    "json_file_text",
+    "is_ours",
+    "JSON_MARK",
     "print_json",
     "json_mode",
     "guard_paths",
@@ -179,6 +182,9 @@ def add_json_flag(p: argparse.ArgumentParser, *, file: bool = False, help: str |
     if file:
         p.add_argument("--json", nargs="?", const=True, default=None, metavar="FILE",
                        help=help or "print the result as JSON on stdout (errors too); with FILE also write it there")
+        p.add_argument("--force", action="store_true",
+                       help="replace an existing --json FILE that trt-calib did not write (one it wrote is replaced "
+                       "without asking)")
     else:
         p.add_argument("--json", action="store_true",
                        help=help or "print the result as one JSON object on stdout (errors too)")
@@ -301,21 +307,84 @@ def _image_like(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS
 
 
+#: The key that marks a --json FILE as trt-calib's own (the README's contract): a JSON object whose "written_by" is
+#: "trt-calib VERSION COMMAND". Only such a file is replaced by a later --json FILE without --force.
+JSON_MARK = "written_by"
+#: A --json FILE larger than this is not ours (ours are a few MB at most); it is not read to find out.
+_OURS_LIMIT = 256 << 20
+
+
+def json_file_text(obj: Mapping[str, Any], command: str) -> str:
+    """`obj` as the JSON text of a --json FILE, marked as trt-calib's (`JSON_MARK`) so a later run may replace it."""
+    from .. import __version__
+
+    return json_text({JSON_MARK: f"trt-calib {__version__} {command}", **obj})
+
+
+def is_ours(path: str | os.PathLike) -> bool:
+    """Whether `path` is a --json FILE trt-calib wrote: a JSON object carrying `JSON_MARK` (see `json_file_text`)."""
+    from .._util import read_json
+
+    try:
+        value = read_json(path, limit=_OURS_LIMIT)
+    except TrtCalibError:
+        return False
+    mark = value.get(JSON_MARK) if isinstance(value, dict) else None
+    return isinstance(mark, str) and mark.startswith("trt-calib ")
+
+
+def _input_files(value: Any) -> list[Path]:
+    """The files an input option reads: a data script's FILE.py of FILE.py:function, and an ONNX model's external
+    data files next to it (an unreadable model adds none: loading it reports that, after the guard)."""
+    from ..ort.data import data_file
+
+    files: list[Path] = []
+    for given in _paths(value):
+        path = data_file(given)
+        files.append(path)
+        if path.suffix.lower() == ".onnx" and path.is_file():
+            files += _external_data(path)
+    return list(dict.fromkeys(files))
+
+
+def _external_data(model: Path) -> list[Path]:
+    from ..ort.model import external_data_files
+
+    try:
+        return external_data_files(model)
+    except TrtCalibError:
+        return []
+
+
 def guard_paths(
     *,
     inputs: Mapping[str, Any],
     outputs: Mapping[str, str | os.PathLike | None],
     folders: Mapping[str, str | os.PathLike | None] | None = None,
+    force: bool = False,
 ) -> None:
     """Refuse, before any work, outputs that would destroy an input or each other, or that cannot be written.
 
-    `inputs` map an option name (e.g. "--data", "MODEL") to a path or a list of paths (a model's external data);
-    `outputs` map an option name to a file path (None: not given). An output that resolves (realpath / samefile) to
-    any input or to another output, an empty path, a directory where a file goes, a missing or read-only folder, or an
-    image written into an image folder that is read as data, is a UsageError naming both options. `folders` are
-    output folders (report -o): they may exist, must not be an input, and must be creatable and writable.
+    `inputs` map an option name (e.g. "--data", "MODEL") to a path or a list of paths; every file an input reads is
+    guarded: a data script given as FILE.py:function is FILE.py, and an .onnx model brings its external-data files
+    (`model_paths` does the same for a model of any name). `outputs` map an option name to a file path (None: not
+    given). An output that resolves (realpath / samefile) to any input or to another output, an empty path, a
+    directory where a file goes, an existing FIFO, device or socket (never replaced by a regular file), a missing or
+    read-only folder, or an image written into an image folder that is read as data, is a UsageError naming the
+    options. An input that is a FIFO, device or socket is refused too (reading it could block or never end). The
+    output "--json" (a `--json FILE`) replaces an existing file only when trt-calib wrote it (`is_ours`), or with
+    `force`. `folders` are output folders (report -o): they may exist, must not be an input, and must be creatable
+    and writable.
     """
-    given_in = [(name, path) for name, value in inputs.items() for path in _paths(value)]
+    from .._util import special_file
+
+    given_in = [(name, path) for name, value in inputs.items() for path in _input_files(value)]
+    for name, path in given_in:
+        special = special_file(path)
+        if special is not None:
+            raise UsageError(f"{name} {path} is {special}, not a regular file or folder; trt-calib reads regular "
+                             "files only (a FIFO would block until a writer appears, a device never ends). Hint: copy "
+                             "it to a file")
     given_out = {}
     for name, value in outputs.items():
         if value is None:
@@ -333,6 +402,10 @@ def guard_paths(
                                  "the next run reads as data. Hint: write elsewhere")
         if path.is_dir():
             raise UsageError(f"{name} {path} is a directory; give a file path")
+        special = special_file(path)
+        if special is not None:
+            raise UsageError(f"{name} {path} is {special}, not a regular file; refusing to replace it (trt-calib "
+                             "writes regular files only). Hint: give a file path")
         parent = path.parent if str(path.parent) else Path(".")
         if not parent.is_dir():
             raise UsageError(f"{name} {path}: the folder {parent} does not exist")
@@ -343,6 +416,10 @@ def guard_paths(
         for b in names[i + 1:]:
             if _same_file(given_out[a], given_out[b]):
                 raise UsageError(f"{a} and {b} are the same file ({given_out[a]}); give each output its own path")
+    json_out = given_out.get("--json")
+    if json_out is not None and not force and os.path.lexists(json_out) and not is_ours(json_out):
+        raise UsageError(f"--json {json_out} exists and is not a --json file trt-calib wrote; refusing to replace it. "
+                         "Hint: give a new path, or --force to replace it")
     for name, value in (folders or {}).items():
         if value is None:
             continue

@@ -17,7 +17,7 @@ from ._common import (
     finite_float,
     guard_paths,
     json_file,
-    json_text,
+    json_file_text,
     model_inputs_of,
     model_paths,
     open_data,
@@ -103,7 +103,8 @@ def run_calibrate(args: argparse.Namespace) -> int:
         guard_paths(inputs=inputs_guard, outputs={})
     else:
         guard_paths(inputs=inputs_guard, outputs={"--cache": args.cache, "the sidecar (--cache OUT.json)": sidecar,
-                                                  "--json": out_json, "--save-histograms": args.save_histograms})
+                                                  "--json": out_json, "--save-histograms": args.save_histograms},
+                    force=args.force)
     inputs = model_inputs_of(args.model)
     source = open_data(args, inputs)
     if args.dry_run:
@@ -148,7 +149,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
     write_output(sidecar, provenance_text(provenance), what="the sidecar")
     details = result.to_json()
     if out_json:
-        write_output(out_json, json_text(details), what="the --json details")
+        write_output(out_json, json_file_text(details, "calibrate"), what="the --json details")
     if args.range_mode != "trt":
         log.warning("--range %s: %s", args.range_mode, GLOBAL_RANGE_NOTE)
     if args.save_histograms:

@@ -22,7 +22,7 @@ from ._common import (
     finite_float,
     guard_paths,
     json_file,
-    json_text,
+    json_file_text,
     model_inputs_of,
     model_paths,
     non_negative_int,
@@ -106,7 +106,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     out_json = json_file(args)
     guard_paths(inputs={"MODEL": model_paths(args.model), "QDQ_MODEL": model_paths(args.int8_model),
                         "--data": data_path(args.data), "--labels": args.labels},
-                outputs={"--json": out_json})
+                outputs={"--json": out_json}, force=args.force)
     inputs = model_inputs_of(args.model)
     load_model(args.int8_model, weights=False)  # fail on an unreadable second model before reading any data
     is_script = str(args.data).split(":")[0].endswith(".py")
@@ -136,7 +136,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     payload["int8_model"] = str(args.int8_model)
     payload["data"] = source.manifest()
     if out_json:
-        write_output(out_json, json_text(payload), what="the --json report")
+        write_output(out_json, json_file_text(payload, "evaluate"), what="the --json report")
         log.info("wrote %s", out_json)
     if not getattr(args, "quiet", False):
         print(report.format(), file=sys.stderr)

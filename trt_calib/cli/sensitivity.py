@@ -19,6 +19,7 @@ from ._common import (
     finite_float,
     guard_paths,
     json_text,
+    model_paths,
     non_negative_int,
     open_data,
     open_executor,
@@ -149,7 +150,8 @@ def run_sensitivity(args: argparse.Namespace) -> int:
         raise UsageError("--calib-batches splits --data into calibration and held-out batches; it does not go with "
                          "--eval-data or --from-cache")
     guard_paths(
-        inputs={"MODEL": args.model, "--data": _data_path(args.data), "--eval-data": _data_path(args.eval_data),
+        inputs={"MODEL": model_paths(args.model), "--data": _data_path(args.data),
+                "--eval-data": _data_path(args.eval_data),
                 "--from-cache": args.from_cache},
         outputs={"-o": args.output},
     )

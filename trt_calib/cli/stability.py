@@ -17,6 +17,7 @@ from ._common import (
     print_json,
     finite_float,
     guard_paths,
+    model_paths,
     non_negative_int,
     open_data,
     open_executor,
@@ -97,7 +98,7 @@ def run_stability_command(args: argparse.Namespace) -> int:
     from ..tools.provenance import file_sha256
     from ..tools.stability import run_stability
 
-    guard_paths(inputs={"MODEL": args.model, "--data": args.data, "--heldout": args.heldout},
+    guard_paths(inputs={"MODEL": model_paths(args.model), "--data": args.data, "--heldout": args.heldout},
                 outputs={"-o": args.output})
     model = load_model(args.model)
     inputs = model_inputs(model)

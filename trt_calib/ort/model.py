@@ -59,6 +59,9 @@ def load_model(model: Any, *, weights: bool = True) -> Any:
         return model
     path = Path(model)
     if not path.is_file():
+        from .._util import check_regular_file
+
+        check_regular_file(path, kind="ONNX model", error=ModelError)  # names a FIFO, a device, a folder
         raise ModelError(f"{path}: no such ONNX model")
     if path.stat().st_size == 0:
         raise ModelError(f"{path}: empty file, not an ONNX model")

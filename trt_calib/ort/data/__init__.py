@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from ..._util import check_regular_file
 from ...errors import DataError
 from .arrays import InMemorySource, NpySource, NpzSource
 from .images import IMAGE_EXTENSIONS, ImageSource
@@ -75,6 +76,7 @@ def open_source(
     script, function = split_script(text)
     if script.suffix.lower() == ".py":
         if not script.is_file():
+            check_regular_file(script, kind="data script", error=DataError)  # names a FIFO, a device, a folder
             raise DataError(f"{script}: no such data script")
         ignored = {
             "batch_size": batch_size != 1, "shuffle": bool(shuffle), "seed": seed is not None,
@@ -98,6 +100,7 @@ def open_source(
         raise DataError(f"{p}: no such file or folder")
     if p.is_dir():
         return ImageSource(p, inputs, preprocess, **batching)
+    check_regular_file(p, kind="data file", error=DataError)  # a FIFO would block, a device never end
     if preprocess is not None and preprocess != Preprocess():
         raise DataError(f"{p}: preprocessing applies to image folders only. Hint: store the data preprocessed")
     suffix = p.suffix.lower()
