@@ -231,3 +231,51 @@ def test_item15_the_library_refuses_a_fifo_too(tmp_path):
             load_model(fifo)
         with pytest.raises(DataError, match="is a FIFO"):
             open_source(fifo, model_inputs(LENET), batch_size=50)
+
+
+# ---------------------------------------------------------------------------------------------- crashes (17, 24)
+DEEP = {"array": "[" * 100_000 + "]" * 100_000, "object": '{"a":' * 100_000 + "1" + "}" * 100_000}
+NESTED = {
+    "quantize --exclude-nodes-from": (["quantize", LENET, "--from-cache", TRT_TABLE, "-o", "{tmp}/q.onnx",
+                                       "--exclude-nodes-from", "{deep}"], "not a readable sensitivity JSON"),
+    "build --keep-precision": (["build", LENET, "--data", LENET_BATCHES, "--dry-run", "--keep-precision", "{deep}"],
+                               "not a readable sensitivity JSON"),
+    "report --stability": (["report", LENET, "--stability", "{deep}", "-o", "{tmp}/r"],
+                           "not a readable stability JSON"),
+    "convert --to cache": (["convert", "{deep}", "--to", "cache", "--trt-version", "8.6.1", "-o", "{tmp}/c.cache"],
+                           "not a readable {name: amax} JSON"),
+}
+
+
+@pytest.mark.parametrize("shape", sorted(DEEP))
+@pytest.mark.parametrize("case", sorted(NESTED))
+def test_item17_deeply_nested_json_is_one_line_exit_2(case, shape, tmp_path, capsys):
+    deep = tmp_path / "deep.json"
+    deep.write_text(DEEP[shape])
+    argv, message = NESTED[case]
+    code, out, err = run(capsys, *[str(a).format(tmp=tmp_path, deep=deep) for a in argv], "--json")
+    assert code == 2 and message in one_line(err) and "nested too deeply" in err
+    assert json.loads(out)["exit"] == 2
+
+
+def test_item24_convert_refuses_a_repeated_name_instead_of_keeping_the_last(tmp_path, capsys):
+    (tmp_path / "dup.json").write_text('{"conv1": 1.5, "conv1": 2.5}')
+    code, _, err = run(capsys, "convert", tmp_path / "dup.json", "--to", "cache", "--trt-version", "8.6.1", "-o",
+                       tmp_path / "out.cache")
+    assert code == 2 and "the key 'conv1' appears more than once" in one_line(err)
+    assert not (tmp_path / "out.cache").exists()
+
+
+@pytest.mark.parametrize("hex_value", ["bf800000", "ffc00000"], ids=["negative", "nan"])
+def test_item24_convert_writes_no_json_it_would_refuse_to_read(tmp_path, capsys, hex_value):
+    (tmp_path / "c.cache").write_text(f"TRT-8601-EntropyCalibration2\nok: 3c010a14\nbad: {hex_value}\n")
+    code, _, err = run(capsys, "convert", tmp_path / "c.cache", "--to", "json", "-o", tmp_path / "c.json")
+    assert code == 2 and "tensor 'bad' has scale" in one_line(err) and "no amax describes" in err
+    assert not (tmp_path / "c.json").exists()
+    # what it does write, it reads back to the same bytes
+    (tmp_path / "c.cache").write_text("TRT-8601-EntropyCalibration2\nok: 3c010a14\nzero: 0\nbig: 7f800000\n"
+                                      "minus_zero: 80000000\n")
+    assert run(capsys, "convert", tmp_path / "c.cache", "--to", "json", "-o", tmp_path / "c.json")[0] == 0
+    assert run(capsys, "convert", tmp_path / "c.json", "--to", "cache", "--trt-version", "8.6.1", "-o",
+               tmp_path / "back.cache")[0] == 0
+    assert (tmp_path / "back.cache").read_bytes() == (tmp_path / "c.cache").read_bytes()

@@ -146,11 +146,11 @@ def read_json(path: str | os.PathLike, *, limit: int, kind: str = "JSON file",
     try:
         return json.loads(data.decode("utf-8"), object_pairs_hook=pairs if unique_keys else None)
     except UnicodeDecodeError as exc:
-        raise error(f"{path}: not a {kind}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+        raise error(f"{path}: not a readable {kind} (not UTF-8 text: {exc.reason} at byte {exc.start})") from None
     except RecursionError:
-        raise error(f"{path}: not a {kind}: its JSON is nested too deeply to read") from None
+        raise error(f"{path}: not a readable {kind} (its JSON is nested too deeply to read)") from None
     except ValueError as exc:
-        raise error(f"{path}: not a {kind}: {str(exc)[:200]}") from None
+        raise error(f"{path}: not a readable {kind} (not valid JSON: {str(exc)[:200]})") from None
 
 
 def require(module: str, *, extra: str | None = None, purpose: str = "") -> ModuleType:

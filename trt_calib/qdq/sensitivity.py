@@ -577,13 +577,11 @@ def sensitivity(
 # ---------------------------------------------------------------------------------------------- reading SENS.json
 def load_sensitivity(path: str | Path) -> SensitivityResult:
     """A SENS.json written by `trt-calib sensitivity`, checked enough to act on; errors name the file."""
+    from .._util import read_json
+
     path = Path(path)
-    try:
-        doc = json.loads(path.read_text("utf-8"))
-    except FileNotFoundError:
-        raise DataError(f"{path}: no such sensitivity file") from None
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise DataError(f"{path}: not a readable sensitivity JSON ({exc})") from None
+    # bounded, regular files only, and a JSON nested too deeply for Python is a DataError, not a RecursionError
+    doc = read_json(path, limit=256 << 20, kind="sensitivity JSON", error=DataError)
     try:
         return _from_json(doc)
     except (KeyError, TypeError, ValueError) as exc:

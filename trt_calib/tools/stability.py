@@ -480,13 +480,11 @@ def _end_to_end(
 
 def load_stability(path: str | Path) -> dict[str, Any]:
     """A STAB.json written by `trt-calib stability`; errors name the file."""
+    from .._util import read_json
+
     path = Path(path)
-    try:
-        record = json.loads(path.read_text("utf-8"))
-    except FileNotFoundError:
-        raise DataError(f"{path}: no such stability file") from None
-    except (OSError, ValueError) as exc:
-        raise DataError(f"{path}: not a readable stability JSON ({exc})") from None
+    # bounded, regular files only, and a JSON nested too deeply for Python is a DataError, not a RecursionError
+    record = read_json(path, limit=1 << 30, kind="stability JSON", error=DataError)
     if not isinstance(record, dict) or record.get("format") != FORMAT:
         raise DataError(f"{path}: not a trt-calib stability file (format {FORMAT!r}). Hint: trt-calib stability "
                         "MODEL --data D -o STAB.json writes one")
