@@ -279,3 +279,606 @@ def test_item24_convert_writes_no_json_it_would_refuse_to_read(tmp_path, capsys,
     assert run(capsys, "convert", tmp_path / "c.json", "--to", "cache", "--trt-version", "8.6.1", "-o",
                tmp_path / "back.cache")[0] == 0
     assert (tmp_path / "back.cache").read_bytes() == (tmp_path / "c.cache").read_bytes()
+
+
+# ---------------------------------------------------------------------------------------------- silent results (6, 10)
+def _calibrated(tmp_path, capsys, *extra) -> str:
+    cache = tmp_path / "c.cache"
+    assert run(capsys, "-q", "calibrate", LENET, "--data", LENET_BATCHES, "--cache", cache, "--no-progress",
+               *extra)[0] == 0
+    return cache
+
+
+@pytest.mark.parametrize("data", [{}, {"num_batches": 10}], ids=["empty", "counts-only"])
+def test_item6_validate_says_what_it_could_not_compare(tmp_path, capsys, data):
+    cache = _calibrated(tmp_path, capsys)
+    sidecar = tmp_path / "c.cache.json"
+    record = json.loads(sidecar.read_text())
+    record["data"] = data
+    sidecar.write_text(json.dumps(record))
+    code, out, _ = run(capsys, "validate", cache, "--model", LENET, "--data", LENET_BATCHES, "--json")
+    findings = {f["code"]: f for f in json.loads(out)["findings"]}
+    assert "match" not in findings.get("provenance-data", {"message": ""})["message"]
+    unchecked = findings["provenance-data-unchecked"]
+    assert unchecked["severity"] == "warning" and "batch content sha256" in unchecked["message"]
+    assert code == 1
+    # with every hash recorded, it says what it compared
+    _calibrated(tmp_path, capsys)
+    code, out, _ = run(capsys, "validate", cache, "--model", LENET, "--data", LENET_BATCHES, "--json")
+    findings = {f["code"]: f for f in json.loads(out)["findings"]}
+    assert code == 0 and "match" in findings["provenance-data"]["message"]
+    assert "provenance-data-unchecked" not in findings
+
+
+def test_item6_a_sidecar_of_null_is_malformed_not_missing(tmp_path, capsys):
+    cache = _calibrated(tmp_path, capsys)
+    (tmp_path / "c.cache.json").write_text("null")
+    code, out, _ = run(capsys, "validate", cache, "--model", LENET, "--data", LENET_BATCHES, "--json")
+    codes = {f["code"]: f for f in json.loads(out)["findings"]}
+    assert "no-provenance" not in codes and codes["provenance-malformed"]["severity"] == "warning"
+    assert "null" in codes["provenance-malformed"]["message"] and code == 1
+
+
+@pytest.mark.parametrize("extra, made", [
+    (["--range", "global"], "--range global"),
+    (["--algorithm", "percentile", "--percentile", "99.9"], "percentile 99.9"),
+    (["--algorithm", "mse"], "mse"),
+], ids=["range-global", "percentile", "mse"])
+def test_item10_check_recomputes_our_cache_the_way_it_was_made(tmp_path, capsys, extra, made):
+    cache = _calibrated(tmp_path, capsys, *extra)
+    code, out, err = run(capsys, "check", cache, "--model", LENET, "--data", LENET_BATCHES, "--json", "--no-progress")
+    report = json.loads(out)
+    assert code == 0 and report["consistent"], err
+    assert made in report["made_with"] and report["note"] is None
+    # a sidecar that belongs to another cache is not trusted: the header rules, and the report says why
+    cache.write_text(cache.read_text() + "extra: 3c010a14\n")
+    code, out, _ = run(capsys, "check", cache, "--model", LENET, "--data", LENET_BATCHES, "--json", "--no-progress")
+    report = json.loads(out)
+    assert report["made_with"] is None and "does not record this cache's sha256" in report["note"]
+
+
+def test_item10_a_tensorrt_cache_is_still_checked_by_its_header(capsys):
+    code, out, _ = run(capsys, "check", TRT_TABLE, "--model", LENET, "--data", LENET_BATCHES, "--json",
+                       "--no-progress")
+    report = json.loads(out)
+    assert code == 0 and report["consistent"] and report["made_with"] is None and report["note"] is None
+
+
+# ---------------------------------------------------------------------------------------------- hangs (14)
+ENDLESS = """
+import numpy as np
+
+def load_data():
+    i = 0
+    while True:  # never ends: only --max-batches or a refusal stops it
+        i += 1
+        yield {"data": np.full((50, 1, 28, 28), (i % 7) / 7, np.float32)}
+"""
+
+
+@pytest.mark.parametrize("argv", [
+    ["stability", LENET, "-o", "{tmp}/s.json", "--orders", "1", "--no-end-to-end", "--executor", "serial"],
+    ["sensitivity", LENET, "-o", "{tmp}/s.json", "--from-cache", TRT_TABLE, "--executor", "serial"],
+    ["calibrate", LENET, "--cache", "{tmp}/c.cache", "--executor", "local", "--workers", "1"],
+], ids=["stability", "sensitivity", "sharded-calibrate"])
+def test_item14_no_command_holds_an_endless_source(tmp_path, capsys, monkeypatch, argv):
+    import trt_calib.ort.data.source as source
+    from trt_calib._util import available_memory_mb
+
+    monkeypatch.setattr(source, "HOLD_FRACTION", 10.0 / available_memory_mb())  # a 10 MB share: 64 LeNet batches
+    (tmp_path / "endless.py").write_text(ENDLESS)
+    with no_hang(120):
+        code, _, err = run(capsys, *[str(a).format(tmp=tmp_path) for a in argv], "--data", tmp_path / "endless.py",
+                           "--no-progress")
+    line = one_line(err)
+    assert code == 2 and "read and the data has not ended" in line and "--max-batches" in line
+    assert not (tmp_path / "s.json").exists() and not (tmp_path / "c.cache").exists()
+
+
+# ---------------------------------------------------------------------------------------------- crashes (18-21)
+def _exp_model(tmp_path):
+    """x (N, 2, 2) -> MatMul -> Exp -> y, with x[..., 1] = 100: exp(100) is inf in float32, so every output holds inf
+    in FP32 and INT8 alike, and the end-to-end error (mean |FP32 - INT8| of a non-classifier output) is nan."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = numpy_helper.from_array(np.eye(2, dtype=np.float32), "w")
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["m"]), helper.make_node("Exp", ["m"], ["y"])],
+                              "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2, 2])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2, 2])], [weight])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, str(tmp_path / "exp.onnx"))
+    x = np.random.default_rng(0).uniform(0, 1, size=(64, 2, 2)).astype(np.float32)
+    x[:, :, 1] = 100.0
+    np.save(tmp_path / "x.npy", x)
+    return tmp_path / "exp.onnx"
+
+
+def test_item18_stability_prints_a_nan_error_instead_of_crashing(tmp_path, capsys):
+    model = _exp_model(tmp_path)
+    code, out, err = run(capsys, "stability", model, "--data", tmp_path / "x.npy", "--batch-size", "8", "-o",
+                         tmp_path / "s.json", "--orders", "2", "--batch-sizes", "16", "--fractions", "0.5,1",
+                         "--executor", "serial", "--no-progress")
+    assert code in (0, 1), err
+    assert "Traceback" not in err and "unexpected" not in err
+    e2e = json.loads((tmp_path / "s.json").read_text())["end_to_end"]
+    assert e2e["base"]["mean_abs_error"] == "nan"  # JSON's spelling, which the summary printed with :g
+    assert "  base              data order, batch 8: mean_abs_error nan" in out.splitlines()
+
+
+BASE_EXCEPTIONS = {
+    "GeneratorExit in the generator": "def load_data():\n    yield {'data': ok()}\n    raise GeneratorExit('made up')\n",
+    "custom BaseException in the generator": ("class Stop(BaseException):\n    pass\n\ndef load_data():\n"
+                                              "    yield {'data': ok()}\n    raise Stop('mine')\n"),
+    "custom BaseException at import": "class Stop(BaseException):\n    pass\n\nraise Stop('at import')\n",
+    "GeneratorExit when called": "def load_data():\n    raise GeneratorExit('called')\n",
+}
+
+
+@pytest.mark.parametrize("case", sorted(BASE_EXCEPTIONS))
+def test_item19_a_scripts_base_exception_is_a_data_error(tmp_path, capsys, case):
+    script = tmp_path / "d.py"
+    script.write_text("import numpy as np\n\ndef ok():\n    return np.full((2, 1, 28, 28), 0.5, np.float32)\n\n"
+                      + BASE_EXCEPTIONS[case])
+    code, out, err = run(capsys, "calibrate", LENET, "--data", script, "--cache", tmp_path / "c.cache", "--json",
+                         "--no-progress")
+    line = one_line(err)
+    assert code == 2 and str(script) in line and ("GeneratorExit" in line or "Stop" in line)
+    assert json.loads(out) == {"error": line.split(": error: ", 1)[1], "exit": 2}
+    assert not (tmp_path / "c.cache").exists()
+
+
+def test_item19_ctrl_c_in_a_script_is_still_an_interrupt(tmp_path, capsys):
+    script = tmp_path / "d.py"
+    script.write_text("def load_data():\n    raise KeyboardInterrupt\n    yield\n")
+    code, out, err = run(capsys, "calibrate", LENET, "--data", script, "--cache", tmp_path / "c.cache", "--json")
+    assert code == 130 and "interrupted" in one_line(err) and json.loads(out)["exit"] == 130
+
+
+FD_WRITER = """
+import os
+import subprocess
+
+import numpy as np
+
+os.write(1, b"written to fd 1 at import\\n")
+
+
+def load_data():
+    os.write(1, b"written to fd 1 by the generator\\n")
+    subprocess.run(["echo", "echo from a subprocess"], check=True)
+    for i in range(2):
+        yield {"data": np.full((50, 1, 28, 28), 0.25 * (i + 1), np.float32)}
+"""
+
+
+def _cli(*argv):
+    """`trt-calib ARGV` in a process of its own (what it writes to file descriptors 1 and 2 is captured)."""
+    import subprocess
+    import sys
+
+    code = "import sys\nfrom trt_calib.cli import main\nsys.exit(main(sys.argv[1:]))\n"
+    return subprocess.run([sys.executable, "-c", code, *map(str, argv)], capture_output=True, timeout=300)
+
+
+FD_COMMANDS = {
+    "calibrate": ["calibrate", LENET, "--data", "{d}", "--cache", "{tmp}/c.cache", "--no-progress"],
+    "calibrate --dry-run": ["calibrate", LENET, "--data", "{d}", "--cache", "{tmp}/c.cache", "--dry-run"],
+    "build --dry-run": ["build", LENET, "--data", "{d}", "--dry-run"],
+    "check": ["check", TRT_TABLE, "--model", LENET, "--data", "{d}", "--no-progress"],
+    "validate": ["validate", TRT_TABLE, "--model", LENET, "--data", "{d}"],
+    "quantize": ["quantize", LENET, "--data", "{d}", "-o", "{tmp}/q.onnx"],
+    "evaluate": ["evaluate", LENET, LENET, "--data", "{d}", "--no-progress", "--worst", "0"],
+    "report": ["report", LENET, "--data", "{d}", "-o", "{tmp}/r", "--max-tensors", "0", "--no-progress"],
+    "sensitivity": ["sensitivity", LENET, "--data", "{d}", "--from-cache", TRT_TABLE, "-o", "{tmp}/s.json",
+                    "--executor", "serial", "--max-keep", "0", "--no-progress"],
+    "stability": ["stability", LENET, "--data", "{d}", "-o", "{tmp}/st.json", "--orders", "1", "--batch-sizes", "50",
+                  "--fractions", "1", "--no-end-to-end", "--executor", "serial", "--no-progress"],
+    "qdq-to-cache": ["qdq-to-cache", "{tmp}/q0.onnx", "--onnx", "{tmp}/p.onnx", "--cache", "{tmp}/p.cache",
+                     "--data", "{d}"],
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", sorted(FD_COMMANDS))
+def test_item20_under_json_fd1_writes_of_a_script_go_to_stderr(tmp_path, capsys, command):
+    (tmp_path / "d.py").write_text(FD_WRITER)
+    if command == "qdq-to-cache":
+        assert run(capsys, "-q", "quantize", LENET, "--from-cache", TRT_TABLE, "-o", tmp_path / "q0.onnx")[0] == 0
+    argv = [str(a).format(d=tmp_path / "d.py", tmp=tmp_path) for a in FD_COMMANDS[command]]
+    proc = _cli(*argv, "--json")
+    assert proc.returncode in (0, 1), proc.stderr.decode()[-2000:]
+    result = json.loads(proc.stdout)  # stdout is the one JSON object and nothing else
+    assert isinstance(result, dict) and "error" not in result
+    err = proc.stderr.decode()
+    assert "written to fd 1 at import" in err and "echo from a subprocess" in err
+
+
+def test_item21_a_reader_that_goes_away_is_not_exit_0(tmp_path):
+    """`inspect --json | head -c 10`: all of it fits in the pipe, so every write succeeds; the reader closing the pipe
+    before the command ends still means the output was cut."""
+    import subprocess
+    import sys
+
+    code = ("import sys, time\n"
+            "import trt_calib.cli._common as common\n"
+            "real = common.print_json\n"
+            "def slow(obj):\n"
+            "    real(obj)\n"
+            "    time.sleep(1.0)  # the reader reads 10 bytes and leaves meanwhile\n"
+            "import trt_calib.cli.cache as cache\n"
+            "cache.print_json = slow\n"
+            "from trt_calib.cli import main\n"
+            "sys.exit(main(['inspect', '--json', sys.argv[1]]))\n")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(TRT_TABLE)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    assert proc.stdout.read(10) == b'{\n  "file"'
+    proc.stdout.close()
+    assert proc.wait(timeout=60) == 1, proc.stderr.read().decode()
+    # and a reader that reads everything: 0
+    whole = subprocess.run([sys.executable, "-c", code, str(TRT_TABLE)], capture_output=True, timeout=60)
+    assert whole.returncode == 0 and json.loads(whole.stdout)["num_entries"] == 8
+
+
+@pytest.mark.parametrize("argv", [["inspect", TRT_TABLE], ["inspect", TRT_TABLE, "--json"],
+                                  ["diff", TRT_TABLE, TRT_TABLE], ["diff", TRT_TABLE, TRT_TABLE, "--json"]],
+                         ids=["inspect", "inspect-json", "diff", "diff-json"])
+def test_item21_a_full_stdout_is_one_line_exit_2(argv):
+    import subprocess
+    import sys
+
+    code = "import sys\nfrom trt_calib.cli import main\nsys.exit(main(sys.argv[1:]))\n"
+    with open("/dev/full", "wb") as full:
+        proc = subprocess.run([sys.executable, "-c", code, *map(str, argv)], stdout=full, stderr=subprocess.PIPE,
+                              timeout=120)
+    err = proc.stderr.decode()
+    assert proc.returncode == 2, err
+    assert one_line(err).endswith("cannot write to standard output: No space left on device")
+
+
+# ---------------------------------------------------------------------------------------------- contract (24)
+@pytest.mark.parametrize("digits, problem", [("10101", "is no TensorRT's version number"),
+                                             ("08601", "has a leading zero")])
+def test_item24_validate_refuses_version_numbers_no_tensorrt_writes(tmp_path, capsys, digits, problem):
+    cache = tmp_path / "c.cache"
+    cache.write_text(TRT_TABLE.read_text().replace("TRT-7000-", f"TRT-{digits}-"))
+    target = "10.1.1" if digits == "10101" else "8.6.1"
+    code, out, _ = run(capsys, "validate", cache, "--trt-version", target, "--json")
+    findings = {f["code"]: f for f in json.loads(out)["findings"]}
+    assert code == 3 and problem in findings["header-version-invalid"]["message"]
+    assert findings["header-version-mismatch"]["severity"] == "error"
+    # the numbers TensorRT does write pass
+    for header, version in (("TRT-8601-", "8.6.1"), ("TRT-100101-", "10.1.1")):
+        cache.write_text(TRT_TABLE.read_text().replace("TRT-7000-", header))
+        code, out, _ = run(capsys, "validate", cache, "--trt-version", version, "--json")
+        codes = {f["code"] for f in json.loads(out)["findings"]}
+        assert "header-version-invalid" not in codes and "header-version-mismatch" not in codes
+
+
+def test_item24_qdq_to_cache_refusals_use_the_error_shape(tmp_path, capsys):
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"], name="x_Q"),
+             helper.make_node("DequantizeLinear", ["q", "s", "z"], ["y"], name="x_DQ")]
+    inits = [numpy_helper.from_array(np.array(0.1, np.float32), "s"), numpy_helper.from_array(np.array(3, np.int8), "z")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, str(tmp_path / "q.onnx"))
+    code, out, _ = run(capsys, "qdq-to-cache", tmp_path / "q.onnx", "--onnx", tmp_path / "p.onnx", "--cache",
+                       tmp_path / "p.cache", "--json")
+    doc = json.loads(out)
+    assert code == 3 and doc["exit"] == 3 and "exit_code" not in doc and doc["error"]
+    assert not (tmp_path / "p.cache").exists()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["calibrate", LENET, "--data", LENET_BATCHES, "--cache", "{tmp}/c.cache", "--executor", "serial", "--workers",
+      "8"], "--workers 8 is for --executor local or dask"),
+    (["sensitivity", LENET, "--data", "{tmp}/x.npy", "--eval-data", "{tmp}/./x.npy", "-o", "{tmp}/s.json"],
+     "--eval-data {tmp}/./x.npy is --data"),
+    (["sensitivity", LENET, "--data", LENET_BATCHES, "--eval-data", f"{LENET_BATCHES}:load_data", "-o",
+      "{tmp}/s.json"], "is --data"),
+], ids=["serial-workers", "eval-data-is-data", "eval-data-is-data-script"])
+def test_item24_arguments_that_would_be_ignored_or_misleading_are_refused(tmp_path, capsys, argv, message):
+    np.save(tmp_path / "x.npy", np.zeros((100, 1, 28, 28), np.float32))
+    (tmp_path / "d.py").write_text("open(__file__ + '.read', 'w').close()\n")
+    code, _, err = run(capsys, *[str(a).format(tmp=tmp_path) for a in argv])
+    assert code == 2 and message.format(tmp=tmp_path) in one_line(err)
+    assert not (tmp_path / "s.json").exists() and not (tmp_path / "c.cache").exists()
+
+
+# ---------------------------------------------------------------------------------------------- executors (11-13, 16)
+@contextlib.contextmanager
+def _server(greeting: bytes | None):
+    """A TCP server on a free loopback port that sends `greeting` to each connection (None: nothing, like a web
+    server waiting for its request), then keeps the connection open."""
+    import socket
+    import threading
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    held = []
+    stop = threading.Event()
+
+    def serve():
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                continue
+            held.append(conn)
+            if greeting:
+                conn.sendall(greeting)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        stop.set()
+        thread.join()
+        for conn in held:
+            conn.close()
+        listener.close()
+
+
+@pytest.mark.parametrize("address, message", [
+    ("notaurl", "argument --address: not a Dask scheduler address: 'notaurl'"),
+    ("tcp://127.0.0.1:99999", "not a Dask scheduler address"),
+    ("ws://127.0.0.1:8786", "over tcp:// or tls://, not ws://"),
+])
+def test_item11_a_malformed_address_is_refused_at_parse_time(tmp_path, capsys, address, message):
+    (tmp_path / "d.py").write_text("open(__file__ + '.read', 'w').close()\n")
+    code, _, err = run(capsys, "calibrate", LENET, "--data", tmp_path / "d.py", "--cache", tmp_path / "c.cache",
+                       "--executor", "dask", "--address", address)
+    assert code == 2 and message in one_line(err)
+    assert not (tmp_path / "d.py.read").exists()
+
+
+@pytest.mark.parametrize("greeting, message", [
+    (None, "no Dask scheduler answered within 1 s"),
+    (b"SSH-2.0-OpenSSH_9.6\r\n", "the server there is not a Dask scheduler"),
+    (b"", "no Dask scheduler answered"),
+], ids=["silent-http-like", "banner", "accepts-then-waits"])
+def test_item11_a_server_that_is_not_dask_is_one_line_exit_2_in_bounded_time(tmp_path, capsys, monkeypatch,
+                                                                             greeting, message):
+    import time
+
+    import trt_calib.ort.executor as executor
+
+    monkeypatch.setattr(executor, "CONNECT_TIMEOUT_S", 1.0)
+    with _server(greeting) as port, no_hang(30):
+        started = time.monotonic()
+        code, _, err = run(capsys, "-q", "calibrate", LENET, "--data", LENET_BATCHES, "--cache", tmp_path / "c.cache",
+                           "--executor", "dask", "--address", f"tcp://127.0.0.1:{port}", "--no-progress")
+        assert time.monotonic() - started < 20
+    assert code == 2 and message in one_line(err) and "MemoryError" not in err
+    assert not (tmp_path / "c.cache").exists()
+
+
+def test_item11_nothing_listening_is_one_line_exit_2(tmp_path, capsys):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nothing listens there
+    code, _, err = run(capsys, "-q", "calibrate", LENET, "--data", LENET_BATCHES, "--cache", tmp_path / "c.cache",
+                       "--executor", "dask", "--address", f"127.0.0.1:{port}", "--no-progress")
+    assert code == 2 and "connection refused: no Dask scheduler listens there" in one_line(err)
+
+
+def _descendants(pid: int) -> set[int]:
+    found: set[int] = set()
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children") as f:
+                found |= {int(p) for p in f.read().split()}
+    except OSError:
+        pass
+    for child in list(found):
+        found |= _descendants(child)
+    return found
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _all_gone(pids, timeout: float = 10.0) -> list[int]:
+    """The pids still running after `timeout` seconds (multiprocessing's resource tracker leaves a moment after its
+    parent)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        alive = [p for p in pids if _running(p)]
+        if not alive or time.monotonic() > deadline:
+            return alive
+        time.sleep(0.1)
+
+
+def _long_stability(tmp_path, executor: str) -> list[str]:
+    import sys
+
+    code = "import sys\nfrom trt_calib.cli import main\nsys.exit(main(sys.argv[1:]))\n"
+    return [sys.executable, "-c", code, "-q", "stability", str(LENET), "--data", str(LENET_BATCHES), "-o",
+            str(tmp_path / "st.json"), "--orders", "200", "--batch-sizes", "50", "--fractions", "1",
+            "--no-end-to-end", "--executor", executor, "--workers", "2", "--no-progress"]
+
+
+def _wait_for_workers(proc, count: int, timeout: float = 60) -> set[int]:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        kids = {k for k in _descendants(proc.pid) if _running(k)}
+        if len(kids) >= count + 1:  # the workers and multiprocessing's resource tracker
+            time.sleep(2.0)  # let them take their first tasks
+            return {k for k in _descendants(proc.pid) if _running(k)}
+        time.sleep(0.2)
+    raise AssertionError(f"the workers did not start: {_descendants(proc.pid)}")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("executor", ["local", "dask"])
+@pytest.mark.parametrize("interrupts", [1, 2], ids=["one-ctrl-c", "two-ctrl-c"])
+def test_item12_ctrl_c_is_one_line_exit_130_and_leaves_no_worker(tmp_path, executor, interrupts):
+    import subprocess
+    import time
+
+    proc = subprocess.Popen(_long_stability(tmp_path, executor), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)  # its own process group, as a terminal's job is
+    try:
+        kids = _wait_for_workers(proc, 2)
+        for _ in range(interrupts):
+            os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C does: the whole group, workers included
+            time.sleep(0.2)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130, err.decode()
+    assert err.decode().splitlines() == ["trt-calib stability: error: interrupted; no output was written"]
+    assert _all_gone(kids) == []
+    assert not (tmp_path / "st.json").exists()
+
+
+@pytest.mark.slow
+def test_item16_a_local_worker_killed_by_the_system_is_one_line_exit_75(tmp_path):
+    import subprocess
+
+    proc = subprocess.Popen(_long_stability(tmp_path, "local"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    try:
+        kids = _wait_for_workers(proc, 2)
+        workers = [k for k in kids if b"resource_tracker" not in open(f"/proc/{k}/cmdline", "rb").read()
+                   and b"spawn_main" in open(f"/proc/{k}/cmdline", "rb").read()]
+        os.kill(workers[0], signal.SIGKILL)  # what the out-of-memory killer does
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    lines = err.decode().splitlines()
+    assert proc.returncode == 75 and len(lines) == 1, lines
+    assert f"a worker process died before finishing its part: {workers[0]} (killed by SIGKILL" in lines[0]
+    assert not (tmp_path / "st.json").exists() and _all_gone(kids) == []
+
+
+def _die_once(item: int) -> int:
+    """Kill this worker process the first time item 2 runs (a marker file remembers), as the system would."""
+    marker = os.environ["TRT_CALIB_TEST_MARKER"]
+    if item == 2 and not os.path.exists(marker):
+        open(marker, "w").close()
+        os.kill(os.getpid(), signal.SIGKILL)
+    return item * item
+
+
+def test_item16_the_executor_names_the_dead_worker(tmp_path, monkeypatch):
+    from trt_calib.errors import EXIT_WORKER_LOST, WorkerLostError
+    from trt_calib.ort.executor import LocalExecutor
+
+    monkeypatch.setenv("TRT_CALIB_TEST_MARKER", str(tmp_path / "died"))
+    with LocalExecutor(2) as ex, pytest.raises(WorkerLostError, match=r"\d+ \(killed by SIGKILL") as caught:
+        ex.map(_die_once, range(6))
+    assert caught.value.exit_code == EXIT_WORKER_LOST == 75
+
+
+@pytest.mark.slow
+def test_item16_dask_reruns_a_killed_workers_task_with_the_same_results(tmp_path, monkeypatch):
+    """What the hostile pass found good and must stay: a Dask worker that dies is replaced and its task rerun."""
+    from trt_calib.ort.executor import DaskExecutor
+
+    monkeypatch.setenv("TRT_CALIB_TEST_MARKER", str(tmp_path / "died"))
+    with DaskExecutor(workers=2) as ex:
+        assert ex.map(_die_once, range(6)) == [i * i for i in range(6)]
+    assert (tmp_path / "died").exists()
+
+
+@pytest.mark.parametrize("workers", ["4096", str(os.cpu_count() + 1)])
+def test_item13_workers_are_capped_by_cores(tmp_path, capsys, workers):
+    (tmp_path / "d.py").write_text("open(__file__ + '.read', 'w').close()\n")
+    code, _, err = run(capsys, "calibrate", LENET, "--data", tmp_path / "d.py", "--cache", tmp_path / "c.cache",
+                       "--executor", "local", "--workers", workers)
+    assert code == 2 and f"--workers {workers}: this machine has" in one_line(err) and "core(s)" in err
+    assert not (tmp_path / "d.py.read").exists()
+
+
+def test_item13_workers_are_capped_by_memory(tmp_path, capsys, monkeypatch):
+    import trt_calib._util as util
+
+    monkeypatch.setattr(util, "available_memory_mb", lambda: 300.0)
+    code, _, err = run(capsys, "calibrate", LENET, "--data", LENET_BATCHES, "--cache", tmp_path / "c.cache",
+                       "--executor", "local", "--workers", "2")
+    assert code == 2 and "300 MB of memory is available; at most 1 fit. Hint: --workers 1" in one_line(err)
+    from trt_calib.ort.executor import check_workers
+
+    assert check_workers("local", None, model_bytes=0) == 1  # the default is lowered, not refused
+
+
+def test_item13_the_peak_memory_includes_the_workers(tmp_path, capsys, caplog):
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="trt_calib"):
+        code, out, err = run(capsys, "calibrate", LENET, "--data", LENET_BATCHES, "--cache", tmp_path / "c.cache",
+                             "--executor", "local", "--workers", "2", "--json", "--no-progress")
+    details = json.loads(out)
+    assert code == 0 and details["worker_processes"] == 2 and details["workers_peak_rss_mb"] > 50
+    assert "MB in its 2 worker process(es)" in caplog.text
+
+
+@pytest.mark.slow
+def test_item24_quiet_dask_runs_print_nothing(tmp_path):
+    proc = _cli("-q", "calibrate", LENET, "--data", LENET_BATCHES, "--cache", tmp_path / "c.cache", "--executor",
+                "dask", "--workers", "2", "--no-progress")
+    assert proc.returncode == 0 and proc.stderr.decode() == "" and proc.stdout.decode() == ""
+    serial = _cli("-q", "calibrate", LENET, "--data", LENET_BATCHES, "--cache", tmp_path / "s.cache", "--no-progress")
+    assert serial.returncode == 0
+    assert (tmp_path / "c.cache").read_bytes() == (tmp_path / "s.cache").read_bytes()
+
+
+FORKING = """
+import os
+import subprocess
+import time
+
+import numpy as np
+
+PIDS = {pids!r}
+
+
+def load_data():
+    child = subprocess.Popen(["sleep", "300"])  # started and forgotten
+    forked = os.fork()
+    if forked == 0:  # the forked copy returns into the caller's code: it must not run the command a second time
+        with open(PIDS, "a") as f:
+            f.write(f"{{os.getpid()}}\\n")
+    else:
+        with open(PIDS, "a") as f:
+            f.write(f"{{child.pid}}\\n")
+    for i in range(2):
+        yield {{"data": np.full((50, 1, 28, 28), 0.25 * (i + 1), np.float32)}}
+"""
+
+
+@pytest.mark.slow
+def test_item24_a_forking_data_script_leaves_no_orphan(tmp_path):
+    import time
+
+    pids = tmp_path / "pids.txt"
+    (tmp_path / "d.py").write_text(FORKING.format(pids=str(pids)))
+    proc = _cli("calibrate", LENET, "--data", tmp_path / "d.py", "--cache", tmp_path / "c.cache", "--json",
+                "--no-progress")
+    assert proc.returncode == 0, proc.stderr.decode()[-2000:]
+    assert json.loads(proc.stdout)["num_batches"] == 2  # one JSON object: the fork did not print a second one
+    assert "the data script left 1 process(es) running" in proc.stderr.decode()
+    time.sleep(1.0)
+    started = [int(p) for p in pids.read_text().split()]
+    assert len(started) == 2 and [p for p in started if _running(p)] == []

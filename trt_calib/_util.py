@@ -14,7 +14,8 @@ from typing import Any
 
 from .errors import MissingDependencyError, TrtCalibError
 
-__all__ = ["atomic_write", "read_bounded", "read_json", "require", "special_file", "check_regular_file"]
+__all__ = ["atomic_write", "read_bounded", "read_json", "require", "special_file", "check_regular_file",
+           "available_memory_mb"]
 
 _SPECIAL_KINDS = (
     (stat.S_ISFIFO, "a FIFO (named pipe)"),
@@ -29,6 +30,21 @@ def _special_kind(mode: int) -> str | None:
         if test(mode):
             return kind
     return None
+
+
+def available_memory_mb() -> float | None:
+    """Memory available for new allocations and processes (MemAvailable of /proc/meminfo), None where unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) / 1024.0
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (AttributeError, OSError, ValueError):
+        return None
 
 
 def special_file(path: str | os.PathLike) -> str | None:

@@ -43,6 +43,7 @@ __all__ = [
     "progress_bar",
     "batch_count",
     "open_executor",
+    "check_executor_arguments",
     "json_file",
     "json_text",
     "json_file_text",
@@ -200,25 +201,63 @@ def json_file(args: argparse.Namespace) -> str | None:
 _result_streams: list[Any] = []
 
 
+def _fileno(stream: Any) -> int | None:
+    try:
+        return int(stream.fileno())
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
 @contextlib.contextmanager
 def json_mode(enabled: bool) -> Iterator[None]:
-    """While enabled, print() (ours, a data script's) goes to stderr; `print_json` still reaches stdout."""
+    """While enabled, everything but `print_json` goes to stderr: print() (ours, a data script's), and what is
+    written to file descriptor 1 itself (`os.write(1, ...)` in a data script, a subprocess it starts, a library):
+    fd 1 is pointed at stderr's file while the command runs, and the one JSON object goes to the real stdout
+    through a descriptor kept aside."""
     if not enabled:
         yield
         return
-    _result_streams.append(sys.stdout)
+    result: Any = sys.stdout
+    saved = None
+    out_fd, err_fd = _fileno(sys.__stdout__), _fileno(sys.stderr) or _fileno(sys.__stderr__)
+    if out_fd is not None and err_fd is not None and out_fd != err_fd:
+        with contextlib.suppress(OSError, ValueError):
+            sys.stdout.flush()
+        try:
+            saved = os.dup(out_fd)
+            os.dup2(err_fd, out_fd)
+        except OSError:
+            saved = None
+        else:
+            if _fileno(sys.stdout) == out_fd:  # a real stdout (not one a test captures): write past the redirect
+                result = open(os.dup(saved), "w", encoding=getattr(sys.stdout, "encoding", None) or "utf-8",
+                              errors=getattr(sys.stdout, "errors", None) or "strict", closefd=True)
+    _result_streams.append(result)
     try:
         with contextlib.redirect_stdout(sys.stderr):
             yield
     finally:
         _result_streams.pop()
+        if result is not sys.stdout:
+            with contextlib.suppress(OSError, ValueError):
+                result.close()
+        if saved is not None:
+            with contextlib.suppress(OSError, ValueError):
+                sys.stdout.flush()  # what Python buffered for fd 1 meanwhile belongs to stderr's side
+            os.dup2(saved, out_fd)
+            os.close(saved)
 
 
 def print_json(obj: Any) -> None:
     """The command's result as one JSON object on stdout (non-finite floats must already be strings)."""
     stream = _result_streams[-1] if _result_streams else sys.stdout
-    stream.write(json.dumps(obj, indent=2, allow_nan=False, default=str) + "\n")
-    stream.flush()
+    try:
+        stream.write(json.dumps(obj, indent=2, allow_nan=False, default=str) + "\n")
+        stream.flush()
+    except BrokenPipeError:
+        raise  # the reader went away: exit 1 (main)
+    except OSError as exc:  # /dev/full, a disk that filled up: one line, not a traceback
+        raise UsageError(f"cannot write to standard output: {exc.strerror or exc}") from None
 
 
 def json_text(obj: Any) -> str:
@@ -269,9 +308,42 @@ def add_executor_arguments(p: argparse.ArgumentParser, *, default: str = "local"
                    help=f"serial (this process), local (worker processes, all cores) or dask (a cluster; "
                    f"pip install \"trt-calib[cluster]\"). Default {default}; results are the same")
     g.add_argument("--workers", type=int_in(1, 4096), default=None,
-                   help="worker processes (default: one per core; with --address, the cluster's workers)")
-    g.add_argument("--address", default=None, metavar="tcp://HOST:PORT",
+                   help="worker processes (default: one per core, fewer when memory is short; at most one per core "
+                   "on this machine; with --address, the cluster's workers)")
+    g.add_argument("--address", type=checked_by(_address_arg, "address"), default=None, metavar="tcp://HOST:PORT",
                    help="a running Dask scheduler (--executor dask); without it a local cluster is started")
+
+
+def _address_arg(text: str) -> str:
+    from ..ort.executor import check_address
+
+    return check_address(text)
+
+
+def _model_bytes(model: Any) -> int:
+    """The size of a model's files (the .onnx and its external data); 0 when it cannot be told yet."""
+    total = 0
+    try:
+        for path in model_paths(model):
+            total += os.stat(path).st_size
+    except (TrtCalibError, OSError, ValueError, TypeError):
+        pass
+    return total
+
+
+def check_executor_arguments(args: argparse.Namespace) -> None:
+    """The executor options, checked right after parsing, before any data is read: --address needs --executor
+    dask, --workers is refused with --executor serial, and is capped by this machine's cores and memory (each local
+    worker is a process with onnxruntime and the model; `ort.executor.check_workers`). main() calls it."""
+    if not hasattr(args, "executor"):
+        return
+    from ..ort.executor import check_workers
+
+    if args.address is not None and args.executor != "dask":
+        raise UsageError("--address needs --executor dask")
+    model = getattr(args, "model", None)
+    args.workers = check_workers(args.executor, args.workers, address=args.address,
+                                 model_bytes=_model_bytes(model) if model and args.executor != "serial" else 0)
 
 
 def open_executor(args: argparse.Namespace) -> Any:

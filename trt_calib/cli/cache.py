@@ -301,7 +301,9 @@ def _run_check(args: argparse.Namespace) -> int:
         print_json(report.to_json())
         return status
     print(f"{report.cache} ({report.header}) against trt-calib {report.algorithm}, TensorRT {report.trt_version} "
-          f"emulated, {report.num_batches} batches:")
+          f"emulated, {report.num_batches} batches" + (f", {report.made_with}" if report.made_with else "") + ":")
+    if report.note:
+        print(f"note: {report.note}")
     print_comparison(report.comparison, ours_label="recomputed", ref_label="cache")
     if report.not_recomputable:
         print(f"not checked (TensorRT-internal names): {', '.join(report.not_recomputable[:10])}"

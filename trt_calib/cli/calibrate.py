@@ -148,6 +148,9 @@ def run_calibrate(args: argparse.Namespace) -> int:
     write_output(args.cache, payload, what="the cache")
     write_output(sidecar, provenance_text(provenance), what="the sidecar")
     details = result.to_json()
+    # peak_rss_mb is this process's; worker processes (--executor local/dask) hold their own memory besides
+    details["workers_peak_rss_mb"] = round(executor.workers_peak_mb, 1)
+    details["worker_processes"] = executor.worker_processes
     if out_json:
         write_output(out_json, json_file_text(details, "calibrate"), what="the --json details")
     if args.range_mode != "trt":
@@ -158,9 +161,12 @@ def run_calibrate(args: argparse.Namespace) -> int:
         with writing(args.save_histograms, what="the histograms"):
             save_histograms(args.save_histograms, result.histograms)
 
+    workers = (f" here, {executor.workers_peak_mb:.0f} MB in its {executor.worker_processes} worker process(es)"
+               if executor.worker_processes else "")
     log.info(
-        "calibrated %d tensors on %d batches (%d samples) in %.2f s, peak memory %.0f MB",
+        "calibrated %d tensors on %d batches (%d samples) in %.2f s, peak memory %.0f MB%s",
         len(result.amax), result.num_batches, manifest.get("num_samples", 0), result.seconds, result.peak_rss_mb,
+        workers,
     )
     log.info("wrote %s (%s) and %s", args.cache, cache.header, sidecar)
     comparison = None

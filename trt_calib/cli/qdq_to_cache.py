@@ -131,7 +131,7 @@ def _refused(args: argparse.Namespace, exc: Any) -> int:
     """Every refused node, as text or JSON; nothing is written."""
     if args.json:
         print_json({"model": str(args.model), "refused": [{"node": n, "reason": r} for n, r in exc.refusals],
-                    "exit_code": EXIT_REFUSED, "error": str(exc)})
+                    "error": str(exc), "exit": EXIT_REFUSED})  # the shape of every --json error
     else:
         print(f"{args.model}: {len(exc.refusals)} Q/DQ node(s) implicit TensorRT cannot express; nothing written")
         for node, reason in exc.refusals:

@@ -25,8 +25,8 @@ from .arrays import InMemorySource, NpySource, NpzSource
 from .images import IMAGE_EXTENSIONS, ImageSource
 from .inputs import InputSpec, Checker, input_names_of
 from .preprocess import Preprocess
-from .scripts import GeneratorSource, split_script, data_file
-from .source import LAST_BATCH_POLICIES, BatchSource, check_batching, check_max_batches
+from .scripts import GeneratorSource, split_script, data_file, end_user_processes, user_code
+from .source import HOLD_FRACTION, LAST_BATCH_POLICIES, BatchSource, check_batching, check_max_batches, held_batches
 
 __all__ = [
     "InputSpec",
@@ -34,10 +34,14 @@ __all__ = [
     "BatchSource",
     "open_source",
     "data_file",
+    "user_code",
+    "end_user_processes",
     "from_arrays",
     "iter_batches",
     "IMAGE_EXTENSIONS",
     "LAST_BATCH_POLICIES",
+    "HOLD_FRACTION",
+    "held_batches",
 ]
 
 # --------------------------------------------------------------------------------------------------------------------
