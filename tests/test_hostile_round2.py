@@ -882,3 +882,121 @@ def test_item24_a_forking_data_script_leaves_no_orphan(tmp_path):
     time.sleep(1.0)
     started = [int(p) for p in pids.read_text().split()]
     assert len(started) == 2 and [p for p in started if _running(p)] == []
+
+
+# ---------------------------------------------------------------------------------------------- models over 2 GB (22)
+def test_item22_protobufs_own_failure_to_measure_a_model_means_over_the_limit():
+    """Over 2 GiB, protobuf's ByteSize() itself raises EncodeError ("Failed to serialize proto"): the size test that
+    called it crashed before it could choose the file path."""
+    from google.protobuf.message import EncodeError
+
+    from trt_calib.errors import ModelError
+    from trt_calib.ort.model import over_proto_limit, serialize_model
+
+    class Huge:
+        def ByteSize(self):
+            raise EncodeError("Failed to serialize proto")
+
+        def SerializeToString(self):
+            raise AssertionError("protobuf would fail: never called")
+
+    assert over_proto_limit(Huge())
+    with pytest.raises(ModelError, match="over protobuf's 2 GiB limit"):
+        serialize_model(Huge(), role="big.onnx")
+    assert not over_proto_limit(onnx.load(str(LENET)))
+
+
+_SERIALISING = {"SerializeToString", "SerializePartialToString", "ByteSize"}
+
+
+@contextlib.contextmanager
+def _as_if_over_2gb(monkeypatch, limit: int = 100_000):
+    """Every model over `limit` bytes is treated as over protobuf's 2 GiB: PROTO_LIMIT is lowered, and each call that
+    serialises or measures such a ModelProto outside `over_proto_limit` (what protobuf would fail) is recorded."""
+    import sys
+    import threading
+
+    import trt_calib.ort.model as model_module
+
+    monkeypatch.setattr(model_module, "PROTO_LIMIT", limit)
+    failed: list[str] = []
+
+    def watch(frame, event, arg):
+        if event != "c_call" or getattr(arg, "__name__", None) not in _SERIALISING:
+            return
+        message = getattr(arg, "__self__", None)
+        if type(message).__name__ != "ModelProto" or frame.f_code.co_name == "over_proto_limit":
+            return
+        if message.ByteSize() > limit:
+            failed.append(f"{arg.__name__} of a {message.ByteSize()}-byte model in {frame.f_code.co_name} "
+                          f"({frame.f_code.co_filename}:{frame.f_lineno})")
+
+    sys.setprofile(watch)
+    threading.setprofile(watch)
+    try:
+        yield failed
+    finally:
+        sys.setprofile(None)
+        threading.setprofile(None)
+
+
+BIG_RUNS = {
+    "calibrate": (["calibrate", "{m}", "--data", LENET_BATCHES, "--cache", "{out}/c.cache", "--no-progress"], 0),
+    "calibrate-local": (["calibrate", "{m}", "--data", LENET_BATCHES, "--cache", "{out}/c.cache", "--executor",
+                         "local", "--workers", "2", "--no-progress"], 0),
+    "stability": (["stability", "{m}", "--data", LENET_BATCHES, "-o", "{out}/s.json", "--orders", "1",
+                   "--batch-sizes", "100", "--fractions", "0.5,1", "--executor", "serial", "--no-progress"], 1),
+    "report": (["report", "{m}", "--data", LENET_BATCHES, "-o", "{out}/r", "--max-tensors", "1", "--no-progress"], 0),
+    "sensitivity": (["sensitivity", "{m}", "--data", LENET_BATCHES, "--from-cache", TRT_TABLE, "-o", "{out}/s.json",
+                     "--eval-batches", "2", "--max-keep", "1", "--executor", "serial", "--no-progress"], 0),
+    "validate --dla": (["validate", TRT_TABLE, "--model", "{m}", "--dla", "--trt-version", "7.0.0"], 1),
+}
+
+
+def _result_of(case: str, out) -> object:
+    if case.startswith("calibrate"):
+        return (out / "c.cache").read_bytes()
+    if case == "stability":
+        return [(t["name"], t["base_amax"], t["min"], t["max"]) for t in json.loads((out / "s.json").read_text())[
+            "tensors"]]
+    if case == "sensitivity":
+        return [(u["node"], u["rank"]) for u in json.loads((out / "s.json").read_text())["units"]]
+    if case == "report":
+        return [(t["name"], t["amax"]) for t in json.loads((out / "r" / "report.json").read_text())["tensors"]]
+    return None
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", sorted(BIG_RUNS))
+def test_item22_a_model_over_2gb_with_external_data_runs_through_files(case, tmp_path, capsys, monkeypatch):
+    model = onnx.load(str(LENET))
+    onnx.save_model(model, str(tmp_path / "m.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location="m.onnx.data", size_threshold=1024)
+    argv, status = BIG_RUNS[case]
+    small, big = tmp_path / "small", tmp_path / "big"
+    small.mkdir(), big.mkdir()
+    code, _, err = run(capsys, *[str(a).format(m=tmp_path / "m.onnx", out=small) for a in argv])
+    assert code == status, err
+    with _as_if_over_2gb(monkeypatch) as failed:
+        code, out, err = run(capsys, *[str(a).format(m=tmp_path / "m.onnx", out=big) for a in argv])
+    assert failed == [] and code == status, (failed, err)
+    assert _result_of(case, big) == _result_of(case, small)
+
+
+def test_item22_quantize_of_a_model_over_2gb_is_one_line_not_exit_70(tmp_path, capsys, monkeypatch):
+    with _as_if_over_2gb(monkeypatch) as failed:
+        code, _, err = run(capsys, "quantize", LENET, "--from-cache", TRT_TABLE, "-o", tmp_path / "q.onnx")
+    assert failed == []
+    assert code == 2 and "over protobuf's 2 GiB limit" in one_line(err) and not (tmp_path / "q.onnx").exists()
+
+
+def test_item22_a_shipped_model_over_the_limit_travels_with_its_weights_apart(monkeypatch):
+    import trt_calib.ort.model as model_module
+    from trt_calib.ort.executor import ShippedModel
+
+    model = onnx.load(str(LENET))
+    whole = ShippedModel.of(model)
+    monkeypatch.setattr(model_module, "PROTO_LIMIT", 100_000)
+    apart = ShippedModel.of(model)
+    assert whole.weights == () and len(apart.weights) >= 2 and len(apart.data) < 100_000
+    assert apart.parse().SerializeToString() == model.SerializeToString()

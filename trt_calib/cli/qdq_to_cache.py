@@ -109,12 +109,9 @@ def _run(args: argparse.Namespace) -> int:
     if args.original:
         report.comparison = compare_with_original(conv.model, args.original, batches, describe=describe)
 
-    try:
-        payload = conv.model.SerializeToString()
-    except ValueError as exc:  # protobuf refuses messages over 2 GiB
-        from ..errors import ModelError
+    from ..ort.model import serialize_model
 
-        raise ModelError(f"{args.onnx}: the plain model cannot be serialised ({exc})") from None
+    payload = serialize_model(conv.model, role=f"{args.onnx} (the plain model)")  # over 2 GiB: one line
     write_output(args.onnx, payload, what="plain model")
     write_output(args.cache, conv.cache.dumps().encode("ascii"), what="calibration cache")
     if args.json:

@@ -63,25 +63,35 @@ def per_process(key: Any, factory: Callable[[], T]) -> T:
 
 @dataclass(frozen=True)
 class ShippedModel:
-    """An ONNX model sent to workers (other processes or machines) as bytes, parsed once per worker process."""
+    """An ONNX model sent to workers (other processes or machines) as bytes, parsed once per worker process.
+
+    A model over protobuf's 2 GiB limit (weights in external data) cannot be one message: its large initializers
+    travel beside the graph (`ort.model.split_weights`) and are put back in the worker."""
 
     data: bytes
     sha256: str  # the per-process cache key
+    weights: tuple[tuple[str, bytes], ...] = ()  # (initializer, raw data) taken out of a model over the limit
 
     @classmethod
     def of(cls, model: Any) -> "ShippedModel":
-        data = model.SerializeToString()
-        return cls(data, hashlib.sha256(data).hexdigest())
+        from .model import split_weights
+
+        data, weights = split_weights(model)
+        digest = hashlib.sha256(data)
+        for name, raw in weights:
+            digest.update(name.encode("utf-8", "surrogatepass"))
+            digest.update(raw)
+        return cls(data, digest.hexdigest(), weights)
+
+    def parse(self) -> Any:
+        """A new `onnx.ModelProto` of the shipped model (one the caller may change)."""
+        from .model import join_weights
+
+        return join_weights(self.data, self.weights)
 
     def load(self) -> Any:
-        """The `onnx.ModelProto`, parsed at the first call in this process."""
-
-        def parse() -> Any:
-            import onnx
-
-            return onnx.load_model_from_string(self.data)
-
-        return per_process(("trt-calib shipped model", self.sha256), parse)
+        """The `onnx.ModelProto`, parsed at the first call in this process (shared: do not change it)."""
+        return per_process(("trt-calib shipped model", self.sha256), self.parse)
 
 
 #: Memory one local worker process takes besides the model: Python with numpy, onnx, onnxruntime and trt_calib

@@ -242,7 +242,7 @@ class _Sweep:
     """What every run needs, shipped with each task (so any executor can run it): the float model, the plan, the
     held-out batches and the FP32 outputs."""
 
-    model: bytes  # the float model at opset >= 13, serialised
+    model: Any  # the float model at opset >= 13, an ort.executor.ShippedModel (over 2 GiB too)
     plan: Any  # placement.Plan
     batches: list[dict[str, np.ndarray]]
     reference: list[list[np.ndarray]]  # per batch, per output
@@ -316,7 +316,7 @@ def _run_variants(task: tuple[_Sweep, list[tuple[frozenset, frozenset]]]) -> lis
     from .rewrite import rewrite_graph
 
     sweep, variants = task
-    work = onnx.ModelProto.FromString(sweep.model)
+    work = sweep.model.parse()  # a ShippedModel: a model over 2 GiB travels with its weights beside the graph
     g = Graph(work.graph)
     results = []
     for weights, activations in variants:
@@ -420,7 +420,9 @@ def _setup(model: Any, scales: Any, eval_batches: Iterable[Any], *, metric: str,
     chosen = _resolve_metric(metric, kinds, probabilities)
     if chosen.name != "kl":
         kinds = dict.fromkeys(kinds)  # no KL to compute
-    sweep = _Sweep(work.SerializeToString(), prepared.plan, batches, reference, outputs, kinds, chosen, padded, threads)
+    from ..ort.executor import ShippedModel
+
+    sweep = _Sweep(ShippedModel.of(work), prepared.plan, batches, reference, outputs, kinds, chosen, padded, threads)
     return prepared, sweep
 
 
