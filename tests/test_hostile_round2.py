@@ -10,6 +10,7 @@ import os
 import shutil
 import signal
 import stat
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -1000,3 +1001,55 @@ def test_item22_a_shipped_model_over_the_limit_travels_with_its_weights_apart(mo
     apart = ShippedModel.of(model)
     assert whole.weights == () and len(apart.weights) >= 2 and len(apart.data) < 100_000
     assert apart.parse().SerializeToString() == model.SerializeToString()
+
+
+# ---------------------------------------------------------------------------------------------- a wheel install (23)
+@pytest.mark.slow
+def test_item23_doctor_runs_its_cpu_checks_from_a_wheel_install(tmp_path):
+    """Build the wheel from a copy of the sources, install it (no editable link, no checkout on sys.path) into a new
+    virtual environment that borrows this one's dependencies, and run `doctor` there from another folder."""
+    import subprocess
+    import sys
+    import sysconfig
+
+    from conftest import REPO
+
+    source = tmp_path / "src"
+    source.mkdir()
+    shutil.copytree(REPO / "trt_calib", source / "trt_calib", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, source / name)
+    # built the way `pip install .` builds it (an isolated build with setuptools from the index CI installs from)
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-w", str(tmp_path / "wheel"),
+                            str(source)], capture_output=True, timeout=600)
+    assert built.returncode == 0, built.stderr.decode()[-3000:]
+    wheel = next((tmp_path / "wheel").glob("trt_calib-*.whl"))
+    import zipfile
+
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "trt_calib/bundled/lenet/lenet.onnx" in names and "trt_calib/bundled/caches/sampleINT8_TRT-7000.cache" \
+        in names and "trt_calib/bundled/lenet/sampleint8_batches.py" in names
+
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=300)
+    python = venv / "bin" / "python"
+    site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    installed = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "--target", site,
+                                str(wheel)], capture_output=True, timeout=600)
+    assert installed.returncode == 0, installed.stderr.decode()[-3000:]
+    # numpy, onnx, onnxruntime, ... from this environment: a .pth line adds the folder, not the editable link in it
+    (Path(site) / "borrowed.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    where = subprocess.run([str(python), "-c", "import trt_calib; print(trt_calib.__file__)"], cwd=elsewhere,
+                           capture_output=True, text=True, timeout=120)
+    assert where.stdout.strip().startswith(site), where.stdout + where.stderr
+    doctor = subprocess.run([str(python), "-m", "trt_calib", "doctor", "--json"], cwd=elsewhere, capture_output=True,
+                            timeout=600)
+    report = json.loads(doctor.stdout)
+    checks = {c["name"]: c for c in report["checks"]}
+    assert checks["lenet reproduction (cpu)"]["status"] == "pass", checks
+    assert "8/8 shared tensors consistent" in checks["lenet reproduction (cpu)"]["detail"]
+    assert checks["cache round trip (cpu)"]["status"] == "pass"
+    assert doctor.returncode == 0
