@@ -1053,3 +1053,68 @@ def test_item23_doctor_runs_its_cpu_checks_from_a_wheel_install(tmp_path):
     assert "8/8 shared tensors consistent" in checks["lenet reproduction (cpu)"]["detail"]
     assert checks["cache round trip (cpu)"]["status"] == "pass"
     assert doctor.returncode == 0
+
+
+# ---------------------------------------------------------------------------------------------- the stand-in (25)
+def _drive_lenet(monkeypatch, trt_version: str = "7.0.0"):
+    """sampleINT8's batches through trt-calib's EntropyCalibrator2 into the stand-in "TensorRT", with the
+    cross-check against trt-calib's CPU calibration; returns (the stand-in's cache, the calibrator)."""
+    import trt_standin
+    from trt_calib.core.cache import CalibrationCache
+    from trt_calib.ort.data import open_source
+    from trt_calib.ort.model import model_inputs
+    from trt_calib.trt.calibrator import make_calibrator
+
+    trt_standin.install(monkeypatch, "10.3.0")
+    inputs = model_inputs(LENET)
+    calib = make_calibrator(open_source(LENET_BATCHES, inputs), device="cuda-python", input_specs=inputs,
+                            cross_check=LENET)
+    result = trt_standin.drive(calib, {"data": ((50, 1, 28, 28), np.float32)}, model=LENET, trt_version=trt_version)
+    return CalibrationCache.parse(result.cache_written), calib
+
+
+def test_item25_the_standins_own_calibration_matches_tensorrts_published_table(monkeypatch):
+    """The stand-in's reference (no trt-calib code) lands every entry of TensorRT 7's sampleINT8 table on the same
+    KL index, as the spec's verified reconstruction does: it is an independent, correct second computation."""
+    from trt_calib.core.cache import CalibrationCache
+
+    standin, calib = _drive_lenet(monkeypatch)
+    table = CalibrationCache.load(TRT_TABLE)
+    assert standin.header == "TRT-7000-EntropyCalibration2"
+    for name, amax in table.amaxes().items():
+        ours = standin.amax(name)
+        assert abs(ours - amax) <= 4 * np.spacing(np.float32(amax)) * 127 or name, (name, ours, amax)
+    exact = [n for n in table.amaxes() if standin.scales[n] == table.scales[n]]
+    assert {"data", "conv1", "pool1", "prob"} <= set(exact)  # the spec's acceptance: these four bit for bit
+    assert calib.cross_check_result.consistent  # and trt-calib's CPU calibration agrees with it
+
+
+def test_item25_an_algorithm_bug_in_trt_calib_fails_the_cross_check(monkeypatch):
+    """trt-calib's KL search broken (its curve shifted by 7 candidates): the stand-in, which shares no code with it,
+    no longer agrees. Before, the stand-in wrote trt-calib's own calibration and agreed by construction."""
+    import trt_calib.core.thresholds as thresholds
+
+    real = thresholds.kl_divergence_curve
+    monkeypatch.setattr(thresholds, "kl_divergence_curve", lambda counts, **kw: np.roll(real(counts, **kw), 7))
+    _, calib = _drive_lenet(monkeypatch)
+    comparison = calib.cross_check_result
+    assert not comparison.consistent and comparison.counts().get("differs", 0) >= 5
+
+
+def test_item25_a_wrong_amax_after_a_right_search_is_not_same_bin(monkeypatch):
+    """A bug after the search (amax one bin too high) used to pass as "same-bin": compare took our KL index on
+    trust instead of locating our amax on our histogram."""
+    import trt_calib.core.result as result
+    import trt_calib.core.thresholds as thresholds
+
+    real = thresholds.entropy_search
+
+    def one_bin_high(hist):
+        found = real(hist)
+        return thresholds.EntropySearch(float(np.float32(found.amax + found.bin_width)), found.index,
+                                        found.candidates, found.divergence, found.bin_width)
+
+    monkeypatch.setattr(result, "entropy_search", one_bin_high)  # where calibrate's results take it from
+    _, calib = _drive_lenet(monkeypatch)
+    counts = calib.cross_check_result.counts()
+    assert counts.get("same-bin", 0) == 0 and counts.get("differs", 0) >= 8
