@@ -1118,3 +1118,104 @@ def test_item25_a_wrong_amax_after_a_right_search_is_not_same_bin(monkeypatch):
     _, calib = _drive_lenet(monkeypatch)
     counts = calib.cross_check_result.counts()
     assert counts.get("same-bin", 0) == 0 and counts.get("differs", 0) >= 8
+
+
+# ---------------------------------------------------------------------------------------------- tests that guard (26)
+def test_item26_cluster_tests_cannot_be_skipped_and_raises_name_the_error_type():
+    """The real-cluster tests import Dask plainly (a broken [test] extra fails them instead of skipping them), and no
+    test accepts any Exception where the project raises its own type."""
+    from conftest import REPO
+
+    needles = ["importorskip(" + '"distributed")', "importorskip(" + '"dask")', "pytest.raises(" + "Exception,"]
+    found = [f"{path.name}:{number}" for path in sorted((REPO / "tests").glob("*.py"))
+             for number, line in enumerate(path.read_text().splitlines(), 1) if any(n in line for n in needles)]
+    assert found == []
+
+
+def _branches_into_concats():
+    """x -> Conv a (amax 7), Conv b (1), Conv c (3); Concat(b, c) -> bc; Concat(a, bc) -> cat (amax 9) -> Conv y.
+    The widest input is the first of the outer Concat and the nested Concat's inputs must follow it too."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    def conv(name, cout, cin, k, seed):
+        weights = np.random.default_rng(seed).normal(scale=0.3, size=(cout, cin, k, k)).astype(np.float32)
+        return numpy_helper.from_array(weights, name)
+
+    nodes = [
+        helper.make_node("Conv", ["x", "wa"], ["a"], pads=[1, 1, 1, 1]),
+        helper.make_node("Conv", ["x", "wb"], ["b"], pads=[1, 1, 1, 1]),
+        helper.make_node("Conv", ["x", "wc"], ["c"], pads=[1, 1, 1, 1]),
+        helper.make_node("Concat", ["b", "c"], ["bc"], axis=1),
+        helper.make_node("Concat", ["a", "bc"], ["cat"], axis=1),
+        helper.make_node("Conv", ["cat", "wy"], ["y"]),
+    ]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 6, 6])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 6, 6])],
+                              [conv("wa", 2, 3, 3, 0), conv("wb", 2, 3, 3, 1), conv("wc", 2, 3, 3, 2),
+                               conv("wy", 2, 6, 1, 3)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 7
+    return model
+
+
+def test_item26_nested_concat_inputs_all_take_the_widest_scale_even_when_it_comes_first():
+    """A second case of the Concat rule (test_qdq has the first): order, nesting and a larger output scale must not
+    change which scale the inputs share."""
+    from trt_calib.core.cache import amax_to_scale
+    from trt_calib.qdq import quantize_model
+
+    amax = {"x": 1.0, "a": 7.0, "b": 1.0, "c": 3.0, "bc": 2.0, "cat": 9.0}
+    qdq, report = quantize_model(_branches_into_concats(), amax)
+    onnx.checker.check_model(qdq, full_check=True)
+    for name in ("a", "b", "c"):
+        assert report.activations[name].scale == amax_to_scale(7.0), name
+        assert "largest: 'a'" in report.activations[name].origin
+    producers = {o: n for n in qdq.graph.node for o in n.output}
+    for concat in (n for n in qdq.graph.node if n.op_type == "Concat"):
+        for name in concat.input:
+            source = producers[name]
+            if source.op_type == "DequantizeLinear":
+                scale = next(t for t in qdq.graph.initializer if t.name == source.input[1])
+                assert onnx.numpy_helper.to_array(scale).item() == np.float32(amax_to_scale(7.0))
+
+
+def _two_concats():
+    """a = x * 1.5, b = x * 0.5, c = x * 5; cat1 = Concat(a, b) and, later in the graph, cat2 = Concat(c, a): a feeds
+    both Concats."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    consts = [numpy_helper.from_array(np.array(v, np.float32), n) for n, v in (("k1", 1.5), ("k2", 0.5), ("k5", 5.0))]
+    nodes = [
+        helper.make_node("Mul", ["x", "k1"], ["a"]),
+        helper.make_node("Mul", ["x", "k2"], ["b"]),
+        helper.make_node("Mul", ["x", "k5"], ["c"]),
+        helper.make_node("Concat", ["a", "b"], ["cat1"], axis=1),
+        helper.make_node("Concat", ["c", "a"], ["cat2"], axis=1),
+    ]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+                              [helper.make_tensor_value_info("cat1", TensorProto.FLOAT, None),
+                               helper.make_tensor_value_info("cat2", TensorProto.FLOAT, None)], consts)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    return model
+
+
+@pytest.mark.parametrize("version, tied", [("7.0.0", True), ("8.0.3", True), ("8.2.1", False), ("10.3.0", False)])
+def test_item26_concat_ties_up_to_tensorrt_8_0_through_calibrate(version, tied):
+    """A second case of the TensorRT <= 8.0 rule (test_collect has the first, on tie_scales): end to end through
+    calibrate's cache, the boundary on both sides, and a tensor feeding two Concats ending with the later one."""
+    from trt_calib.ort.collect import calibrate
+
+    rng = np.random.default_rng(3)
+    batches = [{"x": rng.normal(size=(16, 4)).astype(np.float32)} for _ in range(4)]
+    result = calibrate(_two_concats(), batches, trt_version=version)
+    own = calibrate(_two_concats(), batches, trt_version="10.3.0").cache.amaxes()
+    got = result.cache.amaxes()
+    # untied, each input differs from the Concat it would take its scale from, so a tie shows
+    assert own["b"] != own["cat1"] and own["c"] != own["cat2"] and own["a"] not in (own["cat1"], own["cat2"])
+    if tied:
+        assert got["b"] == own["cat1"] and got["c"] == own["cat2"]
+        assert got["a"] == own["cat2"]  # both Concats tie a: the later one wins
+        assert got["cat1"] == own["cat1"] and got["cat2"] == own["cat2"] and got["x"] == own["x"]
+    else:
+        assert got == own
