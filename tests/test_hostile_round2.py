@@ -1219,3 +1219,15 @@ def test_item26_concat_ties_up_to_tensorrt_8_0_through_calibrate(version, tied):
         assert got["cat1"] == own["cat1"] and got["cat2"] == own["cat2"] and got["x"] == own["x"]
     else:
         assert got == own
+
+
+def test_item1_the_guard_itself_expands_a_models_external_data_and_a_scripts_function(lenet_dir):
+    """The safety net under every command: given a bare .onnx path or S.py:fn, guard_paths finds what they read."""
+    from trt_calib.cli._common import guard_paths
+    from trt_calib.errors import UsageError
+
+    with pytest.raises(UsageError, match="-o .*m.onnx.data is the input MODEL"):
+        guard_paths(inputs={"MODEL": str(lenet_dir / "m.onnx")}, outputs={"-o": lenet_dir / "m.onnx.data"})
+    with pytest.raises(UsageError, match="-o .*d.py is the input --data"):
+        guard_paths(inputs={"--data": f"{lenet_dir / 'd.py'}:load_data"}, outputs={"-o": lenet_dir / "d.py"})
+    guard_paths(inputs={"MODEL": str(lenet_dir / "m.onnx")}, outputs={"-o": lenet_dir / "other.json"})

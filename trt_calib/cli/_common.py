@@ -383,7 +383,7 @@ def _image_like(path: Path) -> bool:
 #: "trt-calib VERSION COMMAND". Only such a file is replaced by a later --json FILE without --force.
 JSON_MARK = "written_by"
 #: A --json FILE larger than this is not ours (ours are a few MB at most); it is not read to find out.
-_OURS_LIMIT = 256 << 20
+_OURS_LIMIT = 64 << 20
 
 
 def json_file_text(obj: Mapping[str, Any], command: str) -> str:
@@ -398,23 +398,27 @@ def is_ours(path: str | os.PathLike) -> bool:
     from .._util import read_json
 
     try:
+        if os.stat(path).st_size > _OURS_LIMIT:
+            return False
         value = read_json(path, limit=_OURS_LIMIT)
-    except TrtCalibError:
+    except (TrtCalibError, OSError):
         return False
     mark = value.get(JSON_MARK) if isinstance(value, dict) else None
     return isinstance(mark, str) and mark.startswith("trt-calib ")
 
 
 def _input_files(value: Any) -> list[Path]:
-    """The files an input option reads: a data script's FILE.py of FILE.py:function, and an ONNX model's external
-    data files next to it (an unreadable model adds none: loading it reports that, after the guard)."""
+    """The files an input option reads: a data script's FILE.py of FILE.py:function, and for a single .onnx path the
+    model's external-data files next to it (a list, such as `model_paths` gives, is taken as complete; an unreadable
+    model adds none: loading it reports that, after the guard)."""
     from ..ort.data import data_file
 
+    single = isinstance(value, (str, os.PathLike))
     files: list[Path] = []
     for given in _paths(value):
         path = data_file(given)
         files.append(path)
-        if path.suffix.lower() == ".onnx" and path.is_file():
+        if single and path.suffix.lower() == ".onnx" and path.is_file():
             files += _external_data(path)
     return list(dict.fromkeys(files))
 
