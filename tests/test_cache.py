@@ -231,8 +231,8 @@ def test_load_stops_at_the_size_limit(tmp_path, monkeypatch):
     import trt_calib.core.cache as cache_module
 
     monkeypatch.setattr(cache_module, "MAX_CACHE_BYTES", 1 << 16)
-    with pytest.raises(CacheFormatError, match=r"/dev/zero: more than 0 MiB"):
-        CalibrationCache.load("/dev/zero")
+    with pytest.raises(CacheFormatError, match=r"/dev/zero is a character device, not a regular file"):
+        CalibrationCache.load("/dev/zero")  # not read at all since issue 23 item 15; a big file is cut below
     big = tmp_path / "big.cache"
     big.write_text("TRT-8601-EntropyCalibration2\n" + "a: 0\n" * 20000)
     with pytest.raises(CacheFormatError, match="far larger than any calibration cache"):

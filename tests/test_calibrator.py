@@ -24,7 +24,7 @@ from trt_calib.trt.calibrator import (
     dry_run,
     make_calibrator,
 )
-from trt_calib.errors import CalibrationError, DataError, MissingDependencyError
+from trt_calib.errors import CacheFormatError, CalibrationError, DataError, MissingDependencyError
 
 INPUTS = {"a": ((2, 3), np.float32), "b": ((2, 4), np.float32)}
 GPU = "cuda-python"  # the device backend that reaches the stand-in's fake GPU (trt_standin.install)
@@ -446,7 +446,7 @@ def test_a_malformed_cache_is_a_failure_naming_the_line(trt, tmp_path):
     cache_file.write_text("TRT-100300-EntropyCalibration2\nx: zz\n")
     calib = make_calibrator(two_input_batches(2), cache_file=cache_file, device=GPU)
     trt_standin.drive(calib, INPUTS)
-    with pytest.raises(Exception, match=r"c.cache:2"):
+    with pytest.raises(CacheFormatError, match=r"c.cache:2"):
         calib.raise_if_failed()
 
 

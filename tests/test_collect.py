@@ -183,7 +183,9 @@ def test_cli_calibrate_writes_cache_sidecar_json_and_compares(tmp_path, capsys):
     assert "8/8 shared tensors consistent" in captured.err and "3c008912" in captured.err
     printed = json.loads(captured.out)
     assert printed["comparison"]["summary"].startswith("8/8 shared tensors consistent")
-    assert printed == json.loads(details.read_text())  # the same object, comparison and all (issue 22)
+    written = json.loads(details.read_text())
+    assert written.pop("written_by") == "trt-calib 0.1.0 calibrate"  # marks the --json FILE as ours (README)
+    assert printed == written  # the same object, comparison and all (issue 22)
     cache = CalibrationCache.load(out)
     assert cache.header == "TRT-7000-EntropyCalibration2" and len(cache) == 10
     sidecar = json.loads((tmp_path / "lenet.cache.json").read_text())

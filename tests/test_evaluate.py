@@ -398,6 +398,7 @@ def test_cli_evaluate_prints_the_report_and_writes_json(lenet_qdq, mnist, tmp_pa
     text = captured.err  # with --json, stdout holds the JSON alone and the text report goes to stderr
     assert "approximates TensorRT" in text and "ORT_DISABLE_ALL" in text and "top-1 accuracy (500 labels)" in text
     data = json.loads(out.read_text())
+    assert data.pop("written_by") == "trt-calib 0.1.0 evaluate"  # marks the file as ours (README, --json FILE)
     assert json.loads(captured.out) == data
     assert data["num_samples"] == 500 and len(data["worst_tensors"]) == 3
     pred = _predictions(LENET / "lenet.onnx", x[100:])

@@ -55,7 +55,6 @@ def test_a_failing_task_raises_its_own_exception():
 
 @pytest.mark.slow
 def test_a_real_dask_local_cluster_gives_the_serial_results_in_order(expected):
-    pytest.importorskip("distributed")
     from distributed import LocalCluster
 
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
@@ -70,7 +69,6 @@ def test_a_real_dask_local_cluster_gives_the_serial_results_in_order(expected):
 
 
 def test_dask_without_an_address_starts_and_stops_its_own_cluster(expected):
-    pytest.importorskip("distributed")
     ex = DaskExecutor(workers=1)
     try:
         assert ex.address.startswith("tcp://127.0.0.1:")

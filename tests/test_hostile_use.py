@@ -378,12 +378,16 @@ def test_item14_resource_arguments_are_bounded_at_parse_time(tmp_path, capsys, a
     assert code == 2 and message in one_line(err)
 
 
-def test_item14_inspect_stops_reading_an_endless_file(capsys, monkeypatch):
+def test_item14_inspect_stops_reading_an_endless_file(tmp_path, capsys, monkeypatch):
     import trt_calib.core.cache as cache_module
 
     monkeypatch.setattr(cache_module, "MAX_CACHE_BYTES", 1 << 20)
+    (tmp_path / "huge.cache").write_bytes(b"TRT-8601-EntropyCalibration2\n" + b"x" * (2 << 20))
+    code, _, err = run(capsys, "inspect", tmp_path / "huge.cache", "--json")
+    assert code == 2 and "huge.cache: more than 1 MiB" in one_line(err)
+    # a device is not read at all (issue 23 item 15): /dev/zero would never end
     code, _, err = run(capsys, "inspect", "/dev/zero", "--json")
-    assert code == 2 and "/dev/zero: more than 1 MiB" in one_line(err)
+    assert code == 2 and "/dev/zero is a character device, not a regular file" in one_line(err)
 
 
 def test_item14_a_truncated_npy_is_a_data_error_at_open_and_while_read(lenet_dir, capsys):

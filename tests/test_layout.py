@@ -46,7 +46,8 @@ LAZY_ONLY = {"onnx", "onnxruntime", "tensorrt", "pycuda", "cuda", "cupy", "cupyx
 
 
 def _modules() -> list[Path]:
-    return sorted(p for p in PACKAGE.rglob("*.py") if "__pycache__" not in p.parts)
+    # trt_calib/bundled holds package data (LeNet's data script among them), not modules of trt_calib
+    return sorted(p for p in PACKAGE.rglob("*.py") if "__pycache__" not in p.parts and "bundled" not in p.parts)
 
 
 def _dotted(path: Path) -> str:

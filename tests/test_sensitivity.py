@@ -176,7 +176,6 @@ def test_a_target_stops_the_curve_at_the_first_k_that_meets_it(scales, held, res
 
 @pytest.mark.slow
 def test_results_are_the_same_on_serial_local_and_a_real_dask_cluster(scales):
-    pytest.importorskip("distributed")
     from distributed import LocalCluster
 
     held = _batches(400, 450, 25)

@@ -51,7 +51,6 @@ def test_two_local_processes_give_the_sequential_cache_byte_for_byte(lenet_batch
 
 @pytest.mark.slow
 def test_a_real_dask_local_cluster_gives_the_sequential_cache_byte_for_byte(lenet_batches, sequential):
-    pytest.importorskip("distributed")
     from distributed import LocalCluster
 
     with LocalCluster(n_workers=3, threads_per_worker=1, processes=True, host="127.0.0.1",

@@ -39,9 +39,12 @@ and from where (NVIDIA/TensorRT unless another repository is named; /work/notes/
   DeprecationWarnings from 10.1 on the calibration APIs, `platform_has_fast_int8` deprecated from 10.5), 11.x (no
   calibrators, no INT8/FP16 flags, no dynamic ranges, no EXPLICIT_BATCH, no `platform_has_fast_int8`).
 
-What the stand-in computes is not TensorRT's calibration: its cache holds trt-calib's own CPU calibration of the bytes
-it read (of the model it parsed, in a build), or the inputs' max |x| when it has no model onnxruntime can run. It proves calls, bytes and refusals, nothing
-about TensorRT's numbers.
+What the stand-in computes is not TensorRT's calibration: its cache holds its own plain calibration of the bytes it
+read (of the model it parsed, in a build), written from the spec (/work/shared/spec/algorithm.md) and sharing no code
+with trt-calib's (`_reference_amax`: its own model run, histogram, KL search, ties and cache writer), or the inputs'
+max |x| when it has no model onnxruntime can run. So the calibrator's cross-check and doctor's "tensorrt cache vs
+numpy" compare two computations, and a bug in trt-calib's algorithm (or in the stand-in's) makes them disagree. It
+proves calls, bytes and refusals, nothing about TensorRT's numbers.
 """
 
 from __future__ import annotations
@@ -49,13 +52,15 @@ from __future__ import annotations
 import ctypes
 import enum
 import json
+import math
+import struct
 import sys
 import threading
 import types
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -534,22 +539,200 @@ def _drive(calibrator: Any, inputs: Any, memory: str, gpu: FakeGpu | None, model
 
 
 def _standin_cache(result: DriveResult, model: Any, trt_version: str) -> str:
-    from trt_calib.core.cache import CalibrationCache
-
+    """The cache the stand-in "TensorRT" writes: its own calibration of the bytes it read (`_reference_amax`), or
+    the inputs' max |x| when it has no model onnxruntime can run (a TensorRT plugin op)."""
     header = _HEADER_OF_ALGO[CalibrationAlgoType(int(result.algorithm))]
     key = _KEY_OF_ALGO[CalibrationAlgoType(int(result.algorithm))]
+    amax = None
     if model is not None and key in ("entropy2", "minmax"):
-        from trt_calib.errors import TrtCalibError
-        from trt_calib.ort.collect import calibrate
+        amax = _reference_amax(model, result.batches, key, trt_version)
+    if amax is None:
+        amax = {n: _abs_max(b[n] for b in result.batches) for n in result.names}
+    return _reference_cache_text(header, trt_version, amax)
 
-        try:
-            ours = calibrate(model, result.batches, algorithm=key, trt_version=trt_version)
-        except TrtCalibError:
-            pass  # a model onnxruntime cannot run (a TensorRT plugin op): the inputs' max |x| below
+
+# ------------------------------------------------------------------------------------------------------------------
+# The stand-in's own calibration. It shares no code with trt_calib's (no histogram, KL search, scale tie, tensor list,
+# model runner or cache writer of trt_calib is used), so that the calibrator's cross-check and doctor's "tensorrt
+# cache vs numpy" compare two computations: an algorithm bug on either side makes them differ. It is written as
+# plainly as the spec states it (/work/shared/spec/algorithm.md, "Verified reconstruction", sections 0, 4 and
+# "Scale tying"): a loop over the batches for the histogram, a loop over the candidates for the KL search, and
+# it favours clarity over speed (results are cached per histogram).
+_NUM_BINS = 2048
+_NUM_LEVELS = 128
+_FIRST_CANDIDATE = 128
+_REFERENCE_SEARCHES: dict[tuple[bytes, float], float] = {}
+
+
+def _reference_amax(model: Any, batches: Sequence[Mapping[str, np.ndarray]], algorithm: str,
+                    trt_version: str) -> dict[str, float] | None:
+    """{tensor: amax} as the spec's TensorRT computes it for `batches`; None when onnxruntime cannot run `model`."""
+    import onnx
+
+    proto = model if isinstance(model, onnx.ModelProto) else onnx.load(str(model))
+    names = _reference_tensors(proto)
+    try:
+        outputs = _reference_run(proto, batches, names)
+    except Exception:  # a model onnxruntime cannot run (a TensorRT plugin op): the caller falls back
+        return None
+    amax: dict[str, float] = {}
+    for name in names:
+        values = [out[name] for out in outputs]
+        if algorithm == "minmax":
+            amax[name] = _abs_max(values)  # MinMaxCalibration: max |x| over all batches, no +0.5
         else:
-            return CalibrationCache.from_amax(ours.amax, algorithm=header, trt_version=trt_version).dumps()
-    amax = {n: float(max(np.abs(b[n].astype(np.float64)).max() for b in result.batches)) for n in result.names}
-    return CalibrationCache.from_amax(amax, algorithm=header, trt_version=trt_version).dumps()
+            counts, width, infinite = _reference_histogram(values)
+            amax[name] = math.inf if infinite else _reference_entropy(counts, width)
+    return _reference_ties(proto, amax, trt_version)
+
+
+def _reference_tensors(model: Any) -> list[str]:
+    """The tensors TensorRT gives an entry (spec, "Which tensors get an entry"): the float graph inputs, then the
+    outputs of every node but Constant in graph order that some node consumes or that are graph outputs, when
+    onnx's shape inference types them as a float. Initializers (weights) get none; custom-domain ops are skipped."""
+    import onnx
+
+    floats = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16}
+    inferred = onnx.shape_inference.infer_shapes(model)
+    types = {vi.name: vi.type.tensor_type.elem_type for vi in
+             [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]}
+    weights = {t.name for t in model.graph.initializer}
+    consumed = {name for node in model.graph.node for name in node.input}
+    graph_outputs = {o.name for o in model.graph.output}
+    names = [i.name for i in model.graph.input if i.name not in weights and types.get(i.name) in floats]
+    for node in model.graph.node:
+        if node.op_type == "Constant" or node.domain not in ("", "ai.onnx"):
+            continue
+        names += [o for o in node.output if o and o not in weights and (o in consumed or o in graph_outputs)
+                  and types.get(o) in floats]
+    return list(dict.fromkeys(names))
+
+
+def _reference_run(model: Any, batches: Sequence[Mapping[str, np.ndarray]], names: list[str]) -> list[dict]:
+    """Every tensor of `names` for every batch, from a plain onnxruntime session (the model's graph with those
+    tensors added as outputs; basic graph optimisation, the exact arithmetic the CPU calibration uses too)."""
+    import onnx
+    import onnxruntime as ort
+
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    present = {o.name for o in copy.graph.output}
+    copy.graph.output.extend(onnx.ValueInfoProto(name=n) for n in names if n not in present)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    options.log_severity_level = 3
+    session = ort.InferenceSession(copy.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    feeds = [i.name for i in session.get_inputs()]
+    return [dict(zip(names, session.run(names, {n: batch[n] for n in feeds}))) for batch in batches]
+
+
+def _abs_max(values: Iterable[np.ndarray]) -> float:
+    """max |x| over all values (float32), inf if any is infinite; NaNs are ignored."""
+    top = np.float32(0.0)
+    for v in values:
+        a = np.abs(np.asarray(v, dtype=np.float32))
+        if np.isinf(a).any():
+            return math.inf
+        a = a[np.isfinite(a)]
+        if a.size:
+            top = max(top, a.max())
+    return float(top)
+
+
+def _reference_histogram(values: Iterable[np.ndarray]) -> tuple[np.ndarray, np.float32, bool]:
+    """TensorRT's |x| histogram, batch by batch: 2048 bins over [0, m]; m = the first non-zero batch's max |x|
+    (float32), doubled (adjacent bin pairs merged) while a later batch's max exceeds it; bin = min(floor(|x| / w),
+    2047) with w = m / 2048 in float32. Returns (counts, w, whether some value was infinite)."""
+    counts = np.zeros(_NUM_BINS, dtype=np.int64)
+    top = np.float32(0.0)
+    infinite = False
+    for batch in values:
+        a = np.abs(np.asarray(batch, dtype=np.float32)).ravel()
+        infinite |= bool(np.isinf(a).any())
+        a = a[np.isfinite(a)]
+        if a.size == 0:
+            continue
+        m = a.max()
+        if top == 0:
+            if m == 0:
+                counts[0] += a.size  # zeros land in bin 0 whatever the range becomes
+                continue
+            top = m
+        while m > top:
+            top = np.float32(top * np.float32(2.0))
+            pairs = counts.reshape(_NUM_BINS // 2, 2).sum(axis=1)
+            counts = np.concatenate([pairs, np.zeros(_NUM_BINS // 2, dtype=np.int64)])
+        width = np.float32(top / np.float32(_NUM_BINS))
+        bins = np.floor(a / width).astype(np.int64)
+        counts += np.bincount(np.minimum(bins, _NUM_BINS - 1), minlength=_NUM_BINS)
+    return counts, np.float32(top / np.float32(_NUM_BINS)), infinite
+
+
+def _reference_entropy(counts: np.ndarray, width: np.float32) -> float:
+    """EntropyCalibration2's threshold for a histogram (spec section 0): bin 0 takes bin 1's count; for each
+    i = 128..2048, P = the first i bins with the outliers added to the last, Q = those bins merged into 128 levels
+    (level(j) = floor(j * 128 / i)) and each level's mass spread over its non-empty bins; KL(P || Q) is infinite
+    where P has mass and Q none; the first i of least KL wins; amax = (i + 0.5) * w in float32."""
+    key = (counts.tobytes(), float(width))
+    if key in _REFERENCE_SEARCHES:
+        return _REFERENCE_SEARCHES[key]
+    h = counts.astype(np.float64)
+    h[0] = h[1]
+    if width == 0 or h.sum() == 0:
+        return 0.0
+    divergences = []
+    for i in range(_FIRST_CANDIDATE, _NUM_BINS + 1):
+        kept = h[:i]
+        p = kept.copy()
+        p[i - 1] += h[i:].sum()
+        level = np.arange(i) * _NUM_LEVELS // i
+        mass = np.bincount(level, weights=kept, minlength=_NUM_LEVELS)
+        filled = np.bincount(level, weights=(kept != 0).astype(np.float64), minlength=_NUM_LEVELS)
+        q = np.where(kept != 0, mass[level] / np.maximum(filled[level], 1.0), 0.0)
+        if np.any((p > 0) & (q == 0)) or q.sum() == 0:
+            divergences.append(math.inf)
+            continue
+        p, q = p / p.sum(), q / q.sum()
+        nz = p > 0
+        divergences.append(float(np.sum(p[nz] * np.log(p[nz] / q[nz]))))
+    best = min(divergences)
+    if not math.isfinite(best):
+        chosen = _NUM_BINS
+    else:
+        # the first minimum; divergences that differ only by the rounding of their sums (1e-9 relative) are equal
+        chosen = _FIRST_CANDIDATE + next(k for k, d in enumerate(divergences) if d <= best + 1e-9 * abs(best) + 1e-12)
+    amax = float(np.float32(np.float32(chosen + 0.5) * width))
+    _REFERENCE_SEARCHES[key] = amax
+    return amax
+
+
+def _reference_ties(model: Any, amax: dict[str, float], trt_version: str) -> dict[str, float]:
+    """The spec's scale ties ("Scale tying"): each MaxPool/AveragePool output takes its input's amax, in graph
+    order; emulating TensorRT <= 8.0, each Concat's inputs then take its output's."""
+    out = dict(amax)
+    for node in model.graph.node:
+        if node.op_type in ("MaxPool", "AveragePool") and node.input[0] in out and node.output[0] in out:
+            out[node.output[0]] = out[node.input[0]]
+    if _version_tuple(trt_version)[:2] <= (8, 0):
+        for node in model.graph.node:
+            if node.op_type == "Concat" and node.output[0] in out:
+                for name in node.input:
+                    if name in out:
+                        out[name] = out[node.output[0]]
+    return out
+
+
+def _reference_cache_text(algorithm: str, trt_version: str, amax: Mapping[str, float]) -> str:
+    """A cache as the spec's section 4 writes it: TRT-<getInferLibVersion()>-<Algorithm>, then one line per tensor,
+    `name: printf("%x")` of the float32 bits of scale = float32(amax) / 127.0f."""
+    major, minor, patch = (list(_version_tuple(trt_version)) + [0, 0])[:3]
+    number = (major * 100 + minor) * 100 + patch if major >= 10 else major * 1000 + minor * 100 + patch
+    lines = [f"TRT-{number}-{algorithm}"]
+    for name, value in amax.items():
+        with np.errstate(over="ignore"):
+            scale = np.float32(value) / np.float32(127.0)
+        lines.append(f"{name}: {struct.unpack('>I', struct.pack('>f', scale))[0]:x}")
+    return "\n".join(lines) + "\n"
 
 
 def _placeholder_cache(result: DriveResult, trt_version: str) -> str:

@@ -10,7 +10,14 @@ __all__ = [
     "CalibrationError",
     "MissingDependencyError",
     "UsageError",
+    "WorkerLostError",
+    "EXIT_WORKER_LOST",
 ]
+
+#: Exit status when a worker process died under a command (killed by the system, out of memory): not a bug of
+#: trt-calib (70) and not a usage error (2). 75 is EX_TEMPFAIL of sysexits.h: the same run may succeed when retried
+#: with fewer workers or more memory.
+EXIT_WORKER_LOST = 75
 
 
 class TrtCalibError(Exception):
@@ -41,3 +48,10 @@ class MissingDependencyError(TrtCalibError):
 
 class UsageError(TrtCalibError):
     """A bad argument or an output that would destroy an input: refused before any data is read."""
+
+
+class WorkerLostError(TrtCalibError):
+    """A worker process of an executor died (killed by a signal, the out-of-memory killer) before finishing its
+    part; the run stops, writes nothing more, and exits with `EXIT_WORKER_LOST`."""
+
+    exit_code = EXIT_WORKER_LOST

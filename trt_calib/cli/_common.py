@@ -44,8 +44,12 @@ __all__ = [
     "progress_bar",
     "batch_count",
     "open_executor",
+    "check_executor_arguments",
     "json_file",
     "json_text",
+    "json_file_text",
+    "is_ours",
+    "JSON_MARK",
     "print_json",
     "json_mode",
     "guard_paths",
@@ -182,6 +186,9 @@ def add_json_flag(p: argparse.ArgumentParser, *, file: bool = False, help: str |
     if file:
         p.add_argument("--json", nargs="?", const=True, default=None, metavar="FILE",
                        help=help or "print the result as JSON on stdout (errors too); with FILE also write it there")
+        p.add_argument("--force", action="store_true",
+                       help="replace an existing --json FILE that trt-calib did not write (one it wrote is replaced "
+                       "without asking)")
     else:
         p.add_argument("--json", action="store_true",
                        help=help or "print the result as one JSON object on stdout (errors too)")
@@ -197,25 +204,63 @@ def json_file(args: argparse.Namespace) -> str | None:
 _result_streams: list[Any] = []
 
 
+def _fileno(stream: Any) -> int | None:
+    try:
+        return int(stream.fileno())
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
 @contextlib.contextmanager
 def json_mode(enabled: bool) -> Iterator[None]:
-    """While enabled, print() (ours, a data script's) goes to stderr; `print_json` still reaches stdout."""
+    """While enabled, everything but `print_json` goes to stderr: print() (ours, a data script's), and what is
+    written to file descriptor 1 itself (`os.write(1, ...)` in a data script, a subprocess it starts, a library):
+    fd 1 is pointed at stderr's file while the command runs, and the one JSON object goes to the real stdout
+    through a descriptor kept aside."""
     if not enabled:
         yield
         return
-    _result_streams.append(sys.stdout)
+    result: Any = sys.stdout
+    saved = None
+    out_fd, err_fd = _fileno(sys.__stdout__), _fileno(sys.stderr) or _fileno(sys.__stderr__)
+    if out_fd is not None and err_fd is not None and out_fd != err_fd:
+        with contextlib.suppress(OSError, ValueError):
+            sys.stdout.flush()
+        try:
+            saved = os.dup(out_fd)
+            os.dup2(err_fd, out_fd)
+        except OSError:
+            saved = None
+        else:
+            if _fileno(sys.stdout) == out_fd:  # a real stdout (not one a test captures): write past the redirect
+                result = open(os.dup(saved), "w", encoding=getattr(sys.stdout, "encoding", None) or "utf-8",
+                              errors=getattr(sys.stdout, "errors", None) or "strict", closefd=True)
+    _result_streams.append(result)
     try:
         with contextlib.redirect_stdout(sys.stderr):
             yield
     finally:
         _result_streams.pop()
+        if result is not sys.stdout:
+            with contextlib.suppress(OSError, ValueError):
+                result.close()
+        if saved is not None:
+            with contextlib.suppress(OSError, ValueError):
+                sys.stdout.flush()  # what Python buffered for fd 1 meanwhile belongs to stderr's side
+            os.dup2(saved, out_fd)
+            os.close(saved)
 
 
 def print_json(obj: Any) -> None:
     """The command's result as one JSON object on stdout (non-finite floats must already be strings)."""
     stream = _result_streams[-1] if _result_streams else sys.stdout
-    stream.write(json.dumps(obj, indent=2, allow_nan=False, default=str) + "\n")
-    stream.flush()
+    try:
+        stream.write(json.dumps(obj, indent=2, allow_nan=False, default=str) + "\n")
+        stream.flush()
+    except BrokenPipeError:
+        raise  # the reader went away: exit 1 (main)
+    except OSError as exc:  # /dev/full, a disk that filled up: one line, not a traceback
+        raise UsageError(f"cannot write to standard output: {exc.strerror or exc}") from None
 
 
 def json_text(obj: Any) -> str:
@@ -266,9 +311,42 @@ def add_executor_arguments(p: argparse.ArgumentParser, *, default: str = "local"
                    help=f"serial (this process), local (worker processes, all cores) or dask (a cluster; "
                    f"pip install \"trt-calib[cluster]\"). Default {default}; results are the same")
     g.add_argument("--workers", type=int_in(1, 4096), default=None,
-                   help="worker processes (default: one per core; with --address, the cluster's workers)")
-    g.add_argument("--address", default=None, metavar="tcp://HOST:PORT",
+                   help="worker processes (default: one per core, fewer when memory is short; at most one per core "
+                   "on this machine; with --address, the cluster's workers)")
+    g.add_argument("--address", type=checked_by(_address_arg, "address"), default=None, metavar="tcp://HOST:PORT",
                    help="a running Dask scheduler (--executor dask); without it a local cluster is started")
+
+
+def _address_arg(text: str) -> str:
+    from ..ort.executor import check_address
+
+    return check_address(text)
+
+
+def _model_bytes(model: Any) -> int:
+    """The size of a model's files (the .onnx and its external data); 0 when it cannot be told yet."""
+    total = 0
+    try:
+        for path in model_paths(model):
+            total += os.stat(path).st_size
+    except (TrtCalibError, OSError, ValueError, TypeError):
+        pass
+    return total
+
+
+def check_executor_arguments(args: argparse.Namespace) -> None:
+    """The executor options, checked right after parsing, before any data is read: --address needs --executor
+    dask, --workers is refused with --executor serial, and is capped by this machine's cores and memory (each local
+    worker is a process with onnxruntime and the model; `ort.executor.check_workers`). main() calls it."""
+    if not hasattr(args, "executor"):
+        return
+    from ..ort.executor import check_workers
+
+    if args.address is not None and args.executor != "dask":
+        raise UsageError("--address needs --executor dask")
+    model = getattr(args, "model", None)
+    args.workers = check_workers(args.executor, args.workers, address=args.address,
+                                 model_bytes=_model_bytes(model) if model and args.executor != "serial" else 0)
 
 
 def open_executor(args: argparse.Namespace) -> Any:
@@ -304,21 +382,88 @@ def _image_like(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS
 
 
+#: The key that marks a --json FILE as trt-calib's own (the README's contract): a JSON object whose "written_by" is
+#: "trt-calib VERSION COMMAND". Only such a file is replaced by a later --json FILE without --force.
+JSON_MARK = "written_by"
+#: A --json FILE larger than this is not ours (ours are a few MB at most); it is not read to find out.
+_OURS_LIMIT = 64 << 20
+
+
+def json_file_text(obj: Mapping[str, Any], command: str) -> str:
+    """`obj` as the JSON text of a --json FILE, marked as trt-calib's (`JSON_MARK`) so a later run may replace it."""
+    from .. import __version__
+
+    return json_text({JSON_MARK: f"trt-calib {__version__} {command}", **obj})
+
+
+def is_ours(path: str | os.PathLike) -> bool:
+    """Whether `path` is a --json FILE trt-calib wrote: a JSON object carrying `JSON_MARK` (see `json_file_text`)."""
+    from .._util import read_json
+
+    try:
+        if os.stat(path).st_size > _OURS_LIMIT:
+            return False
+        value = read_json(path, limit=_OURS_LIMIT)
+    except (TrtCalibError, OSError):
+        return False
+    mark = value.get(JSON_MARK) if isinstance(value, dict) else None
+    return isinstance(mark, str) and mark.startswith("trt-calib ")
+
+
+def _input_files(value: Any) -> list[Path]:
+    """The files an input option reads: a data script's FILE.py of FILE.py:function, and for a single .onnx path the
+    model's external-data files next to it (a list, such as `model_paths` gives, is taken as complete; an unreadable
+    model adds none: loading it reports that, after the guard)."""
+    from ..ort.data import data_file
+
+    single = isinstance(value, (str, os.PathLike))
+    files: list[Path] = []
+    for given in _paths(value):
+        path = data_file(given)
+        files.append(path)
+        if single and path.suffix.lower() == ".onnx" and path.is_file():
+            files += _external_data(path)
+    return list(dict.fromkeys(files))
+
+
+def _external_data(model: Path) -> list[Path]:
+    from ..ort.model import external_data_files
+
+    try:
+        return external_data_files(model)
+    except TrtCalibError:
+        return []
+
+
 def guard_paths(
     *,
     inputs: Mapping[str, Any],
     outputs: Mapping[str, str | os.PathLike | None],
     folders: Mapping[str, str | os.PathLike | None] | None = None,
+    force: bool = False,
 ) -> None:
     """Refuse, before any work, outputs that would destroy an input or each other, or that cannot be written.
 
-    `inputs` map an option name (e.g. "--data", "MODEL") to a path or a list of paths (a model's external data);
-    `outputs` map an option name to a file path (None: not given). An output that resolves (realpath / samefile) to
-    any input or to another output, an empty path, a directory where a file goes, a missing or read-only folder, or an
-    image written into an image folder that is read as data, is a UsageError naming both options. `folders` are
-    output folders (report -o): they may exist, must not be an input, and must be creatable and writable.
+    `inputs` map an option name (e.g. "--data", "MODEL") to a path or a list of paths; every file an input reads is
+    guarded: a data script given as FILE.py:function is FILE.py, and an .onnx model brings its external-data files
+    (`model_paths` does the same for a model of any name). `outputs` map an option name to a file path (None: not
+    given). An output that resolves (realpath / samefile) to any input or to another output, an empty path, a
+    directory where a file goes, an existing FIFO, device or socket (never replaced by a regular file), a missing or
+    read-only folder, or an image written into an image folder that is read as data, is a UsageError naming the
+    options. An input that is a FIFO, device or socket is refused too (reading it could block or never end). The
+    output "--json" (a `--json FILE`) replaces an existing file only when trt-calib wrote it (`is_ours`), or with
+    `force`. `folders` are output folders (report -o): they may exist, must not be an input, and must be creatable
+    and writable.
     """
-    given_in = [(name, path) for name, value in inputs.items() for path in _paths(value)]
+    from .._util import special_file
+
+    given_in = [(name, path) for name, value in inputs.items() for path in _input_files(value)]
+    for name, path in given_in:
+        special = special_file(path)
+        if special is not None:
+            raise UsageError(f"{name} {path} is {special}, not a regular file or folder; trt-calib reads regular "
+                             "files only (a FIFO would block until a writer appears, a device never ends). Hint: copy "
+                             "it to a file")
     given_out = {}
     for name, value in outputs.items():
         if value is None:
@@ -336,6 +481,10 @@ def guard_paths(
                                  "the next run reads as data. Hint: write elsewhere")
         if path.is_dir():
             raise UsageError(f"{name} {path} is a directory; give a file path")
+        special = special_file(path)
+        if special is not None:
+            raise UsageError(f"{name} {path} is {special}, not a regular file; refusing to replace it (trt-calib "
+                             "writes regular files only). Hint: give a file path")
         parent = path.parent if str(path.parent) else Path(".")
         if not parent.is_dir():
             raise UsageError(f"{name} {path}: the folder {parent} does not exist")
@@ -346,6 +495,10 @@ def guard_paths(
         for b in names[i + 1:]:
             if _same_file(given_out[a], given_out[b]):
                 raise UsageError(f"{a} and {b} are the same file ({given_out[a]}); give each output its own path")
+    json_out = given_out.get("--json")
+    if json_out is not None and not force and os.path.lexists(json_out) and not is_ours(json_out):
+        raise UsageError(f"--json {json_out} exists and is not a --json file trt-calib wrote; refusing to replace it. "
+                         "Hint: give a new path, or --force to replace it")
     for name, value in (folders or {}).items():
         if value is None:
             continue

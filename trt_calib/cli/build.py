@@ -141,20 +141,16 @@ def run_build(args: argparse.Namespace) -> int:
 
 def _load_overrides(path: str) -> dict[str, float]:
     """{tensor: amax} from a JSON object or a calibration cache; DataError naming the file otherwise."""
-    import json
-
+    from .._util import read_bounded, read_json
     from ..core.cache import CalibrationCache
     from ..errors import CacheFormatError
 
     try:
-        text = Path(path).read_text()
-    except (OSError, UnicodeDecodeError) as exc:
+        text = read_bounded(path, 256 << 20, kind="range file", error=DataError).decode("utf-8")
+    except UnicodeDecodeError as exc:
         raise DataError(f"--override-ranges {path}: cannot read it ({exc})") from None
     if text.lstrip().startswith("{"):
-        try:
-            data = json.loads(text)
-        except ValueError as exc:
-            raise DataError(f"--override-ranges {path}: not valid JSON ({exc})") from None
+        data = read_json(path, limit=256 << 20, kind="--override-ranges JSON", error=DataError, unique_keys=True)
         out = {}
         for name, value in data.items():
             if isinstance(value, bool) or not isinstance(value, (int, float)):

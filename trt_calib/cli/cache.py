@@ -21,6 +21,7 @@ from ._common import (
     calibrator_arg,
     fmt_float,
     guard_paths,
+    model_paths,
     non_negative_int,
     open_data,
     print_comparison,
@@ -72,6 +73,7 @@ def _add_inspect(sub: argparse._SubParsersAction) -> None:
 def _run_inspect(args: argparse.Namespace) -> int:
     from ..tools.entries import inspect_cache
 
+    guard_paths(inputs={"CACHE": args.cache}, outputs={})
     report = inspect_cache(args.cache)
     if args.json:
         print_json(report)
@@ -125,6 +127,7 @@ def _add_validate(sub: argparse._SubParsersAction) -> None:
 def _run_validate(args: argparse.Namespace) -> int:
     from ..tools.validate import validate_cache
 
+    guard_paths(inputs={"CACHE": args.cache, "--model": model_paths(args.model), "--data": args.data}, outputs={})
     manifest = None
     if args.data is not None:
         from ..ort.model import model_inputs
@@ -222,6 +225,8 @@ def _load_histograms(path: str | None) -> Any:
 def _run_diff(args: argparse.Namespace) -> int:
     from ..tools.diff import diff_caches
 
+    guard_paths(inputs={"A": args.a, "B": args.b, "--histograms-a": args.histograms_a,
+                        "--histograms-b": args.histograms_b}, outputs={})
     diff = diff_caches(args.a, args.b, histograms_a=_load_histograms(args.histograms_a),
                        histograms_b=_load_histograms(args.histograms_b))
     status = 0 if diff.identical else 1
@@ -286,6 +291,7 @@ def _run_check(args: argparse.Namespace) -> int:
     from ..tools.check import check_cache, check_recomputable
     from ._common import model_inputs_of
 
+    guard_paths(inputs={"CACHE": args.cache, "--model": model_paths(args.model), "--data": args.data}, outputs={})
     cache = CalibrationCache.load(args.cache)
     check_recomputable(cache)  # before the data pass: a header-only or foreign cache has nothing to check
     source = open_data(args, model_inputs_of(args.model))
@@ -297,7 +303,9 @@ def _run_check(args: argparse.Namespace) -> int:
         print_json(report.to_json())
         return status
     print(f"{report.cache} ({report.header}) against trt-calib {report.algorithm}, TensorRT {report.trt_version} "
-          f"emulated, {report.num_batches} batches:")
+          f"emulated, {report.num_batches} batches" + (f", {report.made_with}" if report.made_with else "") + ":")
+    if report.note:
+        print(f"note: {report.note}")
     print_comparison(report.comparison, ours_label="recomputed", ref_label="cache")
     if report.not_recomputable:
         print(f"not checked (TensorRT-internal names): {', '.join(report.not_recomputable[:10])}"

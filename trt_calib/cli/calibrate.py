@@ -17,7 +17,7 @@ from ._common import (
     finite_float,
     guard_paths,
     json_file,
-    json_text,
+    json_file_text,
     model_inputs_of,
     model_paths,
     open_data,
@@ -108,7 +108,8 @@ def run_calibrate(args: argparse.Namespace) -> int:
         guard_paths(inputs=inputs_guard, outputs={})
     else:
         guard_paths(inputs=inputs_guard, outputs={"--cache": args.cache, "the sidecar (--cache OUT.json)": sidecar,
-                                                  "--json": out_json, "--save-histograms": args.save_histograms})
+                                                  "--json": out_json, "--save-histograms": args.save_histograms},
+                    force=args.force)
     refuse_quantized_model(args.model, "calibration")
     if not args.dry_run:
         args.trt_version, trt_source = resolve_trt_version(args.trt_version)
@@ -160,13 +161,15 @@ def run_calibrate(args: argparse.Namespace) -> int:
 
         comparison = compare(reference, result)
     summary = {"cache": str(args.cache), "sidecar": str(sidecar), "header": cache.header,
-               **result.to_json(), "trt_version_source": trt_source}
+               **result.to_json(), "trt_version_source": trt_source,
+               # peak_rss_mb is this process's; worker processes (--executor local/dask) hold their own memory besides
+               "workers_peak_rss_mb": round(executor.workers_peak_mb, 1), "worker_processes": executor.worker_processes}
     if comparison is not None:
         summary["comparison"] = {"reference": str(args.compare), **comparison.to_json()}
     write_output(args.cache, payload, what="the cache")
     write_output(sidecar, provenance_text(provenance), what="the sidecar")
     if out_json:
-        write_output(out_json, json_text(summary), what="the --json result")
+        write_output(out_json, json_file_text(summary, "calibrate"), what="the --json result")
     if args.range_mode != "trt":
         log.warning("--range %s: %s", args.range_mode, GLOBAL_RANGE_NOTE)
     if args.save_histograms:
@@ -175,9 +178,12 @@ def run_calibrate(args: argparse.Namespace) -> int:
         with writing(args.save_histograms, what="the histograms"):
             save_histograms(args.save_histograms, result.histograms)
 
+    workers = (f" here, {executor.workers_peak_mb:.0f} MB in its {executor.worker_processes} worker process(es)"
+               if executor.worker_processes else "")
     log.info(
-        "calibrated %d tensors on %d batches (%d samples) in %.2f s, peak memory %.0f MB",
+        "calibrated %d tensors on %d batches (%d samples) in %.2f s, peak memory %.0f MB%s",
         len(result.amax), result.num_batches, manifest.get("num_samples", 0), result.seconds, result.peak_rss_mb,
+        workers,
     )
     if result.uncovered:  # each reason was logged as a warning by calibrate()
         log.warning("%d tensor(s) TensorRT names inside If/Loop/Scan bodies have no entry in %s (exit status 1)",

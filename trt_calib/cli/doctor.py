@@ -35,10 +35,11 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 def _qdq_model(model: Path, cache: Any, out: Path) -> Path:
     """LeNet quantized to Q/DQ from `cache`, saved to `out` (the TensorRT 11 build of the doctor)."""
+    from ..ort.model import serialize_model
     from ..qdq import quantize_model
 
     qdq, _ = quantize_model(str(model), cache)
-    return write_output(out, qdq.SerializeToString(), what="Q/DQ model")
+    return write_output(out, serialize_model(qdq, role="the Q/DQ LeNet"), what="Q/DQ model")
 
 
 def run_doctor_command(args: argparse.Namespace) -> int:

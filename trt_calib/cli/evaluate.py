@@ -23,7 +23,7 @@ from ._common import (
     finite_float,
     guard_paths,
     json_file,
-    json_text,
+    json_file_text,
     model_inputs_of,
     model_paths,
     non_negative_int,
@@ -124,7 +124,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     guard_paths(inputs={"MODEL": model_paths(args.model), "QDQ_MODEL": model_paths(args.int8_model),
                         "--data": data_path(args.data), "--labels": args.labels,
                         "--metric": data_path(args.metric)},
-                outputs={"--json": out_json})
+                outputs={"--json": out_json}, force=args.force)
     metric = load_metric(args.metric) if args.metric is not None else None  # a bad script fails before any data
     inputs = model_inputs_of(args.model)
     outputs = [o.name for o in load_model(args.model, weights=False).graph.output]
@@ -162,7 +162,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     payload["data"] = source.manifest()
     payload["exit"] = code
     if out_json:
-        write_output(out_json, json_text(payload), what="the --json report")
+        write_output(out_json, json_file_text(payload, "evaluate"), what="the --json report")
         log.info("wrote %s", out_json)
     if not getattr(args, "quiet", False):
         print(report.format(), file=sys.stderr)

@@ -116,12 +116,9 @@ def _run(args: argparse.Namespace) -> int:
     if args.original:
         report.comparison = compare_with_original(conv.model, args.original, batches, describe=describe)
 
-    try:
-        payload = conv.model.SerializeToString()
-    except ValueError as exc:  # protobuf refuses messages over 2 GiB
-        from ..errors import ModelError
+    from ..ort.model import serialize_model
 
-        raise ModelError(f"{args.onnx}: the plain model cannot be serialised ({exc})") from None
+    payload = serialize_model(conv.model, role=f"{args.onnx} (the plain model)")  # over 2 GiB: one line
     write_output(args.onnx, payload, what="plain model")
     write_output(args.cache, conv.cache.dumps().encode("ascii"), what="calibration cache")
     if args.json:
@@ -139,7 +136,7 @@ def _refused(args: argparse.Namespace, exc: Any) -> int:
     """Every refused node, as text or JSON; nothing is written."""
     if args.json:
         print_json({"model": str(args.model), "refused": [{"node": n, "reason": r} for n, r in exc.refusals],
-                    "exit_code": EXIT_REFUSED, "error": str(exc)})
+                    "error": str(exc), "exit": EXIT_REFUSED})  # the shape of every --json error
     else:
         print(f"{args.model}: {len(exc.refusals)} Q/DQ node(s) implicit TensorRT cannot express; nothing written")
         for node, reason in exc.refusals:

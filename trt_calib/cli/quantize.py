@@ -192,10 +192,9 @@ def _run_quantize(args: argparse.Namespace) -> int:
             threads=args.threads,
         )
 
-    try:
-        payload = qdq.SerializeToString()
-    except ValueError as exc:  # protobuf refuses messages over 2 GiB
-        raise TrtCalibError(f"{args.output}: the Q/DQ model cannot be serialised ({exc})") from None
+    from ..ort.model import serialize_model
+
+    payload = serialize_model(qdq, role=f"{args.output} (the Q/DQ model)")  # over 2 GiB: one line, not exit 70
     write_output(args.output, payload, what="the Q/DQ model")
     document = report.to_json()
     document["model"] = str(args.model)

@@ -145,6 +145,21 @@ def _data_path(spec: str | None) -> str | None:
     return path if sep and path.endswith(".py") else spec
 
 
+def _same_data(a: str, b: str) -> bool:
+    """Whether two --data values read the same data: the same file or folder (by real path), and for a data script
+    the same function."""
+    import os
+
+    from ..ort.data.scripts import split_script
+
+    (file_a, fn_a), (file_b, fn_b) = split_script(str(a)), split_script(str(b))
+    try:
+        same = os.path.samefile(file_a, file_b)
+    except OSError:
+        same = os.path.realpath(file_a) == os.path.realpath(file_b)
+    return same and (fn_a == fn_b or file_a.suffix.lower() != ".py")
+
+
 def _bar(args: argparse.Namespace, desc: str, unit: str, total: int | None = None) -> Any:
     if args.no_progress or args.quiet or args.json:
         return None
@@ -155,6 +170,8 @@ def _bar(args: argparse.Namespace, desc: str, unit: str, total: int | None = Non
 
 def _split(args: argparse.Namespace, source: Any, inputs: list) -> tuple[Any, list, int, dict[str, Any]]:
     """(calibration batches or None, held-out batches, padded rows of the last held-out one, what was used)."""
+    from ..ort.data import held_batches
+
     padded = source.num_padded
     if args.eval_data is not None:
         held = argparse.Namespace(**vars(args))
@@ -163,13 +180,13 @@ def _split(args: argparse.Namespace, source: Any, inputs: list) -> tuple[Any, li
             # every held-out sample counts: a model with a fixed batch dim gets a padded last batch, left out of scores
             held.last_batch = "pad" if inputs and inputs[0].rank and inputs[0].static_dim(0) else "keep"
         eval_source = open_data(held, inputs)
-        batches = list(eval_source)
+        batches = list(held_batches(eval_source, origin=str(args.eval_data), purpose="sensitivity"))
         what = {"evaluation_data": f"{args.eval_data} ({len(batches)} batches)"}
         calib = None if args.from_cache else source
         if calib is not None:
             what["calibration_data"] = f"{args.data} ({len(source)} batches)"
         return calib, batches, eval_source.num_padded, what
-    batches = list(source)
+    batches = list(held_batches(source, origin=str(args.data), purpose="sensitivity"))
     if args.from_cache:
         return None, batches, padded, {"evaluation_data": f"{args.data} (all {len(batches)} batches)"}
     n = len(batches)
@@ -204,6 +221,10 @@ def run_sensitivity(args: argparse.Namespace) -> int:
                 "--metric": _metric_path(args.metric)},
         outputs={"-o": args.output},
     )
+    if args.eval_data is not None and not args.from_cache and _same_data(args.data, args.eval_data):
+        raise UsageError(f"--eval-data {args.eval_data} is --data {args.data}: the units would be measured on the "
+                         "batches they were calibrated on, which hides what INT8 costs on new data. Hint: drop "
+                         "--eval-data to hold out the later batches of --data, or give other data")
     trt_source = ""
     if not args.from_cache:
         args.trt_version, trt_source = resolve_trt_version(args.trt_version, purpose="emulate")

@@ -19,6 +19,7 @@ from ._common import (
     print_json,
     finite_float,
     guard_paths,
+    model_paths,
     non_negative_int,
     open_data,
     open_executor,
@@ -93,9 +94,11 @@ def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def _samples_of(source: Any) -> tuple[dict, int]:
+    from ..ort.data import held_batches
     from ..tools.stability import gather_samples
 
-    return gather_samples(source)
+    return gather_samples(held_batches(source, origin=source.origin, purpose="stability (every variant draws from "
+                                       "the samples)"))
 
 
 def run_stability_command(args: argparse.Namespace) -> int:
@@ -105,7 +108,7 @@ def run_stability_command(args: argparse.Namespace) -> int:
     from ..ort.user_metric import load_metric
     from ..tools.stability import run_stability
 
-    guard_paths(inputs={"MODEL": args.model, "--data": data_path(args.data), "--heldout": data_path(args.heldout),
+    guard_paths(inputs={"MODEL": model_paths(args.model), "--data": args.data, "--heldout": args.heldout,
                         "--metric": data_path(args.metric)},
                 outputs={"-o": args.output})
     if args.metric is not None:
@@ -158,18 +161,28 @@ def run_stability_command(args: argparse.Namespace) -> int:
         for bar in bars:
             bar.close()
     record = result.to_json()
+    summary = None if args.json else format_summary(record)  # before writing: a summary that fails writes nothing
     write_output(args.output, json_text(record), what="stability results")
     code = 1 if record["summary"]["unstable"] else 0
     if args.json:
         print_json({**record, "output": str(args.output), "exit": code})
     else:
-        print(format_summary(record))
+        print(summary)
         log.info("wrote %s", args.output)
     return code
 
 
 def _pct(v: Any, fmt: str = ".2f") -> str:
     return "-" if not isinstance(v, (int, float)) or not math.isfinite(v) else format(v, fmt)
+
+
+def _num(v: Any, fmt: str = ".5g") -> str:
+    """A number of STAB.json for the table: JSON carries inf and nan as the strings "inf" and "nan"."""
+    if isinstance(v, bool) or v is None:
+        return "-"
+    if isinstance(v, (int, float)):
+        return format(v, fmt) if math.isfinite(v) else str(float(v))
+    return str(v)
 
 
 def format_summary(record: dict[str, Any], *, rows: int = 15) -> str:
@@ -192,7 +205,7 @@ def format_summary(record: dict[str, Any], *, rows: int = 15) -> str:
         settle_text = "-" if not record["subset_variants"] else ("not settled" if settled is None else
                                                                   f"{settled} samples")
         flag = "  UNSTABLE" if t["unstable"] else ""
-        lines.append(f"{t['name']:<{width}}  {t['base_amax']:10.5g}  {t['min']:10.5g}  {t['max']:10.5g}  "
+        lines.append(f"{t['name']:<{width}}  {_num(t['base_amax']):>10}  {_num(t['min']):>10}  {_num(t['max']):>10}  "
                      f"{_pct(t['range_percent']):>8}  {_pct(t['range_bins'], '.1f'):>7}  "
                      f"{ {True: 'yes', False: 'no', None: '?'}[t.get('quantized')]:>4}  {settle_text}{flag}")
     if len(judged) > len(shown):
@@ -214,10 +227,8 @@ def format_summary(record: dict[str, Any], *, rows: int = 15) -> str:
 
         def describe(i: int) -> str:
             r = by_id[i]
-            extra = f", agreement {100 * r['agreement']:.1f}%" if isinstance(r.get("agreement"), float) else ""
-            value = r[metric]
-            shown = f"{value:.4g}" if isinstance(value, (int, float)) else str(value)
-            return f"{r['label']}: {metric} {shown}{extra}"
+            extra = f", agreement {100 * r['agreement']:.1f}%" if r.get("agreement") is not None else ""
+            return f"{r['label']}: {metric} {_num(r[metric], '.4g')}{extra}"
 
         task = (f"; ranked by the task metric {e2e['task_metric']}, "
                 f"{'higher' if e2e['higher_is_better'] else 'lower'} is better") if e2e.get("task_metric") else ""

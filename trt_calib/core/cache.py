@@ -34,6 +34,7 @@ __all__ = [
     "scale_to_amax",
     "encode_version",
     "decode_version",
+    "version_number_problem",
     "make_header",
     "entry_kind",
     "UNNAMED_RE",
@@ -103,6 +104,29 @@ def decode_version(number: int) -> tuple[int, int, int]:
     if number >= 100000:
         return number // 10000, number // 100 % 100, number % 100
     return number // 1000, number // 100 % 10, number % 100
+
+
+def version_number_problem(digits: str) -> str | None:
+    """Why the digits of a `TRT-<digits>-` header are not a number TensorRT writes, or None when they are.
+
+    TensorRT writes getInferLibVersion() in decimal, without leading zeros: MAJOR*1000 + MINOR*100 + PATCH up to
+    8.x (at most 4 digits, 9999), (MAJOR*100 + MINOR)*100 + PATCH from 10.0 (6 digits). "08601" is not 8601 as
+    text, and 10101 decodes to 10.1.1, whose header is 100101: neither is what a TensorRT writes.
+    """
+    if not digits.isdigit():
+        return f"{digits!r} is not a decimal number"
+    if len(digits) > 1 and digits.startswith("0"):
+        return f"{digits} has a leading zero (TensorRT writes {int(digits)})"
+    number = int(digits)
+    try:
+        again = encode_version(decode_version(number))
+    except ValueError:
+        again = None
+    if again != number:
+        major, minor, patch = decode_version(number)
+        return (f"{digits} is no TensorRT's version number (read as {major}.{minor}.{patch}, whose header number is "
+                f"{again}; TensorRT <= 8.x writes up to 4 digits, 10.x and later 6)")
+    return None
 
 
 def make_header(algorithm: str, trt_version: str | tuple[int, ...] = DEFAULT_TRT_VERSION) -> str:
@@ -311,6 +335,12 @@ class CalibrationCache:
         """The raw number in the header (e.g. 8601), None for TensorRT 4's header."""
         match = _HEADER_RE.fullmatch(self.header)
         return int(match.group(1)) if match else None
+
+    @property
+    def version_problem(self) -> str | None:
+        """Why the header's version number is not one TensorRT writes (`version_number_problem`), or None."""
+        match = _HEADER_RE.fullmatch(self.header)
+        return None if match is None else version_number_problem(match.group(1))
 
     @property
     def trt_version(self) -> str:

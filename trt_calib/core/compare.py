@@ -142,9 +142,13 @@ def compare(
         if ours.algorithm == "entropy2" and hist is not None:
             ref_index = _index_of(r, hist.bin_width)
             our_index = ours.entropy_index.get(ours.source_of(name))
+        # Same bin: both amaxes land on the index we chose. Ours is located from its amax, not taken on trust, so a
+        # wrong amax formula after a right search is not "same-bin" (issue 23 item 25).
+        our_at = _index_of(o, hist.bin_width) if ref_index is not None else None
         if ulps == 0:
             verdict = "exact"
-        elif ref_index is not None and our_index is not None and abs(ref_index - our_index) < 0.01:
+        elif (ref_index is not None and our_index is not None and our_at is not None
+              and abs(ref_index - our_index) < 0.01 and abs(our_at - our_index) < 0.01):
             verdict = "same-bin"
         elif ulps is not None and ulps <= max_ulps:
             verdict = "within-ulps"

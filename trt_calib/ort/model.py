@@ -23,6 +23,11 @@ from .data import InputSpec, infer_batch_axes
 
 __all__ = [
     "PROTO_LIMIT",
+    "over_proto_limit",
+    "serialize_model",
+    "infer_shapes",
+    "split_weights",
+    "join_weights",
     "OPTIMIZATION_LEVELS",
     "load_model",
     "external_data_files",
@@ -63,6 +68,9 @@ def load_model(model: Any, *, weights: bool = True) -> Any:
         return model
     path = Path(model)
     if not path.is_file():
+        from .._util import check_regular_file
+
+        check_regular_file(path, kind="ONNX model", error=ModelError)  # names a FIFO, a device, a folder
         raise ModelError(f"{path}: no such ONNX model")
     if path.stat().st_size == 0:
         raise ModelError(f"{path}: empty file, not an ONNX model")
@@ -148,10 +156,8 @@ def tensor_types(model: Any) -> dict[str, int]:
 def tensor_info(model: Any) -> dict[str, tuple[int, tuple[int | str | None, ...] | None]]:
     """(element type, dims) of every tensor that shape inference (or the graph itself) can type; a dim is an int,
     a symbol (str) or None, and dims are None where the rank is unknown."""
-    import onnx
-
     try:
-        inferred = onnx.shape_inference.infer_shapes(_without_weights(model), strict_mode=False)
+        inferred = infer_shapes(model)
     except Exception as exc:  # inference is best effort; untyped tensors are reported below
         log.warning("ONNX shape inference failed (%s); only tensors typed in the graph are calibrated", exc)
         inferred = model
@@ -204,19 +210,61 @@ def sample_bytes(info: Mapping[str, tuple[int, Any]], names: Sequence[str], spec
     return total
 
 
+def over_proto_limit(model: Any) -> bool:
+    """Whether protobuf cannot serialise `model` (over 2 GiB, weights loaded from external data). Every serialisation
+    of a model goes through this test (`serialize_model`, `ort_session`, shape inference, `ShippedModel`): for such a
+    model protobuf's own ByteSize() fails ("Failed to serialize proto", an EncodeError), so that failure is the answer."""
+    try:
+        return model.ByteSize() > PROTO_LIMIT
+    except Exception:  # google.protobuf.message.EncodeError: too large to measure, hence to serialise
+        return True
+
+
+def serialize_model(model: Any, *, role: str = "the model") -> bytes:
+    """`model` as bytes; a model over protobuf's 2 GiB limit is a ModelError naming `role` (save it with external data
+    instead: onnx.save_model(..., save_as_external_data=True)), not an exit 70."""
+    if over_proto_limit(model):
+        raise ModelError(f"{role}: over protobuf's 2 GiB limit, so it cannot be written as one .onnx file. Hint: it "
+                         "needs its weights in external data (onnx.save_model(..., save_as_external_data=True))")
+    return model.SerializeToString()
+
+
+def infer_shapes(model: Any) -> Any:
+    """onnx.shape_inference.infer_shapes of `model` (not strict), a model over the protobuf limit without its large
+    weights (inference serialises the model and needs only the small constants: shapes, axes)."""
+    import onnx
+
+    return onnx.shape_inference.infer_shapes(_without_weights(model), strict_mode=False)
+
+
 def _without_weights(model: Any) -> Any:
     """`model` itself, or for a model over the protobuf limit a copy whose large initializers carry no data
     (shape inference serialises the model, and needs only the small constants: shapes, axes)."""
+    return _without_weights_copy(model) if over_proto_limit(model) else model
+
+
+#: Initializers larger than this lose their data in `_without_weights_copy` (shapes and axes are far smaller).
+_LARGE_TENSOR = 1 << 16
+
+
+def _large(tensor: Any) -> bool:
+    try:
+        return tensor.ByteSize() > _LARGE_TENSOR
+    except Exception:  # EncodeError: one tensor over 2 GiB
+        return True
+
+
+def _without_weights_copy(model: Any) -> Any:
+    """A copy of `model` whose large initializers (not strings) keep name, type and dims but no data, marked as
+    external data "(not loaded)" so that nothing mistakes them for empty tensors."""
     import onnx
 
-    if model.ByteSize() <= PROTO_LIMIT:
-        return model
     light = onnx.ModelProto()
     _copy_fields(model, light, skip="graph")
     _copy_fields(model.graph, light.graph, skip="initializer")
     for tensor in model.graph.initializer:
         copy = light.graph.initializer.add()
-        if tensor.ByteSize() <= 1 << 16:
+        if tensor.data_type == onnx.TensorProto.STRING or not _large(tensor):
             copy.CopyFrom(tensor)
             continue
         copy.name, copy.data_type = tensor.name, tensor.data_type
@@ -225,6 +273,43 @@ def _without_weights(model: Any) -> Any:
         entry = copy.external_data.add()
         entry.key, entry.value = "location", "(not loaded)"
     return light
+
+
+def split_weights(model: Any) -> tuple[bytes, tuple[tuple[str, bytes], ...]]:
+    """`model` as bytes protobuf can hold: for a model over the limit, the graph with the data of its large
+    initializers taken out, and those data as (name, little-endian bytes) beside it; `join_weights` rebuilds it.
+    Each part stays under 2 GiB where the whole cannot (a worker process or a Dask worker receives both)."""
+    if not over_proto_limit(model):
+        return model.SerializeToString(), ()
+    from onnx import numpy_helper
+
+    light = _without_weights_copy(model)
+    apart = []
+    for original, tensor in zip(model.graph.initializer, light.graph.initializer):
+        if not tensor.external_data:
+            continue
+        if original.HasField("raw_data"):
+            data = bytes(original.raw_data)
+        else:  # typed fields (float_data, ...): the same values as raw little-endian bytes
+            array = numpy_helper.to_array(original)
+            data = array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
+        apart.append((original.name, data))
+        del tensor.external_data[:]
+        tensor.ClearField("data_location")
+    return light.SerializeToString(), tuple(apart)
+
+
+def join_weights(data: bytes, apart: Sequence[tuple[str, bytes]] = ()) -> Any:
+    """The `onnx.ModelProto` that `split_weights` took apart (a model over the limit is over it again)."""
+    import onnx
+
+    model = onnx.ModelProto.FromString(data)
+    if apart:
+        raw = dict(apart)
+        for tensor in model.graph.initializer:
+            if tensor.name in raw:
+                tensor.raw_data = raw[tensor.name]
+    return model
 
 
 def _copy_fields(src: Any, dst: Any, *, skip: str) -> None:
@@ -316,7 +401,7 @@ def ort_session(
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if threads:
         options.intra_op_num_threads = threads
-    if copy.ByteSize() > PROTO_LIMIT:
+    if over_proto_limit(copy):
         return _session_from_file(copy, options, role)
     try:
         return ort.InferenceSession(copy.SerializeToString(), options, providers=["CPUExecutionProvider"])

@@ -35,7 +35,7 @@ from ..core.histogram import AbsHistogram, grown_ranges
 from .fill import fill_histograms
 from .model import checked_tensors, load_model, model_inputs
 from .runner import Runner, batch_maxima, source_inputs
-from .data import iter_batches
+from .data import held_batches, iter_batches
 from .executor import Executor, ShippedModel, per_process
 
 __all__ = ["collect_sharded", "shard_bounds"]
@@ -126,7 +126,9 @@ def collect_sharded(
     names = tuple(checked_tensors(model, tensors, role)[0])
     given = source_inputs(batches)
     specs = given if given is not None else model_inputs(model)
-    all_batches = [dict(b) for b in iter_batches(batches, specs)]
+    held = held_batches(iter_batches(batches, specs), origin=getattr(batches, "origin", "the data"),
+                        purpose="sharded calibration (each worker is sent its batches)")
+    all_batches = [dict(b) for b in held]
     count = len(all_batches)  # iter_batches refuses an empty source
     shards = shard_bounds(count, executor.workers)
     job = _Job(ShippedModel.of(model), role, names, (), threads or executor.threads_per_worker, max_activation_mb,

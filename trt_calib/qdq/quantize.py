@@ -91,6 +91,11 @@ def _check(qdq: Any, float_model: Any) -> None:
     """onnx.checker (full) on the result; a failure the float model already had is only logged."""
     import onnx
 
+    from ..ort.model import over_proto_limit
+
+    if over_proto_limit(qdq):  # the checker serialises the model, which protobuf cannot over 2 GiB
+        log.warning("the Q/DQ model is over protobuf's 2 GiB limit: onnx.checker was not run on it")
+        return
     try:
         onnx.checker.check_model(qdq, full_check=True)
     except Exception as exc:  # ValidationError or shape-inference errors

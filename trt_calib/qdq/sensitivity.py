@@ -1211,14 +1211,10 @@ def _resumed(resume: Mapping[str, Any] | None, fingerprint: Mapping[str, Any]) -
 
 # ---------------------------------------------------------------------------------------------- reading SENS.json
 def _read_json(path: Path) -> Any:
-    try:
-        doc = json.loads(path.read_text("utf-8"))
-    except FileNotFoundError:
-        raise DataError(f"{path}: no such sensitivity file") from None
-    except RecursionError:
-        raise DataError(f"{path}: not a readable sensitivity JSON (nested too deeply)") from None
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise DataError(f"{path}: not a readable sensitivity JSON ({exc})") from None
+    """A sensitivity file's JSON: bounded, a regular file, and nesting beyond what trt-calib writes is a DataError."""
+    from .._util import read_json
+
+    doc = read_json(path, limit=256 << 20, kind="sensitivity JSON", error=DataError)
     if json_depth(doc) > MAX_JSON_DEPTH:
         raise DataError(f"{path}: JSON nested deeper than {MAX_JSON_DEPTH} levels: not a sensitivity file")
     return doc

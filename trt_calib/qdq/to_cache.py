@@ -768,6 +768,10 @@ def _check(plain: Any, qdq: Any) -> str:
     """onnx.checker (full) on the plain model; a failure the Q/DQ model already had is only noted."""
     import onnx
 
+    from ..ort.model import over_proto_limit
+
+    if over_proto_limit(plain):  # the checker serialises the model, which protobuf cannot over 2 GiB
+        return "not run: the model is over protobuf's 2 GiB limit"
     try:
         onnx.checker.check_model(plain, full_check=True)
         return "passed"

@@ -10,7 +10,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from .._util import read_bounded
+from .._util import read_json
 from ..core.cache import MAX_CACHE_BYTES, CalibrationCache, make_header, scale_to_amax, scale_to_hex
 from ..errors import TrtCalibError
 from .entries import check_version, header_algorithm, load_cache
@@ -28,6 +28,13 @@ def cache_to_json(cache: CalibrationCache | str | os.PathLike) -> dict[str, floa
     out: dict[str, float | str] = {}
     for name, scale in parsed.scales.items():
         amax = float(scale) * 127.0  # exact in float64: 24-bit significand times a 7-bit integer
+        if math.isnan(amax) or amax < 0:
+            hex_text = next(e.hex for e in reversed(parsed.entries) if e.name == name)
+            raise TrtCalibError(
+                f"{parsed.source or 'cache'}: tensor {name!r} has scale {hex_text} ({scale!r}), which no amax "
+                "describes (amax is the symmetric range |x| <= amax, >= 0): a JSON of it could not be converted "
+                "back. Hint: `trt-calib validate` the cache; recalibrate that tensor"
+            )
         out[name] = amax if math.isfinite(amax) else str(amax)
     return out
 
@@ -51,14 +58,6 @@ def _amax_from_json(name: str, value: Any, where: str) -> float:
     return amax
 
 
-def _read_limited(path: Path) -> str:
-    """A JSON file's text, refusing files no {name: amax} table comes near (`convert /dev/zero`)."""
-    data = read_bounded(path, MAX_CACHE_BYTES + 1)
-    if len(data) > MAX_CACHE_BYTES:
-        raise TrtCalibError(f"{path}: more than {MAX_CACHE_BYTES >> 20} MiB, not a {{name: amax}} table")
-    return data.decode("utf-8")
-
-
 def cache_from_json(
     data: Mapping[str, Any] | str | os.PathLike,
     *,
@@ -73,10 +72,9 @@ def cache_from_json(
     where = "JSON"
     if not isinstance(data, Mapping):
         where = str(data)
-        try:
-            data = json.loads(_read_limited(Path(data)))
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise TrtCalibError(f"{where}: not valid JSON ({exc})") from None
+        # No {name: amax} table comes near the cache size limit (`convert /dev/zero`); a repeated name would keep
+        # its last value in silence, so it is refused.
+        data = read_json(Path(data), limit=MAX_CACHE_BYTES, kind="{name: amax} JSON", unique_keys=True)
     if isinstance(data, Mapping) and isinstance(data.get("tensors"), list):
         try:
             data = {t["name"]: t["amax"] for t in data["tensors"]}

@@ -121,14 +121,13 @@ class _Graph:
     """Shapes (from shape inference), constants and calibrated tensors of the model."""
 
     def __init__(self, model: Any) -> None:
-        import onnx
         from onnx import numpy_helper
 
-        from ..ort.model import calibrated_tensors
+        from ..ort.model import calibrated_tensors, infer_shapes
 
         self.model = model
         try:
-            inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
+            inferred = infer_shapes(model)  # a model over 2 GiB without its weights
         except Exception:  # best effort: rules needing a shape then say "unknown"
             inferred = model
         self.shapes: dict[str, tuple[Any, ...]] = {}

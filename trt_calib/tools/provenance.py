@@ -95,7 +95,10 @@ def read_provenance(cache_path: str | os.PathLike) -> Any:
         data = f.read(MAX_SIDECAR_BYTES + 1)
     if len(data) > MAX_SIDECAR_BYTES:
         raise ValueError(f"larger than {MAX_SIDECAR_BYTES >> 20} MiB")
-    return json.loads(data.decode("utf-8"))
+    try:
+        return json.loads(data.decode("utf-8"))
+    except RecursionError:
+        raise ValueError("its JSON is nested too deeply to read") from None
 
 
 # What each field must be when present: (type, description).

@@ -23,7 +23,6 @@ distinct set of scales becomes a Q/DQ model (`qdq.quantize_model`) evaluated aga
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -528,15 +527,11 @@ def _rank_key(value: float) -> float:
 
 def load_stability(path: str | Path) -> dict[str, Any]:
     """A STAB.json written by `trt-calib stability`; errors name the file."""
+    from .._util import read_json
+
     path = Path(path)
-    try:
-        record = json.loads(path.read_text("utf-8"))
-    except FileNotFoundError:
-        raise DataError(f"{path}: no such stability file") from None
-    except (OSError, ValueError) as exc:
-        raise DataError(f"{path}: not a readable stability JSON ({exc})") from None
-    except RecursionError:
-        raise DataError(f"{path}: JSON nested too deeply to be a stability file") from None
+    # bounded, regular files only, and a JSON nested too deeply for Python is a DataError, not a RecursionError
+    record = read_json(path, limit=1 << 30, kind="stability JSON", error=DataError)
     if json_depth(record) > MAX_JSON_DEPTH:
         raise DataError(f"{path}: JSON nested deeper than {MAX_JSON_DEPTH} levels: not a stability file")
     if not isinstance(record, dict) or record.get("format") != FORMAT:

@@ -158,9 +158,19 @@ def _graph(model: Any) -> _Graph:
 
 def _header_findings(report: ValidationReport, cache: CalibrationCache, trt_version: str | None, algorithm: str | None) -> None:
     version_text = "TensorRT 4 (legacy header '1')" if cache.is_legacy else f"TensorRT {cache.trt_version}"
+    problem = cache.version_problem
+    if problem is not None:
+        version_text = f"no TensorRT (its number {problem})"
+        report.add(
+            "error",
+            "header-version-invalid",
+            f"header {cache.header!r}: the version number {problem}. TensorRT compares the header it would write "
+            "with this one, so no TensorRT uses the cache: each recalibrates. Hint: recalibrate, or `trt-calib "
+            "convert --rewrite-header --trt-version X.Y.Z` for the TensorRT that will read it",
+        )
     if trt_version is not None:
         wanted = check_version(trt_version)
-        if cache.version_number != wanted:
+        if problem is not None or cache.version_number != wanted:
             report.add(
                 "error",
                 "header-version-mismatch",
@@ -529,6 +539,10 @@ _DATA_FIELDS = {
 }
 
 
+#: The fields that pin the data's content: without one of them, equal batch counts say nothing about the data.
+_CONTENT_FIELDS = ("sha256", "batches_sha256")
+
+
 def _short(value: Any) -> str:
     text = str(value)
     return text[:12] + "..." if isinstance(value, str) and len(value) == 64 else text
@@ -544,6 +558,20 @@ def _data_findings(report: ValidationReport, record: dict[str, Any], data_manife
         for key, label in _DATA_FIELDS.items()
         if key in recorded and key in data_manifest and recorded[key] != data_manifest[key]
     ]
+    compared = [label for key, label in _DATA_FIELDS.items() if key in recorded and key in data_manifest]
+    unchecked = [label for key, label in _DATA_FIELDS.items() if key in data_manifest and key not in recorded]
+    content = [key for key in _CONTENT_FIELDS if key in recorded and key in data_manifest]
+    if not changed and not content:
+        report.add(
+            "warning",
+            "provenance-data-unchecked",
+            f"{where} records no sha256 of the data's content, so whether the data changed cannot be told "
+            f"(not recorded: {', '.join(unchecked) or 'anything this data has'}"
+            + (f"; compared and equal: {', '.join(compared)}" if compared else "") + "). Hint: recalibrate with "
+            "this trt-calib, whose sidecar records them",
+            unchecked=unchecked,
+        )
+        return
     if changed:
         report.add(
             "warning",
@@ -554,7 +582,9 @@ def _data_findings(report: ValidationReport, record: dict[str, Any], data_manife
             changes=changed,
         )
     else:
-        report.add("info", "provenance-data", f"data, batching and order match {where}")
+        missing = f"; not recorded there, so not compared: {', '.join(unchecked)}" if unchecked else ""
+        report.add("info", "provenance-data", f"data, batching and order match {where} (compared: "
+                   f"{', '.join(compared)}{missing})")
 
 
 def _provenance_findings(
@@ -572,6 +602,11 @@ def _provenance_findings(
     except (ValueError, OSError) as exc:
         report.add("warning", "provenance-unreadable", f"{sidecar_path(cache_path)} cannot be read ({exc}); "
                    "cannot tell whether the model or data changed since calibration")
+        return
+    if record is None and sidecar_path(cache_path).is_file():  # the file holds JSON null: not missing, malformed
+        report.add("warning", "provenance-malformed", f"{where} is not a trt-calib sidecar: it holds JSON null, not "
+                   "an object. Cannot tell whether the model or data changed since calibration. Hint: recalibrate, "
+                   "or delete the file", problems=["holds JSON null, not an object"])
         return
     if record is None:
         if data_manifest is not None:

@@ -28,8 +28,9 @@ __all__ = ["Check", "DoctorReport", "run_doctor", "STATUSES", "DATA_DIR"]
 logger = logging.getLogger(__name__)
 
 STATUSES = ("pass", "fail", "skip")
-#: The bundled LeNet, its batches and TensorRT 7's table: `data/` of a source checkout.
-DATA_DIR = Path(__file__).resolve().parents[2] / "data"
+#: The bundled LeNet, its batches and TensorRT 7's table: package data (`trt_calib/bundled/`, which `data/` of a
+#: source checkout links to), so the CPU checks run in a wheel install as well.
+DATA_DIR = Path(__file__).resolve().parents[1] / "bundled"
 _LENET_SHAPE = (50, 1, 28, 28)  # sampleINT8's batches
 #: label, modules to try (the first that imports), distributions that may carry its version
 _GPU_LIBRARIES = (
@@ -427,7 +428,7 @@ def run_doctor(
     """Run every check and return the report (nothing is written outside a temporary folder).
 
     `device`: the device backend for calibration buffers (``auto`` tries each). `data_dir`: the folder holding
-    `lenet/` and `caches/` (default: `data/` of this source checkout). `qdq_model(model, cache, out)`: writes LeNet
+    `lenet/` and `caches/` (default: the package's own, `DATA_DIR`). `qdq_model(model, cache, out)`: writes LeNet
     quantized to Q/DQ for the TensorRT 11 build; the CLI passes `trt_calib.qdq.quantize_model` (`trt` sits beside
     `qdq` in the layers, not above it).
     """
@@ -437,7 +438,8 @@ def run_doctor(
         doctor.versions()
         missing = [p for p in (doctor.lenet, doctor.batches, doctor.reference) if not p.is_file()]
         if missing:
-            reason = f"the bundled LeNet is not here ({', '.join(str(p) for p in missing)}): run from a source checkout"
+            reason = (f"the bundled LeNet is not here ({', '.join(str(p) for p in missing)}): the package was installed "
+                      "without its data. Hint: reinstall trt-calib from its wheel or a source checkout")
             doctor.add("lenet reproduction (cpu)", "skip", reason)
             doctor.add("cache round trip (cpu)", "skip", reason)
             if doctor.trt is not None:

@@ -19,13 +19,14 @@ from typing import Any
 
 import numpy as np
 
+from ..._util import check_regular_file
 from ...errors import DataError
 from .arrays import InMemorySource, NpySource, NpzSource
 from .images import IMAGE_EXTENSIONS, ImageSource
 from .inputs import InputSpec, Checker, infer_batch_axes, input_names_of, set_batch_axes
 from .preprocess import Preprocess
-from .scripts import GeneratorSource, split_script, data_file
-from .source import LAST_BATCH_POLICIES, BatchSource, check_batching, check_max_batches
+from .scripts import GeneratorSource, split_script, data_file, end_user_processes, user_code
+from .source import HOLD_FRACTION, LAST_BATCH_POLICIES, BatchSource, check_batching, check_max_batches, held_batches
 
 __all__ = [
     "InputSpec",
@@ -35,10 +36,14 @@ __all__ = [
     "BatchSource",
     "open_source",
     "data_file",
+    "user_code",
+    "end_user_processes",
     "from_arrays",
     "iter_batches",
     "IMAGE_EXTENSIONS",
     "LAST_BATCH_POLICIES",
+    "HOLD_FRACTION",
+    "held_batches",
 ]
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -77,6 +82,7 @@ def open_source(
     script, function = split_script(text)
     if script.suffix.lower() == ".py":
         if not script.is_file():
+            check_regular_file(script, kind="data script", error=DataError)  # names a FIFO, a device, a folder
             raise DataError(f"{script}: no such data script")
         ignored = {
             "batch_size": batch_size != 1, "shuffle": bool(shuffle), "seed": seed is not None,
@@ -100,6 +106,7 @@ def open_source(
         raise DataError(f"{p}: no such file or folder")
     if p.is_dir():
         return ImageSource(p, inputs, preprocess, **batching)
+    check_regular_file(p, kind="data file", error=DataError)  # a FIFO would block, a device never end
     if preprocess is not None and preprocess != Preprocess():
         raise DataError(f"{p}: preprocessing applies to image folders only. Hint: store the data preprocessed")
     suffix = p.suffix.lower()

@@ -3,6 +3,7 @@ exit it makes a data error, its batches checked like every other source's."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import inspect
@@ -20,6 +21,88 @@ from .source import BatchSource, file_sha256
 
 
 _DEFAULT_FUNCTION = "load_data"
+
+# Calls into user code in progress in this process, whether this process was forked by user code, and the child
+# processes user code started (which `end_user_processes` stops when the command ends).
+_user_depth = [0]
+_forked_by_user = [False]
+_started_by_user_code: set[int] = set()
+
+
+def _after_fork_in_child() -> None:
+    _forked_by_user[0] = _user_depth[0] > 0
+    _started_by_user_code.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _child_pids() -> set[int]:
+    """This process's children (Linux: /proc/self/task/*/children); empty where that cannot be read."""
+    pids: set[int] = set()
+    try:
+        for task in os.listdir("/proc/self/task"):
+            with open(f"/proc/self/task/{task}/children") as f:
+                pids.update(int(p) for p in f.read().split())
+    except (OSError, ValueError):
+        pass
+    return pids
+
+
+@contextlib.contextmanager
+def user_code() -> Iterator[None]:
+    """Around every call into a user's script. The child processes it starts are remembered (`end_user_processes`
+    stops those still running when the command ends, so none is left an orphan), and a process the script forked
+    (os.fork) that returns into trt-calib's code ends there, silently, instead of running the rest of the command a
+    second time (writing outputs, printing JSON) as an orphan."""
+    before = _child_pids()
+    _user_depth[0] += 1
+    try:
+        yield
+    finally:
+        _user_depth[0] -= 1
+        if _forked_by_user[0]:
+            os._exit(0)
+        _started_by_user_code.update(_child_pids() - before)
+
+
+def end_user_processes(grace: float = 2.0) -> list[int]:
+    """Stop the processes data scripts started that are still running (SIGTERM, SIGKILL after `grace` seconds) and
+    reap them; returns the pids that were still running. main() calls it when a command ends."""
+    import signal
+    import time
+
+    children = _child_pids()
+    alive = []
+    for pid in sorted(_started_by_user_code & children):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                state = f.read().rpartition(")")[2].split()[0]
+        except (OSError, IndexError):
+            state = "?"
+        if state != "Z":
+            alive.append(pid)
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    for pid in sorted(_started_by_user_code & children):
+        while True:
+            try:
+                done, _ = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if done:
+                break
+            if time.monotonic() > deadline:
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(pid, 0)
+                break
+            time.sleep(0.02)
+    _started_by_user_code.clear()
+    return alive
 
 
 def split_script(text: str) -> tuple[Path, str]:
@@ -48,16 +131,24 @@ def load_script_function(path: Path, name: str, *, what: str = "data script",
     module = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = module
     try:
-        spec.loader.exec_module(module)
+        with user_code():
+            spec.loader.exec_module(module)
     except SystemExit as exc:
         sys.modules.pop(module_name, None)
         raise DataError(
             f"{path}: the {what} called sys.exit({exc.code!r}) while being imported; it must define a "
             "function, not exit. Hint: guard script code with `if __name__ == '__main__':`"
         ) from None
+    except KeyboardInterrupt:
+        sys.modules.pop(module_name, None)
+        raise
     except Exception as exc:
         sys.modules.pop(module_name, None)
         raise DataError(f"{path}: importing the {what} failed ({type(exc).__name__}: {exc})") from exc
+    except BaseException as exc:  # GeneratorExit, a script's own BaseException subclass: still the script's error
+        sys.modules.pop(module_name, None)
+        raise DataError(f"{path}: importing the {what} raised {type(exc).__name__} ({exc}); a script reports "
+                        "failures with Exception subclasses") from None
     fn = getattr(module, name, None)
     if fn is None or not callable(fn):
         found = [n for n, v in vars(module).items() if callable(v) and not n.startswith("_")]
@@ -93,8 +184,9 @@ class GeneratorSource(BatchSource):
 
     def _raw_batches(self) -> Iterator[Any]:
         try:
-            items = self._fn()
-            it = iter(items)
+            with user_code():
+                items = self._fn()
+                it = iter(items)
         except TrtCalibError:
             raise
         except SystemExit as exc:
@@ -102,15 +194,23 @@ class GeneratorSource(BatchSource):
                 f"{self.origin}: called sys.exit({exc.code!r}) instead of returning batches; no batch was made. "
                 "Hint: a data script ends its data by returning, never by exiting"
             ) from None
+        except KeyboardInterrupt:
+            raise
         except Exception as exc:
             raise DataError(
                 f"{self.origin}: calling it failed ({type(exc).__name__}: {exc}). "
                 "Hint: it must return an iterable of dicts {input_name: array}"
             ) from exc
+        except BaseException as exc:  # GeneratorExit, a custom BaseException: the script's failure, one line
+            raise DataError(
+                f"{self.origin}: raised {type(exc).__name__} ({exc}) instead of returning batches; a script reports "
+                "failures with Exception subclasses"
+            ) from None
         index = 0
         while True:
             try:
-                item = next(it)
+                with user_code():
+                    item = next(it)
             except StopIteration:
                 return
             except TrtCalibError:
@@ -121,10 +221,17 @@ class GeneratorSource(BatchSource):
                     "batch(es); calibrating on part of the data would give other scales. Hint: a data script ends "
                     "its data by returning, never by exiting"
                 ) from None
+            except KeyboardInterrupt:
+                raise
             except Exception as exc:
                 raise DataError(
                     f"{self.origin}: raised {type(exc).__name__} while making batch {index}: {exc}"
                 ) from exc
+            except BaseException as exc:  # GeneratorExit raised by the script itself, a custom BaseException
+                raise DataError(
+                    f"{self.origin}: raised {type(exc).__name__} ({exc}) while making batch {index}, after {index} "
+                    "batch(es); a script reports failures with Exception subclasses"
+                ) from None
             yield item
             index += 1
 
