@@ -298,10 +298,10 @@ def test_ctrl_c_keeps_every_finished_run_and_resume_finishes_the_same_json(tmp_p
     np.save(tmp_path / "d.npy", np.load(LENET_IMAGES)[:300].astype(np.float32)[:, None] / np.float32(255.0))
     (tmp_path / "m.py").write_text(SLOW_METRIC.format(sleep=0.05))
     common = ["sensitivity", str(LENET), "--trt-version", "10.16.1", "--data", str(tmp_path / "d.npy"),
-              "--batch-size", "50", "--calib-batches", "2", "--metric", str(tmp_path / "m.py"), "--candidates", "all", "--max-keep", "3",
-              "--executor", executor, "-q"]
-    if executor == "local":
-        common += ["--workers", "2"]
+              "--batch-size", "50", "--calib-batches", "2", "--metric", str(tmp_path / "m.py"), "--candidates", "all",
+              "--max-keep", "3", "-q"]
+    serial = [*common, "--executor", "serial"]
+    common += ["--executor", executor] + (["--workers", "2"] if executor == "local" else [])
     out = tmp_path / "s.json"
     env = dict(os.environ, PYTHONPATH=str(REPO))
     proc = subprocess.Popen([sys.executable, "-m", "trt_calib", *common, "-o", str(out)], cwd=tmp_path, env=env,
@@ -329,7 +329,7 @@ def test_ctrl_c_keeps_every_finished_run_and_resume_finishes_the_same_json(tmp_p
     assert main([*common, "-o", str(out), "--resume"]) == 0
     resumed = json.loads(out.read_text())
     assert resumed["format"] == FORMAT and resumed["run"]["resumed_runs"] == partial["runs_done"]
-    assert main([*common, "-o", str(tmp_path / "whole.json"), "--executor", "serial"]) == 0
+    assert main([*serial, "-o", str(tmp_path / "whole.json")]) == 0
     whole = json.loads((tmp_path / "whole.json").read_text())
     for doc in (resumed, whole):
         doc.pop("run")
