@@ -293,3 +293,40 @@ def test_evaluate_counts_the_state_samples_on_its_batch_axis(ranked):
     parts = evaluate(model, qdq, held, worst=0, metric=user, max_activation_mb=1e-4)
     assert parts.num_parts == 8 and seen == [(2, 8, 3)] * 6
     assert parts.metric["value"] == pytest.approx(whole.metric["value"], rel=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------- report
+def test_report_shows_the_branch_tensors_calibrate_covers_and_lists_the_rest(tmp_path, capsys):
+    """The report showed main-graph tensors only (x, state, y, stateN) while calibrate covers the branch taken."""
+    from trt_calib.tools.report import build_report
+
+    model = vad_model(tmp_path / "vad.onnx")
+    cal = [batch(64, 16000, s) for s in range(3)]
+    result = build_report(model, tmp_path / "rep", batches=cal)
+    bodies = {s.name: s.body for s in result.summaries}
+    assert {"h16", "r16", "o16", "a16", "st16"} <= set(bodies) and not any(n.endswith("8") for n in bodies)
+    assert bodies["r16"] == "then_branch of If 'rate'" and bodies["y"] == ""
+    calibrated = calibrate(model, cal)  # the same collect functions: the same threshold
+    amax = {s.name: s.amax for s in result.summaries}
+    for name in ("h16", "r16", "o16", "st16"):
+        assert amax[name] == pytest.approx(calibrated.amax[name], rel=1e-6), name
+    assert set(result.left_out) == set(calibrated.uncovered) == {"h8", "r8", "o8", "s8", "a8", "u8", "st8"}
+    assert result.left_out["r8"].startswith("in the else_branch of If 'rate', which no calibration batch took")
+    doc = json.loads((tmp_path / "rep" / "report.json").read_text())
+    assert [t["name"] for t in doc["left_out"]] == ["h8", "r8", "o8", "s8", "a8", "u8", "st8"]
+    assert next(t for t in doc["tensors"] if t["name"] == "r16")["body"] == "then_branch of If 'rate'"
+    page = (tmp_path / "rep" / "index.html").read_text()
+    assert "Not in this report (7 tensors)" in page and "7 tensors in the else_branch of If &#x27;rate&#x27;" in page
+
+    (tmp_path / "data.py").write_text(DATA_SCRIPT)
+    cli = ["report", str(tmp_path / "vad.onnx"), "--no-progress", "--json"]
+    assert main([*cli, "--data", str(tmp_path / "data.py"), "-o", str(tmp_path / "r1")]) == 1  # written, not clean
+    assert len(json.loads(capsys.readouterr().out)["left_out"]) == 7
+    assert main([*cli, "--data", f"{tmp_path / 'data.py'}:both", "-o", str(tmp_path / "r2")]) == 0
+    assert json.loads(capsys.readouterr().out)["left_out"] == []
+    # saved histograms of a calibration hold the branch tensors: none of them is a stranger to the model
+    assert main(["calibrate", str(tmp_path / "vad.onnx"), "--data", str(tmp_path / "data.py"), "-q",
+                 "--cache", str(tmp_path / "c.cache"), "--save-histograms", str(tmp_path / "h.npz")]) == 1
+    assert main([*cli, "--histograms", str(tmp_path / "h.npz"), "-o", str(tmp_path / "r3")]) == 1
+    doc = json.loads((tmp_path / "r3" / "report.json").read_text())
+    assert {"r16", "st16"} <= {t["name"] for t in doc["tensors"]} and len(doc["left_out"]) == 7
