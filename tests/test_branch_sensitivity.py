@@ -21,7 +21,7 @@ from trt_calib.ort.collect import calibrate
 from trt_calib.ort.evaluate import evaluate
 from trt_calib.ort.executor import SerialExecutor
 from trt_calib.qdq import quantize_model
-from trt_calib.qdq.sensitivity import exclusions, layer_names_for, sensitivity
+from trt_calib.qdq.sensitivity import exclusions, layer_names_for, measure_kept, sensitivity
 
 RNG = np.random.default_rng(19)
 WEIGHTS = {f"w{k}_{rate}": RNG.standard_normal(shape).astype(np.float32)
@@ -157,6 +157,8 @@ def test_every_figure_is_the_error_of_the_qdq_model_quantize_writes(ranked):
         kept, _ = quantize_model(model, scales, exclude={unit.node: "test"})
         assert unit.excluded == pytest.approx(error_by_hand(model, kept, held), rel=1e-5, abs=1e-12), unit.node
     assert result.greedy[1].error == result.units[0].excluded
+    _, errors = measure_kept(model, scales, held, [[result.units[1].node], []], metric="cosine")
+    assert errors == [pytest.approx(result.units[1].excluded, rel=1e-9), pytest.approx(result.baseline_error, rel=1e-9)]
 
 
 def test_batches_cut_into_parts_give_the_same_numbers_with_the_state_batched_on_axis_1(ranked):
@@ -183,6 +185,10 @@ def test_a_branch_quantize_places_pairs_in_but_the_held_out_data_skips_is_listed
     assert doc["if_branches"]["unmeasured_units"] == ["mm1_8", "mm2_8"]
     assert doc["not_ranked"]["mm2_8"].startswith("in the else_branch of If 'rate', which no held-out batch takes")
     assert json.loads(out.read_text())["if_branches"]["unmeasured_units"] == ["mm1_8", "mm2_8"]
+    assert main(["report", str(tmp_path / "vad.onnx"), "--sensitivity", str(out), "-o", str(tmp_path / "rep")]) == 0
+    page = (tmp_path / "rep" / "index.html").read_text()
+    assert "Measured inside the then_branch of If &#x27;rate&#x27;" in page and "<h3>Not ranked (2)</h3>" in page
+    assert "which no held-out batch takes" in page and "mm1_8, mm2_8</li>" in page
 
 
 def test_nothing_to_rank_is_one_line_exit_2_with_why(tmp_path, capsys):
@@ -211,6 +217,20 @@ def test_sensitivity_with_no_unit_where_the_data_runs_is_an_error_not_0_units():
                            "the held-out data runs: ")
     assert "mm1_8: in the else_branch of If 'rate': no scale for 'x'" in text
     assert "mm1_16: in the then_branch of If 'rate', which no held-out batch takes" in text
+
+
+def test_weighted_nodes_in_branches_without_scales_are_listed_when_only_the_main_graph_is_ranked():
+    """A cache made without looking into the branches: the main graph's unit is ranked, the branch MatMuls named."""
+    model = vad_model()
+    graph = model.graph
+    graph.node.insert(0, helper.make_node("MatMul", ["x", "w_main"], ["xm"], name="mm_main"))
+    graph.initializer.append(numpy_helper.from_array(RNG.standard_normal((4, 4)).astype(np.float32), "w_main"))
+    for attr in graph.node[-1].attribute:
+        attr.g.node[0].input[0] = "xm"
+    result = sensitivity(model, {"x": 3.0}, [batch(4, 16000, 1)], metric="cosine")
+    assert [u.node for u in result.units] == ["mm_main"]
+    assert result.not_ranked["mm1_16"] == "in the then_branch of If 'rate': no scale for 'xm'"
+    assert set(result.not_ranked) == {"mm1_16", "mm2_16", "mm1_8", "mm2_8"}
 
 
 def nested_model() -> onnx.ModelProto:

@@ -73,9 +73,16 @@ def _static_reasons(prepared: Any) -> dict[str, str]:
 
 
 def _unchanged(prepared: Any) -> Flat:
+    """No branch holds a unit: the model as it is; weighted nodes in branches (none with Q/DQ) are listed."""
     plan = prepared.plan
     labels = {i: c.node for i, c in plan.coverage.items()}
-    return Flat(prepared, labels, node_indices(prepared.work.graph), _static_reasons(prepared))
+    not_ranked = _static_reasons(prepared)
+    for body in prepared.bodies:
+        if body.plan is not None:
+            for i, cov in sorted(body.plan.coverage.items()):
+                if cov.op_type in WEIGHTED_OPS:
+                    not_ranked.setdefault(tensorrt_layer_name(body.graph.node[i]), f"in the {body.where}: {cov.reason}")
+    return Flat(prepared, labels, node_indices(prepared.work.graph), not_ranked)
 
 
 def flatten(prepared: Any, batches: Sequence[Mapping[str, Any]], *, threads: int | None = None) -> Flat:
