@@ -310,9 +310,11 @@ def test_evaluate_counts_the_state_samples_on_its_batch_axis(ranked):
     whole = evaluate(model, qdq, held, worst=0, metric=user)
     state = whole.output("stateN")
     assert state.sample_shape == (2, 3) and state.num_samples == 24 and whole.num_samples == 24
-    parts = evaluate(model, qdq, held, worst=0, metric=user, max_activation_mb=1e-4)
-    assert parts.num_parts == 8 and seen == [(2, 8, 3)] * 6
-    assert parts.metric["value"] == pytest.approx(whole.metric["value"], rel=1e-6)
+    for budget, count in ((1e-4, 8), (1e-3, 4)):  # parts of 2 samples: stateN (2, 2, 3) is joined on axis 1, not 0
+        seen.clear()
+        parts = evaluate(model, qdq, held, worst=0, metric=user, max_activation_mb=budget)
+        assert parts.num_parts == count and seen == [(2, 8, 3)] * 3
+        assert parts.metric["value"] == pytest.approx(whole.metric["value"], rel=1e-6)
 
 
 # ---------------------------------------------------------------------------------------------- report
@@ -350,3 +352,27 @@ def test_report_shows_the_branch_tensors_calibrate_covers_and_lists_the_rest(tmp
     assert main([*cli, "--histograms", str(tmp_path / "h.npz"), "-o", str(tmp_path / "r3")]) == 1
     doc = json.loads((tmp_path / "r3" / "report.json").read_text())
     assert {"r16", "st16"} <= {t["name"] for t in doc["tensors"]} and len(doc["left_out"]) == 7
+
+
+def test_stability_counts_samples_on_each_inputs_batch_axis_and_the_metric_sees_the_state_whole(tmp_path):
+    from trt_calib.tools.stability import run_stability
+
+    model = vad_model(tmp_path / "vad.onnx")
+    rng = np.random.default_rng(4)
+    samples = {"x": rng.standard_normal((32, 4)).astype(np.float32),
+               "state": rng.standard_normal((2, 32, 3)).astype(np.float32), "sr": np.array(16000, np.int64)}
+    (tmp_path / "m.py").write_text(textwrap.dedent("""
+        import numpy as np
+
+        def metric(fp32, int8):
+            n = fp32["y"].shape[0]
+            assert fp32["stateN"].shape == (2, n, 3) == int8["stateN"].shape, fp32["stateN"].shape
+            return float(np.mean(np.sign(fp32["y"]) == np.sign(int8["y"]))), True
+    """))
+    result = run_stability(model, samples, batch_size=8, orders=1, batch_sizes=(16,), fractions=(1.0,),
+                           metric=str(tmp_path / "m.py"), max_activation_mb=1e-4)
+    doc = result.to_json()
+    assert doc["num_samples"] == 32
+    rows = doc["end_to_end"]["variants"]
+    assert rows and all(r["num_samples"] == 32 and 0.5 < r["task_metric"] <= 1 for r in rows)
+    assert {"h16", "r16"} <= {t["name"] for t in doc["tensors"]}  # the branch the data takes is calibrated
