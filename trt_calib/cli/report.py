@@ -160,6 +160,11 @@ def run_report(args: argparse.Namespace) -> int:
     if getattr(args, "json", False):
         print_json({"output": str(result.path), "index": str(index), "tensors": len(result.summaries),
                     "drawn": result.drawn, "figures": result.figures, "figure_mode": args.figures,
-                    "sections": result.sections, "save_histograms": args.save_histograms})
+                    "sections": result.sections, "save_histograms": args.save_histograms,
+                    "left_out": [{"name": n, "why": why} for n, why in result.left_out.items()]})
     log.info("open %s", index.as_uri())
+    if result.left_out:
+        log.warning("%d tensor(s) inside If/Loop/Scan bodies are not in the report (the page lists them with why; "
+                    "exit status 1)", len(result.left_out))
+        return 1
     return 0

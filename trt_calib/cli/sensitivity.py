@@ -208,7 +208,7 @@ def run_sensitivity(args: argparse.Namespace) -> int:
     from ..ort.model import load_model, model_inputs
     from ..ort.collect import calibrate
     from ..ort.user_metric import load_metric
-    from ..qdq.sensitivity import read_partial, sensitivity
+    from ..qdq.sensitivity import not_ranked_groups, read_partial, sensitivity
 
     if args.calib_batches is not None and (args.eval_data is not None or args.from_cache):
         raise UsageError("--calib-batches splits --data into calibration and held-out batches; it does not go with "
@@ -306,9 +306,19 @@ def run_sensitivity(args: argparse.Namespace) -> int:
                  result.run["runs"], result.run["seconds"], result.run["executor"],
                  f"; {result.run['resumed_runs']} runs resumed" if result.run.get("resumed_runs") else "")
     if result.not_ranked:
-        log.warning("%d weighted node(s) get no Q/DQ with these scales and are not ranked: %s", len(result.not_ranked),
-                    "; ".join(f"{n}: {why}" for n, why in list(result.not_ranked.items())[:5]))
+        groups = not_ranked_groups(result.not_ranked)
+        why, nodes = groups[0]
+        log.warning("%d node(s) are not ranked: %s: %s%s (%s)", len(result.not_ranked),
+                    ", ".join(n for n, _ in nodes[:3]) + (", ..." if len(nodes) > 3 else ""), why,
+                    f"; and {len(groups) - 1} other reason(s)" if len(groups) > 1 else "",
+                    "the table lists each with why" if not args.json else "`not_ranked` in the JSON says why")
+    code = 0
+    if result.unmeasured:
+        log.warning("%d unit(s) that quantize gives Q/DQ inside If branches the held-out data does not run are not "
+                    "measured (%s): the ranking and the greedy curve leave them out (exit status 1)",
+                    len(result.unmeasured), ", ".join(result.unmeasured[:5]) + (", ..." if len(result.unmeasured) > 5 else ""))
+        code = 1
     if args.target is not None and not result.target_met:
         log.warning("--target %g not met with up to %d unit(s) kept in float", args.target, args.max_keep)
         return 1
-    return 0
+    return code

@@ -63,6 +63,11 @@ __all__ = [
     "sequence_rows",
     "sum_squares",
     "sum_sq_diff",
+    "output_batch_axes",
+    "batch_axis",
+    "batch_first",
+    "batch_samples",
+    "take_samples",
 ]
 
 log = logging.getLogger(__name__)
@@ -931,21 +936,70 @@ def _budget_bytes(max_activation_mb: float) -> int:
     return int(max_activation_mb * 2**20)
 
 
-def _rows(value: np.ndarray) -> int:
-    return int(value.shape[0]) if value.ndim else 1
+def output_batch_axes(model: Any, specs: Sequence[Any]) -> dict[str, int | None]:
+    """Each output's batch axis as the model declares it: the axis whose dim is named like an input's batch dim
+    (silero's stateN (2, batch, 128): 1); None where its dims name none (`batch_axis` then looks at the values)."""
+    names = {s.shape[s.batch_axis] for s in specs if s.batch_axis is not None and isinstance(s.shape[s.batch_axis], str)}
+    axes: dict[str, int | None] = {}
+    for o in model.graph.output:
+        dims = o.type.tensor_type.shape.dim if o.type.HasField("tensor_type") else []
+        axes[o.name] = next((k for k, d in enumerate(dims) if d.dim_param and d.dim_param in names), None)
+    return axes
 
 
-def _joined(parts: list[np.ndarray], rows: list[int]) -> np.ndarray:
-    """One batch's output from its parts' (`rows` samples each), joined along the batch axis: the first axis whose
-    size is each part's sample count (axis 0 for most models; a recurrent state (2, N, 128) has it at 1). An
-    output without one (a per-part scalar) becomes one value per part."""
+def batch_axis(value: Any, samples: int | None, declared: int | None = None) -> int | None:
+    """The axis of an output `value` that holds a batch's `samples` samples: `declared` (`output_batch_axes`) when
+    its size fits, else axis 0 when it does, else the first axis that does; None when none does (a value per batch,
+    not per sample). Without a sample count (no input is batched) axis 0, if any."""
+    shape = np.shape(value)
+    if samples is None:
+        return 0 if shape else None
+    if declared is not None and declared < len(shape) and shape[declared] == samples:
+        return declared
+    return next((k for k, n in enumerate(shape) if n == samples), None)
+
+
+def batch_first(value: np.ndarray, axis: int | None) -> np.ndarray:
+    """`value` with its batch axis first (a value per batch, `axis` None, becomes one sample)."""
+    value = np.asarray(value)
+    if axis is None:
+        return value[None]
+    return np.moveaxis(value, axis, 0) if axis else value
+
+
+def take_samples(value: np.ndarray, axis: int | None, start: int, stop: int) -> np.ndarray:
+    """Samples start..stop of `value` along its batch axis (all of it when it has none)."""
+    if axis is None:
+        return value
+    index = [slice(None)] * value.ndim
+    index[axis] = slice(start, stop)
+    return value[tuple(index)]
+
+
+def batch_samples(batch: Mapping[str, np.ndarray], specs: Sequence[Any]) -> int | None:
+    """The samples in a batch of inputs, counted along each input's batch axis (None when no input is batched)."""
+    by_name = {s.name: s for s in specs}
+    for name, value in batch.items():
+        spec = by_name.get(name)
+        if spec is not None and spec.batch_axis is not None:
+            count = spec.count(np.shape(value))
+            if count is not None:
+                return count
+    return None
+
+
+def _joined(parts: list[np.ndarray], rows: list[int], axis: int | None = None) -> np.ndarray:
+    """One batch's output from its parts' (`rows` samples each), joined along the batch axis: `axis` when every part
+    has its samples there, else the first axis whose size is each part's sample count (axis 0 for most models; a
+    recurrent state (2, N, 128) has it at 1). An output without one (a per-part scalar) becomes one value per part."""
     if len(parts) == 1:
         return parts[0]
     ndim = {p.ndim for p in parts}
     if len(ndim) == 1 and (n := ndim.pop()):
-        for axis in range(n):
-            if all(p.shape[axis] == r for p, r in zip(parts, rows)):
-                return np.concatenate(parts, axis=axis)
+        order = ([axis] if axis is not None and axis < n else []) + list(range(n))
+        for k in order:
+            if all(p.shape[k] == r for p, r in zip(parts, rows)):
+                return np.concatenate(parts, axis=k)
     return np.stack(parts)
 
 
@@ -1051,20 +1105,26 @@ def evaluate(
     task = MetricAccumulator(metric) if metric is not None else None
     padded = batches.num_padded if isinstance(batches, BatchSource) else 0
     last_index = len(batches) - 1 if padded else -1
+    declared = output_batch_axes(fp32, r32.specs)
+    out_axes: dict[str, int | None] = {}  # each output's batch axis, from the first batch
     count = 0
     num_parts = 1
-    for index, batch in enumerate(iter_batches(batches, specs)):
+    total = 0
+    for index, batch in enumerate(iter_batches(batches, r32.specs)):
         if index == 0:
             num_parts = _size_parts(r32, r8, fp32, batch, threads, full=worst > 0)
-        rows = _rows(next(iter(batch.values()))) if batch else 1
+        samples = batch_samples(batch, r32.specs)
+        rows = samples if samples is not None else 1
         keep = rows - padded if index == last_index else rows  # rows before the padding copies
+        total += keep
         outs32: dict[str, list[np.ndarray]] = {n: [] for n in output_names} if task else {}
         outs8: dict[str, list[np.ndarray]] = {n: [] for n in output_names} if task else {}
         sizes: list[int] = []
         start = 0
         for part in r32.split(batch):
             a, b = r32.run(part), r8.run(part)
-            size = _rows(next(iter(part.values()))) if part else 1
+            counted = batch_samples(part, r32.specs)
+            size = counted if counted is not None else 1
             for name in fetch8:
                 x, y = np.asarray(a[name]), np.asarray(b[name])
                 if x.shape != y.shape:
@@ -1078,9 +1138,14 @@ def evaluate(
                     s[1] += sum_sq_diff(x, y)
                     s[2] += x.size
                 if name in accs:
-                    if keep < rows and x.ndim and x.shape[0] == size:
-                        x, y = x[: max(0, keep - start)], y[: max(0, keep - start)]
-                    accs[name].update(x, y)
+                    if name not in out_axes:
+                        out_axes[name] = batch_axis(x, counted, declared.get(name))
+                    axis = out_axes[name]
+                    if axis is not None and (axis >= x.ndim or x.shape[axis] != size):
+                        axis = batch_axis(x, counted)  # a part of another size: only its sample count tells
+                    if keep < rows and axis is not None:
+                        x, y = take_samples(x, axis, 0, max(0, keep - start)), take_samples(y, axis, 0, max(0, keep - start))
+                    accs[name].update(batch_first(x, axis), batch_first(y, axis))
                     if task:
                         outs32[name].append(x)
                         outs8[name].append(y)
@@ -1090,15 +1155,17 @@ def evaluate(
             del a, b
             start += size
         if task:
-            whole = batch if keep == rows else {k: v[:keep] if v.ndim else v for k, v in batch.items()}
-            task.add({n: _joined(v, sizes) for n, v in outs32.items()}, {n: _joined(v, sizes) for n, v in outs8.items()},
-                     whole, samples=keep)
+            by_name = {s.name: s for s in r32.specs}
+            whole = batch if keep == rows else {
+                k: take_samples(v, by_name[k].batch_axis if k in by_name else None, 0, keep) for k, v in batch.items()}
+            task.add({n: _joined(v, sizes, out_axes.get(n)) for n, v in outs32.items()},
+                     {n: _joined(v, sizes, out_axes.get(n)) for n, v in outs8.items()}, whole, samples=keep)
             del outs32, outs8
         count += 1
         if progress is not None:
             progress(1)
 
-    num_samples = accs[output_names[0]].num_samples
+    num_samples = total
     if label_arr is not None:
         classifiers = [n for n in output_names if accs[n].classifier]
         if label_output is None:

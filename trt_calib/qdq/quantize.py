@@ -46,7 +46,7 @@ from .rewrite import NameMaker, rewrite_graph
 from .scales import (ASYMMETRIC_DTYPES, ASYMMETRIC_METADATA_KEY, ASYMMETRIC_NOTE, Affine, Resolver, Scales, record_scales,
                      scale_table)
 
-__all__ = ["quantize_model"]
+__all__ = ["quantize_model", "split_exclusions"]
 
 log = logging.getLogger(__name__)
 
@@ -192,6 +192,59 @@ def plan_bodies(work: Any, table: Scales, *, per_channel: bool, placement: str) 
     return bodies
 
 
+def split_exclusions(prepared: _Prepared, exclude: Mapping[str, str]) -> tuple[dict[str, str], dict[int, dict[str, str]]]:
+    """`exclude` (node name -> why) split into the main graph's names and, per body (index into `prepared.bodies`),
+    the names of nodes inside If branches and Loop/Scan bodies. A name of the main graph is the main graph's; one
+    that names nodes in several bodies (an unnamed ``MatMul_1`` in both branches) must be given as the TensorRT
+    layer name (``node_of_<output>``); a name no graph has is a ModelError with close matches."""
+    import difflib
+
+    from .graph import node_indices, tensorrt_layer_name
+
+    main_known = node_indices(prepared.g.graph)
+    bodies = [(k, b, node_indices(b.graph)) for k, b in enumerate(prepared.bodies)]
+    main: dict[str, str] = {}
+    inside: dict[int, dict[str, str]] = {}
+    unknown = []
+    for name, why in exclude.items():
+        if name in main_known:
+            main[name] = why
+            continue
+        hits = [(k, b, known[name]) for k, b, known in bodies if name in known]
+        if not hits:
+            unknown.append(name)
+        elif len(hits) > 1:
+            layers = ", ".join(f"{tensorrt_layer_name(b.graph.node[i])} ({b.where})" for _, b, i in hits)
+            raise ModelError(f"{name!r} names {len(hits)} nodes inside If/Loop/Scan bodies. Hint: name one by its "
+                             f"TensorRT layer name: {layers}")
+        else:
+            inside.setdefault(hits[0][0], {})[name] = why
+    if unknown:
+        everything = list(main_known) + [n for _, _, known in bodies for n in known]
+        close = difflib.get_close_matches(unknown[0], everything, n=3)
+        hint = (f" Hint: did you mean {', '.join(close)}?" if close
+                else " Hint: names are ONNX node names, as the coverage report lists them")
+        raise ModelError(f"no node named {', '.join(repr(n) for n in unknown[:5])} in the model.{hint}")
+    return main, inside
+
+
+def _exclude_in_bodies(prepared: _Prepared, inside: Mapping[int, Mapping[str, str]]) -> dict[str, str]:
+    """Apply exclusions inside bodies (`split_exclusions`) to their plans and coverage rows; the report's lines."""
+    lines: dict[str, str] = {}
+    for k, names in inside.items():
+        body = prepared.bodies[k]
+        if body.plan is None or body.g is None:
+            for name, why in names.items():
+                row = next((c for c in body.coverage if c.node == name), None)
+                left = row.reason if row is not None else f"inside the {body.where}, where trt-calib places no Q/DQ"
+                lines[f"{name} ({body.where})"] = f"{why} (no effect: {left})"
+            continue
+        body.plan, found = exclusion_plan(body.g, body.plan, names)
+        body.coverage = [replace(body.plan.coverage[i], body=body.where) for i in sorted(body.plan.coverage)]
+        lines.update({f"{label} ({body.where})": why for label, why in found.items()})
+    return lines
+
+
 def prepare_model(
     model: Any, scales: Any, *, per_channel: bool = True, placement: str = "trt", asymmetric: str | None = None,
     asymmetric_dtype: str = "uint8",
@@ -292,8 +345,11 @@ def quantize_model(
     float_model.CopyFrom(work)
     excluded: dict[str, str] = {}
     if exclude:
-        plan, excluded = exclusion_plan(g, plan, exclude)
-        if not plan.act_slots and not plan.weights:
+        main_exclude, body_exclude = split_exclusions(prepared, exclude)
+        plan, excluded = exclusion_plan(g, plan, main_exclude)
+        excluded.update(_exclude_in_bodies(prepared, body_exclude))
+        if not plan.act_slots and not plan.weights and not any(
+                b.plan is not None and (b.plan.act_slots or b.plan.weights) for b in prepared.bodies):
             raise CalibrationError(
                 f"nothing left to quantise: the {len(excluded)} exclusion(s) leave every quantisable node "
                 f"({', '.join(list(excluded)[:5])}{', ...' if len(excluded) > 5 else ''}) in float, so the model "

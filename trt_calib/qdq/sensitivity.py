@@ -53,11 +53,16 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 
 from .._util import MAX_JSON_DEPTH, json_depth
-from ..errors import DataError, ModelError, UsageError
+from ..errors import CalibrationError, DataError, ModelError, UsageError
 from ..ort.evaluate import (
     ORT_NOTE,
     SESSION_MODE,
+    batch_axis,
+    batch_first,
+    batch_samples,
     class_rows,
+    output_batch_axes,
+    take_samples,
     sum_sq_diff,
     sum_squares,
     kl_divergence,
@@ -65,6 +70,7 @@ from ..ort.evaluate import (
     looks_like_probabilities,
     sqnr_db,
 )
+from .branches import NO_QDQ_THERE
 from .graph import WEIGHTED_OPS, node_label, node_indices, tensorrt_layer_name
 
 __all__ = [
@@ -84,6 +90,7 @@ __all__ = [
     "layer_names_for",
     "exclusions",
     "measure_kept",
+    "not_ranked_groups",
 ]
 
 log = logging.getLogger(__name__)
@@ -186,6 +193,12 @@ class SensitivityResult:
     not_ranked: dict[str, str] = field(default_factory=dict)  # weighted nodes left out of the ranking -> why
 
     @property
+    def unmeasured(self) -> list[str]:
+        """Units `quantize` gives Q/DQ inside If branches the held-out data does not run (listed in `not_ranked`):
+        the ranking leaves them out, and the INT8 model keeps them."""
+        return [str(n) for n in (self.info.get("if_branches") or {}).get("unmeasured_units", [])]
+
+    @property
     def target_met(self) -> bool:
         return self.target is not None and any(self.metric.meets(p.error, self.target) for p in self.greedy)
 
@@ -242,9 +255,19 @@ class SensitivityResult:
             more = f", ... ({len(self.screened_out) - 5} more)" if len(self.screened_out) > 5 else ""
             lines.append(f"screened: the {len(self.units)} of {total} units with the largest local error (noise / "
                          f"signal power at their outputs, alone in INT8) were measured; not measured: {shown}{more}")
+        branches = self.info.get("if_branches") or {}
+        for row in branches.get("inlined", []):
+            lines.append(f"measured inside the {row.get('branch')} of {row.get('if')}: its condition "
+                         f"{row.get('condition')!r} was {row.get('value')} on every held-out batch")
+        lines += [f"caveat: {c}" for c in branches.get("caveats", [])]
         if self.not_ranked:
-            lines += ["", f"not ranked ({len(self.not_ranked)}: no Q/DQ with these scales):"]
-            lines += [f"  {node}: {why}" for node, why in self.not_ranked.items()]
+            lines += ["", f"not ranked ({len(self.not_ranked)}):"]
+            for why, nodes in not_ranked_groups(self.not_ranked):
+                if len(nodes) == 1 and not nodes[0][1]:
+                    lines.append(f"  {nodes[0][0]}: {why}")
+                    continue
+                lines.append(f"  {len(nodes)} node(s) {why}:" if why.startswith("in the ") else f"  {why}:")
+                lines += [f"    {node}" + (f" ({extra})" if extra else "") for node, extra in nodes]
         lines += ["", "greedy (top-k units kept in float, each measured on every held-out sample):"]
         for p in self.greedy:
             mark = "  <- chosen" if p.k == self.chosen_k else ""
@@ -252,6 +275,15 @@ class SensitivityResult:
             lines.append(f"  k={p.k:<3} {_fmt(p.error):>10}  {'+ ' + kept if p.k else kept}{mark}")
         lines.append(f"chosen: k={self.chosen_k} ({self.chosen_reason})")
         return "\n".join(lines)
+
+
+def not_ranked_groups(not_ranked: Mapping[str, str]) -> list[tuple[str, list[tuple[str, str]]]]:
+    """(shared reason, [(node, its own reason or "")]) in first-seen order: one paragraph per branch in the text."""
+    groups: dict[str, list[tuple[str, str]]] = {}
+    for node, why in not_ranked.items():
+        shared, _, own = why.partition(NO_QDQ_THERE)
+        groups.setdefault(shared, []).append((node, own))
+    return list(groups.items())
 
 
 def _num(v: float | None) -> float | str | None:
@@ -312,6 +344,7 @@ class _Job:
     padded: int  # padded rows at the end of the last batch, left out of the scores
     threads: int | None
     part_size: int | None  # samples per part (None: whole batches)
+    output_axes: list[int | None] = field(default_factory=list)  # per output, its batch axis (None: per batch)
     arena: bool = False  # onnxruntime's memory arena for the cones' sessions (off: activations freed after a run)
 
 
@@ -330,8 +363,13 @@ class _Variant:
     local: bool = False
 
 
-def _rows(batch: Mapping[str, np.ndarray]) -> int | None:
-    return next((int(v.shape[0]) for v in batch.values() if v.ndim), None)
+def _rows(batch: Mapping[str, np.ndarray], specs: Sequence[Any]) -> int | None:
+    """The samples in a batch, along each input's batch axis (silero's state has it at 1)."""
+    return batch_samples(batch, specs)
+
+
+def _axis(job: "_Job", k: int) -> int | None:
+    return job.output_axes[k] if k < len(job.output_axes) else 0
 
 
 class _Score:
@@ -352,9 +390,11 @@ class _Score:
             x, y = np.asarray(ref[k]), np.asarray(got[k])
             if x.shape != y.shape:
                 raise ModelError(f"output {name!r} is {y.shape} in a Q/DQ variant but {x.shape} in the FP32 model")
-            if keep is not None and x.ndim:
-                x, y = x[:keep], y[:keep]
-            if x.ndim and x.shape[0] == 0:
+            axis = _axis(self.job, k)
+            if keep is not None:
+                x, y = take_samples(x, axis, 0, keep), take_samples(y, axis, 0, keep)
+            x, y = batch_first(x, axis), batch_first(y, axis)  # per-sample errors count samples on axis 0
+            if x.shape[0] == 0:
                 continue
             s = self.sums[name]
             xd, yd = np.asarray(x, np.float64), np.asarray(y, np.float64)
@@ -376,12 +416,16 @@ class _Score:
         if self.user is None:
             return
         parts, self.parts = self.parts, []
-        got = parts[0] if len(parts) == 1 else [np.concatenate(v) for v in zip(*parts)]
+        axes = [_axis(self.job, k) for k in range(len(self.job.outputs))]
+        got = parts[0] if len(parts) == 1 else [np.concatenate(v, axis=a or 0) for v, a in zip(zip(*parts), axes)]
         ref = self.job.reference[index]
         if keep is not None:
-            got, ref = [v[:keep] if v.ndim else v for v in got], [v[:keep] if v.ndim else v for v in ref]
-            batch = {n: v[:keep] if v.ndim else v for n, v in batch.items()}
-        samples = keep if keep is not None else _rows(batch)
+            got = [take_samples(v, a, 0, keep) for v, a in zip(got, axes)]
+            ref = [take_samples(v, a, 0, keep) for v, a in zip(ref, axes)]
+            by_name = {s.name: s for s in self.job.inputs}
+            batch = {n: take_samples(v, by_name[n].batch_axis if n in by_name else None, 0, keep)
+                     for n, v in batch.items()}
+        samples = keep if keep is not None else _rows(batch, self.job.inputs)
         self.user.add(dict(zip(self.job.outputs, ref)), dict(zip(self.job.outputs, got)), dict(batch), samples)
 
     def result(self) -> dict[str, Any]:
@@ -644,15 +688,16 @@ def _run_group(job: _Job, state: dict[str, Any], reference: str, variants: list[
     scores: dict[str, Any] = {v.key: _LocalScore() if v.local else _Score(job, user) for v in variants}
     last = len(job.batches) - 1
     for index, batch in enumerate(job.batches):
-        rows = _rows(batch)
+        rows = _rows(batch, job.inputs)
         valid = rows - job.padded if index == last and job.padded and rows is not None else None
         offset = 0
         for part in split_batch(batch, job.inputs, job.part_size or 1 << 62):
             values = runner.run(part) if runner is not None else {}
             values.update((n, part[n]) for n in input_names if n not in values)
-            count = _rows(part)
+            count = _rows(part, job.inputs)
             whole = count is None or count == rows
-            ref = [r if whole else r[offset : offset + count] for r in job.reference[index]]
+            ref = [r if whole else take_samples(r, _axis(job, k), offset, offset + count)
+                   for k, r in enumerate(job.reference[index])]
             keep = None if valid is None else max(0, min(count if count is not None else valid, valid - offset))
             if local:
                 got = alone.run(values)
@@ -801,11 +846,16 @@ def _load_user_metric(metric: Any, executor: Any) -> tuple[Any, str | None, str 
 
 @dataclass
 class _Setup:
-    prepared: Any
+    prepared: Any  # the prepared model, with the If branches the held-out data takes inlined (`branches.flatten`)
     job: _Job
     metric: Metric | None  # None for a user metric until its first run says which way is better
     user: Any  # the loaded UserMetric, or None
     fingerprint: dict[str, Any]
+    flat: Any  # branches.Flat: node labels and names, what is not ranked in bodies, the Ifs inlined
+
+    def label(self, index: int) -> str:
+        """The name a unit has in results (what `quantize --exclude-nodes` and `build --keep-precision` take)."""
+        return self.flat.labels.get(index) or node_label(self.prepared.work.graph.node[index], index)
 
 
 def _setup(model: Any, scales: Any, eval_batches: Iterable[Any], *, metric: Any, placement: str, per_channel: bool,
@@ -816,6 +866,7 @@ def _setup(model: Any, scales: Any, eval_batches: Iterable[Any], *, metric: Any,
     from ..ort.data.inputs import hash_batch
     from ..ort.executor import ShippedModel
     from ..ort.model import model_inputs
+    from .branches import flatten
     from .quantize import prepare_model
 
     if not (isinstance(max_activation_mb, (int, float)) and math.isfinite(max_activation_mb) and max_activation_mb > 0):
@@ -823,21 +874,27 @@ def _setup(model: Any, scales: Any, eval_batches: Iterable[Any], *, metric: Any,
     threads = executor.threads_per_worker
     user, spec, metric_sha = _load_user_metric(metric, executor)
     prepared = prepare_model(model, scales, per_channel=per_channel, placement=placement)
-    work = prepared.work
-    specs = model_inputs(work)
+    specs = model_inputs(prepared.work)
     if padded is None:
         padded = eval_batches.num_padded if isinstance(eval_batches, BatchSource) else 0
     batches = list(iter_batches(eval_batches, specs))
     if not batches:
         raise DataError("no held-out batches to measure on")
+    flat = flatten(prepared, batches, threads=threads)
+    prepared = flat.prepared
+    work = prepared.work
+    if not prepared.plan.units:
+        raise CalibrationError(_nothing_to_rank(prepared, flat))
     outputs = [o.name for o in work.graph.output]
-    reference, part_size = _fp32_outputs(work, prepared.plan, specs, outputs, batches, threads, max_activation_mb)
+    reference, part_size, axes = _fp32_outputs(work, prepared.plan, specs, outputs, batches, threads,
+                                               max_activation_mb, flat.conditions)
     _check_finite(outputs, reference)
     kinds: dict[str, str | None] = {}
     probabilities: dict[str, bool] = {}
     for k, name in enumerate(outputs):
         first = reference[0][k]
-        rows = [class_rows(r[k]) for r in reference] if np.issubdtype(first.dtype, np.floating) else [None]
+        rows = ([class_rows(batch_first(r[k], axes[k])) for r in reference]
+                if np.issubdtype(first.dtype, np.floating) else [None])
         classifier = all(r is not None for r in rows)
         probabilities[name] = classifier and all(looks_like_probabilities(r) for r in rows)
         kinds[name] = None if not classifier else ("probabilities" if probabilities[name] else "logits")
@@ -850,13 +907,13 @@ def _setup(model: Any, scales: Any, eval_batches: Iterable[Any], *, metric: Any,
     for batch in batches:
         hash_batch(data, batch, specs)
     job = _Job(shipped, prepared.plan, plan_digest, specs, outputs, batches, reference, kinds,
-               "user" if user is not None else chosen.name, spec, padded, threads, part_size)
+               "user" if user is not None else chosen.name, spec, padded, threads, part_size, axes)
     fingerprint = {
         "model_sha256": shipped.sha256, "plan_sha256": plan_digest, "heldout_sha256": data.hexdigest(),
         "padded": padded, "metric": user.name if user is not None else chosen.name,
         "metric_sha256": metric_sha,
     }
-    return _Setup(prepared, job, chosen, user, fingerprint)
+    return _Setup(prepared, job, chosen, user, fingerprint, flat)
 
 
 def _file_sha256(path: str) -> str:
@@ -874,14 +931,17 @@ def _plan_digest(plan: Any) -> str:
 
 
 def _fp32_outputs(work: Any, plan: Any, specs: Sequence[Any], outputs: list[str],
-                  batches: list[dict[str, np.ndarray]], threads: int | None,
-                  max_activation_mb: float) -> tuple[list[list[np.ndarray]], int | None]:
-    """The FP32 outputs per batch and the samples per part every task cuts batches into (None: whole batches).
+                  batches: list[dict[str, np.ndarray]], threads: int | None, max_activation_mb: float,
+                  conditions: Mapping[str, bool] | None = None,
+                  ) -> tuple[list[list[np.ndarray]], int | None, list[int | None]]:
+    """The FP32 outputs per batch, the samples per part every task cuts batches into (None: whole batches), and each
+    output's batch axis (None: one value per batch).
 
     A task holds the reference tensors its variants' cones read (at most every tensor some unit's cone reads) and
     the cones' own activations: half the budget goes to the first, so parts are sized on those tensors. The outputs
-    are computed in the same parts and joined; when an output is not batch-major they cannot be, and batches run
-    whole.
+    are computed in the same parts and joined along their batch axes (silero's state has it at 1); when an output
+    has none they cannot be, and batches run whole. `conditions`: the If conditions whose branches were inlined
+    (`branches.flatten`, decided on whole batches), checked on every part.
     """
     from ..ort.runner import Runner, downstream, node_reads, split_batch
 
@@ -897,21 +957,53 @@ def _fp32_outputs(work: Any, plan: Any, specs: Sequence[Any], outputs: list[str]
     runner = Runner.open(work, names, threads=threads, budget_bytes=max(1, int(max_activation_mb * 2**19)),
                          name="the FP32 model", optimize=False)
     part_size = runner.part_size if runner.size_parts(batches[0]) > 1 else None
-    if part_size is not None:
-        runner = Runner.open(work, outputs, threads=threads, budget_bytes=1 << 62, name="the FP32 model",
+    conds = [c for c in (conditions or {}) if c not in outputs]
+    if part_size is not None or conds:
+        runner = Runner.open(work, outputs + conds, threads=threads, budget_bytes=1 << 62, name="the FP32 model",
                              optimize=False)
+    declared = output_batch_axes(work, specs)
+
+    def run(part: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        values = runner.run(part)
+        for c in conds:
+            if bool(np.asarray(values[c]).reshape(-1)[0]) != conditions[c]:
+                raise ModelError(
+                    f"the If condition {c!r} is {not conditions[c]} on a part of a held-out batch but "
+                    f"{conditions[c]} on the whole batches: the branch taken depends on the part size. Hint: a "
+                    "larger --max-activation-mb runs batches whole")
+        return [np.asarray(values[n]) for n in outputs]
+
     reference = []
+    axes: list[int | None] | None = None
     for batch in batches:
         parts = split_batch(batch, specs, part_size or 1 << 62)
-        got = [[np.asarray(runner.run(p)[n]) for n in outputs] for p in parts]
+        got = [run(p) for p in parts]
+        if axes is None:
+            counted = batch_samples(parts[0], specs)
+            axes = [batch_axis(v, counted, declared.get(n)) for n, v in zip(outputs, got[0])]
         if len(parts) > 1:
-            sizes = [_rows(p) for p in parts]
-            if any(v.ndim == 0 or v.shape[0] != n for values, n in zip(got, sizes) for v in values):
-                log.info("an output is not batch-major: held-out batches run whole, whatever the budget")
-                return [[np.asarray(runner.run(b)[n]) for n in outputs] for b in batches], None
-            got = [[np.concatenate(v) for v in zip(*got)]]
+            sizes = [batch_samples(p, specs) for p in parts]
+            if any(a is None or v.ndim <= a or v.shape[a] != n
+                   for values, n in zip(got, sizes) for v, a in zip(values, axes)):
+                log.info("an output has no batch axis: held-out batches run whole, whatever the budget")
+                whole = [run(b) for b in batches]
+                return whole, None, [batch_axis(v, batch_samples(batches[0], specs), declared.get(n))
+                                     for n, v in zip(outputs, whole[0])]
+            got = [[np.concatenate(v, axis=a) for v, a in zip(zip(*got), axes)]]
         reference.append(got[0])
-    return reference, part_size
+    return reference, part_size, axes or []
+
+
+def _nothing_to_rank(prepared: Any, flat: Any) -> str:
+    """Why no unit can be ranked: every weighted node left out, with its reason (the first few)."""
+    left = {**_not_ranked(prepared, flat.labels), **flat.not_ranked}
+    if not left:
+        return ("nothing to rank: the model has no Conv/ConvTranspose/Gemm/MatMul or residual Add that quantize "
+                "gives Q/DQ")
+    shown = "; ".join(f"{node}: {why}" for node, why in list(left.items())[:3])
+    more = f" (and {len(left) - 3} more)" if len(left) > 3 else ""
+    return (f"nothing to rank: none of the {len(left)} Conv/ConvTranspose/Gemm/MatMul node(s) gets Q/DQ where the "
+            f"held-out data runs: {shown}{more}")
 
 
 def _check_finite(outputs: Sequence[str], reference: Sequence[Sequence[np.ndarray]]) -> None:
@@ -930,7 +1022,7 @@ def _check_finite(outputs: Sequence[str], reference: Sequence[Sequence[np.ndarra
 
 
 def _samples(job: _Job) -> int:
-    return int(sum(_rows(b) or 1 for b in job.batches)) - job.padded
+    return int(sum(_rows(b, job.inputs) or 1 for b in job.batches)) - job.padded
 
 
 def default_candidates(max_keep: int) -> int:
@@ -959,7 +1051,7 @@ def measure_kept(
     executor = executor if executor is not None else SerialExecutor()
     setup = _setup(model, scales, eval_batches, metric=metric, placement=placement, per_channel=per_channel,
                    padded=None, executor=executor, max_activation_mb=max_activation_mb)
-    known = node_indices(setup.prepared.work.graph)
+    known = setup.flat.index
     every = frozenset(setup.prepared.plan.units)
     variants = []
     for j, names in enumerate(kept_sets):
@@ -1067,13 +1159,13 @@ def sensitivity(
                  for f in ("alone", "excluded", "weights_only", "activations_only")}
         if value["activations_only"] is None:
             value["activations_only"] = value["alone"]  # no weights: the unit is its activations
-        rows.append(UnitSensitivity(node_label(nodes[u], u), nodes[u].op_type, value["alone"], value["excluded"],
+        rows.append(UnitSensitivity(setup.label(u), nodes[u].op_type, value["alone"], value["excluded"],
                                     value["weights_only"], value["activations_only"], index=u,
                                     local_error=local.get(u)))
     rows.sort(key=lambda r: (m.key(r.excluded), -m.key(r.alone), r.index))
     for rank, r in enumerate(rows, 1):
         r.rank = rank
-    screened_out = [{"node": node_label(nodes[u], u), "op": nodes[u].op_type, "local_error": _num(local[u])}
+    screened_out = [{"node": setup.label(u), "op": nodes[u].op_type, "local_error": _num(local[u])}
                     for u in sorted(set(units) - set(chosen_units), key=lambda u: (-_sortable(local[u]), u))]
     ranking_seconds = time.perf_counter() - started
 
@@ -1108,6 +1200,12 @@ def sensitivity(
         "note": ORT_NOTE,
         **dict(info or {}),
     }
+    if setup.flat.inlined or setup.flat.caveats or setup.flat.unmeasured:
+        doc["if_branches"] = {
+            "how": "each If whose condition had one value on every held-out batch is replaced by the branch taken, "
+                   "with the Q/DQ quantize places in it (same scales): its units are ranked like the main graph's",
+            "inlined": list(setup.flat.inlined), "caveats": list(setup.flat.caveats),
+            "unmeasured_units": list(setup.flat.unmeasured)}
     screening = {
         "units": len(units),
         "measured": len(rows),
@@ -1127,7 +1225,7 @@ def sensitivity(
              "seconds": round(time.perf_counter() - started, 3)},
         screening=screening,
         screened_out=screened_out,
-        not_ranked=_not_ranked(prepared),
+        not_ranked={**_not_ranked(prepared, setup.flat.labels), **setup.flat.not_ranked},
     )
 
 
@@ -1177,16 +1275,18 @@ def _choose(greedy: Sequence[GreedyPoint], m: Metric, target: float | None, limi
                       f"target given{cap}")
 
 
-def _not_ranked(prepared: Any) -> dict[str, str]:
+def _not_ranked(prepared: Any, labels: Mapping[int, str] | None = None) -> dict[str, str]:
     """Weighted nodes (and residual Adds) the plan leaves without Q/DQ because of their scales or weights: no unit,
-    so no rank; listed with the reason instead of vanishing from the ranking."""
+    so no rank; listed with the reason instead of vanishing from the ranking. `labels`: node index -> its name in
+    results (`branches.Flat.labels`; a branch node's reason says which branch)."""
     out = {}
     for index, cov in sorted(prepared.plan.coverage.items()):
         if cov.quantized:
             continue
         scale_problem = cov.op_type == "Add" and cov.reason.startswith("residual input:")
         if cov.op_type in WEIGHTED_OPS or scale_problem:
-            out[cov.node] = cov.reason
+            where = f"in the {cov.body}: " if cov.body else ""
+            out[(labels or {}).get(index, cov.node)] = where + cov.reason
     return out
 
 
@@ -1291,14 +1391,28 @@ def layer_names_for(model: Any, nodes: Sequence[str]) -> dict[str, str]:
     from ..ort.model import load_model
 
     graph = load_model(model).graph
-    known = node_indices(graph)
+    known = {name: graph.node[i] for name, i in node_indices(graph).items()}
+    for sub in _body_graphs(graph):  # If branches and Loop/Scan bodies: SENS.json names their nodes too
+        for name, i in node_indices(sub).items():
+            known.setdefault(name, sub.node[i])
     unknown = [n for n in nodes if n not in known]
     if unknown:
         raise ModelError(
             f"no node named {', '.join(repr(n) for n in unknown[:5])} in the model. Hint: the names must come from "
             "this model (a SENS.json of another model, or a typo?)"
         )
-    return {n: tensorrt_layer_name(graph.node[known[n]]) for n in nodes}
+    return {n: tensorrt_layer_name(known[n]) for n in nodes}
+
+
+def _body_graphs(graph: Any) -> list[Any]:
+    """Every If branch and Loop/Scan body inside `graph`, outer before inner."""
+    out = []
+    for node in graph.node:
+        for attr in node.attribute:
+            for sub in ([attr.g] if attr.HasField("g") else list(attr.graphs)):
+                out.append(sub)
+                out += _body_graphs(sub)
+    return out
 
 
 def exclusions(
@@ -1325,6 +1439,8 @@ def exclusions(
             out.setdefault(unit.node, f"sensitivity rank {unit.rank} in {Path(sensitivity_file).name} ({how})")
     for op in op_types:
         hits = [node_label(n, i) for i, n in enumerate(graph.node) if n.op_type == op]
+        # inside bodies, by TensorRT layer name: unnamed nodes' labels (MatMul_1) repeat from branch to branch
+        hits += [tensorrt_layer_name(n) for sub in _body_graphs(graph) for n in sub.node if n.op_type == op]
         if not hits:
             log.warning("--exclude-op-types %s: the model has no %s node", op, op)
         for label in hits:

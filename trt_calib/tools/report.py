@@ -105,6 +105,7 @@ class TensorSummary:
     signed_entropy: EntropySearch | None
     choices: list[QuantChoice] = field(default_factory=list)
     figure: str | None = None  # path relative to the report folder
+    body: str = ""  # the If branch holding the tensor ("then_branch of If 'x'"), "" in the main graph
 
     @property
     def thresholds(self) -> dict[str, float]:
@@ -143,6 +144,7 @@ class TensorSummary:
                 "signed_entropy_index": None if self.signed_entropy is None else self.signed_entropy.index,
                 "choices": [c.to_dict() for c in self.choices],
                 "figure": self.figure,
+                **({"body": self.body} if self.body else {}),
             }
         )
 
@@ -158,6 +160,7 @@ class ReportResult:
     seconds: float
     figures: int = 0
     sections: list[str] = field(default_factory=list)
+    left_out: dict[str, str] = field(default_factory=dict)  # tensors calibrate names but no data reached -> why
 
     def describe(self) -> str:
         """What the page holds, in words: "253 tensors, 253 figures", "the stability section, 2 figures"."""
@@ -167,6 +170,9 @@ class ReportResult:
         if self.sections:
             parts.append(f"the {' and '.join(self.sections)} section{'s' * (len(self.sections) != 1)}")
         parts.append(f"{self.figures} figure{'s' * (self.figures != 1)}")
+        if self.left_out:
+            parts.append(f"{len(self.left_out)} tensor{'s' * (len(self.left_out) != 1)} left out (no data reached "
+                         "them)")
         return ", ".join(parts)
 
 
@@ -256,6 +262,31 @@ def _degenerate_amax(h: AbsHistogram, algorithm: str) -> float:
     from ..core.thresholds import compute_amax
 
     return compute_amax(h, algorithm)
+
+
+def report_tensors(model: Any) -> tuple[list[str], dict[str, str], list[Any]]:
+    """The tensors a report covers: those `calibrate` calibrates (main graph, then the If-branch tensors onnxruntime
+    can reach: `ort.control_flow`), in that order; where each branch tensor sits; and every body tensor TensorRT
+    names (`control_flow.body_tensors`), to say which the data left out."""
+    from ..ort.control_flow import body_tensors, reachable_body_tensors
+    from ..ort.model import calibrated_from_types, float_types, tensor_types
+
+    types = tensor_types(model)
+    names = calibrated_from_types(model, types)
+    body = body_tensors(model, types, float_types())
+    known = set(names)
+    names += [n for n in reachable_body_tensors(body) if n not in known]
+    return names, {b.name: b.where for b in body}, body
+
+
+def left_out_tensors(model: Any, body: Sequence[Any], covered: Iterable[str]) -> dict[str, str]:
+    """The body tensors calibrate would name that have no histogram here, and why (the reasons `calibrate` gives:
+    a branch no batch took, a Loop/Scan body, a name TensorRT renames)."""
+    from ..ort.control_flow import if_conditions, shape_conditions, uncovered_reasons
+
+    if not body:
+        return {}
+    return uncovered_reasons(body, covered, owners=if_conditions(model), shape_only=shape_conditions(model))
 
 
 def select_tensors(names: Sequence[str], patterns: Sequence[str] | None) -> list[str]:
@@ -513,6 +544,8 @@ def _model_table(summaries: Sequence[TensorSummary], drawn: set[str]) -> str:
         gain = uint8.error.sqnr_db - s.error.sqnr_db if uint8 is not None else float("nan")
         name_html = (f'<a href="#{_anchor(s.name)}">{html.escape(s.name)}</a>' if s.name in drawn
                      else html.escape(s.name))
+        if s.body:
+            name_html += f' <span class="small">({html.escape(s.body)})</span>' 
         amax_text = json_number(s.amax) + (f" (tied to {s.tied_to})" if s.tied_to else "")
         cls = ' class="worst"' if s.name in worst_names else ""
         rows.append(
@@ -604,12 +637,13 @@ def _page(summaries: Sequence[TensorSummary], drawn: Sequence[str], meta: Mappin
         s = by_name[name]
         tie = f" Its scale is tied to <b>{html.escape(s.tied_to)}</b>." if s.tied_to else ""
         zeros = "" if s.zero_share is None else f", {100 * s.zero_share:.3g}% exact zeros"
+        inside = f" In the {html.escape(s.body)}." if s.body else ""
         sections.append(
             f'<h3 id="{_anchor(s.name)}">{html.escape(s.name)}</h3>'
             f"<p>{s.num_values:,} values in [{json_number(s.min)}, {json_number(s.max)}], {html.escape(s.sign)}, "
             f"{100 * s.negative_share:.3g}% negative{zeros}. amax {json_number(s.amax)} ({html.escape(s.algorithm)}): "
             f"{100 * s.error.clipped:.3g}% clipped, {s.bits:.2f} effective bits, SQNR {json_number(s.error.sqnr_db, '.2f')} dB."
-            f"{tie}</p>"
+            f"{tie}{inside}</p>"
             + (f'<img src="{html.escape(s.figure)}" alt="figures of {html.escape(s.name)}">' if s.figure else "")
             + (f'<div class="figure" id="{figure_id(s)}"><noscript>The figure is drawn by the page\'s script: allow '
                "JavaScript for this file, or write PNG figures with --figures png.</noscript></div>"
@@ -736,6 +770,7 @@ def write_report(
     sections: Sequence[Any] = (),
     figures: str = "inline",
     workers: int | None = None,
+    left_out: Mapping[str, str] | None = None,
 ) -> list[str]:
     """Write the report into `out_dir`; returns the drawn names.
 
@@ -743,7 +778,9 @@ def write_report(
     `figures="inline"` embeds their numbers for the browser to draw, `"png"` draws PNG files with matplotlib in
     `workers` processes (default: one per core; 1 draws in this process). `sections` (e.g.
     `sensitivity_report.SensitivitySection`) draw their figures into the folder with `render(folder)`, which returns
-    their HTML, shown before the tensors; `to_json()` goes into report.json.
+    their HTML, shown before the tensors; `to_json()` goes into report.json. `left_out`: tensors calibrate would
+    name that the report has no histogram of (If branches no batch took, Loop/Scan bodies), with why: listed on the
+    page and in report.json.
     """
     out_dir = Path(out_dir)
     _check_target(out_dir, force)
@@ -782,9 +819,11 @@ def write_report(
                     s.figure = _figure_name(s.order, s.name)
                     (tmp / s.figure).write_bytes(png)
         extra = "".join(section.render(tmp) for section in sections)
+        extra += _left_out_section(left_out or {})
         (tmp / "index.html").write_text(_page(summaries, drawn, meta, extra, payloads), encoding="utf-8")
         report = {"generator": REPORT_MARKER, **_jsonable(dict(meta)), "figures": figures, "drawn": drawn,
-                  "tensors": [s.to_dict() for s in summaries]}
+                  "tensors": [s.to_dict() for s in summaries],
+                  "left_out": [{"name": n, "why": why} for n, why in (left_out or {}).items()]}
         for section in sections:
             report[section.name] = _jsonable(section.to_json())
         (tmp / "report.json").write_text(json.dumps(report, indent=1, allow_nan=False) + "\n", encoding="utf-8")
@@ -801,6 +840,21 @@ def write_report(
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return drawn
+
+
+def _left_out_section(left_out: Mapping[str, str]) -> str:
+    """The tensors the report does not show and why, one paragraph per body (`control_flow.grouped`)."""
+    if not left_out:
+        return ""
+    from ..ort.control_flow import grouped
+
+    items = "".join(
+        f"<li>{len(names)} tensor{'s' * (len(names) != 1)} {html.escape(why)}: "
+        f"{html.escape(', '.join(names[:20]))}{html.escape(', ...') if len(names) > 20 else ''}</li>"
+        for why, names in grouped(left_out))
+    return (f'<h2 id="left-out">Not in this report ({len(left_out)} tensors)</h2>'
+            '<p class="small">Tensors inside If branches and Loop/Scan bodies that TensorRT names and calibrate would '
+            f"calibrate, but no histogram of which exists here:</p><ul>{items}</ul>")
 
 
 def _draw_pngs(items: Sequence[tuple[TensorSummary, Any]], workers: int | None,
@@ -927,7 +981,7 @@ def build_report(
     parts, as in calibration (the same histograms). `figures` and `workers`: see `write_report`. Nothing is written
     unless everything succeeded.
     """
-    from ..ort.model import calibrated_tensors, load_model
+    from ..ort.model import load_model
 
     started = time.perf_counter()
     if batches is None and histograms is None and sections:
@@ -939,8 +993,10 @@ def build_report(
     _check_target(out_dir, force)
     model_path = None if not isinstance(model, (str, os.PathLike)) else str(model)
     model = load_model(model)
+    covering = batches is not None or bool(histograms)  # not a page of sections only
+    everything, where, body = report_tensors(model) if covering else ([], {}, [])
     if histograms is None:
-        names = select_tensors(calibrated_tensors(model), tensors)
+        names = select_tensors(everything, tensors)
         extra = _tie_sources(model, names) if tensors else []
         bar = None
         if progress:
@@ -964,7 +1020,7 @@ def build_report(
         if tensors:
             keep = set(names) | set(_tie_sources(model, names))
             histograms = {n: h for n, h in histograms.items() if n in keep}
-        graph_names = set(calibrated_tensors(model)) if histograms else set()
+        graph_names = set(everything) | set(where) if histograms else set()
         strangers = [n for n in histograms if n not in graph_names]
         if strangers and len(strangers) == len(histograms):
             raise DataError(
@@ -983,6 +1039,14 @@ def build_report(
     summaries = [s for s in summaries_all if s.name in wanted]
     for order, s in enumerate(summaries):
         s.order = order
+        s.body = where.get(s.name, "")
+    left_out = {n: why for n, why in left_out_tensors(model, body, histograms).items()
+                if not tensors or any(fnmatch.fnmatchcase(n, p) for p in tensors)} if covering else {}
+    if left_out:
+        from ..ort.control_flow import summary_lines
+
+        for line in summary_lines(left_out):
+            log.warning("not in the report: %s", line)
     info = {
         "model_name": Path(model_path).name if model_path else (model.graph.name or "model"),
         "model": model_path or "(in memory)",
@@ -998,11 +1062,11 @@ def build_report(
         for key in ("algorithm", "TensorRT version emulated", "tensors"):
             info.pop(key)
     drawn = write_report(out_dir, summaries, histograms, meta=info, max_tensors=max_tensors, force=force,
-                         progress=progress, sections=sections, figures=figures, workers=workers)
+                         progress=progress, sections=sections, figures=figures, workers=workers, left_out=left_out)
     seconds = time.perf_counter() - started
     result = ReportResult(out_dir, summaries, drawn, seconds,
                           figures=len(drawn) + sum(len(getattr(s, "figures", ())) for s in sections),
-                          sections=[s.name for s in sections])
+                          sections=[s.name for s in sections], left_out=left_out)
     log.info("wrote %s (%s) in %.1f s", out_dir / "index.html", result.describe(), seconds)
     return result
 

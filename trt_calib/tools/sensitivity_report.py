@@ -10,7 +10,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from ..qdq.sensitivity import SensitivityResult, load_sensitivity
+from ..qdq.sensitivity import SensitivityResult, load_sensitivity, not_ranked_groups
 
 __all__ = ["SensitivitySection", "BARS_FIGURE", "CURVE_FIGURE"]
 
@@ -135,6 +135,19 @@ class SensitivitySection:
             for p in r.greedy
         )
         evaluation = r.info.get("evaluation_data") or r.info.get("evaluation", "")
+        branches = "".join(
+            f"<p>Measured inside the {html.escape(str(row.get('branch')))} of {html.escape(str(row.get('if')))}: its "
+            f"condition <code>{html.escape(str(row.get('condition')))}</code> was {html.escape(str(row.get('value')))} "
+            "on every held-out batch.</p>" for row in (r.info.get("if_branches") or {}).get("inlined", []))
+        left = ""
+        if r.not_ranked:
+            items = "".join(
+                f"<li>{html.escape(why)}: " + html.escape(", ".join(n + (f" ({own})" if own else "") for n, own in nodes))
+                + "</li>" for why, nodes in not_ranked_groups(r.not_ranked))
+            left = f"<h3>Not ranked ({len(r.not_ranked)})</h3><ul>{items}</ul>"
+        if r.screened_out:
+            left += (f"<p>Screened out (estimated by their local error, not measured): {len(r.screened_out)} units, "
+                     "listed in report.json.</p>")
         omitted = (f" The bar chart shows the top {_MAX_BARS} of {len(r.units)}; the table has all."
                    if len(r.units) > _MAX_BARS else "")
         return f"""
@@ -147,6 +160,7 @@ whose exclusion helps most.{omitted}</p>
 <table class="sortable"><thead><tr><th>rank</th><th class="name">node</th><th class="name">op</th>
 <th>excluded</th><th>gain</th><th>alone</th><th>weights only</th><th>activations only</th></tr></thead>
 <tbody>{rows}</tbody></table>
+{branches}{left}
 <h3>Greedy curve</h3>
 <p>k top-ranked units kept in float, each point measured; chosen: k = {r.chosen_k}
 ({html.escape(r.chosen_reason)}).</p>
