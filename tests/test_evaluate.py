@@ -609,7 +609,7 @@ def test_the_task_metric_is_in_the_verdict_and_accept_makes_it_a_bar():
     lower = {"name": "m.py:err", "value": 0.2, "higher_is_better": False}
     assert judge([], [], metric=lower, accept=0.1).level == "degraded"
     none = judge([], [], metric=lower, accept=0.25)
-    assert none.level == "fine" and none.line.startswith("verdict: fine by the task metric: no output is a classifier")
+    assert none.level == "fine" and none.line.startswith("verdict: fine by the task metric (no output is a classifier")
     unjudged = judge([], [], metric=lower)
     assert unjudged.level == "unjudged" and unjudged.exit_code == 0 and "task metric m.py:err 0.2" in unjudged.line
     assert "Hint: --accept VALUE" in unjudged.line and "--metric" not in unjudged.line

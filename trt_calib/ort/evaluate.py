@@ -726,8 +726,8 @@ def judge(outputs: Sequence[OutputMetrics], quantized: Sequence[QuantizedTensor]
         return Verdict("fine", f"verdict: fine: INT8 keeps FP32's decisions: {'; '.join(kept(o, d) for o, d in judged)}"
                        f"{metric_text}", thresholds=thresholds)
     if metric_ok:
-        return Verdict("fine", f"verdict: fine by the task metric: no output is a classifier (N, C) or a sequence "
-                       f"(N, T, C) of class scores{metric_text}", thresholds=thresholds)
+        return Verdict("fine", "verdict: fine by the task metric (no output is a classifier (N, C) or a sequence "
+                       f"(N, T, C) of class scores){metric_text}", thresholds=thresholds)
     hint = ("Hint: --accept VALUE makes the task metric a verdict" if metric is not None
             else "Hint: --metric FILE.py measures what your task needs, --accept VALUE sets its bar")
     return Verdict("unjudged", "verdict: not judged: no output is a classifier (N, C) or a sequence (N, T, C) of "
