@@ -737,6 +737,28 @@ def test_the_verdict_names_the_clipping_inside_an_if_branch():
     assert "r (in then_branch of If 'rate') clipped at 0.02 (max |x|" in report.verdict.line
 
 
+def test_a_branch_pair_is_measured_where_its_branch_ran_even_when_the_branch_shares_no_tensor_name():
+    """The INT8 then branch names its tensors apart from FP32's (its output too): which parts ran it is read from a
+    tensor of the INT8 graph alone."""
+    def model(then):
+        other = helper.make_graph([helper.make_node("Neg", ["x"], ["ye"])], "else", [], [_vi("ye", ["N", 3])])
+        nodes = [helper.make_node("Equal", ["sr", "rate16k"], ["cond"]),
+                 helper.make_node("If", ["cond"], ["y"], name="rate", then_branch=then, else_branch=other)]
+        return _model(nodes, [_vi("x", ["N", 3]), _vi("sr", [], TensorProto.INT64)], [_vi("y", ["N", 3])],
+                      [numpy_helper.from_array(np.int64(16000), "rate16k"), *_scale("sx", 1.0)])
+
+    fp32 = model(helper.make_graph([helper.make_node("Relu", ["x"], ["yt"])], "then", [], [_vi("yt", ["N", 3])]))
+    int8 = model(helper.make_graph([*_qdq("x", "xd", "sx"), helper.make_node("Relu", ["xd"], ["yt8"])], "then", [],
+                                   [_vi("yt8", ["N", 3])]))
+    x = np.random.default_rng(24).normal(size=(24, 3)).astype(np.float32) * 2
+    report = evaluate(fp32, int8, _if_batches(x, [8000, 16000, 8000]))
+    (q,) = report.quantized
+    assert q.name == "x" and q.quantizer.body == "then_branch of If 'rate'"
+    s = np.float32(np.float32(1.0) / np.float32(127))
+    ran = x[8:16]  # the 16 kHz batch only
+    assert q.num_values == ran.size and q.num_clipped == int(((ran < -128 * s) | (ran > 127 * s)).sum()) > 0
+
+
 # ---------------------------------------------------------------------------------------------- memory budget
 def _json_numbers(data, path=""):
     """(path, value) for every number in a JSON document, to compare two reports field by field."""

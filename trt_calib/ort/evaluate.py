@@ -1306,12 +1306,12 @@ def evaluate(
     for n, (q, made) in scoped.items():
         if q.body:
             witness[n] = next((t for t in fetch8 if t in made), None) or min(made & int8_bodies, default="")
-    fetch8 += [t for t in dict.fromkeys(witness.values()) if t and t not in fetch8]
+    only8 = [t for t in dict.fromkeys(witness.values()) if t and t not in fetch8]  # tensors of the INT8 graph alone
     fetch32 = fetch8 + [n for n in quantizers if n not in fetch8]
     # Both models' tensors of one part are held at once: each runner gets half the budget. FP32 fetches the same
     # tensors as INT8 and the quantised activations, so the part size it finds fits both.
     r32 = Runner.open(fp32, fetch32, threads=threads, budget_bytes=budget // 2, name=fp32_role, optimize=False)
-    r8 = Runner.open(int8, fetch8, threads=threads, budget_bytes=budget // 2, name=int8_role, optimize=False)
+    r8 = Runner.open(int8, fetch8 + only8, threads=threads, budget_bytes=budget // 2, name=int8_role, optimize=False)
     r32.prefetch_kernel = r8.prefetch_kernel = False  # nothing is binned here
 
     seq_named = set(sequence_outputs)
@@ -1343,8 +1343,6 @@ def evaluate(
             size = counted if counted is not None else 1
             for name in fetch8:
                 if name not in a or name not in b:  # in an If branch this part does not take (in either model)
-                    continue
-                if name not in sums and name not in accs:  # a witness only
                     continue
                 x, y = np.asarray(a[name]), np.asarray(b[name])
                 if x.shape != y.shape:
