@@ -709,7 +709,8 @@ def test_evaluate_compares_the_tensors_of_the_if_branches_the_data_takes():
     q = {t.name: t for t in report.quantized}
     assert set(q) == {"x", "r"} and q["r"].quantizer.body == "then_branch of If 'rate'"
     assert q["r"].num_values == r.size and q["r"].num_clipped == int((r > np.float32(0.5)).sum()) > 0
-    # x is a graph input, but quantised in the then branch: measured on the parts that took it, its scale the main graph's
+    # x is a graph input quantised in the then branch: measured on the parts that took it; its scale is the main
+    # graph's
     assert q["x"].num_values == 16 * 4 and q["x"].quantizer.scale == pytest.approx(8.0 / 127)
     text = report.format()
     assert "compared by name, 4 of them inside If branches" in text and "in then_branch of If 'rate'" in text

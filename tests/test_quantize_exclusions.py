@@ -88,7 +88,8 @@ def test_cli_quantize_refuses_an_unknown_exclusion_before_reading_any_data(tmp_p
 def test_cli_quantize_refuses_an_unknown_exclusion_of_lenet_before_the_data(tmp_path, capsys):
     marker = tmp_path / "read"
     (tmp_path / "data.py").write_text(f"import pathlib\npathlib.Path({str(marker)!r}).touch()\n"
-                                      "def load_data():\n    yield {'data': __import__('numpy').zeros((2, 1, 28, 28), 'f4')}\n")
+                                      "def load_data():\n"
+                                      "    yield {'data': __import__('numpy').zeros((2, 1, 28, 28), 'f4')}\n")
     assert main(["quantize", str(LENET), "--data", str(tmp_path / "data.py"), "-o", str(tmp_path / "q.onnx"),
                  "--exclude-nodes", "conv9"]) == 2
     err = capsys.readouterr().err.strip()

@@ -259,7 +259,8 @@ def _constant_arrays(graph: Any) -> dict[str, np.ndarray]:
 
 
 def _scopes(graph: Any, where: str = "", weights: frozenset[str] = frozenset(),
-            consts: Mapping[str, np.ndarray] | None = None) -> Iterable[tuple[Any, str, frozenset[str], dict[str, np.ndarray]]]:
+            consts: Mapping[str, np.ndarray] | None = None
+            ) -> Iterable[tuple[Any, str, frozenset[str], dict[str, np.ndarray]]]:
     """(graph, where, weights, small constants) for the main graph and every subgraph inside it, outer first: a
     branch sees the initializers and constants of the graphs around it (its scales may be the main graph's)."""
     from onnx import AttributeProto
@@ -310,7 +311,8 @@ def _scoped_quantizers(model: Any) -> dict[str, tuple[ActivationQuantizer, froze
             dtype = TensorProto.UINT8
             if zp is not None:
                 dtype = {np.dtype(np.int8): TensorProto.INT8, np.dtype(np.uint8): TensorProto.UINT8,
-                         np.dtype(np.int16): TensorProto.INT16, np.dtype(np.uint16): TensorProto.UINT16}.get(zp.dtype, 0)
+                         np.dtype(np.int16): TensorProto.INT16,
+                         np.dtype(np.uint16): TensorProto.UINT16}.get(zp.dtype, 0)
             else:
                 dtype = next((int(a.i) for a in node.attribute if a.name == "output_dtype" and a.i), dtype)
             if scale is None or dtype not in ranges or (len(node.input) > 2 and node.input[2] and zp is None):
@@ -851,8 +853,9 @@ class EvaluationReport:
             lines.append(f"  {'tensor':<{width}}  {'SQNR dB':>8}  {'clip at':>10}  {'max |x|':>10}  {'clipped':>8}")
             for q in shown:
                 clip = f"{q.quantizer.hi:.4g}" if q.quantizer.symmetric else f"{q.quantizer.lo:.3g}..{q.quantizer.hi:.3g}"
+                where = f"  in {q.quantizer.body}" if q.quantizer.body else ""
                 lines.append(f"  {q.name:<{width}}  {q.sqnr_db:8.2f}  {clip:>10}  {q.max_abs:10.4g}  "
-                             f"{100 * q.clipped_fraction:7.3g}%" + (f"  in {q.quantizer.body}" if q.quantizer.body else ""))
+                             f"{100 * q.clipped_fraction:7.3g}%{where}")
         if self.verdict is not None:
             lines += ["", self.verdict.line]
         return "\n".join(lines)
