@@ -515,7 +515,8 @@ def test_the_verdict_says_when_int8_loses_most_decisions_and_names_the_clipped_t
     assert data["worst_quantized_tensors"][0]["clip_high"] == pytest.approx(hi)
 
     kept = evaluate(fp32, _sequence_pair(float(np.abs(x).max()))[1], _batches(fp32, x, batch_size=8))
-    assert not kept.lost and kept.verdict.line.startswith("verdict: INT8 keeps most of FP32's decisions: y keeps ")
+    assert kept.level == "fine" and kept.exit_code == 0
+    assert kept.verdict.line.startswith("verdict: fine: INT8 keeps FP32's decisions: y keeps ")
     blind = evaluate(fp32, int8, _batches(fp32, x, batch_size=8), worst=0)  # no per-tensor pass: no suspects named
     assert blind.lost and not blind.verdict.suspects and "--worst 0" in blind.verdict.line
 
@@ -535,9 +536,9 @@ def test_a_sequence_is_judged_on_the_positions_fp32_does_not_give_its_majority_c
     assert not judge([_sequence_metrics(3, 111, 117)], []).lost
     assert judge([_sequence_metrics(8, 58, 117)], []).lost  # 49.6%: below half, whatever the whole sequences say
     # FP32 blank everywhere: every position is a decision
-    blank = _sequence_metrics(2, 0, 0)
+    blank = _sequence_metrics(5, 0, 0)
     blank.num_positions_agree = 300
-    assert judge([blank], []).line.endswith("keeps 300/320 positions (93.8%; whole sequences 2/8)")
+    assert judge([blank], []).line.endswith("keeps 300/320 positions (93.8%; whole sequences 5/8)")
 
 
 def test_classifier_verdict_and_outputs_without_decisions():
@@ -549,7 +550,214 @@ def test_classifier_verdict_and_outputs_without_decisions():
     conv32, conv8, _, _ = _conv_pair()
     images = rng.normal(size=(4, 3, 8, 8)).astype(np.float32)
     plain = evaluate(conv32, conv8, _batches(conv32, images, batch_size=2))
-    assert not plain.lost and plain.verdict.line.startswith("verdict: none: no output is a classifier")
+    assert not plain.lost and plain.level == "unjudged" and plain.exit_code == 0
+    assert plain.verdict.line.startswith("verdict: not judged: no output is a classifier")
+    assert "Hint: --metric FILE.py" in plain.verdict.line
+
+
+def test_a_sequence_whose_whole_sequences_mostly_differ_is_degraded_not_fine():
+    """Issue 19: PP-OCRv4 rec (entropy2, 64 held-out lines) kept 57.1% of FP32's non-blank positions while whole
+    sequences agreed on 1/64 and the decoded text on 7.8%: the verdict said "keeps most of FP32's decisions"."""
+    rec = _sequence_metrics(1, 370, 648, positions=2560, samples=64)
+    v = judge([rec], [], metric={"name": "metrics.py:ocr_rec", "value": 0.078, "higher_is_better": True})
+    assert v.level == "degraded" and v.exit_code == 1 and not v.lost and v.degraded_outputs == ("text",)
+    assert v.line.startswith("verdict: INT8 IS DEGRADED: text: whole argmax sequences agree on 1/64 samples (1.6%, "
+                             "under 50%), though it keeps 370/648 positions where FP32 is not class 0 (57.1%)")
+    assert "task metric metrics.py:ocr_rec 0.078 (higher is better; no --accept bar)" in v.line
+    assert "Hint" not in v.line  # the metric is given: no hint to give one
+    # PP-OCRv4 rec under mse: 111 of 117 non-blank positions, but 3 of 8 argmax sequences: degraded too
+    assert judge([_sequence_metrics(3, 111, 117)], []).level == "degraded"
+    assert judge([_sequence_metrics(4, 111, 117)], []).level == "fine"  # half the sequences: not under it
+    assert judge([_sequence_metrics(3, 111, 117)], [], min_sequence_agreement=0.3).level == "fine"
+    data = v.to_json()
+    assert data["level"] == "degraded" and data["exit"] == 1 and data["thresholds"]["min_sequence_agreement"] == 0.5
+
+
+def _classifier_metrics(agree, confident, confident_agree, samples=256):
+    return OutputMetrics("logits", (1000,), samples, 1.0, 0.1, kind="logits", num_agree=agree,
+                         num_confident=confident, num_confident_agree=confident_agree, mean_kl=0.05)
+
+
+def test_a_classifier_that_changes_clear_winners_is_degraded():
+    # EfficientNet-Lite0, 256 held-out crops, 102 with FP32 margin > 1 (docs/accuracy.md): entropy2 keeps 97 of them
+    entropy2 = judge([_classifier_metrics(197, 102, 97)], [])
+    assert entropy2.level == "degraded" and entropy2.exit_code == 1
+    assert entropy2.line.startswith("verdict: INT8 IS DEGRADED: logits: 5 of the 102 samples with a clear FP32 "
+                                    "winner (margin > 1) change class (95.1% kept, under 97%; top-1 agreement "
+                                    "197/256, 77.0%) (the quantised tensors were not measured")
+    assert judge([_classifier_metrics(197, 102, 97)], [], min_agreement=0.95).level == "fine"
+    # mse + bias correction 232/256 and 102/102; onnxruntime's MinMax 215/256 and 99/102: fine
+    fine = judge([_classifier_metrics(232, 102, 102)], [])
+    assert fine.level == "fine" and fine.line == ("verdict: fine: INT8 keeps FP32's decisions: logits keeps 232/256 "
+                                                  "top-1 classes (90.6%; 102/102 with a clear FP32 winner)")
+    assert judge([_classifier_metrics(215, 102, 99)], []).level == "fine"
+    # two changed clear winners of 10 are 80% but could be chance on so few: not degraded; three are
+    assert judge([_classifier_metrics(8, 10, 8, samples=12)], []).level == "fine"
+    assert judge([_classifier_metrics(8, 10, 7, samples=12)], []).level == "degraded"
+    assert judge([_classifier_metrics(120, 102, 90)], []).level == "lost"  # 46.9% of all top-1 classes
+
+
+def test_the_task_metric_is_in_the_verdict_and_accept_makes_it_a_bar():
+    seq = _sequence_metrics(7, 111, 117)  # fine by the outputs
+    metric = {"name": "m.py:ocr", "value": 0.6, "higher_is_better": True}
+    assert judge([seq], [], metric=metric).level == "fine"
+    missed = judge([seq], [], metric=metric, accept=0.9)
+    assert missed.level == "degraded" and missed.line.startswith(
+        "verdict: INT8 IS DEGRADED: task metric m.py:ocr 0.6 (higher is better, accepted from 0.9: NOT MET)")
+    met = judge([seq], [], metric=metric, accept=0.6)
+    assert met.level == "fine" and "accepted from 0.6: met" in met.line
+    lower = {"name": "m.py:err", "value": 0.2, "higher_is_better": False}
+    assert judge([], [], metric=lower, accept=0.1).level == "degraded"
+    none = judge([], [], metric=lower, accept=0.25)
+    assert none.level == "fine" and none.line.startswith("verdict: fine by the task metric (no output is a classifier")
+    unjudged = judge([], [], metric=lower)
+    assert unjudged.level == "unjudged" and unjudged.exit_code == 0 and "task metric m.py:err 0.2" in unjudged.line
+    assert "Hint: --accept VALUE" in unjudged.line and "--metric" not in unjudged.line
+    with pytest.raises(ValueError, match="accept is the bar of a task metric"):
+        judge([seq], [], accept=0.5)
+    with pytest.raises(ValueError, match="min_agreement must be a fraction"):
+        judge([seq], [], min_agreement=1.5)
+
+
+def test_cli_evaluate_exit_1_when_degraded_and_accept_checked_before_data(tmp_path, capsys):
+    from trt_calib.cli import main
+
+    x = _sequences()
+    fp32, int8 = _sequence_pair(1.0)  # 11 of 24 whole sequences, 29 of 44 positions off the blank
+    onnx.save(fp32, tmp_path / "m.onnx")
+    onnx.save(int8, tmp_path / "q.onnx")
+    np.save(tmp_path / "x.npy", x)
+    (tmp_path / "task.py").write_text(TASK)
+    base = ["evaluate", str(tmp_path / "m.onnx"), str(tmp_path / "q.onnx"), "--no-progress", "--batch-size", "8",
+            "--data", str(tmp_path / "x.npy")]
+    assert main(base) == 1
+    last = capsys.readouterr().out.splitlines()[-1]
+    assert last.startswith("verdict: INT8 IS DEGRADED: y: whole argmax sequences agree on 11/24 samples (45.8%")
+    assert "likeliest causes (worst own Q/DQ error): x clipped at 1" in last
+    assert main(base + ["--min-sequence-agreement", "0.4", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["exit"] == 0 and data["verdict"]["level"] == "fine"
+    # the task metric (whole sequences equal, 11/24) in the verdict line; --accept makes it a bar
+    assert main(base + ["--min-sequence-agreement", "0", "--metric", str(tmp_path / "task.py"), "--accept",
+                        "0.4"]) == 0
+    last = capsys.readouterr().out.splitlines()[-1]
+    assert last.startswith("verdict: fine:") and "task metric task.py:metric 0.4583 (higher is better, accepted " \
+        "from 0.4: met)" in last
+    assert main(base + ["--min-sequence-agreement", "0", "--metric", str(tmp_path / "task.py"), "--accept",
+                        "0.5", "--json"]) == 1
+    assert json.loads(capsys.readouterr().out)["verdict"]["findings"][0].startswith("task metric task.py:metric")
+
+    marker = tmp_path / "read"
+    (tmp_path / "data.py").write_text(f"import pathlib\npathlib.Path({str(marker)!r}).touch()\n"
+                                      "def load_data():\n    yield {'x': __import__('numpy').zeros((2, 6, 5), 'f4')}\n")
+    script = base[:-1] + [str(tmp_path / "data.py")]
+    for extra, message in ((["--accept", "0.5"], "--accept 0.5 is the bar of a task metric: give --metric"),
+                           (["--min-agreement", "2"], "--min-agreement: must be in [0, 1], got 2"),
+                           (["--accept", "nan", "--metric", str(tmp_path / "task.py")], "--accept: must be a finite")):
+        assert main(script + extra) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and message in err, err
+        assert not marker.exists()
+
+
+# ---------------------------------------------------------------------------------------------- If branches
+_W = np.random.default_rng(21)
+W1, W2, W3 = (_W.normal(size=s).astype(np.float32) for s in ((4, 6), (6, 3), (4, 3)))
+
+
+def _if_pair(amax_x: float, amax_r: float):
+    """Like silero_vad_op18_ifless: every MatMul inside one If on `sr == 16000`. Then: h = x W1, r = Relu(h),
+    y = r W2; else: y = x W3. The INT8 model quantises x and r inside the then branch, x's scale an initializer of
+    the main graph, r's one of the branch."""
+    def branch(name, nodes, out, inits=()):
+        return helper.make_graph(nodes, name, [], [_vi(out, ["N", 3])], list(inits))
+
+    def model(then, other, inits=()):
+        nodes = [helper.make_node("Equal", ["sr", "rate16k"], ["cond"]),
+                 helper.make_node("If", ["cond"], ["y"], name="rate", then_branch=then, else_branch=other)]
+        inits = [numpy_helper.from_array(np.int64(16000), "rate16k"), numpy_helper.from_array(W1, "W1"),
+                 numpy_helper.from_array(W2, "W2"), numpy_helper.from_array(W3, "W3"), *inits]
+        return _model(nodes, [_vi("x", ["N", 4]), _vi("sr", [], TensorProto.INT64)], [_vi("y", ["N", 3])], inits)
+
+    other = branch("else", [helper.make_node("MatMul", ["x", "W3"], ["ye"])], "ye")
+    fp32 = model(branch("then", [helper.make_node("MatMul", ["x", "W1"], ["h"]), helper.make_node("Relu", ["h"], ["r"]),
+                                 helper.make_node("MatMul", ["r", "W2"], ["yt"])], "yt"), other)
+    then8 = branch("then", [*_qdq("x", "xd", "sx"), helper.make_node("MatMul", ["xd", "W1"], ["h"]),
+                            helper.make_node("Relu", ["h"], ["r"]), *_qdq("r", "rd", "sr_"),
+                            helper.make_node("MatMul", ["rd", "W2"], ["yt"])], "yt", _scale("sr_", amax_r))
+    return fp32, model(then8, other, _scale("sx", amax_x))
+
+
+def _if_batches(x, rates, size=8):
+    return [{"x": x[k : k + size], "sr": np.array(rate, np.int64)} for k, rate in zip(range(0, len(x), size), rates)]
+
+
+def test_evaluate_compares_the_tensors_of_the_if_branches_the_data_takes():
+    """Issue 19: on silero_vad_op18_ifless evaluate compared 2 tensors (the outputs) and never the 46 in the If."""
+    x = np.random.default_rng(23).normal(size=(24, 4)).astype(np.float32) * 2
+    fp32, int8 = _if_pair(8.0, 0.5)
+    report = evaluate(fp32, int8, _if_batches(x, [16000, 16000, 8000]), worst=10)
+    h, h8 = x[:16] @ W1, fake_quantize(x[:16], 8.0) @ W1  # the 8 kHz batch takes the else branch: no h, no r
+    r, r8 = np.maximum(h, 0), np.maximum(h8, 0)
+    sq = {t.name: t for t in report.tensors}
+    assert {"h", "r", "yt", "ye", "y"} <= set(sq) and report.num_body_compared == 3 + 1  # h, r, yt; ye
+    for name, a, b in (("h", h, h8), ("r", r, r8)):
+        want = 10 * math.log10((a.astype(np.float64) ** 2).sum() / ((a - b).astype(np.float64) ** 2).sum())
+        assert sq[name].sqnr_db == pytest.approx(want, rel=1e-5) and sq[name].num_values == a.size
+    assert sq["ye"].num_values == 8 * 3 and sq["ye"].sqnr_db == math.inf  # the float else branch: no error
+    assert report.unreached == []
+    q = {t.name: t for t in report.quantized}
+    assert set(q) == {"x", "r"} and q["r"].quantizer.body == "then_branch of If 'rate'"
+    assert q["r"].num_values == r.size and q["r"].num_clipped == int((r > np.float32(0.5)).sum()) > 0
+    # x is a graph input quantised in the then branch: measured on the parts that took it; its scale is the main
+    # graph's
+    assert q["x"].num_values == 16 * 4 and q["x"].quantizer.scale == pytest.approx(8.0 / 127)
+    text = report.format()
+    assert "compared by name, 4 of them inside If branches" in text and "in then_branch of If 'rate'" in text
+    assert report.to_json()["worst_quantized_tensors"][0]["body"] == "then_branch of If 'rate'"
+
+    only8k = evaluate(fp32, int8, _if_batches(x, [8000] * 3), worst=10)
+    assert sorted(only8k.unreached) == ["h", "r", "yt"]
+    assert {t.name for t in only8k.tensors} == {"ye", "y"} and only8k.quantized == []
+    assert "not compared: 3 tensor(s) of If branches no evaluated sample took" in only8k.format()
+
+
+def test_the_verdict_names_the_clipping_inside_an_if_branch():
+    x = np.random.default_rng(22).normal(size=(40, 4)).astype(np.float32) * 2
+    fp32, int8 = _if_pair(8.0, 0.02)  # r clipped at 0.02 where it reaches ~10
+    report = evaluate(fp32, int8, _if_batches(x, [16000] * 5))
+    y = np.maximum(x @ W1, 0) @ W2
+    y8 = fake_quantize(np.maximum(fake_quantize(x, 8.0) @ W1, 0), 0.02) @ W2
+    top = np.sort(y, axis=1)
+    clear = top[:, -1] - top[:, -2] > 1.0
+    flips = int((clear & (y.argmax(1) != y8.argmax(1))).sum())
+    assert flips >= 3 and (y.argmax(1) == y8.argmax(1)).mean() >= 0.5  # degraded, not lost
+    assert report.level == "degraded" and report.verdict.suspects[0].name == "r"
+    assert f"y: {flips} of the {int(clear.sum())} samples with a clear FP32 winner (margin > 1) change class" in \
+        report.verdict.line
+    assert "r (in then_branch of If 'rate') clipped at 0.02 (max |x|" in report.verdict.line
+
+
+def test_a_branch_pair_is_measured_where_its_branch_ran_even_when_the_branch_shares_no_tensor_name():
+    """The INT8 then branch names its tensors apart from FP32's (its output too): which parts ran it is read from a
+    tensor of the INT8 graph alone."""
+    def model(then):
+        other = helper.make_graph([helper.make_node("Neg", ["x"], ["ye"])], "else", [], [_vi("ye", ["N", 3])])
+        nodes = [helper.make_node("Equal", ["sr", "rate16k"], ["cond"]),
+                 helper.make_node("If", ["cond"], ["y"], name="rate", then_branch=then, else_branch=other)]
+        return _model(nodes, [_vi("x", ["N", 3]), _vi("sr", [], TensorProto.INT64)], [_vi("y", ["N", 3])],
+                      [numpy_helper.from_array(np.int64(16000), "rate16k"), *_scale("sx", 1.0)])
+
+    fp32 = model(helper.make_graph([helper.make_node("Relu", ["x"], ["yt"])], "then", [], [_vi("yt", ["N", 3])]))
+    int8 = model(helper.make_graph([*_qdq("x", "xd", "sx"), helper.make_node("Relu", ["xd"], ["yt8"])], "then", [],
+                                   [_vi("yt8", ["N", 3])]))
+    x = np.random.default_rng(24).normal(size=(24, 3)).astype(np.float32) * 2
+    report = evaluate(fp32, int8, _if_batches(x, [8000, 16000, 8000]))
+    (q,) = report.quantized
+    assert q.name == "x" and q.quantizer.body == "then_branch of If 'rate'"
+    s = np.float32(np.float32(1.0) / np.float32(127))
+    ran = x[8:16]  # the 16 kHz batch only
+    assert q.num_values == ran.size and q.num_clipped == int(((ran < -128 * s) | (ran > 127 * s)).sum()) > 0
 
 
 # ---------------------------------------------------------------------------------------------- memory budget

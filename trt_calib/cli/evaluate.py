@@ -1,5 +1,6 @@
-"""`trt-calib evaluate MODEL.onnx QDQ.onnx --data D [--labels L.npy] [--metric M.py] [--json [OUT]]`: what INT8
-costs, measured, and a verdict: exit 3 when INT8 loses most of FP32's decisions (`ort.evaluate.Verdict`).
+"""`trt-calib evaluate MODEL.onnx QDQ.onnx --data D [--labels L.npy] [--metric M.py [--accept V]] [--json [OUT]]`:
+what INT8 costs, measured, and a verdict (`ort.evaluate.Verdict`): exit 3 when INT8 loses most of FP32's decisions,
+1 when it is degraded, 0 when fine or when nothing could be judged.
 
 `register(subparsers)` adds the command; its handler is `run_evaluate`. The logic lives in `trt_calib.ort.evaluate`.
 """
@@ -41,7 +42,8 @@ log = logging.getLogger("trt_calib")
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add `trt-calib evaluate`; its handler is `run_evaluate`."""
-    from ..ort.evaluate import DEFAULT_ACTIVATION_MB, DEFAULT_MARGIN, LOST_BELOW
+    from ..ort.evaluate import (DEFAULT_ACTIVATION_MB, DEFAULT_MARGIN, LOST_BELOW, MIN_AGREEMENT, MIN_FLIPS,
+                                MIN_SEQUENCE_AGREEMENT)
 
     p = subparsers.add_parser(
         "evaluate",
@@ -52,9 +54,14 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "those with a clear FP32 winner), mean KL(FP32 || INT8) of the softmax outputs, top-1 accuracy with "
         "--labels; for sequence outputs (N, T, C) whole-sequence and per-position agreement and per-position KL; "
         "absolute output errors, the tensors with the worst quantisation error (SQNR), the quantised activations "
-        "whose own Q/DQ pair hurts most (clipping), a task metric with --metric, and a verdict. Exit 3 when an "
-        f"output keeps fewer than {LOST_BELOW:.0%} of FP32's decisions (top-1 classes, whole sequences). "
-        "onnxruntime's int8 arithmetic approximates TensorRT's: build the engine to measure it exactly.",
+        "whose own Q/DQ pair hurts most (clipping), If branches included, a task metric with --metric, and a "
+        f"verdict. Exit 3 (lost) when an output keeps fewer than {LOST_BELOW:.0%} of FP32's decisions (top-1 "
+        "classes; a sequence's positions off its majority class); exit 1 (degraded) when whole argmax sequences "
+        "agree for fewer than --min-sequence-agreement of the samples, when more than 1 - --min-agreement of the "
+        f"samples with a clear FP32 winner change class (at least {MIN_FLIPS}), or when the task metric misses "
+        "--accept; exit 0 when fine, or when no output makes decisions and no --accept bar is given (the verdict "
+        "then says it judged nothing). onnxruntime's int8 arithmetic approximates TensorRT's: build the engine to "
+        "measure it exactly.",
     )
     p.add_argument("model", help="the FP32 ONNX model")
     p.add_argument("int8_model", metavar="qdq_model", help="its Q/DQ (INT8) version, e.g. from trt-calib quantize")
@@ -72,6 +79,18 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="a task metric: FUNCTION (default `metric`) of (fp32_outputs, int8_outputs[, batch]) returning "
                    "value or (value, higher_is_better[, weight]), called once per batch, averaged by weight "
                    "(default: the batch's samples); see docs/accuracy.md")
+    p.add_argument("--accept", metavar="VALUE", type=finite_float(), default=None,
+                   help="with --metric: the value INT8's task metric must reach (at least VALUE when higher is "
+                   "better, at most when lower is); a worse one makes the verdict degraded (exit 1), and a model "
+                   "whose outputs make no countable decision (a detector) is judged by it")
+    p.add_argument("--min-agreement", metavar="FRACTION", type=finite_float(0, 1), default=MIN_AGREEMENT,
+                   help="a classifier output is degraded when it keeps fewer than this share of the top-1 classes "
+                   f"of the samples whose FP32 margin exceeds --margin, at least {MIN_FLIPS} of them changed "
+                   f"(default {MIN_AGREEMENT:g}; 0 switches the check off)")
+    p.add_argument("--min-sequence-agreement", metavar="FRACTION", type=finite_float(0, 1),
+                   default=MIN_SEQUENCE_AGREEMENT, help="a sequence output is degraded when fewer than this share of "
+                   f"the samples keep their whole argmax sequence (default {MIN_SEQUENCE_AGREEMENT:g}; 0 switches "
+                   "the check off)")
     p.add_argument("--sequence-output", metavar="NAME", action="append", default=[],
                    help="an output (N, T, C) whose rows are logits over C classes, for sequence agreement and "
                    "per-position KL (rows of probabilities are recognised without it); repeatable")
@@ -115,12 +134,14 @@ def _labels_for(source: Any, labels: np.ndarray, path: str) -> np.ndarray:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    """Evaluate, print the report, and write --json if asked; 3 when the verdict says INT8 lost most decisions."""
+    """Evaluate, print the report, and write --json if asked; the verdict's exit status (3 lost, 1 degraded)."""
     from ..ort.model import load_model
     from ..ort.evaluate import evaluate
     from ..ort.user_metric import load_metric
 
     out_json = json_file(args)
+    if args.accept is not None and args.metric is None:
+        raise UsageError(f"--accept {args.accept:g} is the bar of a task metric: give --metric FILE.py[:FUNCTION] too")
     guard_paths(inputs={"MODEL": model_paths(args.model), "QDQ_MODEL": model_paths(args.int8_model),
                         "--data": data_path(args.data), "--labels": args.labels,
                         "--metric": data_path(args.metric)},
@@ -151,8 +172,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
             args.model, args.int8_model, source, labels=labels, worst=args.worst, margin=args.margin,
             label_output=args.label_output, progress=progress, threads=args.threads,
             max_activation_mb=args.max_activation_mb, metric=metric, sequence_outputs=args.sequence_output,
+            accept=args.accept, min_agreement=args.min_agreement, min_sequence_agreement=args.min_sequence_agreement,
         )
-    code = 3 if report.lost else 0
+    code = report.exit_code
     if not args.json:
         print(report.format())
         return code

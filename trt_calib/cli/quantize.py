@@ -118,6 +118,7 @@ def _run_quantize(args: argparse.Namespace) -> int:
     from ..ort.collect import calibrate
     from ..errors import TrtCalibError, UsageError
     from ..qdq import quantize_model
+    from ..qdq.quantize import check_exclusions
     from ..qdq.sensitivity import exclusions
     from ..ort.collect import collect_signed
 
@@ -151,7 +152,6 @@ def _run_quantize(args: argparse.Namespace) -> int:
     trt_version = None
     if args.from_cache is None and args.asymmetric is None:
         trt_version = resolve_trt_version(args.trt_version, purpose="emulate")
-    source = open_data(args, model_inputs_of(args.model)) if args.data is not None else None
     if args.from_cache is not None:
         from_cache = CalibrationCache.load(args.from_cache)  # before the model's weights and any data are read
     model = load_model(args.model)
@@ -159,6 +159,8 @@ def _run_quantize(args: argparse.Namespace) -> int:
         model, nodes=_names(args.exclude_nodes), sensitivity_file=args.exclude_nodes_from, keep=args.keep,
         op_types=_names(args.exclude_op_types),
     )
+    check_exclusions(model, exclude)  # a name no node has is refused before the data is opened, not after calibrating
+    source = open_data(args, model_inputs_of(args.model)) if args.data is not None else None
     if args.from_cache is not None:
         scales: Any = from_cache
         scales_from = str(args.from_cache)

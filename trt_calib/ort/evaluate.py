@@ -40,6 +40,10 @@ __all__ = [
     "DEFAULT_ACTIVATION_MB",
     "PROBABILITY_FLOOR",
     "LOST_BELOW",
+    "MIN_AGREEMENT",
+    "MIN_FLIPS",
+    "MIN_SEQUENCE_AGREEMENT",
+    "VERDICT_EXIT",
     "TensorError",
     "ActivationQuantizer",
     "QuantizedTensor",
@@ -47,8 +51,10 @@ __all__ = [
     "Verdict",
     "VERDICT_RULE",
     "judge",
+    "check_bars",
     "EvaluationReport",
     "evaluate",
+    "comparable_tensors",
     "threshold_sqnr",
     "activation_quantizers",
     "quantize_dequantize",
@@ -91,6 +97,17 @@ PROBABILITY_FLOOR = 1e-12
 #: The verdict: an output whose share of FP32 decisions INT8 keeps (`OutputMetrics.decisions`) is below this has
 #: lost most of them.
 LOST_BELOW = 0.5
+#: The verdict's default bar for a classifier output: it is degraded when it keeps fewer than this share of the top-1
+#: classes of the samples with a clear FP32 winner (top-1/top-2 margin above the report's margin) and at least
+#: `MIN_FLIPS` of them change. Those flips are errors, not coin tosses: on EfficientNet-Lite0's 102 clear-winner
+#: held-out crops, healthy INT8 (minmax, mse, percentile, bias correction, onnxruntime's MinMax) keeps 97.1-100%,
+#: TensorRT's entropy2, which clips five ReLU6 outputs hard, 95.1% (docs/accuracy.md).
+MIN_AGREEMENT = 0.97
+#: Fewer changed clear-winner samples than this are not taken for a degradation (chance, on a small set).
+MIN_FLIPS = 3
+#: The verdict's default bar for a sequence output: it is degraded when fewer than this share of the samples keep
+#: their whole argmax sequence (an OCR line whose argmax changes anywhere may read differently).
+MIN_SEQUENCE_AGREEMENT = 0.5
 #: How many of the worst-quantised tensors the verdict names.
 SUSPECTS = 3
 _PROB_ATOL = 1e-3  # rows summing to 1 within this (and non-negative) are taken as probabilities
@@ -200,13 +217,15 @@ def quantize_dequantize(x: np.ndarray, scale: float, zero_point: int, qmin: int,
 
 @dataclass(frozen=True)
 class ActivationQuantizer:
-    """The per-tensor QuantizeLinear a Q/DQ model applies to one activation: values outside [lo, hi] are clipped."""
+    """The per-tensor QuantizeLinear a Q/DQ model applies to one activation: values outside [lo, hi] are clipped.
+    `body` says where it sits when not in the main graph ("then_branch of If 'x'")."""
 
     name: str
     scale: float
     zero_point: int
     qmin: int
     qmax: int
+    body: str = ""
 
     @property
     def lo(self) -> float:
@@ -239,43 +258,70 @@ def _constant_arrays(graph: Any) -> dict[str, np.ndarray]:
     return out
 
 
+def _scopes(graph: Any, where: str = "", weights: frozenset[str] = frozenset(),
+            consts: Mapping[str, np.ndarray] | None = None
+            ) -> Iterable[tuple[Any, str, frozenset[str], dict[str, np.ndarray]]]:
+    """(graph, where, weights, small constants) for the main graph and every subgraph inside it, outer first: a
+    branch sees the initializers and constants of the graphs around it (its scales may be the main graph's)."""
+    from onnx import AttributeProto
+
+    weights = weights | {t.name for t in graph.initializer}
+    visible = {**(consts or {}), **_constant_arrays(graph)}
+    yield graph, where, weights, visible
+    for index, node in enumerate(graph.node):
+        label = repr(node.name) if node.name else (f"producing {node.output[0]!r}" if node.output else f"#{index}")
+        for attr in node.attribute:
+            subs = [attr.g] if attr.type == AttributeProto.GRAPH else list(attr.graphs)
+            for sub in subs:
+                here = f"{attr.name} of {node.op_type} {label}" + (f" (in {where})" if where else "")
+                yield from _scopes(sub, here, weights, visible)
+
+
 def activation_quantizers(model: Any) -> dict[str, ActivationQuantizer]:
-    """The activations (graph inputs and node outputs, not weights) a Q/DQ model quantises per tensor, by name.
+    """The activations (graph inputs and node outputs, not weights) a Q/DQ model quantises per tensor, by name, in
+    the main graph and inside If/Loop/Scan bodies (`ActivationQuantizer.body` says which).
 
     A QuantizeLinear without a zero point quantises to uint8 (ONNX's default) unless its `output_dtype` says
     otherwise; per-channel activation scales and float8 outputs are left out (a note in the log).
     """
+    return {name: q for name, (q, _) in _scoped_quantizers(model).items()}
+
+
+def _scoped_quantizers(model: Any) -> dict[str, tuple[ActivationQuantizer, frozenset[str]]]:
+    """`activation_quantizers`, each with the tensors its graph (main, or the body holding it) makes: one of those
+    present in a run says the body ran."""
     from onnx import TensorProto
 
     from .model import load_model
 
-    graph = load_model(model).graph
-    weights = {t.name for t in graph.initializer}
-    consts = _constant_arrays(graph)
     ranges = {TensorProto.INT8: (-128, 127), TensorProto.UINT8: (0, 255), TensorProto.INT16: (-32768, 32767),
               TensorProto.UINT16: (0, 65535)}
-    found: dict[str, ActivationQuantizer] = {}
+    found: dict[str, tuple[ActivationQuantizer, frozenset[str]]] = {}
     skipped = []
-    for node in graph.node:
-        if node.op_type != "QuantizeLinear" or node.domain not in ("", "ai.onnx") or not node.input[0]:
-            continue
-        x = node.input[0]
-        if x in weights or x in consts or x in found:
-            continue
-        scale = consts.get(node.input[1]) if len(node.input) > 1 else None
-        zp = consts.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
-        dtype = TensorProto.UINT8
-        if zp is not None:
-            dtype = {np.dtype(np.int8): TensorProto.INT8, np.dtype(np.uint8): TensorProto.UINT8,
-                     np.dtype(np.int16): TensorProto.INT16, np.dtype(np.uint16): TensorProto.UINT16}.get(zp.dtype, 0)
-        else:
-            dtype = next((int(a.i) for a in node.attribute if a.name == "output_dtype" and a.i), dtype)
-        if scale is None or dtype not in ranges or (len(node.input) > 2 and node.input[2] and zp is None):
-            skipped.append(x)
-            continue
-        qmin, qmax = ranges[dtype]
-        found[x] = ActivationQuantizer(x, float(scale.reshape(-1)[0]), int(zp.reshape(-1)[0]) if zp is not None else 0,
-                                       qmin, qmax)
+    for graph, where, weights, consts in _scopes(load_model(model).graph):
+        made = frozenset(o for n in graph.node for o in n.output if o)
+        for node in graph.node:
+            if node.op_type != "QuantizeLinear" or node.domain not in ("", "ai.onnx") or not node.input[0]:
+                continue
+            x = node.input[0]
+            if x in weights or x in consts or x in found:
+                continue
+            scale = consts.get(node.input[1]) if len(node.input) > 1 else None
+            zp = consts.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+            dtype = TensorProto.UINT8
+            if zp is not None:
+                dtype = {np.dtype(np.int8): TensorProto.INT8, np.dtype(np.uint8): TensorProto.UINT8,
+                         np.dtype(np.int16): TensorProto.INT16,
+                         np.dtype(np.uint16): TensorProto.UINT16}.get(zp.dtype, 0)
+            else:
+                dtype = next((int(a.i) for a in node.attribute if a.name == "output_dtype" and a.i), dtype)
+            if scale is None or dtype not in ranges or (len(node.input) > 2 and node.input[2] and zp is None):
+                skipped.append(x)
+                continue
+            qmin, qmax = ranges[dtype]
+            q = ActivationQuantizer(x, float(scale.reshape(-1)[0]), int(zp.reshape(-1)[0]) if zp is not None else 0,
+                                    qmin, qmax, where)
+            found[x] = (q, made)
     if skipped:
         log.info("%d quantised activation(s) have per-channel or non-integer Q/DQ; their clipping is not measured: %s",
                  len(skipped), ", ".join(skipped[:5]))
@@ -349,12 +395,14 @@ class QuantizedTensor:
             where, clipped = q.clip_text(), f"{100 * self.clipped_fraction:.2g}% of values clipped"
         else:  # its error is rounding: a step too coarse for its values
             where, clipped = (f"amax {q.hi:.3g}" if q.symmetric else f"range [{q.lo:.3g}, {q.hi:.3g}]"), "none clipped"
-        return f"{self.name} {where} ({seen}, {clipped}; own SQNR {self.sqnr_db:.1f} dB)"
+        inside = f" (in {q.body})" if q.body else ""
+        return f"{self.name}{inside} {where} ({seen}, {clipped}; own SQNR {self.sqnr_db:.1f} dB)"
 
     def to_json(self) -> dict[str, Any]:
         q = self.quantizer
         return {
             "name": self.name,
+            "body": q.body or None,
             "scale": q.scale,
             "zero_point": q.zero_point,
             "clip_low": _num(q.lo),
@@ -395,6 +443,7 @@ class OutputMetrics:
     majority_class: int | None = None  # FP32's most frequent argmax over all positions (CTC's blank, typically)
     num_minority_positions: int | None = None  # positions where FP32's argmax is another class
     num_minority_agree: int | None = None
+    sqnr_db: float = float("nan")  # 10 log10(sum x^2 / sum (x - x_int8)^2) over the whole output
     samples: dict[str, np.ndarray] = field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -461,6 +510,7 @@ class OutputMetrics:
             "num_samples": self.num_samples,
             "max_abs_error": _num(self.max_abs_error),
             "mean_abs_error": _num(self.mean_abs_error),
+            "sqnr_db": _num(self.sqnr_db),
             "kind": self.kind,
         }
         if self.is_classifier:
@@ -527,55 +577,163 @@ class OutputMetrics:
                              f"FP32 {_percent(self.accuracy_fp32)}  INT8 {_percent(self.accuracy_int8)}"))
         else:
             head = f"output {self.name} ({shape} per sample; not a (N, C) classifier output)"
-        rows.append(("|FP32 - INT8|", f"max {self.max_abs_error:.4g}  mean {self.mean_abs_error:.4g}"))
+        rows.append(("|FP32 - INT8|", f"max {self.max_abs_error:.4g}  mean {self.mean_abs_error:.4g}  "
+                                      f"(SQNR {self.sqnr_db:.3g} dB)"))
         return [head] + [f"  {label:<34}{value}" for label, value in rows]
+
+
+#: Exit status of `trt-calib evaluate` per verdict level (the CLI contract: 1 a finding, 3 a finding that is an error).
+VERDICT_EXIT = {"fine": 0, "unjudged": 0, "degraded": 1, "lost": 3}
 
 
 @dataclass(frozen=True)
 class Verdict:
-    """Whether INT8 kept FP32's decisions, in one line: `lost` when an output keeps fewer than `LOST_BELOW` of them
-    (`OutputMetrics.decisions`: top-1 classes, or a sequence's positions outside FP32's majority class);
-    `suspects` are the quantised activations with the worst own error (clipping and rounding at their scale), the
-    likeliest causes."""
+    """Whether INT8 kept FP32's decisions, in one line, at one of four levels (`VERDICT_RULE`):
 
-    lost: bool
+    - `lost`: an output keeps fewer than `LOST_BELOW` of FP32's decisions (`OutputMetrics.decisions`: top-1
+      classes, or a sequence's positions outside FP32's majority class);
+    - `degraded`: none is lost, but a finding the user must not miss: a sequence output whose whole argmax sequences
+      agree for fewer than `min_sequence_agreement` of the samples, a classifier output that changes the class of
+      more than 1 - `min_agreement` of the samples with a clear FP32 winner (at least `MIN_FLIPS` of them), or a
+      task metric worse than the value the user accepts;
+    - `fine`: an output makes decisions, or a task metric has a bar, and nothing above fired;
+    - `unjudged`: no output makes countable decisions and no task metric has a bar: nothing was judged.
+
+    `suspects` are the quantised activations with the worst own error (clipping and rounding at their scale), the
+    likeliest causes of a loss."""
+
+    level: str
     line: str
     lost_outputs: tuple[str, ...] = ()
     suspects: tuple[QuantizedTensor, ...] = ()
+    findings: tuple[str, ...] = ()  # what makes it degraded (or lost), one phrase each
+    degraded_outputs: tuple[str, ...] = ()
+    thresholds: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def lost(self) -> bool:
+        return self.level == "lost"
+
+    @property
+    def degraded(self) -> bool:
+        return self.level == "degraded"
+
+    @property
+    def exit_code(self) -> int:
+        return VERDICT_EXIT[self.level]
 
     def to_json(self) -> dict[str, Any]:
-        return {"lost": self.lost, "line": self.line, "lost_outputs": list(self.lost_outputs),
-                "suspects": [q.to_json() for q in self.suspects], "rule": VERDICT_RULE}
+        return {"level": self.level, "exit": self.exit_code, "lost": self.lost, "line": self.line,
+                "lost_outputs": list(self.lost_outputs), "degraded_outputs": list(self.degraded_outputs),
+                "findings": list(self.findings), "suspects": [q.to_json() for q in self.suspects],
+                "thresholds": {k: _num(v) if isinstance(v, float) else v for k, v in self.thresholds.items()},
+                "rule": VERDICT_RULE}
 
 
 VERDICT_RULE = (
-    f"lost when an output keeps fewer than {LOST_BELOW:.0%} of FP32's decisions: the top-1 classes of an (N, C) "
-    "output; the argmax of the positions of an (N, T, C) one where FP32 is not its majority class (CTC's blank); "
-    "suspects are the quantised activations with the lowest SQNR of their own Q/DQ pair on FP32 values"
+    f"lost (exit 3) when an output keeps fewer than {LOST_BELOW:.0%} of FP32's decisions: the top-1 classes of an "
+    "(N, C) output; the argmax of the positions of an (N, T, C) one where FP32 is not its majority class (CTC's "
+    "blank). degraded (exit 1) when none is lost but a sequence output's whole argmax sequences agree for fewer than "
+    f"min_sequence_agreement (default {MIN_SEQUENCE_AGREEMENT:.0%}) of the samples, or a classifier output changes "
+    f"the class of more than 1 - min_agreement (default {1 - MIN_AGREEMENT:.0%}) of the samples with a clear FP32 "
+    f"winner (top-1/top-2 margin above the report's margin), at least {MIN_FLIPS} of them, or the task metric is "
+    "worse than --accept. fine (exit 0) when an output makes decisions or the task metric has a bar, and none of "
+    "that fired; unjudged (exit 0) when nothing could be judged. suspects are the quantised activations with the "
+    "lowest SQNR of their own Q/DQ pair on FP32 values"
 )
 
 
-def judge(outputs: Sequence[OutputMetrics], quantized: Sequence[QuantizedTensor]) -> Verdict:
-    """The verdict on a report's outputs (see `Verdict`); `quantized` worst first."""
+def _metric_text(metric: Mapping[str, Any] | None, accept: float | None) -> tuple[str, bool | None]:
+    """'; task metric NAME 0.078 (higher is better, accepted from 0.9: NOT MET)' and whether it meets `accept`
+    (None without a bar)."""
+    if metric is None:
+        return "", None
+    value, higher = metric["value"], metric["higher_is_better"]
+    way = "higher" if higher else "lower"
+    shown = f"{value:.4g}" if isinstance(value, float) else str(value)
+    if accept is None:
+        return f"; task metric {metric['name']} {shown} ({way} is better; no --accept bar)", None
+    ok = isinstance(value, (int, float)) and math.isfinite(value) and (value >= accept if higher else value <= accept)
+    bar = f"accepted {'from' if higher else 'up to'} {accept:g}"
+    return f"; task metric {metric['name']} {shown} ({way} is better, {bar}: {'met' if ok else 'NOT MET'})", ok
+
+
+def check_bars(*, accept: float | None, has_metric: bool, min_agreement: float,
+               min_sequence_agreement: float) -> None:
+    """ValueError for a verdict bar out of range, or an `accept` without a task metric to hold it to."""
+    for what, value in (("min_agreement", min_agreement), ("min_sequence_agreement", min_sequence_agreement)):
+        if isinstance(value, bool) or not (isinstance(value, (int, float)) and 0.0 <= value <= 1.0):
+            raise ValueError(f"{what} must be a fraction in [0, 1], got {value!r}")
+    if accept is not None:
+        if isinstance(accept, bool) or not (isinstance(accept, (int, float)) and math.isfinite(accept)):
+            raise ValueError(f"accept must be a finite number, got {accept!r}")
+        if not has_metric:
+            raise ValueError("accept is the bar of a task metric: give the metric too")
+
+
+def judge(outputs: Sequence[OutputMetrics], quantized: Sequence[QuantizedTensor], *,
+          metric: Mapping[str, Any] | None = None, accept: float | None = None, margin: float = DEFAULT_MARGIN,
+          min_agreement: float = MIN_AGREEMENT, min_sequence_agreement: float = MIN_SEQUENCE_AGREEMENT) -> Verdict:
+    """The verdict on a report's outputs (see `Verdict`); `quantized` worst first; `metric` the report's task metric
+    (name, value, higher_is_better) and `accept` the value it must reach (at most, when lower is better); `margin`
+    the one the outputs' clear-winner counts were taken with."""
+    check_bars(accept=accept, has_metric=metric is not None, min_agreement=min_agreement,
+               min_sequence_agreement=min_sequence_agreement)
+    thresholds = {"lost_below": LOST_BELOW, "min_agreement": float(min_agreement), "min_flips": MIN_FLIPS,
+                  "min_sequence_agreement": float(min_sequence_agreement), "margin": float(margin), "accept": accept}
     judged = [(o, o.decisions) for o in outputs if o.decisions is not None and o.decisions[2]]
-    if not judged:
-        return Verdict(False, "verdict: none: no output is a classifier (N, C) or a sequence (N, T, C) of class "
-                       "scores, so no FP32 decision can be counted. Hint: --metric FILE.py measures what your task "
-                       "needs")
-
-    def kept(o: OutputMetrics, d: tuple[str, int, int]) -> str:
-        whole = f"; whole sequences {o.num_sequences_agree}/{o.num_samples}" if o.is_sequence else ""
-        return f"{o.name} keeps {d[1]}/{d[2]} {d[0]} ({_percent(d[1] / d[2])}{whole})"
-
-    lost = [(o, d) for o, d in judged if d[1] < LOST_BELOW * d[2]]
-    if not lost:
-        return Verdict(False, f"verdict: INT8 keeps most of FP32's decisions: {'; '.join(kept(o, d) for o, d in judged)}")
+    metric_text, metric_ok = _metric_text(metric, accept)
     suspects = tuple(quantized[:SUSPECTS])
-    what = "; ".join(kept(o, d) for o, d in lost)
     cause = ("; likeliest causes (worst own Q/DQ error): " + "; ".join(q.describe() for q in suspects)) if suspects \
         else " (the quantised tensors were not measured: run without --worst 0 to name them)"
-    return Verdict(True, f"verdict: INT8 LOSES MOST OF FP32'S DECISIONS: {what}{cause}",
-                   tuple(o.name for o, _ in lost), suspects)
+
+    def kept(o: OutputMetrics, d: tuple[str, int, int]) -> str:
+        if o.is_sequence:
+            extra = f"; whole sequences {o.num_sequences_agree}/{o.num_samples}"
+        elif o.num_confident:
+            extra = f"; {o.num_confident_agree}/{o.num_confident} with a clear FP32 winner"
+        else:
+            extra = ""
+        return f"{o.name} keeps {d[1]}/{d[2]} {d[0]} ({_percent(d[1] / d[2])}{extra})"
+
+    lost = [(o, d) for o, d in judged if d[1] < LOST_BELOW * d[2]]
+    if lost:
+        what = "; ".join(kept(o, d) for o, d in lost)
+        return Verdict("lost", f"verdict: INT8 LOSES MOST OF FP32'S DECISIONS: {what}{metric_text}{cause}",
+                       tuple(o.name for o, _ in lost), suspects, tuple(kept(o, d) for o, d in lost),
+                       thresholds=thresholds)
+    findings: list[tuple[str, str]] = []
+    for o, d in judged:
+        if o.is_sequence:
+            if o.num_sequences_agree < min_sequence_agreement * o.num_samples:
+                findings.append((o.name, f"{o.name}: whole argmax sequences agree on {o.num_sequences_agree}/"
+                                 f"{o.num_samples} samples ({_percent(o.sequence_agreement)}, under "
+                                 f"{min_sequence_agreement:.0%}), though it keeps {d[1]}/{d[2]} {d[0]} "
+                                 f"({_percent(d[1] / d[2])})"))
+        elif o.is_classifier and o.num_confident:
+            flips = o.num_confident - o.num_confident_agree
+            if flips >= MIN_FLIPS and o.num_confident_agree < min_agreement * o.num_confident:
+                findings.append((o.name, f"{o.name}: {flips} of the {o.num_confident} samples with a clear FP32 "
+                                 f"winner (margin > {margin:g}) change class ({_percent(o.confident_agreement)} kept, "
+                                 f"under {min_agreement:.0%}; top-1 agreement {o.num_agree}/{o.num_samples}, "
+                                 f"{_percent(o.agreement)})"))
+    if metric_ok is False:  # the metric's text becomes a finding, first: the user's own bar
+        findings.insert(0, ("", metric_text[2:]))
+        metric_text = ""
+    if findings:
+        return Verdict("degraded", f"verdict: INT8 IS DEGRADED: {'; '.join(f for _, f in findings)}{metric_text}"
+                       f"{cause}", (), suspects, tuple(f for _, f in findings),
+                       tuple(dict.fromkeys(n for n, _ in findings if n)), thresholds)
+    if judged:
+        return Verdict("fine", f"verdict: fine: INT8 keeps FP32's decisions: {'; '.join(kept(o, d) for o, d in judged)}"
+                       f"{metric_text}", thresholds=thresholds)
+    if metric_ok:
+        return Verdict("fine", "verdict: fine by the task metric (no output is a classifier (N, C) or a sequence "
+                       f"(N, T, C) of class scores){metric_text}", thresholds=thresholds)
+    hint = ("Hint: --accept VALUE makes the task metric a verdict" if metric is not None
+            else "Hint: --metric FILE.py measures what your task needs, --accept VALUE sets its bar")
+    return Verdict("unjudged", "verdict: not judged: no output is a classifier (N, C) or a sequence (N, T, C) of "
+                   f"class scores, so no FP32 decision can be counted{metric_text}. {hint}", thresholds=thresholds)
 
 
 @dataclass
@@ -599,6 +757,8 @@ class EvaluationReport:
     metric: dict[str, Any] | None = None  # a user's task metric: name, value, higher_is_better, batches, weight
     verdict: Verdict | None = None
     num_parts: int = 1  # parts per (full) batch, from the activation budget
+    num_body_compared: int = 0  # of `num_compared`, tensors inside If branches (those the data took)
+    unreached: list[str] = field(default_factory=list)  # tensors of If branches no evaluated sample took
 
     def output(self, name: str) -> OutputMetrics:
         for o in self.outputs:
@@ -620,6 +780,16 @@ class EvaluationReport:
         """True when the verdict says INT8 lost most of FP32's decisions."""
         return self.verdict is not None and self.verdict.lost
 
+    @property
+    def level(self) -> str:
+        """The verdict's level: fine, degraded, lost, or unjudged."""
+        return self.verdict.level if self.verdict is not None else "unjudged"
+
+    @property
+    def exit_code(self) -> int:
+        """The exit status `trt-calib evaluate` gives this report: 0 fine or unjudged, 1 degraded, 3 lost."""
+        return VERDICT_EXIT[self.level]
+
     def to_json(self) -> dict[str, Any]:
         out = {
             "num_samples": self.num_samples,
@@ -632,6 +802,8 @@ class EvaluationReport:
             "seconds": round(self.seconds, 3),
             "outputs": [o.to_json() for o in self.outputs],
             "num_compared_tensors": self.num_compared,
+            "num_branch_tensors_compared": self.num_body_compared,
+            "unreached_branch_tensors": list(self.unreached),
             "worst_tensors": [t.to_json() for t in self.worst],
             "num_quantized_tensors": len(self.quantized),
             "worst_quantized_tensors": [q.to_json() for q in self.quantized[: self.num_worst]],
@@ -660,7 +832,8 @@ class EvaluationReport:
                           f"{m['weight']:g})"]
         if self.worst:
             width = max([len(t.name) for t in self.worst] + [6])
-            lines += ["", f"worst tensors by SQNR ({len(self.worst)} of {self.num_compared} compared by name):"]
+            inside = f", {self.num_body_compared} of them inside If branches" if self.num_body_compared else ""
+            lines += ["", f"worst tensors by SQNR ({len(self.worst)} of {self.num_compared} compared by name{inside}):"]
             lines.append(f"  {'tensor':<{width}}  {'SQNR dB':>8}  {'rms FP32':>10}  {'rms error':>10}")
             for t in self.worst:
                 lines.append(
@@ -669,6 +842,9 @@ class EvaluationReport:
                 )
         elif self.num_compared == 0 and self.num_worst:
             lines += ["", "no intermediate tensor of the FP32 graph exists under the same name in the INT8 graph"]
+        if self.unreached and self.num_worst:
+            lines.append(f"not compared: {len(self.unreached)} tensor(s) of If branches no evaluated sample took "
+                         f"(e.g. {', '.join(self.unreached[:3])})")
         shown = self.quantized[: self.num_worst]
         if shown:
             width = max([len(q.name) for q in shown] + [6])
@@ -677,8 +853,9 @@ class EvaluationReport:
             lines.append(f"  {'tensor':<{width}}  {'SQNR dB':>8}  {'clip at':>10}  {'max |x|':>10}  {'clipped':>8}")
             for q in shown:
                 clip = f"{q.quantizer.hi:.4g}" if q.quantizer.symmetric else f"{q.quantizer.lo:.3g}..{q.quantizer.hi:.3g}"
+                where = f"  in {q.quantizer.body}" if q.quantizer.body else ""
                 lines.append(f"  {q.name:<{width}}  {q.sqnr_db:8.2f}  {clip:>10}  {q.max_abs:10.4g}  "
-                             f"{100 * q.clipped_fraction:7.3g}%")
+                             f"{100 * q.clipped_fraction:7.3g}%{where}")
         if self.verdict is not None:
             lines += ["", self.verdict.line]
         return "\n".join(lines)
@@ -712,6 +889,8 @@ class _OutputAccumulator:
         self.sequence_logits = sequence_logits  # named as a sequence of logits by the caller
         self.abs_max = 0.0
         self.abs_sum = 0.0
+        self.signal = 0.0  # sum x^2 and sum (x - x_int8)^2, for the output's SQNR
+        self.noise = 0.0
         self.num_values = 0
         self.num_samples = 0
         self.prob_like = True
@@ -739,6 +918,8 @@ class _OutputAccumulator:
         if diff.size:
             self.abs_max = float(np.max([self.abs_max, diff.max()]))  # NaN anywhere stays NaN
             self.abs_sum += float(diff.sum())
+            self.noise += float(np.einsum("i,i->", diff.reshape(-1), diff.reshape(-1)))
+            self.signal += float(np.einsum("i,i->", *(2 * [np.asarray(a, dtype=np.float64).reshape(-1)])))
         self.num_values += diff.size
         del diff
         self.num_samples += a.shape[0] if a.ndim else 1
@@ -799,6 +980,7 @@ class _OutputAccumulator:
             num_samples=self.num_samples,
             max_abs_error=self.abs_max,
             mean_abs_error=self.abs_sum / self.num_values if self.num_values else float("nan"),
+            sqnr_db=sqnr_db(self.signal, self.noise),
         )
         if self.sequence and self.seq_agree and (self.prob_like or self.sequence_logits):
             return self._finish_sequence(m)
@@ -1036,6 +1218,20 @@ def _size_parts(r32: Any, r8: Any, fp32: Any, batch: Mapping[str, np.ndarray], t
 
 
 # ---------------------------------------------------------------------------------------------- evaluate
+def comparable_tensors(model: Any) -> tuple[list[str], set[str]]:
+    """The tensors the per-tensor pass can fetch from `model`: every tensor TensorRT calibrates in the main graph,
+    then those inside If branches onnxruntime can be made to return (`control_flow.reachable_body_tensors`: not in
+    Loop/Scan bodies, names used once); and the set of the latter."""
+    from .control_flow import body_tensors, reachable_body_tensors
+    from .model import calibrated_from_types, float_types, tensor_info
+
+    types = {n: t for n, (t, _) in tensor_info(model).items()}
+    main = calibrated_from_types(model, types)
+    seen = set(main)
+    bodies = [n for n in reachable_body_tensors(body_tensors(model, types, float_types())) if n not in seen]
+    return main + bodies, set(bodies)
+
+
 def evaluate(
     fp32_model: Any,
     int8_model: Any,
@@ -1050,6 +1246,9 @@ def evaluate(
     max_activation_mb: float = DEFAULT_ACTIVATION_MB,
     metric: Any = None,
     sequence_outputs: Sequence[str] = (),
+    accept: float | None = None,
+    min_agreement: float = MIN_AGREEMENT,
+    min_sequence_agreement: float = MIN_SEQUENCE_AGREEMENT,
 ) -> EvaluationReport:
     """Run `fp32_model` and its Q/DQ version `int8_model` on `batches` and measure what INT8 changes.
 
@@ -1060,10 +1259,15 @@ def evaluate(
     `max_activation_mb`; the metrics are those of whole batches (sums in another order: float64 rounding).
     `metric`: a user's task metric (`user_metric.load_metric`'s, or its `FILE.py[:FUNCTION]`), called once per
     batch with both models' outputs for the whole batch. `sequence_outputs`: outputs (N, T, C) whose rows are logits
-    (probability rows are recognised without it).
+    (probability rows are recognised without it). `accept` (the value the task metric must reach, or not exceed when
+    lower is better), `min_agreement` and `min_sequence_agreement` are the verdict's bars (`judge`).
+
+    The per-tensor pass covers the main graph and the If branches the data takes (`Runner` inlines them): a tensor
+    is compared on the parts where both models computed it, and an activation's clipping is measured wherever the
+    Q/DQ model quantises it, branches included.
     """
     from .data import BatchSource, iter_batches
-    from .model import calibrated_tensors, load_model
+    from .model import load_model
     from .runner import Runner
     from .user_metric import MetricAccumulator, UserMetric, load_metric
 
@@ -1071,6 +1275,8 @@ def evaluate(
     budget = _budget_bytes(max_activation_mb)
     if worst < 0:
         raise ValueError(f"worst must be >= 0, got {worst!r}")
+    check_bars(accept=accept, has_metric=metric is not None, min_agreement=min_agreement,
+               min_sequence_agreement=min_sequence_agreement)
     if metric is not None and not isinstance(metric, UserMetric):
         metric = load_metric(metric)
     fp32_role, int8_role = _describe(fp32_model, "FP32 model"), _describe(int8_model, "INT8 model")
@@ -1084,18 +1290,31 @@ def evaluate(
     input_names = {s.name for s in specs}
     shared: list[str] = []
     quantizers: dict[str, ActivationQuantizer] = {}
+    in_bodies: set[str] = set()
+    int8_bodies: set[str] = set()
+    scoped: dict[str, tuple[ActivationQuantizer, frozenset[str]]] = {}
     if worst > 0:
-        in_int8 = set(calibrated_tensors(int8))
-        fp32_tensors = calibrated_tensors(fp32)
+        fp32_tensors, fp32_bodies = comparable_tensors(fp32)
+        int8_tensors, int8_bodies = comparable_tensors(int8)
+        in_int8 = set(int8_tensors)
         shared = [n for n in fp32_tensors if n in in_int8 and n not in input_names]
         known = set(fp32_tensors)
-        quantizers = {n: q for n, q in activation_quantizers(int8).items() if n in known}
+        scoped = {n: qm for n, qm in _scoped_quantizers(int8).items() if n in known}
+        quantizers = {n: q for n, (q, _) in scoped.items()}
+        in_bodies = fp32_bodies | int8_bodies
     fetch8 = output_names + [n for n in shared if n not in output_names]
+    # A quantiser inside a branch counts on the parts whose INT8 run took that branch: one of the tensors its branch
+    # makes is fetched as a witness (a branch may quantise a tensor of the main graph, there in every part).
+    witness: dict[str, str] = {}
+    for n, (q, made) in scoped.items():
+        if q.body:
+            witness[n] = next((t for t in fetch8 if t in made), None) or min(made & int8_bodies, default="")
+    only8 = [t for t in dict.fromkeys(witness.values()) if t and t not in fetch8]  # tensors of the INT8 graph alone
     fetch32 = fetch8 + [n for n in quantizers if n not in fetch8]
     # Both models' tensors of one part are held at once: each runner gets half the budget. FP32 fetches the same
     # tensors as INT8 and the quantised activations, so the part size it finds fits both.
     r32 = Runner.open(fp32, fetch32, threads=threads, budget_bytes=budget // 2, name=fp32_role, optimize=False)
-    r8 = Runner.open(int8, fetch8, threads=threads, budget_bytes=budget // 2, name=int8_role, optimize=False)
+    r8 = Runner.open(int8, fetch8 + only8, threads=threads, budget_bytes=budget // 2, name=int8_role, optimize=False)
     r32.prefetch_kernel = r8.prefetch_kernel = False  # nothing is binned here
 
     seq_named = set(sequence_outputs)
@@ -1126,6 +1345,8 @@ def evaluate(
             counted = batch_samples(part, r32.specs)
             size = counted if counted is not None else 1
             for name in fetch8:
+                if name not in a or name not in b:  # in an If branch this part does not take (in either model)
+                    continue
                 x, y = np.asarray(a[name]), np.asarray(b[name])
                 if x.shape != y.shape:
                     raise ModelError(
@@ -1151,7 +1372,8 @@ def evaluate(
                         outs8[name].append(y)
             sizes.append(min(size, max(0, keep - start)))
             for name, acc in clips.items():
-                acc.update(a[name])
+                if name in a and (not witness.get(name) or witness[name] in b):
+                    acc.update(a[name])
             del a, b
             start += size
         if task:
@@ -1197,12 +1419,13 @@ def evaluate(
         if not accs[n].sequence:
             raise DataError(f"sequence output {n!r} is {accs[n].sample_shape} per sample, not (T, C) of float class "
                             "scores")
+    unreached = [n for n, (_, _, c) in sums.items() if n in in_bodies and not c]
     tensors = [
         TensorError(n, sqnr_db(s, e), s / c if c else float("nan"), e / c if c else float("nan"), int(c))
-        for n, (s, e, c) in sums.items()
+        for n, (s, e, c) in sums.items() if c or n not in in_bodies
     ]
     tensors.sort(key=lambda t: (math.isnan(t.sqnr_db), t.sqnr_db))
-    quantized = [c.finish() for c in clips.values()]
+    quantized = [c.finish() for c in clips.values() if c.count or not c.q.body]  # a branch no sample took: none
     quantized.sort(key=lambda q: (math.isnan(q.sqnr_db), q.sqnr_db))
     task_result = None
     if task is not None:
@@ -1221,8 +1444,11 @@ def evaluate(
         quantized=quantized,
         num_worst=worst,
         metric=task_result,
-        verdict=judge(metrics, quantized),
+        verdict=judge(metrics, quantized, metric=task_result, accept=accept, margin=margin,
+                      min_agreement=min_agreement, min_sequence_agreement=min_sequence_agreement),
         num_parts=num_parts,
+        num_body_compared=sum(t.name in in_bodies for t in tensors),
+        unreached=unreached,
     )
 
 

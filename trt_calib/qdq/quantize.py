@@ -46,7 +46,7 @@ from .rewrite import NameMaker, rewrite_graph
 from .scales import (ASYMMETRIC_DTYPES, ASYMMETRIC_METADATA_KEY, ASYMMETRIC_NOTE, Affine, Resolver, Scales, record_scales,
                      scale_table)
 
-__all__ = ["quantize_model", "split_exclusions"]
+__all__ = ["quantize_model", "split_exclusions", "check_exclusions"]
 
 log = logging.getLogger(__name__)
 
@@ -197,12 +197,18 @@ def split_exclusions(prepared: _Prepared, exclude: Mapping[str, str]) -> tuple[d
     the names of nodes inside If branches and Loop/Scan bodies. A name of the main graph is the main graph's; one
     that names nodes in several bodies (an unnamed ``MatMul_1`` in both branches) must be given as the TensorRT
     layer name (``node_of_<output>``); a name no graph has is a ModelError with close matches."""
+    return _locate(prepared.g.graph, [(b.graph, b.where) for b in prepared.bodies], exclude)
+
+
+def _locate(main_graph: Any, bodies: list[tuple[Any, str]], exclude: Mapping[str, str]
+            ) -> tuple[dict[str, str], dict[int, dict[str, str]]]:
+    """`split_exclusions` on a main graph and its bodies ((graph, where) in `plan_bodies` order)."""
     import difflib
 
     from .graph import node_indices, tensorrt_layer_name
 
-    main_known = node_indices(prepared.g.graph)
-    bodies = [(k, b, node_indices(b.graph)) for k, b in enumerate(prepared.bodies)]
+    main_known = node_indices(main_graph)
+    indexed = [(k, graph, where, node_indices(graph)) for k, (graph, where) in enumerate(bodies)]
     main: dict[str, str] = {}
     inside: dict[int, dict[str, str]] = {}
     unknown = []
@@ -210,22 +216,65 @@ def split_exclusions(prepared: _Prepared, exclude: Mapping[str, str]) -> tuple[d
         if name in main_known:
             main[name] = why
             continue
-        hits = [(k, b, known[name]) for k, b, known in bodies if name in known]
+        hits = [(k, graph, where, known[name]) for k, graph, where, known in indexed if name in known]
         if not hits:
             unknown.append(name)
         elif len(hits) > 1:
-            layers = ", ".join(f"{tensorrt_layer_name(b.graph.node[i])} ({b.where})" for _, b, i in hits)
+            layers = ", ".join(f"{tensorrt_layer_name(graph.node[i])} ({where})" for _, graph, where, i in hits)
             raise ModelError(f"{name!r} names {len(hits)} nodes inside If/Loop/Scan bodies. Hint: name one by its "
                              f"TensorRT layer name: {layers}")
         else:
             inside.setdefault(hits[0][0], {})[name] = why
     if unknown:
-        everything = list(main_known) + [n for _, _, known in bodies for n in known]
+        everything = list(main_known) + [n for _, _, _, known in indexed for n in known]
         close = difflib.get_close_matches(unknown[0], everything, n=3)
         hint = (f" Hint: did you mean {', '.join(close)}?" if close
                 else " Hint: names are ONNX node names, as the coverage report lists them")
         raise ModelError(f"no node named {', '.join(repr(n) for n in unknown[:5])} in the model.{hint}")
     return main, inside
+
+
+def _body_graphs(graph: Any, context: str = "") -> list[tuple[Any, str]]:
+    """(body, where) for every If branch and Loop/Scan body inside `graph`, in `plan_bodies` order and wording."""
+    from onnx import AttributeProto
+
+    out: list[tuple[Any, str]] = []
+    for index, node in enumerate(graph.node):
+        label = node_label(node, index)
+        for attr in node.attribute:
+            for sub in ([attr.g] if attr.type == AttributeProto.GRAPH else list(attr.graphs)):
+                where = f"{attr.name} of {node.op_type} {label!r}" + (f" (in {context})" if context else "")
+                out.append((sub, where))
+                out += _body_graphs(sub, where)
+    return out
+
+
+def check_exclusions(model: Any, exclude: Mapping[str, str] | Iterable[str]) -> None:
+    """The check `quantize_model(exclude=...)` makes of the names, made on the model alone, before any scale or data
+    exists: a ModelError (close matches in its hint) for a name no node of the main graph or of an If/Loop/Scan body
+    answers to, or one several bodies share. A model below opset 13 is checked as `quantize_model` will see it,
+    after onnx's version converter."""
+    names = dict.fromkeys(exclude, "")
+    if not names:
+        return
+    work = load_model(model)
+    if onnx_opset(work) < MIN_OPSET:
+        work = _upgraded(work)
+    _locate(work.graph, _body_graphs(work.graph), names)
+
+
+def _upgraded(work: Any) -> Any:
+    """`work` converted to opset `MIN_OPSET` (per-channel DequantizeLinear needs it), or a ModelError saying why not."""
+    from onnx import version_converter
+
+    before = onnx_opset(work)
+    try:
+        return version_converter.convert_version(work, MIN_OPSET)
+    except Exception as exc:  # the converter raises plain RuntimeErrors naming the op it cannot adapt
+        raise ModelError(
+            f"the model is opset {before} and onnx's version converter cannot take it to opset {MIN_OPSET} "
+            f"(per-channel DequantizeLinear needs it): {exc}. Hint: re-export the model with opset >= 13"
+        ) from None
 
 
 def _exclude_in_bodies(prepared: _Prepared, inside: Mapping[int, Mapping[str, str]]) -> dict[str, str]:
@@ -251,7 +300,6 @@ def prepare_model(
 ) -> _Prepared:
     """Everything `quantize_model` decides before it edits the graph; `sensitivity` restricts the same plan."""
     onnx = require("onnx", purpose="Q/DQ export")
-    from onnx import version_converter
 
     if placement not in PLACEMENTS:
         raise ValueError(f"unknown placement {placement!r}; choose one of {', '.join(PLACEMENTS)}")
@@ -266,13 +314,7 @@ def prepare_model(
     work.CopyFrom(original)
     before = onnx_opset(work)
     if before < MIN_OPSET:
-        try:
-            work = version_converter.convert_version(work, MIN_OPSET)
-        except Exception as exc:  # the converter raises plain RuntimeErrors naming the op it cannot adapt
-            raise ModelError(
-                f"the model is opset {before} and onnx's version converter cannot take it to opset {MIN_OPSET} "
-                f"(per-channel DequantizeLinear needs it): {exc}. Hint: re-export the model with opset >= 13"
-            ) from None
+        work = _upgraded(work)
         log.info("model upgraded from opset %d to %d (per-channel DequantizeLinear needs opset 13)", before, MIN_OPSET)
     g = Graph(work.graph)
     resolver = Resolver(g, table)
