@@ -151,7 +151,7 @@ def test_a_broken_pipe_is_not_exit_0(tmp_path):
 # also {"error", "exit": 2} as the only thing on stdout); a good run with --json prints exactly one JSON object.
 COMMANDS = (
     "calibrate", "inspect", "validate", "diff", "check", "convert", "build", "quantize", "qdq-to-cache", "evaluate",
-    "sensitivity", "report", "stability", "doctor", "round-weights",
+    "sensitivity", "report", "stability", "doctor", "round-weights", "tune",
 )
 
 BAD_ARGUMENTS = {
@@ -170,6 +170,7 @@ BAD_ARGUMENTS = {
     "sensitivity": ["sensitivity", LENET, "--data", LENET_BATCHES, "-o", "{tmp}/s.json", "--max-keep", "-1"],
     "stability": ["stability", LENET, "--data", LENET_BATCHES, "-o", "{tmp}/s.json", "--fractions", "0,1"],
     "round-weights": ["round-weights", LENET, "--data", LENET_BATCHES, "-o", "{tmp}/r.onnx", "--max-positions", "0"],
+    "tune": ["tune", LENET, "--data", LENET_BATCHES, "-o", "{tmp}/t", "--max-keep", "-1"],
 }
 
 
@@ -242,6 +243,8 @@ GOOD_RUNS = {
                    "--no-progress"], 1),  # LeNet's ip2 moves 8% with the batch order: a finding
     "round-weights": (["round-weights", LENET, "--data", LENET_BATCHES, "--max-batches", "2", "-o", "{tmp}/r.onnx",
                        "--no-progress"], 0),
+    "tune": (["tune", LENET, "--data", LENET_BATCHES, "--max-batches", "2", "--no-rounding", "--max-keep", "0",
+              "-o", "{tmp}/t", "--no-progress"], 0),
 }
 
 

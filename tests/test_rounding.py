@@ -377,8 +377,10 @@ def test_convtranspose_matmul_and_constant_weights_round_exactly():
     assert [r.node for r in report.layers] == ["up", "mm"]
     for r in report.layers:
         assert r.error_rounded < r.error_nearest
+    # the Constant node stays (node order and names unchanged) and holds the rounded weight
+    assert [n.op_type for n in rounded.graph.node] == [n.op_type for n in model.graph.node]
     new = _weights(rounded)
-    assert "w_mm" in new and not any(n.op_type == "Constant" for n in rounded.graph.node)
+    new["w_mm"] = numpy_helper.to_array(next(n for n in rounded.graph.node if n.op_type == "Constant").attribute[0].t)
     for name, axis in (("w_ct", 1), ("w_mm", 1)):
         q, s, moved = _tensorrt_codes(new[name], axis)
         assert np.array_equal((q * s[:, None]).astype(np.float32), moved) and np.all(np.abs(q).max(axis=1) == 127)

@@ -36,7 +36,7 @@ EXIT_UNEXPECTED = 70
 #: The command modules, in the order their commands appear in --help.
 _COMMAND_MODULES = (
     "calibrate", "cache", "build", "quantize", "qdq_to_cache", "evaluate", "sensitivity", "report", "stability",
-    "doctor", "round_weights",
+    "doctor", "round_weights", "tune",
 )
 
 

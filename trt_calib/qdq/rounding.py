@@ -661,18 +661,37 @@ def round_weights(
     samples_batches = len(listed)
     del ref_run, work_run, listed
 
-    recovered = weight_codes(work, layers)
+    output = onnx.ModelProto()
+    output.CopyFrom(source)
+    _write_weights(output, {layer.weight: work_inits[layer.weight] for layer in layers})
+    recovered = weight_codes(output, layers)
     checked = sum(c.size for c in chosen.values())
     missed = sum(int(np.count_nonzero(recovered[k] != c)) for k, c in chosen.items())
     if missed:
         raise ModelError(f"internal check failed: TensorRT's per-channel weight rule gives back other codes for "
                          f"{missed} of {checked} weights")
-    _mark(work, method, len(layers), samples)
-    report = RoundingReport(method=method, layers=results, skipped=skipped, samples=samples, batches=samples_batches, damp=damp, codes_checked=checked, codes_not_recovered=missed,
+    _mark(output, method, len(layers), samples)
+    report = RoundingReport(method=method, layers=results, skipped=skipped, samples=samples,
+                            batches=samples_batches, damp=damp, codes_checked=checked, codes_not_recovered=missed,
                             seconds=time.perf_counter() - started, peak_rss_mb=_peak_rss_mb())
     for r in report.underdetermined:
         log.warning("%s: %s", r.node, next(n for n in r.notes if n.startswith("underdetermined")))
-    return work, report
+    return output, report
+
+
+def _write_weights(model: Any, tensors: dict[str, Any]) -> None:
+    """Put each new weight where the model holds it: its initializer, or the value of the Constant node making it
+    (the graph keeps its nodes, so node names and indices stay what they were)."""
+    for tensor in model.graph.initializer:
+        if tensor.name in tensors:
+            tensor.CopyFrom(tensors[tensor.name])
+    for node in model.graph.node:
+        if node.op_type == "Constant" and node.output and node.output[0] in tensors:
+            value = constant_attr(node)
+            if value is not None:
+                name = value.name
+                value.CopyFrom(tensors[node.output[0]])
+                value.name = name
 
 
 def _layer_moments(layer: RoundableLayer, rows: np.ndarray, ref_run: _Segments, work_run: _Segments, same: bool,
