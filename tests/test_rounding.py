@@ -369,12 +369,12 @@ def test_convtranspose_matmul_and_constant_weights_round_exactly():
         helper.make_node("Relu", ["t"], ["r"], name="relu"),
         helper.make_node("Transpose", ["r"], ["p"], name="nhwc", perm=[0, 2, 3, 1]),
         const,
-        helper.make_node("MatMul", ["p", "w_mm"], ["y"], name="mm"),
+        helper.make_node("MatMul", ["p", "w_mm"], ["y"]),  # unnamed: reported as MatMul_4, its index here
     ]
     model = _model(nodes, [_vi("x", ["N", 4, 5, 5])], [_vi("y", None)], [_init("w_ct", w_ct)])
     x = _images(24, cin=4, size=5)
     rounded, report = round_weights(model, _batches(model, x, batch_size=8))
-    assert [r.node for r in report.layers] == ["up", "mm"]
+    assert [r.node for r in report.layers] == ["up", "MatMul_4"]
     for r in report.layers:
         assert r.error_rounded < r.error_nearest
     # the Constant node stays (node order and names unchanged) and holds the rounded weight

@@ -56,9 +56,9 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--damp", type=finite_float(0, 1), default=0.01,
                    help="ridge of each layer's fit, a share of the mean diagonal of its input's second moments: "
                    "pulls towards the original weights (default 0.01)")
-    p.add_argument("--max-positions", type=positive_int, default=1 << 15, metavar="N",
+    p.add_argument("--max-positions", type=positive_int, default=1 << 14, metavar="N",
                    help="output positions per layer the statistics are taken over, subsampled evenly beyond "
-                   "(default 32768)")
+                   "(default 16384)")
     p.add_argument("--max-activation-mb", type=finite_float(1, None), default=1024, metavar="MB",
                    help="activations kept between segments, float and rounded model together; larger ones are "
                    "recomputed (default 1024)")

@@ -296,12 +296,11 @@ class _Segments:
                 if name:
                     self.last_use[name] = i
         self.start = 0
-        self.kept: list[dict[str, np.ndarray] | None] = [dict(b) for b in batches]
+        self.kept: list[dict[str, np.ndarray]] = [dict(b) for b in batches]
+        self.budget = 1 << 30  # bytes the kept tensors of all batches may take
 
-    def kept_bytes(self) -> int:
-        return sum(v.nbytes for b in self.kept if b for v in b.values())
-
-    def _session(self, stop: int, outputs: tuple[str, ...]) -> tuple[Any, list[str]]:
+    def segment(self, stop: int, outputs: tuple[str, ...]) -> tuple[Any, list[str]]:
+        """(an onnxruntime session over the nodes start..stop-1 returning `outputs`, the inputs it must be fed)."""
         from onnx import helper
 
         nodes = self.nodes[self.start : stop]
@@ -309,7 +308,7 @@ class _Segments:
         inputs: list[str] = []
         inits: list[Any] = []
         for n in nodes:
-            for name in _node_inputs(n):
+            for name in n.input:
                 if not name or name in produced or name in inputs:
                     continue
                 if name in self.inits:
@@ -329,8 +328,6 @@ class _Segments:
         """A pass over the batches that computes tensor `want` as the nodes before `stop` give it (`_Pass.batch`)."""
         return _Pass(self, stop, want)
 
-    budget: int = 1 << 30
-
 
 class _Pass:
     """One pass of `_Segments` up to a node, batch by batch. Whether the tensors nodes >= `stop` read are kept is
@@ -345,12 +342,11 @@ class _Pass:
         if stop > run.start:
             self.outputs = tuple(sorted({o for n in run.nodes[run.start : stop] for o in n.output
                                          if o and run.last_use.get(o, -1) >= stop} | {want}))
-            self.session, self.inputs = run._session(stop, self.outputs)
+            self.session, self.inputs = run.segment(stop, self.outputs)
 
     def batch(self, b: int) -> np.ndarray:
         run, stop = self.run, self.stop
         values = run.kept[b]
-        assert values is not None
         if self.session is None:
             return values[self.want]
         try:
@@ -370,11 +366,6 @@ class _Pass:
     def finish(self) -> None:
         if self.keep:
             self.run.start = self.stop
-
-
-def _node_inputs(node: Any) -> list[str]:
-    """A node's inputs and the outer-scope names its subgraphs read (none here: subgraph models are refused)."""
-    return list(node.input)
 
 
 # ---------------------------------------------------------------------------------------------- report
@@ -557,7 +548,7 @@ def round_weights(
     method: str = "gptq",
     damp: float = 0.01,
     max_activation_mb: float = 1024,
-    max_positions: int = 1 << 15,
+    max_positions: int = 1 << 14,
     threads: int | None = None,
     progress: Callable[[int], None] | None = None,
     total: Callable[[int], None] | None = None,
@@ -585,6 +576,7 @@ def round_weights(
     reference = onnx.ModelProto()
     reference.CopyFrom(source)
     layers, skipped = roundable_layers(reference)
+    labels = {layer.weight: layer.label for layer in layers}  # as the input model names them
     if any(n.op_type in _SUBGRAPH_OPS for n in reference.graph.node) and batches is not None:
         raise ModelError("weight rounding runs the model in segments and cannot cut models with If/Loop/Scan "
                          "subgraphs. Hint: --method nearest needs no data and writes TensorRT's own rounding")
@@ -652,7 +644,7 @@ def round_weights(
             first_changed = layer.index if first_changed is None else min(first_changed, layer.index)
         moved = np.abs(codes - near)
         results.append(LayerRounding(
-            node=layer.label, op=layer.op, weight=layer.weight, channels=int(rows.shape[0] * rows.shape[1]),
+            node=labels[layer.weight], op=layer.op, weight=layer.weight, channels=int(rows.shape[0] * rows.shape[1]),
             inputs=int(rows.shape[2]), groups=layer.groups, codes=int(codes.size),
             codes_moved=int(np.count_nonzero(moved)), max_move=int(moved.max()) if moved.size else 0,
             seconds=time.perf_counter() - t0, notes=notes, **stats))

@@ -179,7 +179,7 @@ class Scorer:
         if metric not in BUILTIN_METRICS:
             load_metric(metric)  # fail here, once, with the script's own error
         self.reference = _Reference([dict(b) for b in batches], outputs, names, kinds, metric, padded,
-                                    self.executor.threads_per_worker if executor is not None else threads)
+                                    threads if threads is not None else self.executor.threads_per_worker)
         self.metric = metric
         self.higher_is_better: bool | None = BUILTIN_METRICS[metric][1] if metric in BUILTIN_METRICS else None
         self.runs = 0
