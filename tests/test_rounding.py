@@ -443,3 +443,25 @@ def test_round_weights_command_refuses_bad_use_before_reading_data(tmp_path, cap
     assert main(["round-weights", str(src), "--data", str(script), "-o", str(tmp_path / "r.onnx"),
                  "--damp", "nan"]) == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d.py", "m.onnx"]
+
+
+def test_models_with_subgraphs_are_refused_with_a_reason_unless_no_data_is_needed():
+    from trt_calib.errors import ModelError
+
+    rng = np.random.default_rng(0)
+    then = helper.make_graph([helper.make_node("Identity", ["c"], ["t"])], "then", [], [_vi("t", None)])
+    other = helper.make_graph([helper.make_node("Neg", ["c"], ["e"])], "else", [], [_vi("e", None)])
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], name="conv"),
+        helper.make_node("If", ["flag"], ["y"], name="branch", then_branch=then, else_branch=other),
+    ]
+    model = helper.make_model(helper.make_graph(
+        nodes, "t", [_vi("x", ["N", 2, 4, 4]), helper.make_tensor_value_info("flag", TensorProto.BOOL, [])],
+        [_vi("y", None)], [_init("w", rng.normal(size=(3, 2, 1, 1)))]), opset_imports=[helper.make_opsetid("", 13)])
+    batches = [{"x": rng.normal(size=(2, 2, 4, 4)).astype(np.float32), "flag": np.array(True)}]
+    with pytest.raises(ModelError, match="If/Loop/Scan"):
+        round_weights(model, batches)
+    nearest, report = round_weights(model, None, method="nearest")
+    q, s, moved = _tensorrt_codes(_weights(nearest)["w"], 0)
+    assert [r.node for r in report.layers] == ["conv"]
+    assert np.array_equal((q * s[:, None]).astype(np.float32), moved)

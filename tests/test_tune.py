@@ -178,3 +178,17 @@ def test_tune_never_writes_over_an_input_in_its_folder(tmp_path, capsys):
     assert main(["tune", str(model), "--data", str(LENET_BATCHES), "-o", str(folder)]) == 2
     assert "is the input MODEL" in capsys.readouterr().err
     assert model.read_bytes() == LENET.read_bytes() and sorted(p.name for p in folder.iterdir()) == [model.name]
+
+
+def test_scores_are_the_same_on_the_local_executor():
+    from trt_calib.ort.executor import LocalExecutor
+    from trt_calib.qdq import quantize_model
+    from trt_calib.ort.collect import calibrate
+
+    calib, held = _lenet_batches()
+    model = onnx.load(LENET)
+    models = [quantize_model(model, calibrate(model, calib, algorithm=a))[0] for a in ("minmax", "mse")]
+    serial = Scorer(model, held).score(models)
+    with LocalExecutor(workers=2) as executor:
+        local = Scorer(model, held, executor=executor).score(models)
+    assert local == serial and serial[0] != serial[1]
