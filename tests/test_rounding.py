@@ -465,3 +465,35 @@ def test_models_with_subgraphs_are_refused_with_a_reason_unless_no_data_is_neede
     q, s, moved = _tensorrt_codes(_weights(nearest)["w"], 0)
     assert [r.node for r in report.layers] == ["conv"]
     assert np.array_equal((q * s[:, None]).astype(np.float32), moved)
+
+
+def test_fitting_for_the_activation_thresholds_beats_float_inputs_in_the_int8_model():
+    """With each layer's input int8 at the thresholds the Q/DQ model will use, the codes absorb that quantiser's
+    clipping: the int8 model's output is closer to float than with codes fitted on float inputs."""
+    from trt_calib.ort.collect import calibrate
+
+    model = _conv_net(seed=6)
+    calib, held = _images(64, seed=8), _images(64, seed=9)
+    thresholds = calibrate(model, _batches(model, calib), algorithm="mse")
+    plain, _ = round_weights(model, _batches(model, calib))
+    aware, report = round_weights(model, _batches(model, calib), activations=thresholds.amax,
+                                  activations_note="mse")
+    assert report.activations == "mse" and "int8 at the mse thresholds" in aware.metadata_props[0].value
+    # the thresholds round-weights calibrates itself (layer inputs only) are calibrate()'s, bit for bit
+    from trt_calib.qdq.rounding import input_thresholds
+
+    own = input_thresholds(model, _batches(model, calib), algorithm="mse")
+    assert own == {t: thresholds.amax[t] for t in ("x", "r1", "r2", "f")}
+    assert [r.input_amax for r in report.layers] == [thresholds.amax[n] for n in ("x", "r1", "r2", "f")]
+    for r in report.layers:
+        assert r.error_rounded < r.error_nearest, r.node
+    (ref,) = _run(model, {"x": held})
+
+    def int8_error(m):
+        q, _ = quantize_model(m, calibrate(m, _batches(m, calib), algorithm="mse"))
+        (out,) = _run(q, {"x": held})
+        return np.mean((out - ref) ** 2)
+
+    assert int8_error(aware) < int8_error(plain)
+    q, s, moved = _tensorrt_codes(_weights(aware)["w2"], 0)
+    assert np.array_equal((q * s[:, None]).astype(np.float32), moved)

@@ -31,9 +31,10 @@ def _weights(model):
 
 @pytest.fixture(scope="module")
 def tuned(tmp_path_factory):
-    """One CLI run on LeNet with every step (no target): 2 calibration and 2 held-out batches of 50 images."""
+    """One CLI run on LeNet with every step (no target): 5 calibration and 5 held-out batches of 50 images. Rounding,
+    bias correction and two units in float are all kept on this data."""
     folder = tmp_path_factory.mktemp("tune") / "out"
-    code = main(["-q", "tune", str(LENET), "--data", str(LENET_BATCHES), "--max-batches", "4", "--max-keep", "2",
+    code = main(["-q", "tune", str(LENET), "--data", str(LENET_BATCHES), "--max-keep", "2",
                  "--rank-batches", "1", "-o", str(folder), "--json", "--no-progress"])
     return code, folder
 
@@ -43,7 +44,8 @@ def test_every_step_is_measured_and_kept_only_when_it_helps(tuned):
     assert code == 0
     doc = json.loads((folder / "tune.json").read_text())
     assert [s["name"] for s in doc["steps"]] == list(STEPS)
-    assert doc["metric"] == "kl" and doc["target"] is None and doc["evaluation"]["samples"] == 100
+    assert doc["metric"] == "kl" and doc["target"] is None and doc["evaluation"]["samples"] == 250
+    assert doc["chosen"]["weight_rounding"] and doc["chosen"]["bias_correction"] and len(doc["chosen"]["kept_in_float"]) == 2
     thresholds = doc["steps"][0]
     assert [c["name"].split(" (")[0] for c in thresholds["candidates"]] == [
         "minmax", "entropy2", "percentile", "mse", "per-tensor best"]
@@ -59,13 +61,17 @@ def test_every_step_is_measured_and_kept_only_when_it_helps(tuned):
     assert doc["final_error"] == previous
     assert doc["chosen"]["weight_rounding"] == doc["steps"][1]["kept"]
     assert doc["rounding"]["layers_rounded"] == 4 and doc["rounding"]["codes_not_recovered"] == 0
+    rounding = doc["steps"][1]["candidates"]  # 2 roundings x 5 threshold choices
+    assert len(rounding) == 10 and rounding[0]["name"].startswith("fitted for ")
+    assert rounding[5]["name"].startswith("fitted on float inputs")
+    assert doc["steps"][1]["error"] == min(c["error"] for c in rounding) or not doc["steps"][1]["kept"]
 
 
 def test_the_qdq_model_scores_what_tune_reported(tuned):
     """evaluate() on DIR/model.qdq.onnx with the same held-out batches gives tune's final error."""
     _, folder = tuned
     doc = json.loads((folder / "tune.json").read_text())
-    _, held = _lenet_batches()
+    _, held = _lenet_batches(10)
     report = evaluate(LENET, folder / "model.qdq.onnx", held, worst=0)
     assert report.primary.mean_kl == pytest.approx(doc["final_error"], rel=1e-9)
     qdq = onnx.load(folder / "model.qdq.onnx")
@@ -94,8 +100,10 @@ def test_the_cache_and_the_float_model_go_together(tuned):
             if node.op_type not in ("Conv", "Gemm", "MatMul"):
                 continue
             w = new[node.input[1]]
-            if node.name in kept:  # a unit kept in float runs its own float weights, not the rounded ones
-                assert w.tobytes() == original[node.input[1]].tobytes()
+            if node.name in kept:  # a unit kept in float runs its own float weights and bias, not rounded/corrected
+                source = next(n for n in onnx.load(LENET).graph.node if n.name == node.name)
+                assert list(node.input) == list(source.input)
+                assert all(new[i].tobytes() == original[i].tobytes() for i in node.input[1:])
                 continue
             axis = 0 if node.op_type == "Conv" or any(a.name == "transB" and a.i for a in node.attribute) else 1
             moved = np.moveaxis(w, axis, 0).reshape(w.shape[axis], -1)

@@ -5,7 +5,10 @@ For each one it accumulates the second moments of the layer's input on the calib
 every earlier layer already rounded produces it, against the float model's own input to that layer
 (`core.rounding.LayerMoments`); fits the weights to the float model's output at that layer
 (`reference_target`: this corrects the earlier layers' systematic weight error too) and rounds them GPTQ-style on
-TensorRT's per-channel scale s = max|W| / 127 (`gptq_codes`), or to nearest. The layer's weight is then replaced by
+TensorRT's per-channel scale s = max|W| / 127 (`gptq_codes`), or to nearest. Given the activation thresholds the
+model will be deployed with, the layer's own input is int8-quantised at its threshold on the fitted side, so the
+codes also absorb the systematic part of that quantiser's error (its clipping); upstream activations stay float
+(quantising them all made the fit chase sample-specific noise in the prototype). The layer's weight is then replaced by
 s * q, each channel's largest element at +-127 s, so that TensorRT's implicit INT8 (8.6-10.x, calibrate and build the
 rounded model) and `quantize` (Q/DQ for 11.x, or ModelOpt) take back exactly these codes.
 
@@ -23,7 +26,7 @@ import math
 import resource
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -42,6 +45,7 @@ from ..core.rounding import (
 )
 from ..errors import DataError, ModelError
 from ..ort.data import iter_batches
+from ..ort.evaluate import fake_quantize
 from ..ort.model import load_model, model_inputs, ort_session, tensor_info
 from .graph import constant_attr, node_attr, node_label
 
@@ -53,6 +57,7 @@ __all__ = [
     "RoundingReport",
     "roundable_layers",
     "round_weights",
+    "input_thresholds",
     "weight_codes",
 ]
 
@@ -141,12 +146,20 @@ class RoundableLayer:
             for a in range(0, flat.shape[0], chunk):
                 yield np.ascontiguousarray(flat[a : a + chunk].T, dtype=np.float32)[None]
             return
-        if step > 1:
+        if step > 1:  # a few positions per sample: gather them over samples into matrices of a useful size
             nd = len(self.shape) - 2
+            parts: list[np.ndarray] = []
+            size = 0
             for j in range(x.shape[0]):
                 index = first + j
                 offsets = [(index // step**d) % step for d in range(nd)]
-                yield self._conv_patches(x[j : j + 1], step=step, offsets=offsets)
+                parts.append(self._conv_patches(x[j : j + 1], step=step, offsets=offsets))
+                size += parts[-1].nbytes
+                if size >= _PATCH_BYTES:
+                    yield np.concatenate(parts, axis=-1)
+                    parts, size = [], 0
+            if parts:
+                yield np.concatenate(parts, axis=-1)
             return
         per_sample = max(1, int(np.prod(x.shape[1:])) * int(np.prod(self.shape[2:])) * 4)
         chunk = max(1, _PATCH_BYTES // per_sample)
@@ -390,6 +403,7 @@ class LayerRounding:
     error_nearest: float | None
     error_rounded: float | None
     live_inputs: int | None = None  # inputs (per group, the fewest) ever non-zero on the data
+    input_amax: float | None = None  # the threshold its input was int8-quantised at for the fit (None: float)
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
 
@@ -417,6 +431,7 @@ class LayerRounding:
             "relative_error_nearest": _num(self.relative_nearest),
             "relative_error_rounded": _num(self.relative_rounded),
             "live_inputs": self.live_inputs, "underdetermined": self.underdetermined,
+            "input_amax": _num(self.input_amax),
             "seconds": round(self.seconds, 3), "notes": list(self.notes),
         }
 
@@ -448,6 +463,7 @@ class RoundingReport:
     samples: int
     batches: int
     damp: float
+    activations: str = "float"  # what the layer inputs were for the fit: "float", or the thresholds' origin
     codes_checked: int = 0
     codes_not_recovered: int = 0
     seconds: float = 0.0
@@ -465,6 +481,7 @@ class RoundingReport:
         measured = [r for r in self.layers if r.error_nearest is not None]
         return {
             "method": self.method,
+            "activations": self.activations,
             "damp": self.damp,
             "samples": self.samples,
             "batches": self.batches,
@@ -495,7 +512,8 @@ class RoundingReport:
                 + "; ".join(r.notes))
         lines.append("")
         lines.append("errors: mean square of the layer's output against the float model's output at that layer, "
-                     "relative to its power; inherited: float weights on the inputs the rounded layers before give")
+                     "relative to its power; inherited: float weights on the inputs the rounded layers before give"
+                     + ("" if self.activations == "float" else f", int8-quantised at the {self.activations} thresholds"))
         for label, why in self.skipped.items():
             lines.append(f"not rounded: {label}: {why}")
         moved = self.codes_moved
@@ -525,6 +543,28 @@ def weight_codes(model: Any, layers: Sequence[RoundableLayer]) -> dict[str, np.n
     return out
 
 
+def input_thresholds(model: Any, batches: Iterable[Any], *, algorithm: str = "mse", trt_version: str | None = None,
+                     percentile: float = 99.99, threads: int | None = None,
+                     progress: Callable[[int], None] | None = None) -> dict[str, float]:
+    """amax of every roundable layer's input by `algorithm`, as `ort.collect.calibrate` gives them (TensorRT's pool
+    ties included), from histograms of those tensors only: what `round_weights(activations=...)` takes."""
+    from ..core.cache import DEFAULT_TRT_VERSION
+    from ..core.result import amax_from_histograms
+    from ..ort.collect import collect_histograms, tie_scales
+
+    model = load_model(model)
+    layers, _ = roundable_layers(model)
+    names = {layer.node.input[0] for layer in layers}
+    pools = {n.output[0]: n.input[0] for n in model.graph.node
+             if n.op_type in ("MaxPool", "AveragePool") and n.input and n.output}
+    names |= {pools[t] for t in names if t in pools}  # a pool output takes its input's scale
+    histograms, _ = collect_histograms(model, batches, tensors=sorted(names), threads=threads, progress=progress)
+    options = {"percentile": percentile} if algorithm == "percentile" else {}
+    raw, _ = amax_from_histograms(histograms, algorithm, **options)
+    tied, _ = tie_scales(model, raw, trt_version=trt_version or DEFAULT_TRT_VERSION)
+    return tied
+
+
 def _constants_to_initializers(model: Any, names: set[str]) -> None:
     """Constant nodes that produce a rounded weight become initializers of the same name (same values)."""
     graph = model.graph
@@ -549,6 +589,8 @@ def round_weights(
     damp: float = 0.01,
     max_activation_mb: float = 1024,
     max_positions: int = 1 << 14,
+    activations: Mapping[str, float] | None = None,
+    activations_note: str = "given",
     threads: int | None = None,
     progress: Callable[[int], None] | None = None,
     total: Callable[[int], None] | None = None,
@@ -560,6 +602,10 @@ def round_weights(
     diagonal of each layer's H. `max_activation_mb`: the tensors kept between segments, both models together.
     `max_positions`: the output positions per layer the moments are taken over (subsampled beyond; each one costs
     K^2 multiply-adds per group, and a 112x112 map over 128 samples has 1.6 million).
+    `activations`: amax per activation tensor (as a calibration gives them): each layer's input is then taken
+    int8-quantised at its threshold on the side being fitted, so the codes also absorb the systematic part of that
+    quantiser's error (its clipping), for the thresholds the model will be deployed with; None fits float inputs.
+    `activations_note` names where those thresholds come from (the report and the model's metadata say it).
     `progress(1)` after each layer; `total(n)` once with the number of layers.
     """
     import onnx
@@ -613,12 +659,14 @@ def round_weights(
         near = nearest_codes(rows, scales)
         notes: list[str] = []
         moments = None
+        stats: dict[str, Any] = dict(positions=0, reference_power=None, error_inherited=None, error_nearest=None,
+                                     error_rounded=None, live_inputs=None, input_amax=None)
         if ref_run is not None and work_run is not None:
             same = first_changed is None or first_changed >= layer.index
             ref_run.budget = work_run.budget = budget // (1 if same else 2)
-            moments = _layer_moments(layer, rows, ref_run, work_run, same, samples, max_positions)
-        stats: dict[str, Any] = dict(positions=0, reference_power=None, error_inherited=None, error_nearest=None,
-                                     error_rounded=None, live_inputs=None)
+            amax = None if activations is None else activations.get(layer.node.input[0])
+            moments = _layer_moments(layer, rows, ref_run, work_run, same, samples, max_positions, amax)
+            stats["input_amax"] = amax if moments.with_reference and amax is not None and amax > 0 else None
         codes = near
         if moments is not None:
             h, c, power = moments.means()
@@ -662,8 +710,9 @@ def round_weights(
     if missed:
         raise ModelError(f"internal check failed: TensorRT's per-channel weight rule gives back other codes for "
                          f"{missed} of {checked} weights")
-    _mark(output, method, len(layers), samples)
-    report = RoundingReport(method=method, layers=results, skipped=skipped, samples=samples,
+    fitted = "float" if activations is None else activations_note
+    _mark(output, method, len(layers), samples, fitted)
+    report = RoundingReport(method=method, layers=results, skipped=skipped, samples=samples, activations=fitted,
                             batches=samples_batches, damp=damp, codes_checked=checked, codes_not_recovered=missed,
                             seconds=time.perf_counter() - started, peak_rss_mb=_peak_rss_mb())
     for r in report.underdetermined:
@@ -687,12 +736,14 @@ def _write_weights(model: Any, tensors: dict[str, Any]) -> None:
 
 
 def _layer_moments(layer: RoundableLayer, rows: np.ndarray, ref_run: _Segments, work_run: _Segments, same: bool,
-                   samples: int, max_positions: int) -> LayerMoments:
-    """The layer's input moments over the calibration batches: from the model being rounded, against the float
-    model's own input to the layer (unless no layer before it has changed: then the two are the same). Layers
-    with more than `max_positions` output positions over all samples use every step-th position per spatial dim."""
+                   samples: int, max_positions: int, amax: float | None = None) -> LayerMoments:
+    """The layer's input moments over the calibration batches: from the model being rounded (int8-quantised at
+    `amax` when given), against the float model's own input to the layer (unless no layer before it has changed
+    and no quantiser is applied: then the two are the same). Layers with more than `max_positions` output
+    positions over all samples use every step-th position per spatial dim."""
     want = layer.node.input[0]
-    moments = LayerMoments(rows, with_reference=not same)
+    quantised = amax is not None and math.isfinite(amax) and amax > 0
+    moments = LayerMoments(rows, with_reference=not same or quantised)
     ref_pass = ref_run.run_to(layer.index, want)
     work_pass = None if same else work_run.run_to(layer.index, want)
     step, first = 1, 0
@@ -702,11 +753,13 @@ def _layer_moments(layer: RoundableLayer, rows: np.ndarray, ref_run: _Segments, 
             per_sample, nd = layer.positions(xf.shape)
             factor = per_sample * samples / max(1, max_positions)
             step = max(1, math.ceil(factor ** (1 / nd) if nd else factor))
-        if work_pass is None:
+        xq = xf if work_pass is None else np.asarray(work_pass.batch(b), np.float32)
+        if quantised:
+            xq = fake_quantize(xq, float(amax))
+        if not moments.with_reference:
             for p in layer.patches(xf, step=step, first=first):
                 moments.add(p)
         else:
-            xq = np.asarray(work_pass.batch(b), np.float32)
             for pq, pf in zip(layer.patches(xq, step=step, first=first), layer.patches(xf, step=step, first=first)):
                 moments.add(pq, pf)
         first += xf.shape[0] if xf.ndim else 1
@@ -720,8 +773,10 @@ def _layer_moments(layer: RoundableLayer, rows: np.ndarray, ref_run: _Segments, 
     return moments
 
 
-def _mark(model: Any, method: str, layers: int, samples: int) -> None:
-    value = (f"{layers} weights are s * q per output channel ({method} codes on {samples} calibration samples); "
+def _mark(model: Any, method: str, layers: int, samples: int, activations: str) -> None:
+    inputs = "float layer inputs" if activations == "float" else f"layer inputs int8 at the {activations} thresholds"
+    value = (f"{layers} weights are s * q per output channel ({method} codes on {samples} calibration samples, "
+             f"{inputs}); "
              "TensorRT's per-channel max/127 rule and `trt-calib quantize` take back exactly these codes")
     for prop in model.metadata_props:
         if prop.key == ROUNDED_METADATA_KEY:

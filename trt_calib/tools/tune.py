@@ -2,8 +2,9 @@
 
 1. thresholds: every threshold rule (minmax, TensorRT's entropy2, percentile 99.99, mse) and the best rule per
    tensor (each Q/DQ tensor's own measured SQNR on the calibration data), each scored on the held-out data;
-2. weight rounding: `qdq.rounding.round_weights` (GPTQ-style codes fitted to the float model's layer outputs), with
-   the threshold choice of step 1 made again on the rounded model; kept when it scores better;
+2. weight rounding: `qdq.rounding.round_weights` (GPTQ-style codes fitted to the float model's layer outputs), once
+   with each layer's input int8 at the thresholds of step 1 and once on float inputs, the threshold choice of step 1
+   made again on each rounded model; the better one, kept when it scores better than no rounding;
 3. bias correction: each layer's per-channel mean output error, measured against the ORIGINAL float model (not the
    rounded one, which would hide the weight error), folded into the biases; kept only when it scores better;
 4. keep in float: `qdq.sensitivity` ranks the units on a few held-out batches, then the top k are kept in float
@@ -421,8 +422,8 @@ def _drop_unused_initializers(graph: Any) -> None:
 
 
 def _restored(current: Any, original: Any, nodes: Sequence[str]) -> Any:
-    """`current` with the named nodes' weights and biases as they are in `original` (units kept in float run with
-    their own float weights, not the rounded ones)."""
+    """`current` with the named nodes' weight and bias inputs as they are in `original` (units kept in float run
+    with their own float weights and biases, not the rounded or corrected ones). Nodes are matched by output."""
     import onnx
 
     from ..qdq.graph import node_indices
@@ -436,27 +437,27 @@ def _restored(current: Any, original: Any, nodes: Sequence[str]) -> Any:
     original_inits = {t.name: t for t in original.graph.initializer}
     inits = {t.name: t for t in out.graph.initializer}
     for name in nodes:
-        if name not in index:
-            continue
-        node = out.graph.node[index[name]]
-        source = by_output.get(node.output[0]) if node.output else None
+        node = out.graph.node[index[name]] if name in index else None
+        source = by_output.get(node.output[0]) if node is not None and node.output else None
         if source is None:
             continue
         for j in (1, 2):
-            if j < len(source.input) and source.input[j] in original_inits:
-                tensor = original_inits[source.input[j]]
-                if j < len(node.input) and node.input[j] in inits and node.input[j] == source.input[j]:
-                    inits[node.input[j]].CopyFrom(tensor)
-                elif source.input[j] not in inits:
-                    out.graph.initializer.append(tensor)
-                    inits[tensor.name] = out.graph.initializer[-1]
-                    while len(node.input) <= j:
-                        node.input.append("")
-                    node.input[j] = tensor.name
-                else:
-                    while len(node.input) <= j:
-                        node.input.append("")
-                    node.input[j] = source.input[j]
+            want = source.input[j] if j < len(source.input) else ""
+            have = node.input[j] if j < len(node.input) else ""
+            if not want:  # the original has no bias: drop one bias correction added
+                if have:
+                    del node.input[j:]
+                continue
+            if want not in original_inits:
+                continue
+            if want in inits:
+                inits[want].CopyFrom(original_inits[want])
+            else:
+                out.graph.initializer.append(original_inits[want])
+                inits[want] = out.graph.initializer[-1]
+            while len(node.input) <= j:
+                node.input.append("")
+            node.input[j] = want
     _drop_unused_initializers(out.graph)
     return out
 
@@ -525,15 +526,25 @@ def tune(
     rounded = bias_corrected = False
     rounding_report = None
 
-    # 2. weight rounding
+    # 2. weight rounding: codes fitted for the thresholds of step 1 (each layer's input int8 at them), and on float
+    # inputs; the thresholds chosen again on each rounded model; the better of the two, if better than none
     if "weight rounding" in steps and not done(error):
         t0 = time.perf_counter()
-        say("weight rounding: GPTQ-style codes on the calibration data")
-        candidate, rounding_report = round_weights(original, calib, threads=threads, **dict(round_options or {}))
-        rows, best, r_error = _best_thresholds(candidate, calib, scorer, trt_version, threads, progress)
+        rows = []
+        best_round = None
+        for label, activations in ((f"fitted for {thresholds}", amax), ("fitted on float inputs", None)):
+            say(f"weight rounding: GPTQ-style codes on the calibration data, {label}")
+            candidate, report = round_weights(original, calib, threads=threads, activations=activations,
+                                              activations_note=thresholds, **dict(round_options or {}))
+            cand_rows, best, r_error = _best_thresholds(candidate, calib, scorer, trt_version, threads, progress)
+            rows += [{**row, "name": f"{label}; thresholds {row['name']}"} for row in cand_rows]
+            if best_round is None or scorer.key(r_error) < scorer.key(best_round[3]):
+                best_round = (candidate, report, best, r_error, label)
+        candidate, report, best, r_error, label = best_round
+        rounding_report = report
         better = scorer.key(r_error) < scorer.key(error)
-        note = (f"{rounding_report.codes_moved} of {sum(r.codes for r in rounding_report.layers)} codes moved; "
-                f"thresholds again on the rounded model, best: {best[0]}")
+        note = (f"{label}: {report.codes_moved} of {sum(r.codes for r in report.layers)} codes moved; thresholds "
+                f"again on the rounded model, best: {best[0]}")
         if better:
             current, (thresholds, amax, algorithm), error, rounded = candidate, best, r_error, True
         else:
