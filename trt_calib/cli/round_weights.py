@@ -46,9 +46,8 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         description="Replace every weight of a Conv, ConvTranspose, Gemm or MatMul (constant, float32) by s * q: "
         "s = max|w| / 127 per output channel, TensorRT's own weight scale, and q the int8 codes chosen layer after "
         "layer in graph order to reproduce the float model's output at that layer from the inputs the already "
-        "rounded layers give, int8-quantised at the activation thresholds it will be deployed with (--activations; "
-        "GPTQ-style: one input column at a time, its error pushed onto the others), instead of rounding each weight "
-        "to nearest. Each channel's largest weight stays at +-127 s, so TensorRT's "
+        "rounded layers give (GPTQ-style: one input column at a time, its error pushed onto the others), instead of "
+        "rounding each weight to nearest. Each channel's largest weight stays at +-127 s, so TensorRT's "
         "per-channel rule in implicit INT8 (calibrate and build ROUNDED.onnx, 8.6-10.x) and `trt-calib quantize` "
         "(TensorRT 11) take back exactly these codes. Biases are not changed. Prints per layer the codes moved "
         "and the layer's output error with nearest and with the chosen codes.",
@@ -59,12 +58,11 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--method", choices=METHODS, default="gptq",
                    help="gptq (default): codes fitted on --data; nearest: TensorRT's own rounding written out "
                    "(no data needed; with --data the layer errors are measured too)")
-    p.add_argument("--activations", choices=("none", *ALGORITHM_HEADERS), default="mse",
-                   help="the activation thresholds the model will be quantised with (calibrated on --data first): "
-                   "each layer's input is int8 at its threshold while its codes are fitted, so they absorb that "
-                   "quantiser's clipping. mse (default) for `quantize --algorithm mse` or a cache of mse "
-                   "thresholds; none fits float inputs. Measured on EfficientNet-Lite0: mse helps, entropy2 "
-                   "(heavy clipping) hurts (docs/accuracy.md)")
+    p.add_argument("--activations", choices=("none", *ALGORITHM_HEADERS), default="none",
+                   help="fit each layer's codes with its input int8 at these thresholds (calibrated on --data "
+                   "first: the rule the model will be quantised with), so they absorb that quantiser's clipping; "
+                   "none (default) fits float inputs. On EfficientNet-Lite0 mse measured no better than none and "
+                   "entropy2 worse (docs/accuracy.md)")
     p.add_argument("--percentile", type=percentile_arg, default=99.99,
                    help="for --activations percentile, in (0, 100] (default 99.99)")
     p.add_argument("--trt-version", type=trt_version_arg, default=DEFAULT_TRT_VERSION,

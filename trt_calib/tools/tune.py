@@ -2,9 +2,8 @@
 
 1. thresholds: every threshold rule (minmax, TensorRT's entropy2, percentile 99.99, mse) and the best rule per
    tensor (each Q/DQ tensor's own measured SQNR on the calibration data), each scored on the held-out data;
-2. weight rounding: `qdq.rounding.round_weights` (GPTQ-style codes fitted to the float model's layer outputs), once
-   with each layer's input int8 at the thresholds of step 1 and once on float inputs, the threshold choice of step 1
-   made again on each rounded model; the better one, kept when it scores better than no rounding;
+2. weight rounding: `qdq.rounding.round_weights` (GPTQ-style codes fitted to the float model's layer outputs), with
+   the threshold choice of step 1 made again on the rounded model; kept when it scores better;
 3. bias correction: each layer's per-channel mean output error, measured against the ORIGINAL float model (not the
    rounded one, which would hide the weight error), folded into the biases; kept only when it scores better;
 4. keep in float: `qdq.sensitivity` ranks the units on a few held-out batches, then the top k are kept in float
@@ -526,25 +525,15 @@ def tune(
     rounded = bias_corrected = False
     rounding_report = None
 
-    # 2. weight rounding: codes fitted for the thresholds of step 1 (each layer's input int8 at them), and on float
-    # inputs; the thresholds chosen again on each rounded model; the better of the two, if better than none
+    # 2. weight rounding, the thresholds chosen again on the rounded model
     if "weight rounding" in steps and not done(error):
         t0 = time.perf_counter()
-        rows = []
-        best_round = None
-        for label, activations in ((f"fitted for {thresholds}", amax), ("fitted on float inputs", None)):
-            say(f"weight rounding: GPTQ-style codes on the calibration data, {label}")
-            candidate, report = round_weights(original, calib, threads=threads, activations=activations,
-                                              activations_note=thresholds, **dict(round_options or {}))
-            cand_rows, best, r_error = _best_thresholds(candidate, calib, scorer, trt_version, threads, progress)
-            rows += [{**row, "name": f"{label}; thresholds {row['name']}"} for row in cand_rows]
-            if best_round is None or scorer.key(r_error) < scorer.key(best_round[3]):
-                best_round = (candidate, report, best, r_error, label)
-        candidate, report, best, r_error, label = best_round
-        rounding_report = report
+        say("weight rounding: GPTQ-style codes on the calibration data")
+        candidate, rounding_report = round_weights(original, calib, threads=threads, **dict(round_options or {}))
+        rows, best, r_error = _best_thresholds(candidate, calib, scorer, trt_version, threads, progress)
         better = scorer.key(r_error) < scorer.key(error)
-        note = (f"{label}: {report.codes_moved} of {sum(r.codes for r in report.layers)} codes moved; thresholds "
-                f"again on the rounded model, best: {best[0]}")
+        note = (f"{rounding_report.codes_moved} of {sum(r.codes for r in rounding_report.layers)} codes moved; "
+                f"thresholds again on the rounded model, best: {best[0]}")
         if better:
             current, (thresholds, amax, algorithm), error, rounded = candidate, best, r_error, True
         else:
