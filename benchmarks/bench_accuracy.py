@@ -298,19 +298,17 @@ def run_suite(
 
 
 def round_in_subprocess(model_path: Path, calib_args: list[str], out: Path) -> tuple[float, float, dict[str, Any]]:
-    """`trt-calib round-weights` in a child process: (wall seconds, the child's peak RSS in MB, its JSON report)."""
-    import resource
-
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    """`trt-calib round-weights` in a child process: (wall seconds, the child's peak RSS in MB as it reports it from
+    /proc/self/status VmHWM, its JSON report). Not the parent's RUSAGE_CHILDREN: a child forked from this large
+    process counts the parent's pages until it execs."""
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "trt_calib", "-q", "round-weights", str(model_path), *calib_args,
                            "-o", str(out), "--json"], capture_output=True, text=True)
     seconds = time.perf_counter() - t0
     if proc.returncode != 0:
         raise RuntimeError(f"round-weights failed: {proc.stderr.strip()}")
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    # ru_maxrss of the children is the largest child so far: exact when this child is the largest
-    return seconds, (peak if peak > before else float("nan")) / 1024, json.loads(proc.stdout)
+    report = json.loads(proc.stdout)
+    return seconds, float(report["peak_rss_mb"]), report
 
 
 def rounding_rows(name: str, model_path: Path, model: Any, calib: Callable[[], Any], heldout: Callable[[], Any],

@@ -525,6 +525,15 @@ class RoundingReport:
 
 
 def _peak_rss_mb() -> float:
+    """This process's peak resident memory: VmHWM where Linux gives it (it starts afresh at exec, unlike ru_maxrss,
+    which keeps the pages a child shared with its parent before exec), else ru_maxrss."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except (OSError, ValueError, IndexError):
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
