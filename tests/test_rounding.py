@@ -246,7 +246,7 @@ def test_layer_rows_times_patches_is_what_onnxruntime_computes(op, w_shape, attr
     else:
         want = y.reshape(-1, y.shape[-1]).T[None]
     np.testing.assert_allclose(out, want, rtol=1e-4, atol=1e-4)
-    per_sample, _ = layer.positions(x.shape)
+    per_sample = layer.rows_per_sample(x.shape)
     assert per_sample * (x.shape[0] if op != "Gemm" or not attrs.get("transA") else x.shape[1]) == out.shape[-1]
 
 
@@ -257,11 +257,28 @@ def test_subsampled_positions_cover_the_map_across_samples():
     image = np.random.default_rng(0).normal(size=(1, 2, 8, 8)).astype(np.float32)
     x = np.repeat(image, 4, axis=0)  # the same image 4 times: a position's patch is the same in every sample
     full = np.concatenate(list(layer.patches(x)), axis=-1)[0]
-    some = np.concatenate(list(layer.patches(x, step=2)), axis=-1)[0]
+    some = np.concatenate(list(layer.patches(x, steps=(2, 2))), axis=-1)[0]
     assert some.shape[-1] == full.shape[-1] // 4
     # 4 samples at step 2 take the 4 offsets in turn: together they use every position of the map once
     assert {tuple(c) for c in some.T} == {tuple(c) for c in full.T}
     assert len({tuple(c) for c in some.T}) == some.shape[-1]
+
+
+def test_subsampling_steps_never_exceed_the_map():
+    """YOLOv8's DFL convolution sees a 4 x 2100 map: steps of 6 x 6 would leave samples with no position at all."""
+    from trt_calib.qdq.rounding import subsample_steps
+
+    assert subsample_steps((4, 2100), 64, 16384) == (4, 9)
+    assert subsample_steps((112, 112), 128, 16384) == (10, 10)
+    assert subsample_steps((7, 7), 128, 16384) == (1, 1)
+    node = helper.make_node("Conv", ["x", "w"], ["y"], name="dfl")
+    model = _model([node], [_vi("x", [None, 16, 4, 60])], [_vi("y", None)], [_init("w", np.ones((1, 16, 1, 1)))])
+    layer = roundable_layers(model)[0][0]
+    steps = subsample_steps(layer.positions((8, 16, 4, 60)), 8, 120)
+    assert steps == (4, 4)
+    x = np.random.default_rng(0).normal(size=(8, 16, 4, 60)).astype(np.float32)
+    got = np.concatenate(list(layer.patches(x, steps=steps)), axis=-1)
+    assert got.shape == (1, 16, 8 * 15)  # each sample keeps 1 x 15 of its 4 x 60 positions
 
 
 # ---------------------------------------------------------------------------------------------- round_weights
@@ -338,6 +355,10 @@ def test_nearest_method_writes_tensorrts_own_rounding_without_data():
             q2, s2, moved = _tensorrt_codes(_weights(nearest)[name], 0)
             assert np.array_equal(q, q2) and np.array_equal((q * s[:, None]).astype(np.float32), moved)
     assert report.codes_moved == 0 and all(r.error_nearest is None for r in report.layers)
+    # with data it measures: the layers after the first see the inputs its nearest weights give, not float ones
+    _, measured = round_weights(model, _batches(model, _images(16)), method="nearest")
+    assert measured.codes_moved == 0 and measured.layers[0].error_inherited == pytest.approx(0.0, abs=1e-12)
+    assert all(r.error_inherited > 0 and r.error_rounded == r.error_nearest for r in measured.layers[1:])
 
 
 def test_a_tiny_activation_budget_recomputes_and_gives_the_same_codes():
@@ -497,3 +518,32 @@ def test_fitting_for_the_activation_thresholds_beats_float_inputs_in_the_int8_mo
     assert int8_error(aware) < int8_error(plain)
     q, s, moved = _tensorrt_codes(_weights(aware)["w2"], 0)
     assert np.array_equal((q * s[:, None]).astype(np.float32), moved)
+
+
+def test_a_layer_whose_int8_output_is_poor_anyway_keeps_its_float_weights(caplog):
+    """A channel whose largest weight is 10^4 times the others rounds them all to 0: no choice of codes fixes that
+    layer, and rounded weights would carry its error into the ranges calibration sees (PP-OCRv4 rec), so the layer
+    is left as it is, with a warning, and the others are rounded."""
+    rng = np.random.default_rng(0)
+    w1 = rng.normal(0, 0.01, (4, 6, 1, 1)).astype(np.float32)
+    w1[:, 0] = 100.0  # input channel 0 carries the huge weight, and is almost always zero below
+    w2 = rng.normal(0, 0.3, (5, 4, 1, 1)).astype(np.float32)
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["a"], name="bad"),
+             helper.make_node("Conv", ["a", "w2"], ["y"], name="good")]
+    model = _model(nodes, [_vi("x", ["N", 6, 4, 4])], [_vi("y", None)], [_init("w1", w1), _init("w2", w2)])
+    x = rng.normal(1.0, 0.5, (32, 6, 4, 4)).astype(np.float32)
+    x[:, 0] = 0.0
+    x[0, 0, 0, 0] = 1e-3
+    rounded, report = round_weights(model, [{"x": x}])
+    bad, good = report.layers
+    assert bad.kept_float and "kept float" in bad.notes[-1] and bad.relative_rounded > 0.01
+    assert not good.kept_float and good.error_rounded < good.error_nearest
+    new = _weights(rounded)
+    assert new["w1"].tobytes() == w1.tobytes()  # left as it was: quantize rounds it to nearest itself
+    q, s, moved = _tensorrt_codes(new["w2"], 0)
+    assert np.array_equal((q * s[:, None]).astype(np.float32), moved)
+    doc = report.to_json()
+    assert doc["kept_float"] == ["bad"] and doc["layers_rounded"] == 1 and doc["codes_checked"] == w2.size
+    assert "bad: kept float" in caplog.text
+    everything, report = round_weights(model, [{"x": x}], max_error=None)
+    assert not report.layers[0].kept_float and _weights(everything)["w1"].tobytes() != w1.tobytes()

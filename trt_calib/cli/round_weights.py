@@ -71,6 +71,11 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--damp", type=finite_float(0, 1), default=0.01,
                    help="ridge of each layer's fit, a share of the mean diagonal of its input's second moments: "
                    "pulls towards the original weights (default 0.01)")
+    p.add_argument("--max-error", type=finite_float(0, None, lo_open=True), default=0.01, metavar="RATIO",
+                   help="leave a layer's float weights (and say so) when its output error with the chosen codes is "
+                   "still above this share of its output power (default 0.01, i.e. below 20 dB): its INT8 is poor "
+                   "whatever the codes, and rounded weights would carry that into the activation ranges "
+                   "calibration sees")
     p.add_argument("--max-positions", type=positive_int, default=1 << 14, metavar="N",
                    help="output positions per layer the statistics are taken over, subsampled evenly beyond "
                    "(default 16384)")
@@ -111,7 +116,8 @@ def run_round_weights(args: argparse.Namespace) -> int:
     try:
         rounded, report = round_weights(
             model, source, method=args.method, damp=args.damp, max_activation_mb=args.max_activation_mb,
-            max_positions=args.max_positions, activations=activations, activations_note=note, threads=args.threads,
+            max_positions=args.max_positions, activations=activations, activations_note=note,
+            max_error=args.max_error, threads=args.threads,
             progress=bar.update if bar is not None else None,
             total=(lambda n: setattr(bar, "total", n)) if bar is not None else None,
         )

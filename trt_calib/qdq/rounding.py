@@ -58,6 +58,7 @@ __all__ = [
     "roundable_layers",
     "round_weights",
     "input_thresholds",
+    "subsample_steps",
     "weight_codes",
 ]
 
@@ -120,40 +121,50 @@ class RoundableLayer:
             return rows[0]
         return rows[0].T.copy()
 
-    def positions(self, shape: Sequence[int]) -> tuple[int, int]:
-        """(output positions per sample, spatial dims) for an input of `shape`; dims 0 for Gemm/MatMul (rows)."""
-        if self.op == "Gemm":
-            return 1, 0
-        if self.op == "MatMul":
-            return int(np.prod(shape[1:-1])) if len(shape) > 2 else 1, 0
+    def positions(self, shape: Sequence[int]) -> tuple[int, ...]:
+        """The output map one sample of an input of `shape` gives (spatial dims); () for Gemm and MatMul, whose
+        positions are rows (`rows_per_sample`)."""
+        if self.op in ("Gemm", "MatMul"):
+            return ()
         probe = self._conv_view(np.zeros((1, shape[1]) + tuple(shape[2:]), np.float32))
         nd = len(self.shape) - 2
-        return int(np.prod(probe.shape[2 : 2 + nd])), nd
+        return tuple(int(d) for d in probe.shape[2 : 2 + nd])
 
-    def patches(self, x: np.ndarray, *, step: int = 1, first: int = 0) -> Iterator[np.ndarray]:
+    def rows_per_sample(self, shape: Sequence[int]) -> int:
+        """Output positions per sample: the map's size, or the rows of a Gemm (1) or MatMul (all but the last dim)."""
+        if self.op == "Gemm":
+            return 1
+        if self.op == "MatMul":
+            return int(np.prod(shape[1:-1])) if len(shape) > 2 else 1
+        return int(np.prod(self.positions(shape)))
+
+    def patches(self, x: np.ndarray, *, steps: Sequence[int] = (), first: int = 0) -> Iterator[np.ndarray]:
         """The layer's input patches [G, K, n] (n output positions), in chunks of samples that keep one patch
-        matrix under a fixed size. `step` > 1 keeps every step-th output position along each spatial dim (every
-        step-th row for Gemm/MatMul), at an offset that moves with the sample index (`first` is the first sample's),
-        so that samples together still cover every position."""
+        matrix under a fixed size. `steps` (one per spatial dim; one for the rows of Gemm/MatMul) keep every step-th
+        output position, at offsets that move with the sample index (`first` is the first sample's), so that samples
+        together still cover every position."""
+        steps = tuple(steps)
         if self.op in ("Gemm", "MatMul"):
             k = self.shape[0] if self.op == "MatMul" or not node_attr(self.node, "transB", 0) else self.shape[1]
             if self.op == "Gemm" and node_attr(self.node, "transA", 0):
                 x = x.T
             flat = x.reshape(-1, k)
+            step = steps[0] if steps else 1
             if step > 1:
                 flat = flat[first % step :: step]
             chunk = max(1, _PATCH_BYTES // max(1, k * 4))
             for a in range(0, flat.shape[0], chunk):
                 yield np.ascontiguousarray(flat[a : a + chunk].T, dtype=np.float32)[None]
             return
-        if step > 1:  # a few positions per sample: gather them over samples into matrices of a useful size
-            nd = len(self.shape) - 2
+        if any(s > 1 for s in steps):  # a few positions per sample: gather them over samples into useful matrices
             parts: list[np.ndarray] = []
             size = 0
             for j in range(x.shape[0]):
-                index = first + j
-                offsets = [(index // step**d) % step for d in range(nd)]
-                parts.append(self._conv_patches(x[j : j + 1], step=step, offsets=offsets))
+                index, offsets = first + j, []
+                for s in steps:  # mixed radix: consecutive samples take every offset combination in turn
+                    offsets.append(index % s)
+                    index //= s
+                parts.append(self._conv_patches(x[j : j + 1], steps=steps, offsets=offsets))
                 size += parts[-1].nbytes
                 if size >= _PATCH_BYTES:
                     yield np.concatenate(parts, axis=-1)
@@ -189,18 +200,18 @@ class RoundableLayer:
         x, kernel, strides, pads, dilations = self._conv_geometry(x)
         return conv_patches(x, kernel, strides, pads, dilations)
 
-    def _conv_patches(self, x: np.ndarray, *, step: int = 1, offsets: Sequence[int] = ()) -> np.ndarray:
+    def _conv_patches(self, x: np.ndarray, *, steps: Sequence[int] = (), offsets: Sequence[int] = ()) -> np.ndarray:
         g = self.groups
         nd = len(self.shape) - 2
         cin = x.shape[1]
         x, kernel, strides, pads, dilations = self._conv_geometry(x)
-        if step == 1 and all(k == 1 for k in kernel) and all(s == 1 for s in strides) and not any(pads):
+        if not offsets and all(k == 1 for k in kernel) and all(s == 1 for s in strides) and not any(pads):
             b = x.shape[0]
             p = x.reshape(b, g, cin // g, -1).transpose(1, 2, 0, 3)
             return np.ascontiguousarray(p.reshape(g, cin // g, -1), dtype=np.float32)
         view = conv_patches(x, kernel, strides, pads, dilations)  # [B, C, *out, *k]
-        if step > 1:
-            view = view[(slice(None), slice(None)) + tuple(slice(o, None, step) for o in offsets)]
+        if offsets:
+            view = view[(slice(None), slice(None)) + tuple(slice(o, None, s) for o, s in zip(offsets, steps))]
         b, out = view.shape[0], view.shape[2 : 2 + nd]
         view = view.reshape((b, g, cin // g) + out + kernel)
         order = (1, 2) + tuple(range(3 + nd, 3 + 2 * nd)) + (0,) + tuple(range(3, 3 + nd))
@@ -352,9 +363,11 @@ class _Pass:
         self.inputs: list[str] = []
         self.outputs: tuple[str, ...] = ()
         self.keep: bool | None = None
-        if stop > run.start:
-            self.outputs = tuple(sorted({o for n in run.nodes[run.start : stop] for o in n.output
-                                         if o and run.last_use.get(o, -1) >= stop} | {want}))
+        produced = {o for n in run.nodes[run.start : stop] for o in n.output if o}
+        if produced:
+            # `want` may come from before the segment (kept, or a graph input): then it is read from the kept values
+            self.outputs = tuple(sorted({o for o in produced if run.last_use.get(o, -1) >= stop}
+                                        | ({want} & produced)))
             self.session, self.inputs = run.segment(stop, self.outputs)
 
     def batch(self, b: int) -> np.ndarray:
@@ -374,7 +387,7 @@ class _Pass:
             self.keep = sum(v.nbytes for v in live.values()) * len(run.kept) <= run.budget
         if self.keep:
             run.kept[b] = live
-        return out[self.want]
+        return out[self.want] if self.want in out else values[self.want]
 
     def finish(self) -> None:
         if self.keep:
@@ -404,6 +417,7 @@ class LayerRounding:
     error_rounded: float | None
     live_inputs: int | None = None  # inputs (per group, the fewest) ever non-zero on the data
     input_amax: float | None = None  # the threshold its input was int8-quantised at for the fit (None: float)
+    kept_float: bool = False  # its weights were left as they were (the error even rounded is above max_error)
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
 
@@ -431,7 +445,7 @@ class LayerRounding:
             "relative_error_nearest": _num(self.relative_nearest),
             "relative_error_rounded": _num(self.relative_rounded),
             "live_inputs": self.live_inputs, "underdetermined": self.underdetermined,
-            "input_amax": _num(self.input_amax),
+            "input_amax": _num(self.input_amax), "kept_float": self.kept_float,
             "seconds": round(self.seconds, 3), "notes": list(self.notes),
         }
 
@@ -440,6 +454,10 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     if a is None or b is None:
         return None
     return a / b if b > 0 else (0.0 if a == 0 else math.inf)
+
+
+def _db(ratio: float) -> str:
+    return "-inf" if ratio == math.inf else ("inf" if ratio <= 0 else f"{-10 * math.log10(ratio):.1f}")
 
 
 def _num(v: float | None) -> float | str | None:
@@ -485,8 +503,9 @@ class RoundingReport:
             "damp": self.damp,
             "samples": self.samples,
             "batches": self.batches,
-            "layers_rounded": len(self.layers),
-            "codes": sum(r.codes for r in self.layers),
+            "layers_rounded": sum(not r.kept_float for r in self.layers),
+            "kept_float": [r.node for r in self.layers if r.kept_float],
+            "codes": sum(r.codes for r in self.layers if not r.kept_float),
             "codes_moved": self.codes_moved,
             "codes_checked": self.codes_checked,
             "codes_not_recovered": self.codes_not_recovered,
@@ -517,8 +536,11 @@ class RoundingReport:
         for label, why in self.skipped.items():
             lines.append(f"not rounded: {label}: {why}")
         moved = self.codes_moved
-        total = sum(r.codes for r in self.layers)
-        lines.append(f"{len(self.layers)} layers rounded ({self.method}), {moved} of {total} codes moved from nearest, "
+        total = sum(r.codes for r in self.layers if not r.kept_float)
+        kept = sum(r.kept_float for r in self.layers)
+        lines.append(f"{len(self.layers) - kept} layers rounded ({self.method}"
+                     + (f"; {kept} kept float, their INT8 error too large" if kept else "")
+                     + f"), {moved} of {total} codes moved from nearest, "
                      f"on {self.samples} samples; TensorRT's per-channel rule gives back "
                      f"{self.codes_checked - self.codes_not_recovered} of {self.codes_checked} codes")
         return "\n".join(lines)
@@ -600,6 +622,7 @@ def round_weights(
     max_positions: int = 1 << 14,
     activations: Mapping[str, float] | None = None,
     activations_note: str = "given",
+    max_error: float | None = 0.01,
     threads: int | None = None,
     progress: Callable[[int], None] | None = None,
     total: Callable[[int], None] | None = None,
@@ -615,6 +638,8 @@ def round_weights(
     int8-quantised at its threshold on the side being fitted, so the codes also absorb the systematic part of that
     quantiser's error (its clipping), for the thresholds the model will be deployed with; None fits float inputs.
     `activations_note` names where those thresholds come from (the report and the model's metadata say it).
+    `max_error`: a layer whose output error with the chosen codes is still above this share of its output power
+    (0.01: below 20 dB) keeps its float weights and is reported (None rounds every layer).
     `progress(1)` after each layer; `total(n)` once with the number of layers.
     """
     import onnx
@@ -694,17 +719,28 @@ def round_weights(
             dead_groups = int((~live.any(axis=1)).sum())
             if dead_groups:
                 notes.append(f"{dead_groups} group(s) never see a non-zero input: round to nearest")
-        new_weight = layer.weight_from_rows(dequantized(codes, scales)).astype(np.float32)
-        work_inits[layer.weight].CopyFrom(numpy_helper.from_array(new_weight, layer.weight))
-        chosen[layer.weight] = codes
-        if not np.array_equal(codes, near):
-            first_changed = layer.index if first_changed is None else min(first_changed, layer.index)
+        lossy = _ratio(stats["error_rounded"], stats["reference_power"])
+        kept_float = max_error is not None and lossy is not None and lossy > max_error
+        if kept_float:
+            # Its INT8 output is poor whatever the codes; a rounded float model would carry that into the ranges
+            # calibration sees (PP-OCRv4 rec: a conv's output max 3.4 -> 12, every activation scale after it 4-15x
+            # too coarse). Left as it is, calibration sees float ranges and quantize rounds it to nearest.
+            notes.append(f"kept float: its INT8 output error is {100 * lossy:.3g}% of its power even rounded "
+                         f"({_db(lossy)} dB, above --max-error {100 * max_error:g}%); keep it out of INT8 "
+                         "(sensitivity, tune) or accept nearest rounding at quantize time")
+            codes = near
+        else:
+            new_weight = layer.weight_from_rows(dequantized(codes, scales)).astype(np.float32)
+            if new_weight.tobytes() != w.tobytes():
+                first_changed = layer.index if first_changed is None else min(first_changed, layer.index)
+            work_inits[layer.weight].CopyFrom(numpy_helper.from_array(new_weight, layer.weight))
+            chosen[layer.weight] = codes
         moved = np.abs(codes - near)
         results.append(LayerRounding(
             node=labels[layer.weight], op=layer.op, weight=layer.weight, channels=int(rows.shape[0] * rows.shape[1]),
             inputs=int(rows.shape[2]), groups=layer.groups, codes=int(codes.size),
             codes_moved=int(np.count_nonzero(moved)), max_move=int(moved.max()) if moved.size else 0,
-            seconds=time.perf_counter() - t0, notes=notes, **stats))
+            seconds=time.perf_counter() - t0, notes=notes, kept_float=kept_float, **stats))
         if progress is not None:
             progress(1)
     samples_batches = len(listed)
@@ -712,20 +748,24 @@ def round_weights(
 
     output = onnx.ModelProto()
     output.CopyFrom(source)
-    _write_weights(output, {layer.weight: work_inits[layer.weight] for layer in layers})
-    recovered = weight_codes(output, layers)
+    rounded_layers = [layer for layer in layers if layer.weight in chosen]
+    _write_weights(output, {layer.weight: work_inits[layer.weight] for layer in rounded_layers})
+    recovered = weight_codes(output, rounded_layers)
     checked = sum(c.size for c in chosen.values())
     missed = sum(int(np.count_nonzero(recovered[k] != c)) for k, c in chosen.items())
     if missed:
         raise ModelError(f"internal check failed: TensorRT's per-channel weight rule gives back other codes for "
                          f"{missed} of {checked} weights")
     fitted = "float" if activations is None else activations_note
-    _mark(output, method, len(layers), samples, fitted)
+    _mark(output, method, len(rounded_layers), samples, fitted)
     report = RoundingReport(method=method, layers=results, skipped=skipped, samples=samples, activations=fitted,
                             batches=samples_batches, damp=damp, codes_checked=checked, codes_not_recovered=missed,
                             seconds=time.perf_counter() - started, peak_rss_mb=_peak_rss_mb())
     for r in report.underdetermined:
         log.warning("%s: %s", r.node, next(n for n in r.notes if n.startswith("underdetermined")))
+    for r in report.layers:
+        if r.kept_float:
+            log.warning("%s: %s", r.node, next(n for n in r.notes if n.startswith("kept float")))
     return output, report
 
 
@@ -755,21 +795,25 @@ def _layer_moments(layer: RoundableLayer, rows: np.ndarray, ref_run: _Segments, 
     moments = LayerMoments(rows, with_reference=not same or quantised)
     ref_pass = ref_run.run_to(layer.index, want)
     work_pass = None if same else work_run.run_to(layer.index, want)
-    step, first = 1, 0
+    steps: tuple[int, ...] = ()
+    first = 0
     for b in range(len(ref_run.kept)):
         xf = np.asarray(ref_pass.batch(b), np.float32)
         if b == 0:
-            per_sample, nd = layer.positions(xf.shape)
-            factor = per_sample * samples / max(1, max_positions)
-            step = max(1, math.ceil(factor ** (1 / nd) if nd else factor))
+            shape = layer.positions(xf.shape)
+            if shape:
+                steps = subsample_steps(shape, samples, max_positions)
+            else:  # rows of a Gemm/MatMul: every step-th row over all samples
+                steps = (max(1, math.ceil(layer.rows_per_sample(xf.shape) * samples / max(1, max_positions))),)
         xq = xf if work_pass is None else np.asarray(work_pass.batch(b), np.float32)
         if quantised:
             xq = fake_quantize(xq, float(amax))
         if not moments.with_reference:
-            for p in layer.patches(xf, step=step, first=first):
+            for p in layer.patches(xf, steps=steps, first=first):
                 moments.add(p)
         else:
-            for pq, pf in zip(layer.patches(xq, step=step, first=first), layer.patches(xf, step=step, first=first)):
+            for pq, pf in zip(layer.patches(xq, steps=steps, first=first),
+                              layer.patches(xf, steps=steps, first=first)):
                 moments.add(pq, pf)
         first += xf.shape[0] if xf.ndim else 1
     ref_pass.finish()
@@ -780,6 +824,20 @@ def _layer_moments(layer: RoundableLayer, rows: np.ndarray, ref_run: _Segments, 
     if moments.n == 0:
         raise DataError("no calibration batches to round on")
     return moments
+
+
+def subsample_steps(shape: Sequence[int], samples: int, max_positions: int) -> tuple[int, ...]:
+    """A step per dim of a sample's output map (`shape`) so that about `max_positions` positions remain over
+    `samples` samples: the steps' product is the factor needed, no step larger than its dim (a 4 x 2100 map takes
+    steps (4, 9), not (6, 6))."""
+    shape = tuple(max(1, int(d)) for d in shape)
+    factor = max(1.0, int(np.prod(shape)) * samples / max(1, max_positions))
+    steps = [1] * len(shape)
+    for left, d in enumerate(sorted(range(len(shape)), key=lambda i: shape[i])):
+        step = min(shape[d], max(1, math.ceil(factor ** (1 / (len(shape) - left)))))
+        steps[d] = step
+        factor /= step
+    return tuple(steps)
 
 
 def _mark(model: Any, method: str, layers: int, samples: int, activations: str) -> None:
