@@ -420,6 +420,26 @@ def _drop_unused_initializers(graph: Any) -> None:
         graph.initializer.extend(kept)
 
 
+def _opset13(model: Any) -> Any:
+    """The model at opset >= 13 (per-channel DequantizeLinear needs it), converted once here rather than by every
+    `quantize_model` call of every candidate."""
+    from ..qdq.graph import MIN_OPSET, onnx_opset
+
+    before = onnx_opset(model)
+    if before >= MIN_OPSET:
+        return model
+    from onnx import version_converter
+
+    try:
+        converted = version_converter.convert_version(model, MIN_OPSET)
+    except Exception as exc:  # the converter raises plain RuntimeErrors naming the op it cannot adapt
+        raise ModelError(f"the model is opset {before} and onnx's version converter cannot take it to opset "
+                         f"{MIN_OPSET} (per-channel DequantizeLinear needs it): {exc}") from None
+    log.info("model upgraded from opset %d to %d once for all candidates (per-channel DequantizeLinear needs 13)",
+             before, MIN_OPSET)
+    return converted
+
+
 def _restored(current: Any, original: Any, nodes: Sequence[str]) -> Any:
     """`current` with the named nodes' weight and bias inputs as they are in `original` (units kept in float run
     with their own float weights and biases, not the rounded or corrected ones). Nodes are matched by output."""
@@ -503,7 +523,7 @@ def tune(
     if max_keep < 0 or rank_batches < 1:
         raise UsageError("max_keep must be >= 0 and rank_batches >= 1")
     started = time.perf_counter()
-    original = load_model(model)
+    original = _opset13(load_model(model))
     calib = [dict(b) for b in calib]
     held_out = [dict(b) for b in held_out]
     if not calib:
