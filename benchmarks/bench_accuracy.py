@@ -4,6 +4,7 @@
     python3 benchmarks/bench_accuracy.py --only lenet     # LeNet alone (~25 s)
     python3 benchmarks/bench_accuracy.py --json out.json --markdown
     python3 benchmarks/bench_accuracy.py --range-only     # entropy2 with TensorRT's ranges vs --range global
+    python3 benchmarks/bench_accuracy.py --only efficientnet --rounding-only   # mse, round-weights rows, tune
 
 Every contender is a Q/DQ ONNX model evaluated by `trt_calib.ort.evaluate` on the same held-out batches (onnxruntime
 CPU, ORT_DISABLE_ALL: the Q/DQ graph runs as written). Ours come from `trt_calib.qdq.quantize_model` (TensorRT
@@ -19,7 +20,12 @@ placement, int8 per-tensor activations, per-channel symmetric int8 weights):
   squared error on the real activations (`evaluate.threshold_sqnr`; `mse` minimises the same error on the histogram
   with every value at its bin centre, so the two can disagree);
 - int8 weights alone: the per-tensor-best model with every activation Q/DQ pair removed (activations in float);
-- per-tensor best + bias correction: `quantize_model(..., bias_correction=calibration batches)`, all of them.
+- per-tensor best + bias correction: `quantize_model(..., bias_correction=calibration batches)`, all of them;
+- round-weights: `trt-calib round-weights` (GPTQ-style codes, `qdq.rounding`) run as a subprocess on the
+  calibration data, its wall time and peak RSS measured: the rounded float model alone (weights int8, activations
+  float), and then `quantize --algorithm mse` on it (calibrated on the rounded model), the issue's W8A8 recipe;
+- tune: `tools.tune.tune` to KL 0.005 with at most 2 units in float, choosing on the first half of the held-out
+  data; the row is measured on all of it, the note gives the half tune never saw.
 
 Baselines, measured in the same run: onnxruntime's `quantize_static` (QDQ, per-channel, int8 symmetric weights and
 activations) with MinMax, with Entropy as `extra_options={"num_bins": 2048}` asks for it (onnxruntime 1.32's
@@ -57,7 +63,10 @@ REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO / "artifacts" / "efficientnet_lite0"
 LENET = REPO / "data" / "lenet"
 ALGORITHMS = ("minmax", "entropy2", "percentile", "mse")
-GOALS = {"thresholds only": (0.80, 0.056), "with bias correction": (0.88, 0.025)}  # (agreement >=, KL <=)
+GOALS = {"thresholds only": (0.80, 0.056), "with bias correction": (0.88, 0.025),  # (agreement >=, KL <=)
+         "round-weights + mse": (0.92, 0.008)}
+ROUNDING_GOAL = (60.0, 2048.0)  # round-weights on EfficientNet-Lite0: seconds <=, peak RSS MB <= (2 idle cores)
+TUNE_GOAL = (0.005, 2)  # tune: KL <=, units in float <=
 
 log = logging.getLogger("bench_accuracy")
 
@@ -75,6 +84,7 @@ class Row:
     seconds: float  # making the Q/DQ model (calibration shared by our four rules is counted once, in minmax)
     worst: list[tuple[str, float]] = field(default_factory=list)
     note: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)  # e.g. round-weights' peak RSS, tune's units in float
 
 
 # ---------------------------------------------------------------------------------------------- Q/DQ surgery
@@ -181,9 +191,13 @@ def run_suite(
     labels: np.ndarray | None,
     ort_methods: tuple[str, ...] = ("MinMax", "Entropy", "Entropy-2048"),
     range_only: bool = False,
+    calib_args: list[str] | None = None,
+    rounding_only: bool = False,
 ) -> list[Row]:
     """Every contender on one model: `calib()` and `heldout()` make fresh batch iterables (and may be iterated
-    twice). `range_only`: only entropy2 with TensorRT's ranges and with `range_mode="global"`."""
+    twice). `range_only`: only entropy2 with TensorRT's ranges and with `range_mode="global"`. `calib_args`: the
+    calibration data as `trt-calib` options, for the round-weights subprocess (None: no rounding rows);
+    `rounding_only`: only mse and the rounding rows."""
     from tqdm import tqdm
 
     from trt_calib.ort.model import load_model
@@ -195,13 +209,14 @@ def run_suite(
     model = load_model(model_path)
     rows: list[Row] = []
 
-    def measure(method: str, qdq: Any, seconds: float, *, worst: int = 0, note: str = "") -> None:
+    def measure(method: str, qdq: Any, seconds: float, *, worst: int = 0, note: str = "",
+                extra: dict[str, Any] | None = None) -> None:
         t0 = time.perf_counter()
         report = evaluate(model, qdq, heldout(), labels=labels, worst=worst)
         out = report.primary
         rows.append(Row(
             name, method, out.agreement, out.confident_agreement, out.num_confident, out.mean_kl, out.accuracy_int8,
-            out.accuracy_fp32, seconds, [(t.name, t.sqnr_db) for t in report.worst], note,
+            out.accuracy_fp32, seconds, [(t.name, t.sqnr_db) for t in report.worst], note, dict(extra or {}),
         ))
         log.info("%s / %s: agreement %.1f%%, KL %.4f (made in %.1f s, evaluated in %.1f s)", name, method,
                  100 * out.agreement, out.mean_kl, seconds, time.perf_counter() - t0)
@@ -219,6 +234,11 @@ def run_suite(
         tied[algorithm], _ = tie_scales(model, raw[algorithm])
     labels_of = {"minmax": "minmax", "entropy2": "entropy2 (TensorRT)", "percentile": "percentile 99.99", "mse": "mse"}
     activations: list[str] = []
+    if rounding_only:
+        qdq, _ = quantize_model(model, tied["mse"])
+        measure("mse", qdq, collect_seconds)
+        rounding_rows(name, model_path, model, calib, heldout, calib_args or [], measure)
+        return rows
     for algorithm in ("entropy2",) if range_only else ALGORITHMS:
         t0 = time.perf_counter()
         qdq, coverage = quantize_model(model, tied[algorithm])
@@ -267,6 +287,9 @@ def run_suite(
     measure("per-tensor best + bias correction", qdq_bc, time.perf_counter() - t0 + best_seconds, worst=5,
             note=f"{info.get('layers', '?')} layers corrected on {info.get('samples', '?')} samples")
 
+    if calib_args is not None:
+        rounding_rows(name, model_path, model, calib, heldout, calib_args, measure)
+
     for method in ort_methods:
         t0 = time.perf_counter()
         qdq = ort_quantize(model_path, calib_batches, method)
@@ -274,6 +297,62 @@ def run_suite(
                  "(ignored: 128 bins)", "Entropy-2048": "ORT Entropy, 2048 bins (create_calibrator)"}[method]
         measure(label, qdq, time.perf_counter() - t0)
     return rows
+
+
+def round_in_subprocess(model_path: Path, calib_args: list[str], out: Path) -> tuple[float, float, dict[str, Any]]:
+    """`trt-calib round-weights` in a child process: (wall seconds, the child's peak RSS in MB as it reports it from
+    /proc/self/status VmHWM, its JSON report). Not the parent's RUSAGE_CHILDREN: a child forked from this large
+    process counts the parent's pages until it execs."""
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "trt_calib", "-q", "round-weights", str(model_path), *calib_args,
+                           "-o", str(out), "--json"], capture_output=True, text=True)
+    seconds = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise RuntimeError(f"round-weights failed: {proc.stderr.strip()}")
+    report = json.loads(proc.stdout)
+    return seconds, float(report["peak_rss_mb"]), report
+
+
+def rounding_rows(name: str, model_path: Path, model: Any, calib: Callable[[], Any], heldout: Callable[[], Any],
+                  calib_args: list[str], measure: Callable[..., None]) -> None:
+    """round-weights alone, round-weights + mse, and tune to KL 0.005 with at most 2 units in float (`measure`
+    appends each row to the suite's rows)."""
+    import onnx
+
+    from trt_calib.ort.collect import calibrate
+    from trt_calib.ort.evaluate import evaluate
+    from trt_calib.qdq import quantize_model
+    from trt_calib.tools.tune import tune
+
+    with tempfile.TemporaryDirectory(prefix="bench_accuracy.") as tmp:
+        out = Path(tmp) / "rounded.onnx"
+        seconds, peak_mb, report = round_in_subprocess(model_path, calib_args, out)
+        rounded = onnx.load(str(out))
+    note = (f"round-weights: {seconds:.1f} s, peak RSS {peak_mb:.0f} MB (subprocess), {report['codes_moved']} of "
+            f"{report['codes']} codes moved, {report['samples']} samples")
+    log.info("%s: %s", name, note)
+    measure("round-weights, weights alone", rounded, seconds, note=note + "; activations float",
+            extra={"rounding_seconds": seconds, "rounding_peak_rss_mb": peak_mb})
+    t0 = time.perf_counter()
+    result = calibrate(rounded, calib(), algorithm="mse")
+    qdq, _ = quantize_model(rounded, result)
+    measure("round-weights + mse", qdq, time.perf_counter() - t0 + seconds, worst=5,
+            note="quantize --algorithm mse on the rounded model")
+
+    held = list(heldout())
+    half = max(1, len(held) // 2)
+    t0 = time.perf_counter()
+    tuned = tune(model, list(calib()), held[:half], target=TUNE_GOAL[0], max_keep=TUNE_GOAL[1],
+                 padded=0)
+    qdq = tuned.qdq_model()
+    unseen = evaluate(model, qdq, held[half:], worst=0).primary if len(held) > half else None
+    steps = "; ".join(f"{s.name} {s.error:.4g}" for s in tuned.steps if s.kept and s.error is not None)
+    measure(f"tune (KL <= {TUNE_GOAL[0]}, <= {TUNE_GOAL[1]} units in float)", qdq, time.perf_counter() - t0,
+            note=f"{steps}; kept in float: {', '.join(tuned.kept) or 'none'}; tune's own KL {tuned.error:.4g} on the "
+            f"first {half} held-out batches" + (f", {unseen.mean_kl:.4g} / {100 * unseen.agreement:.1f}% on the other "
+            f"{len(held) - half}" if unseen is not None else ""),
+            extra={"kept_in_float": list(tuned.kept), "tune_error": tuned.error,
+                   "unseen_kl": None if unseen is None else unseen.mean_kl})
 
 
 def efficientnet(args: argparse.Namespace) -> list[Row]:
@@ -295,6 +374,8 @@ def efficientnet(args: argparse.Namespace) -> list[Row]:
         lambda: from_arrays(held, specs, batch_size=16, last_batch="keep"),
         labels=None,
         range_only=args.range_only,
+        calib_args=["--data", str(folder / "calib.npz"), "--batch-size", "16"],
+        rounding_only=args.rounding_only,
     )
 
 
@@ -310,6 +391,8 @@ def lenet(args: argparse.Namespace) -> list[Row]:
         lambda: from_arrays(images, specs, batch_size=100),
         labels=np.load(LENET / "mnist_train_labels_0_599.npy"),
         range_only=args.range_only,
+        calib_args=["--data", str(LENET / "sampleint8_batches.py")],
+        rounding_only=args.rounding_only,
     )
 
 
@@ -339,6 +422,7 @@ def print_table(rows: list[Row]) -> None:
 
 def print_goals(rows: list[Row]) -> None:
     eff = {r.method: r for r in rows if r.model.startswith("EfficientNet")}
+    print_rounding_goals(eff)
     if "per-tensor best + bias correction" not in eff:
         return
     thresholds = [eff[m] for m in ("minmax", "entropy2 (TensorRT)", "percentile 99.99", "mse", "per-tensor best")]
@@ -350,6 +434,28 @@ def print_goals(rows: list[Row]) -> None:
         ok = row.agreement >= agree and row.mean_kl <= kl
         print(f"  {label}: KL <= {kl} and agreement >= {100 * agree:.0f}%: {row.method} has KL {row.mean_kl:.4f}, "
               f"agreement {_pct(row.agreement)} -> {'met' if ok else 'NOT met'}")
+
+
+def print_rounding_goals(eff: dict[str, Row]) -> None:
+    if "round-weights + mse" not in eff:
+        return
+    alone, w8a8 = eff["round-weights, weights alone"], eff["round-weights + mse"]
+    tuned = next((r for m, r in eff.items() if m.startswith("tune")), None)
+    agree, kl = GOALS["round-weights + mse"]
+    seconds, mb = ROUNDING_GOAL
+    print("\ngoals (EfficientNet-Lite0, issue 21):")
+    ok = w8a8.agreement >= agree and w8a8.mean_kl <= kl
+    print(f"  round-weights + mse: KL <= {kl} and agreement >= {100 * agree:.0f}%: KL {w8a8.mean_kl:.5f}, agreement "
+          f"{_pct(w8a8.agreement)} -> {'met' if ok else 'NOT met'}")
+    t, rss = alone.extra.get("rounding_seconds", math.nan), alone.extra.get("rounding_peak_rss_mb", math.nan)
+    ok = t <= seconds and rss <= mb
+    print(f"  rounding in <= {seconds:.0f} s and <= {mb / 1024:.0f} GB (2 idle cores): {t:.1f} s, {rss:.0f} MB -> "
+          f"{'met' if ok else 'NOT met'} (a loaded machine inflates the time)")
+    if tuned is not None:
+        kept = tuned.extra.get("kept_in_float", [])
+        ok = tuned.mean_kl <= TUNE_GOAL[0] and len(kept) <= TUNE_GOAL[1]
+        print(f"  tune: KL <= {TUNE_GOAL[0]} with <= {TUNE_GOAL[1]} units in float: KL {tuned.mean_kl:.5f} with "
+              f"{len(kept)} -> {'met' if ok else 'NOT met'}")
 
 
 def print_markdown(rows: list[Row]) -> None:
@@ -368,6 +474,8 @@ def main() -> None:
     parser.add_argument("--markdown", action="store_true", help="also print the table as Markdown")
     parser.add_argument("--range-only", action="store_true",
                         help="only entropy2 with TensorRT's ranges and with --range global (a few minutes)")
+    parser.add_argument("--rounding-only", action="store_true",
+                        help="only mse, the round-weights rows and tune")
     args = parser.parse_args()
     announce()  # CPU model, SIMD level, cores and load, at the start and at the end
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)

@@ -151,7 +151,7 @@ def test_a_broken_pipe_is_not_exit_0(tmp_path):
 # also {"error", "exit": 2} as the only thing on stdout); a good run with --json prints exactly one JSON object.
 COMMANDS = (
     "calibrate", "inspect", "validate", "diff", "check", "convert", "build", "quantize", "qdq-to-cache", "evaluate",
-    "sensitivity", "report", "stability", "doctor",
+    "sensitivity", "report", "stability", "doctor", "round-weights", "tune",
 )
 
 BAD_ARGUMENTS = {
@@ -169,6 +169,8 @@ BAD_ARGUMENTS = {
     "doctor": ["doctor", "--device", "opencl"],
     "sensitivity": ["sensitivity", LENET, "--data", LENET_BATCHES, "-o", "{tmp}/s.json", "--max-keep", "-1"],
     "stability": ["stability", LENET, "--data", LENET_BATCHES, "-o", "{tmp}/s.json", "--fractions", "0,1"],
+    "round-weights": ["round-weights", LENET, "--data", LENET_BATCHES, "-o", "{tmp}/r.onnx", "--max-positions", "0"],
+    "tune": ["tune", LENET, "--data", LENET_BATCHES, "-o", "{tmp}/t", "--max-keep", "-1"],
 }
 
 
@@ -239,6 +241,10 @@ GOOD_RUNS = {
     "stability": (["stability", LENET, "--data", LENET_BATCHES, "-o", "{tmp}/s.json", "--orders", "1",
                    "--batch-sizes", "50", "--fractions", "1", "--no-end-to-end", "--executor", "serial",
                    "--no-progress"], 1),  # LeNet's ip2 moves 8% with the batch order: a finding
+    "round-weights": (["round-weights", LENET, "--data", LENET_BATCHES, "--max-batches", "2", "-o", "{tmp}/r.onnx",
+                       "--no-progress"], 0),
+    "tune": (["tune", LENET, "--data", LENET_BATCHES, "--max-batches", "2", "--no-rounding", "--max-keep", "0",
+              "-o", "{tmp}/t", "--no-progress"], 0),
 }
 
 
@@ -271,6 +277,8 @@ GUARDED = {
     "stability": (["stability", "{m}", "--data", "{d}", "-o", "{d}"], "{d}"),
     "sensitivity": (["sensitivity", "{m}", "--data", "{d}", "-o", "{m}"], "{m}"),
     "qdq-to-cache-cache": (["qdq-to-cache", "{m}", "--onnx", "{tmp}/p.onnx", "--cache", "{m}"], "{m}"),
+    "round-weights": (["round-weights", "{m}", "--data", "{d}", "-o", "{m}"], "{m}"),
+    "round-weights-report": (["round-weights", "{m}", "--data", "{d}", "-o", "{tmp}/r.onnx", "--report", "{d}"], "{d}"),
 }
 
 

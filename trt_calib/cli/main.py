@@ -1,7 +1,7 @@
 """The `trt-calib` command line: the parser over every command module, logging, exit codes and one-line errors.
 
 Each command module (`calibrate`, `cache`, `build`, `quantize`, `qdq_to_cache`, `evaluate`, `sensitivity`, `report`,
-`stability`, `doctor`) has `register(subparsers)`; the handlers parse nothing themselves, call the layers below, print
+`stability`, `doctor`, `round_weights`, `tune`) has `register(subparsers)`; the handlers parse nothing themselves, call the layers below, print
 and return an exit code.
 
 Exit codes, the same for every command: 0 ok; 1 findings (warnings, differences, not consistent) and a broken pipe
@@ -46,7 +46,7 @@ EXIT_INTERRUPTED = 130
 #: The command modules, in the order their commands appear in --help.
 _COMMAND_MODULES = (
     "calibrate", "cache", "build", "quantize", "qdq_to_cache", "evaluate", "sensitivity", "report", "stability",
-    "doctor",
+    "doctor", "round_weights", "tune",
 )
 
 
