@@ -193,7 +193,21 @@ def test_every_benchmark_prints_the_machine_and_its_load():
         sys.path.pop(0)
     line = machine.machine_line("start")
     assert machine.cpu_model() in line and "load average" in line
-    assert line.endswith(": idle") != (": BUSY (above" in line)
+    assert line.endswith(": idle") != (": BUSY (other processes above" in line)
+    # idle is judged by what other processes use: the machine sees this process's CPU time...
+    busy0, spin_until = machine.busy_seconds(), machine.own_seconds() + 0.5
+    while machine.own_seconds() < spin_until:
+        sum(range(10000))
+    assert machine.busy_seconds() - busy0 >= 0.4
+    # ...and the window takes it (and its children's) out: 30 s busy in 20 s of wall, 24 s of them our own -> 0.3
+    clock = iter([100.0, 120.0])
+    busy, own = iter([500.0, 530.0]), iter([7.0, 31.0])
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(machine.time, "monotonic", lambda: next(clock))
+        mp.setattr(machine, "busy_seconds", lambda: next(busy))
+        mp.setattr(machine, "own_seconds", lambda: next(own))
+        window = machine.CpuWindow()
+        assert window.others() == pytest.approx(0.3)
     assert machine.idle_load(2) == 1.5 and machine.idle_load(16) == 5.0
     for bench in sorted((REPO / "benchmarks").glob("bench_*.py")):
         text = bench.read_text()
