@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -10,7 +14,9 @@ import pytest
 from trt_calib.core.histogram import AbsHistogram
 from trt_calib.core.thresholds import entropy_search
 from trt_calib.errors import UsageError
-from trt_calib.ort.executor import DaskExecutor, LocalExecutor, SerialExecutor, make_executor, per_process
+from trt_calib.ort.executor import (
+    PARENT_POLL_S, DaskExecutor, LocalExecutor, SerialExecutor, make_executor, per_process,
+)
 
 
 def _histograms(n: int = 6) -> list[AbsHistogram]:
@@ -98,3 +104,45 @@ def test_per_process_makes_each_object_once():
     first = per_process(("test", 1), factory)
     assert per_process(("test", 1), factory) is first and len(made) == 1
     assert per_process(("test", 2), factory) is not first and len(made) == 2
+
+
+_KILLED_COMMAND = """
+import multiprocessing, sys, threading, time
+from trt_calib.ort.executor import LocalExecutor
+
+if __name__ == "__main__":
+    executor = LocalExecutor(workers=2)
+    threading.Thread(target=executor.map, args=(time.sleep, [60, 60]), daemon=True).start()
+    while len(multiprocessing.active_children()) < 2:
+        time.sleep(0.05)
+    time.sleep(1.0)  # both workers have taken a 60 s task
+    print(" ".join(str(p.pid) for p in multiprocessing.active_children()), flush=True)
+    time.sleep(60)
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has ended; only its entry is left
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="reads process states from /proc")
+def test_local_workers_end_when_the_command_is_killed(tmp_path):
+    """SIGKILL (or an uncaught SIGTERM) runs none of the command's clean-up: its workers must not go on as orphans
+    with their tasks (a report's figures, a sensitivity unit) for minutes."""
+    script = tmp_path / "command.py"
+    script.write_text(_KILLED_COMMAND)
+    command = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        workers = [int(pid) for pid in command.stdout.readline().split()]
+        assert len(workers) == 2 and all(_alive(pid) for pid in workers)
+    finally:
+        command.kill()
+        command.wait()
+    deadline = time.monotonic() + 10 * PARENT_POLL_S + 5
+    while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(_alive(pid) for pid in workers), "a worker outlived the killed command"

@@ -38,7 +38,7 @@ from ..errors import MissingDependencyError, UsageError, WorkerLostError
 
 __all__ = [
     "EXECUTORS", "Executor", "SerialExecutor", "LocalExecutor", "DaskExecutor", "make_executor", "per_process",
-    "ShippedModel", "check_address", "check_workers", "WORKER_BASE_MB", "CONNECT_TIMEOUT_S",
+    "ShippedModel", "check_address", "check_workers", "WORKER_BASE_MB", "CONNECT_TIMEOUT_S", "PARENT_POLL_S",
 ]
 
 log = logging.getLogger(__name__)
@@ -382,9 +382,27 @@ def _in_order(futures: Sequence[Any], wait_any: Callable[[set], tuple[set, set]]
                 progress(1)
 
 
+PARENT_POLL_S = 0.5
+"""How often a local worker checks that the command that started it is still alive."""
+
+
+def _watch_parent(parent: int) -> None:
+    """A local worker's initializer: end this worker as soon as the command that started it is gone. A command
+    ended by SIGTERM or SIGKILL runs none of its clean-up, and a worker would otherwise go on with its task (a page
+    of figures, a sensitivity unit) for minutes as an orphan, holding a core and memory."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(PARENT_POLL_S)
+        os._exit(1)  # orphaned: nobody reads what this worker would return
+
+    threading.Thread(target=watch, name="trt-calib-parent-watch", daemon=True).start()
+
+
 class LocalExecutor(Executor):
     """Worker processes on this machine (spawned, so each starts clean; SIGINT blocked, see
-    `_workers_ignore_interrupts`). A worker that dies (killed by the system) is a `WorkerLostError` naming it."""
+    `_workers_ignore_interrupts`; each ends itself when the command is gone, see `_watch_parent`). A worker that dies
+    (killed by the system) is a `WorkerLostError` naming it."""
 
     name = "local"
 
@@ -397,7 +415,8 @@ class LocalExecutor(Executor):
             import multiprocessing
             from concurrent.futures import ProcessPoolExecutor
 
-            self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
+                                             initializer=_watch_parent, initargs=(os.getpid(),))
         return self._pool
 
     def _processes(self) -> list[Any]:
