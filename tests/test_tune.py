@@ -139,6 +139,19 @@ def test_a_target_stops_at_the_first_step_that_meets_it():
     assert impossible.steps[1].note == "not asked for" and impossible.steps[2].candidates
 
 
+def test_the_ranking_measures_every_unit_the_greedy_loop_may_keep():
+    """Ranked with max_keep=0, the screen measured only 3 units, so `--max-keep 10` stopped at k = 3 (PP-OCRv4 rec,
+    51 units). LeNet has 4: all are ranked, and k stops at 3, since all 4 in float leaves no INT8 model."""
+    calib, held = _lenet_batches()
+    result = tune(LENET, calib, held, max_keep=10, steps=("thresholds", "keep in float"))
+    keep = result.steps[-1]
+    assert len(result.sensitivity.units) == 4
+    assert [row["k"] for row in keep.candidates] == [0, 1, 2, 3]
+    fewer = tune(LENET, calib, held, max_keep=2, steps=("thresholds", "keep in float"))
+    assert len(fewer.sensitivity.units) == 4  # 2 + the screen's margin of 3 covers all 4
+    assert [row["k"] for row in fewer.steps[-1].candidates] == [0, 1, 2]
+
+
 def test_a_user_metric_script_drives_the_steps(tmp_path, capsys):
     script = tmp_path / "agree.py"
     script.write_text(

@@ -513,7 +513,7 @@ def tune(
     from ..qdq import quantize_model
     from ..qdq.graph import node_indices, tensorrt_layer_name
     from ..qdq.rounding import round_weights
-    from ..qdq.sensitivity import sensitivity
+    from ..qdq.sensitivity import default_candidates, sensitivity
 
     unknown = [s for s in steps if s not in STEPS]
     if unknown:
@@ -583,7 +583,9 @@ def tune(
         say(f"keep in float: ranking the units on {min(rank_batches, len(held_out))} held-out batch(es)")
         builtin = scorer.metric if scorer.metric in BUILTIN_METRICS else (
             "kl" if any(k is not None for k in scorer.reference.kinds.values()) else "cosine")
+        # measure as many units as the greedy loop below may keep (and the screen's margin), not max_keep=0's 3
         ranking = sensitivity(current, amax, held_out[:rank_batches], metric=builtin, max_keep=0,
+                              candidates=default_candidates(max_keep),
                               executor=executor, padded=padded if rank_batches >= len(held_out) else 0,
                               info={"ranked_for": "trt-calib tune"})
         order = [u.node for u in ranking.units]
@@ -591,7 +593,8 @@ def tune(
         best_k, best_error = 0, error
         workers = max(1, scorer.executor.workers)
         k = 1
-        limit = min(max_keep, len(order))
+        # every unit in float is no INT8 model at all: at least one stays quantised
+        limit = min(max_keep, len(order), int(ranking.screening.get("units", len(order) + 1)) - 1)
         while k <= limit:
             ks = list(range(k, min(limit, k + workers - 1) + 1))
             models = []
