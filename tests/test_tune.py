@@ -12,7 +12,7 @@ from onnx import numpy_helper
 
 from conftest import LENET, LENET_BATCHES
 from trt_calib.cli.main import main
-from trt_calib.core.cache import CalibrationCache, amax_to_scale
+from trt_calib.core.cache import CalibrationCache
 from trt_calib.ort.data import open_source
 from trt_calib.ort.evaluate import evaluate
 from trt_calib.ort.model import model_inputs

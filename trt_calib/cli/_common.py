@@ -27,6 +27,7 @@ T = TypeVar("T")
 
 __all__ = [
     "positive_int",
+    "candidates_arg",
     "non_negative_int",
     "int_in",
     "finite_float",
@@ -88,6 +89,11 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
     return value
+
+
+def candidates_arg(text: str) -> int | str:
+    """`--candidates`: "all" or an integer >= 1 (how many units a sensitivity ranking measures)."""
+    return "all" if text == "all" else positive_int(text)
 
 
 def non_negative_int(text: str) -> int:

@@ -17,6 +17,7 @@ from ._common import (
     add_data_arguments,
     add_executor_arguments,
     add_json_flag,
+    candidates_arg,
     finite_float,
     guard_paths,
     json_text,
@@ -92,7 +93,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="keep at most K units in float on the greedy curve (default 10)")
     m.add_argument("--keep-dtype", choices=KEEP_DTYPES, default="fp16",
                    help="precision of the kept units in the printed trtexec flags (default fp16)")
-    m.add_argument("--candidates", type=_candidates_arg, default=None, metavar="N|all",
+    m.add_argument("--candidates", type=candidates_arg, default=None, metavar="N|all",
                    help="with more units than N, screen every unit by its local error (noise at its own output, "
                    "cheap) and measure only the N largest; the others are listed as screened out (default: "
                    "--max-keep plus half of it, at least 3 more); all: measure every unit")
@@ -124,10 +125,6 @@ def _metric_arg(text: str) -> str:
     if not path.is_file():
         raise argparse.ArgumentTypeError(f"{path}: no such metric script")
     return text
-
-
-def _candidates_arg(text: str) -> int | str:
-    return "all" if text == "all" else positive_int(text)
 
 
 def _metric_path(spec: str) -> str | None:

@@ -17,6 +17,7 @@ from ._common import (
     add_data_arguments,
     add_executor_arguments,
     add_json_flag,
+    candidates_arg,
     data_path,
     finite_float,
     guard_paths,
@@ -104,6 +105,9 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="keep at most K units in float (default 5; 0 skips the step)")
     s.add_argument("--rank-batches", type=positive_int, default=2, metavar="N",
                    help="held-out batches the sensitivity ranking runs on (4 runs per unit; default 2)")
+    s.add_argument("--candidates", type=candidates_arg, default="all", metavar="N|all",
+                   help="units the ranking measures: all (default; the screen by local error missed the unit that "
+                   "matters most on EfficientNet-Lite0, its stem) or N: screen every unit and measure the N largest")
     p.add_argument("--trt-version", type=trt_version_arg, default=DEFAULT_TRT_VERSION,
                    help=f"TensorRT version whose calibration to emulate and whose cache header to write "
                    f"(default {DEFAULT_TRT_VERSION})")
@@ -185,7 +189,8 @@ def run_tune(args: argparse.Namespace) -> int:
         try:
             result = tune(
                 model, calib, held, metric=args.metric, target=args.target, steps=steps, max_keep=args.max_keep,
-                rank_batches=args.rank_batches, trt_version=args.trt_version, padded=padded, executor=executor,
+                rank_batches=args.rank_batches, candidates=args.candidates, trt_version=args.trt_version,
+                padded=padded, executor=executor,
                 threads=args.threads, progress=bar.update if bar is not None else None, stage=stage,
             )
         finally:

@@ -491,6 +491,7 @@ def tune(
     steps: Sequence[str] = STEPS,
     max_keep: int = 5,
     rank_batches: int = 2,
+    candidates: int | str | None = "all",
     trt_version: str = DEFAULT_TRT_VERSION,
     padded: int = 0,
     executor: Any = None,
@@ -505,7 +506,9 @@ def tune(
     scored on, `padded` rows of padding at the end of the last one left out. `metric`: "auto" (kl for a classifier,
     else cosine), "kl", "cosine", "sqnr" or a metric script FILE.py[:FUNCTION]. `steps`: which steps may run (in
     their fixed order). `rank_batches`: held-out batches the sensitivity ranking runs on (it runs every unit 4
-    times). `progress(n)` after n scored runs; `stage(text)` as each step starts.
+    times). `candidates`: how many units it measures ("all", the default: every unit; N: the N largest by the
+    screen; None: sensitivity's default for `max_keep`). `progress(n)` after n scored runs; `stage(text)` as each
+    step starts.
     """
     import onnx
 
@@ -583,9 +586,10 @@ def tune(
         say(f"keep in float: ranking the units on {min(rank_batches, len(held_out))} held-out batch(es)")
         builtin = scorer.metric if scorer.metric in BUILTIN_METRICS else (
             "kl" if any(k is not None for k in scorer.reference.kinds.values()) else "cosine")
-        # measure as many units as the greedy loop below may keep (and the screen's margin), not max_keep=0's 3
+        # every unit measured by default: on EfficientNet-Lite0 the screen by local error left out the stem conv,
+        # whose input pair is the largest loss once the weights are rounded (docs/accuracy.md, tune)
         ranking = sensitivity(current, amax, held_out[:rank_batches], metric=builtin, max_keep=0,
-                              candidates=default_candidates(max_keep),
+                              candidates=default_candidates(max_keep) if candidates is None else candidates,
                               executor=executor, padded=padded if rank_batches >= len(held_out) else 0,
                               info={"ranked_for": "trt-calib tune"})
         order = [u.node for u in ranking.units]
