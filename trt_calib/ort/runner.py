@@ -24,7 +24,7 @@ from .data import BatchSource, InputSpec, iter_batches
 from .model import checked_tensors, describe, load_model, model_inputs, ort_session, sample_bytes
 
 __all__ = ["Runner", "Branches", "SuffixRunner", "split_batch", "batch_maxima", "global_maxima", "source_inputs",
-           "node_reads", "downstream", "upstream", "cut_model"]
+           "node_reads", "readers_of", "downstream", "upstream", "cut_model"]
 
 log = logging.getLogger(__name__)
 
@@ -264,12 +264,19 @@ def _outer_reads(graph: Any) -> list[str]:
     return names
 
 
-def downstream(graph: Any, seeds: Collection[int]) -> list[int]:
-    """`seeds` (node indices) and every node that reads, directly or through others, what they make; graph order."""
+def readers_of(graph: Any) -> dict[str, list[int]]:
+    """Tensor name -> the indices of the nodes that read it (`node_reads`), for `downstream` to reuse."""
     readers: dict[str, list[int]] = {}
     for i, node in enumerate(graph.node):
         for name in node_reads(node):
             readers.setdefault(name, []).append(i)
+    return readers
+
+
+def downstream(graph: Any, seeds: Collection[int], readers: Mapping[str, Sequence[int]] | None = None) -> list[int]:
+    """`seeds` (node indices) and every node that reads, directly or through others, what they make; graph order.
+    `readers`: `readers_of(graph)`, when many cones of one graph are wanted (else it is built for this call)."""
+    readers = readers_of(graph) if readers is None else readers
     seen = set(seeds)
     stack = list(seen)
     while stack:

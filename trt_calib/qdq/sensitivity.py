@@ -515,8 +515,8 @@ def _remapped(plan: Any, position: Mapping[int, int]) -> Any:
     return replace(plan, act_slots=slots, weights=weights, claims={}, coverage={})
 
 
-def _rewritten(model: Any, plan: Any) -> Any:
-    """A copy of `model` with `plan`'s Q/DQ nodes."""
+def _rewritten(model: Any, plan: Any, types: dict[str, int] | None = None) -> Any:
+    """A copy of `model` with `plan`'s Q/DQ nodes (`types`: its tensors' element types, when known)."""
     import onnx
 
     from .graph import Graph
@@ -524,7 +524,7 @@ def _rewritten(model: Any, plan: Any) -> Any:
 
     out = onnx.ModelProto()
     out.CopyFrom(model)
-    rewrite_graph(out, Graph(out.graph), plan)
+    rewrite_graph(out, Graph(out.graph), plan, types=types)
     return out
 
 
@@ -535,8 +535,10 @@ def _process_state(job: _Job) -> dict[str, Any]:
     def make() -> dict[str, Any]:
         from ..ort.model import tensor_types
 
+        from ..ort.runner import readers_of
+
         work = job.model.load()
-        return {"work": work, "types": tensor_types(work), "int8": None}
+        return {"work": work, "types": tensor_types(work), "readers": readers_of(work.graph), "int8": None}
 
     return per_process(("trt-calib sensitivity", job.model.sha256, job.plan_digest), make)
 
@@ -557,13 +559,15 @@ def _suffix(job: _Job, state: Mapping[str, Any], plan: Any, changed: set[int], r
     from .rewrite import rewrite_graph
 
     work = state["work"]
-    cone = downstream(work.graph, changed)
+    cone = downstream(work.graph, changed, state["readers"])
     made = {o for i in cone for o in work.graph.node[i].output}
     outputs = [o for o in job.outputs if o in made]
     if not outputs:
         return None
     cut, order = cut_model(work, cone, outputs, types=state["types"])
-    rewrite_graph(cut, Graph(cut.graph), _remapped(plan, {old: new for new, old in enumerate(order)}))
+    # the whole model's types: inferring the cut's again for every variant cost more than running some of them
+    rewrite_graph(cut, Graph(cut.graph), _remapped(plan, {old: new for new, old in enumerate(order)}),
+                  types=state["types"])
     return SuffixRunner.open(cut, threads=job.threads, role=role, arena=job.arena)
 
 
@@ -603,7 +607,8 @@ def _local_model(job: _Job, state: Mapping[str, Any], units: Sequence[int]) -> t
     used_constants: dict[str, Any] = {}
     for unit in units:
         seeds = {i for _, (i, _) in job.plan.claims.get(unit, [])} - {unit}
-        path = set(downstream(graph, seeds)) & set(upstream(graph, [n for n in graph.node[unit].input if n]))
+        path = set(downstream(graph, seeds, state["readers"])) & set(upstream(graph, [n for n in graph.node[unit].input
+                                                                                      if n]))
         rename: dict[str, str] = {}
         where: dict[int, int] = {}
         for i in sorted(path | seeds | {unit}):
@@ -640,18 +645,18 @@ def _local_model(job: _Job, state: Mapping[str, Any], units: Sequence[int]) -> t
     shift = len(used_constants)
     plan = replace(job.plan, act_slots={t: [(i + shift, j) for i, j in v] for t, v in slots.items()},
                    weights={i + shift: a for i, a in weights.items()}, claims={}, coverage={})
-    rewrite_graph(model, Graph(model.graph), plan)
+    rewrite_graph(model, Graph(model.graph), plan, types=types)
     return model, pairs
 
 
 def _run_group(job: _Job, state: dict[str, Any], reference: str, variants: list[_Variant]) -> dict[str, dict]:
     """Run the reference model once per part, as far as the variants' cones read, then every variant's cone."""
-    from ..ort.runner import Runner, cut_model, split_batch, upstream
+    from ..ort.runner import SuffixRunner, cut_model, split_batch, upstream
 
     work = state["work"]
     if reference == _INT8:
         if state["int8"] is None:
-            state["int8"] = _rewritten(work, job.plan)
+            state["int8"] = _rewritten(work, job.plan, state["types"])
         ref_model, ref_plan = state["int8"], job.plan
     else:
         ref_model, ref_plan = work, job.plan.restricted(weights=(), activations=())
@@ -660,8 +665,6 @@ def _run_group(job: _Job, state: dict[str, Any], reference: str, variants: list[
     local = [v for v in variants if v.local]
     pairs: dict[int, list[str]] = {}
     if local:
-        from ..ort.runner import SuffixRunner
-
         model, pairs = _local_model(job, state, [next(iter(v.weights)) for v in local])
         alone = SuffixRunner.open(model, threads=job.threads, role="the units alone")
         needed.update(alone.inputs)
@@ -682,8 +685,8 @@ def _run_group(job: _Job, state: dict[str, Any], reference: str, variants: list[
     if fetch:
         prefix, _ = cut_model(ref_model, upstream(ref_model.graph, fetch), fetch, types=state["types"],
                               inputs=input_names)
-        runner = Runner.open(prefix, fetch + [n for n in input_names if n in needed], threads=job.threads,
-                             budget_bytes=1 << 62, name=f"the {reference.upper()} model", optimize=False)
+        # a session over the cut as written (no part sizing: the job's parts are fixed), so no shape inference
+        runner = SuffixRunner.open(prefix, threads=job.threads, role=f"the {reference.upper()} model")
     user = _user(job)
     scores: dict[str, Any] = {v.key: _LocalScore() if v.local else _Score(job, user) for v in variants}
     last = len(job.batches) - 1
@@ -943,13 +946,14 @@ def _fp32_outputs(work: Any, plan: Any, specs: Sequence[Any], outputs: list[str]
     has none they cannot be, and batches run whole. `conditions`: the If conditions whose branches were inlined
     (`branches.flatten`, decided on whole batches), checked on every part.
     """
-    from ..ort.runner import Runner, downstream, node_reads, split_batch
+    from ..ort.runner import Runner, downstream, node_reads, readers_of, split_batch
 
     graph = work.graph
+    readers = readers_of(graph)
     inits = {t.name for t in graph.initializer}
     read: set[str] = set()
     for u in plan.units:
-        cone = downstream(graph, {u} | {i for _, (i, _) in plan.claims.get(u, [])})
+        cone = downstream(graph, {u} | {i for _, (i, _) in plan.claims.get(u, [])}, readers)
         made = {o for i in cone for o in graph.node[i].output}
         read.update(n for i in cone for n in node_reads(graph.node[i]) if n not in made and n not in inits)
     inputs = {s.name for s in specs}
@@ -1232,9 +1236,10 @@ def sensitivity(
 def _session_weights(prepared: Any) -> Callable[[_Variant], int]:
     """A variant's session memory, estimated from its cone's weights (twice: onnxruntime's copy and the model's):
     the sessions a task holds at once are kept under the budget (a unit near the input holds the whole model)."""
-    from ..ort.runner import downstream, node_reads
+    from ..ort.runner import downstream, node_reads, readers_of
 
     graph = prepared.work.graph
+    readers = readers_of(graph)
     sizes = {t.name: int(np.prod(t.dims, dtype=np.int64)) * 4 for t in graph.initializer}
     empty = prepared.plan.restricted(weights=(), activations=())
 
@@ -1245,7 +1250,7 @@ def _session_weights(prepared: Any) -> Callable[[_Variant], int]:
         changed = _changed(reference, prepared.plan.restricted(weights=v.weights, activations=v.activations))
         if not changed:
             return 0
-        read = {n for i in downstream(graph, changed) for n in node_reads(graph.node[i])}
+        read = {n for i in downstream(graph, changed, readers) for n in node_reads(graph.node[i])}
         return 2 * sum(sizes.get(n, 0) for n in read)
 
     return weight
