@@ -435,6 +435,11 @@ class LocalExecutor(Executor):
         except BrokenProcessPool:
             seen = list({id(p): p for p in seen + self._processes()}.values())
             self.abort()
+            # The pool's own thread may be reaping a worker just now: our poll then finds no child (ECHILD) and reads
+            # None until that thread has stored the code, and the one killed by the system would go unnamed.
+            deadline = time.monotonic() + 2.0
+            while any(p.exitcode is None for p in seen) and time.monotonic() < deadline:
+                time.sleep(0.02)
             dead = [(p.pid, p.exitcode) for p in seen if p.exitcode not in (None, 0)]
             # the pool ends the healthy workers with SIGTERM once one died: name the others first
             first = [d for d in dead if d[1] != -signal.SIGTERM] or dead
