@@ -361,7 +361,9 @@ def load_data():
     ["stability", LENET, "-o", "{tmp}/s.json", "--orders", "1", "--no-end-to-end", "--executor", "serial"],
     ["sensitivity", LENET, "-o", "{tmp}/s.json", "--from-cache", TRT_TABLE, "--executor", "serial"],
     ["calibrate", LENET, "--cache", "{tmp}/c.cache", "--executor", "local", "--workers", "1"],
-], ids=["stability", "sensitivity", "sharded-calibrate"])
+    ["tune", LENET, "-o", "{tmp}/t", "--executor", "serial"],
+    ["round-weights", LENET, "-o", "{tmp}/r.onnx"],
+], ids=["stability", "sensitivity", "sharded-calibrate", "tune", "round-weights"])
 def test_item14_no_command_holds_an_endless_source(tmp_path, capsys, monkeypatch, argv):
     import trt_calib.ort.data.source as source
     from trt_calib._util import available_memory_mb
@@ -374,6 +376,7 @@ def test_item14_no_command_holds_an_endless_source(tmp_path, capsys, monkeypatch
     line = one_line(err)
     assert code == 2 and "read and the data has not ended" in line and "--max-batches" in line
     assert not (tmp_path / "s.json").exists() and not (tmp_path / "c.cache").exists()
+    assert not (tmp_path / "r.onnx").exists() and not list(tmp_path.glob("t/*"))
 
 
 # ---------------------------------------------------------------------------------------------- crashes (18-21)

@@ -182,6 +182,7 @@ def test_tune_refuses_bad_arguments_before_reading_data(tmp_path, capsys):
         (["--target", "inf"], "finite"),
         (["--eval-data", str(script), "--calib-batches", "2"], "does not go with"),
         (["-o", str(script)], "is a file"),
+        (["--eval-data", str(script)], "is --data"),  # scored on the batches it calibrated on: refused
     ]
     for extra, message in cases:
         argv = ["tune", str(LENET), "--data", str(script), "-o", str(tmp_path / "out"), *extra]

@@ -27,6 +27,9 @@ T = TypeVar("T")
 
 __all__ = [
     "positive_int",
+    "add_held_out_arguments",
+    "same_data",
+    "split_held_out",
     "candidates_arg",
     "non_negative_int",
     "int_in",
@@ -623,6 +626,68 @@ def add_data_arguments(p: argparse.ArgumentParser, *, required: bool = True) -> 
                    help="the axis INPUT's samples are stacked along, in the data and in the model (default: the "
                    "axis carrying the dim name the inputs share as their first, e.g. state (2, batch, 128) -> 1; "
                    "else 0; 'none' for an input fed whole to every batch). Repeat for several inputs")
+
+
+def add_held_out_arguments(p: argparse.ArgumentParser, *, measured: str) -> None:
+    """--eval-data, --calib-batches, --eval-batches (read by `split_held_out`); `measured`: what is measured on them,
+    for the help ("the units", "every step")."""
+    split = p.add_argument_group("held-out data")
+    split.add_argument("--eval-data", metavar="PATH", help=f"held-out data {measured} measured on (same formats and "
+                       "--batch-size as --data); default: the batches of --data after the calibration ones")
+    split.add_argument("--calib-batches", type=positive_int, metavar="N", help="without --eval-data: calibrate on "
+                       "the first N batches of --data and measure on the rest (default: half of them, rounded up)")
+    split.add_argument("--eval-batches", type=positive_int, metavar="M", help="measure on at most M held-out batches "
+                       "(every run is one pass over them)")
+
+
+def same_data(a: str, b: str) -> bool:
+    """Whether two --data values read the same data: the same file or folder (by real path), and for a data script
+    the same function."""
+    from ..ort.data.scripts import split_script
+
+    (file_a, fn_a), (file_b, fn_b) = split_script(str(a)), split_script(str(b))
+    try:
+        same = os.path.samefile(file_a, file_b)
+    except OSError:
+        same = os.path.realpath(file_a) == os.path.realpath(file_b)
+    return same and (fn_a == fn_b or file_a.suffix.lower() != ".py")
+
+
+def split_held_out(args: argparse.Namespace, source: Any, inputs: list, *, purpose: str,
+                   calibrate: bool = True) -> tuple[Any, list, int, dict[str, str]]:
+    """(calibration batches, or None without `calibrate`; held-out batches; padded rows of the last held-out one;
+    what was used) for the commands that measure on held-out data (sensitivity, tune): `--eval-data`, else `--data`
+    cut by `--calib-batches` (default: half its batches, rounded up). Held-out batches are kept in memory, within
+    `held_batches`' share of it (an endless data script is a DataError, not a machine run out of memory).
+    With `--eval-data` the calibration batches stay the `source`, read as the caller goes."""
+    from ..ort.data import held_batches
+
+    if args.eval_data is not None:
+        held = argparse.Namespace(**vars(args))
+        held.data, held.offset, held.limit, held.shuffle, held.seed = args.eval_data, None, None, False, None
+        if held.last_batch is None and not str(args.eval_data).split(":")[0].endswith(".py"):
+            # every held-out sample counts: a model with a fixed batch dim gets a padded last batch, left out of scores
+            held.last_batch = "pad" if inputs and inputs[0].rank and inputs[0].static_dim(0) else "keep"
+        eval_source = open_data(held, inputs)
+        batches = list(held_batches(eval_source, origin=str(args.eval_data), purpose=purpose))
+        what = {"evaluation_data": f"{args.eval_data} ({len(batches)} batches)"}
+        if calibrate:
+            what["calibration_data"] = f"{args.data} ({len(source)} batches)"
+        return (source if calibrate else None), batches, eval_source.num_padded, what
+    batches = list(held_batches(source, origin=str(args.data), purpose=purpose))
+    if not calibrate:
+        return None, batches, source.num_padded, {"evaluation_data": f"{args.data} (all {len(batches)} batches)"}
+    n = len(batches)
+    if n < 2:
+        raise UsageError(f"--data {args.data} holds {n} batch(es): calibration and held-out data need at least one "
+                         "each. Hint: give --eval-data, or a smaller --batch-size")
+    first = args.calib_batches if args.calib_batches is not None else math.ceil(n / 2)
+    if first >= n:
+        raise UsageError(f"--calib-batches {first} leaves no held-out batch of the {n} in --data")
+    return batches[:first], batches[first:], source.num_padded, {
+        "calibration_data": f"{args.data} batches 0..{first - 1}",
+        "evaluation_data": f"{args.data} batches {first}..{n - 1} (held out)",
+    }
 
 
 def open_data(args: argparse.Namespace, inputs: list, *, padding_is_data: bool = True) -> Any:

@@ -11,7 +11,6 @@ import logging
 from ..errors import TrtCalibError, UsageError
 from ._common import (
     add_data_arguments,
-    batch_count,
     add_json_flag,
     data_path,
     finite_float,
@@ -92,6 +91,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 def run_round_weights(args: argparse.Namespace) -> int:
     """Round, write ROUNDED.onnx (and --report), print the per-layer table."""
+    from ..ort.data import held_batches
     from ..ort.model import load_model
     from ..qdq.rounding import input_thresholds, round_weights
 
@@ -101,9 +101,11 @@ def run_round_weights(args: argparse.Namespace) -> int:
                 outputs={"-o": args.output, "--report": args.report})
     source = open_data(args, model_inputs_of(args.model)) if args.data is not None else None
     model = load_model(args.model)
+    if source is not None:  # the fit keeps every batch: within a share of memory (an endless data script stops)
+        source = list(held_batches(source, origin=str(args.data), purpose="round-weights"))
     activations, note = None, "float"
     if source is not None and args.activations != "none":
-        bar = open_progress(args, total=batch_count(source), desc="calibrating") if not args.json else None
+        bar = open_progress(args, total=len(source), desc="calibrating") if not args.json else None
         try:
             activations = input_thresholds(model, source, algorithm=args.activations, trt_version=args.trt_version,
                                            percentile=args.percentile, threads=args.threads,

@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import os
 import sys
 from typing import Any
 
 from ..errors import UsageError
 from ._common import (
+    add_held_out_arguments,
     add_data_arguments,
     add_executor_arguments,
     add_json_flag,
@@ -25,9 +25,10 @@ from ._common import (
     non_negative_int,
     open_data,
     open_executor,
-    positive_int,
     print_json,
     resolve_trt_version,
+    same_data,
+    split_held_out,
     trt_version_arg,
     write_output,
 )
@@ -61,13 +62,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     p.add_argument("model", help="ONNX model (float)")
     add_data_arguments(p)
-    split = p.add_argument_group("held-out data")
-    split.add_argument("--eval-data", metavar="PATH", help="held-out data to measure on (same formats and --batch-size "
-                       "as --data); default: the batches of --data after the calibration ones")
-    split.add_argument("--calib-batches", type=positive_int, metavar="N", help="without --eval-data: calibrate on "
-                       "the first N batches of --data and measure on the rest (default: half of them, rounded up)")
-    split.add_argument("--eval-batches", type=positive_int, metavar="M", help="measure on at most M held-out batches "
-                       "(every run is one pass over them)")
+    add_held_out_arguments(p, measured="the units are")
     src = p.add_argument_group("scales (as `quantize`)")
     how = src.add_mutually_exclusive_group()
     how.add_argument("--from-cache", metavar="CACHE", help="the scales of this TensorRT calibration cache, bit for "
@@ -142,61 +137,12 @@ def _data_path(spec: str | None) -> str | None:
     return path if sep and path.endswith(".py") else spec
 
 
-def _same_data(a: str, b: str) -> bool:
-    """Whether two --data values read the same data: the same file or folder (by real path), and for a data script
-    the same function."""
-    import os
-
-    from ..ort.data.scripts import split_script
-
-    (file_a, fn_a), (file_b, fn_b) = split_script(str(a)), split_script(str(b))
-    try:
-        same = os.path.samefile(file_a, file_b)
-    except OSError:
-        same = os.path.realpath(file_a) == os.path.realpath(file_b)
-    return same and (fn_a == fn_b or file_a.suffix.lower() != ".py")
-
-
 def _bar(args: argparse.Namespace, desc: str, unit: str, total: int | None = None) -> Any:
     if args.no_progress or args.quiet or args.json:
         return None
     from tqdm import tqdm
 
     return tqdm(total=total, unit=unit, desc=desc, file=sys.stderr, leave=False, disable=None)
-
-
-def _split(args: argparse.Namespace, source: Any, inputs: list) -> tuple[Any, list, int, dict[str, Any]]:
-    """(calibration batches or None, held-out batches, padded rows of the last held-out one, what was used)."""
-    from ..ort.data import held_batches
-
-    padded = source.num_padded
-    if args.eval_data is not None:
-        held = argparse.Namespace(**vars(args))
-        held.data, held.offset, held.limit, held.shuffle, held.seed = args.eval_data, None, None, False, None
-        if held.last_batch is None and not str(args.eval_data).split(":")[0].endswith(".py"):
-            # every held-out sample counts: a model with a fixed batch dim gets a padded last batch, left out of scores
-            held.last_batch = "pad" if inputs and inputs[0].rank and inputs[0].static_dim(0) else "keep"
-        eval_source = open_data(held, inputs)
-        batches = list(held_batches(eval_source, origin=str(args.eval_data), purpose="sensitivity"))
-        what = {"evaluation_data": f"{args.eval_data} ({len(batches)} batches)"}
-        calib = None if args.from_cache else source
-        if calib is not None:
-            what["calibration_data"] = f"{args.data} ({len(source)} batches)"
-        return calib, batches, eval_source.num_padded, what
-    batches = list(held_batches(source, origin=str(args.data), purpose="sensitivity"))
-    if args.from_cache:
-        return None, batches, padded, {"evaluation_data": f"{args.data} (all {len(batches)} batches)"}
-    n = len(batches)
-    if n < 2:
-        raise UsageError(f"--data {args.data} holds {n} batch(es): calibration and held-out data need at least one "
-                         "each. Hint: give --eval-data, or a smaller --batch-size")
-    first = args.calib_batches if args.calib_batches is not None else math.ceil(n / 2)
-    if first >= n:
-        raise UsageError(f"--calib-batches {first} leaves no held-out batch of the {n} in --data")
-    return batches[:first], batches[first:], padded, {
-        "calibration_data": f"{args.data} batches 0..{first - 1}",
-        "evaluation_data": f"{args.data} batches {first}..{n - 1} (held out)",
-    }
 
 
 def run_sensitivity(args: argparse.Namespace) -> int:
@@ -218,7 +164,7 @@ def run_sensitivity(args: argparse.Namespace) -> int:
                 "--metric": _metric_path(args.metric)},
         outputs={"-o": args.output},
     )
-    if args.eval_data is not None and not args.from_cache and _same_data(args.data, args.eval_data):
+    if args.eval_data is not None and not args.from_cache and same_data(args.data, args.eval_data):
         raise UsageError(f"--eval-data {args.eval_data} is --data {args.data}: the units would be measured on the "
                          "batches they were calibrated on, which hides what INT8 costs on new data. Hint: drop "
                          "--eval-data to hold out the later batches of --data, or give other data")
@@ -232,7 +178,8 @@ def run_sensitivity(args: argparse.Namespace) -> int:
     inputs = model_inputs(model)
     cache = CalibrationCache.load(args.from_cache) if args.from_cache else None
     source = open_data(args, inputs)
-    calib, held, padded, what = _split(args, source, inputs)
+    calib, held, padded, what = split_held_out(args, source, inputs, purpose="sensitivity",
+                                               calibrate=not args.from_cache)
     if args.eval_batches is not None and args.eval_batches < len(held):
         held, padded = held[: args.eval_batches], 0
         what["evaluation_data"] += f", first {args.eval_batches} used"

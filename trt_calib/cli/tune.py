@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import shlex
 from pathlib import Path
 from typing import Any
 
 from ..errors import TrtCalibError, UsageError
 from ._common import (
+    add_held_out_arguments,
     add_data_arguments,
     add_executor_arguments,
     add_json_flag,
@@ -29,6 +29,8 @@ from ._common import (
     open_progress,
     positive_int,
     print_json,
+    same_data,
+    split_held_out,
     threads_arg,
     trt_version_arg,
     write_output,
@@ -85,12 +87,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     p.add_argument("model", help="ONNX model (float)")
     add_data_arguments(p)
-    split = p.add_argument_group("held-out data")
-    split.add_argument("--eval-data", metavar="PATH", help="held-out data every step is measured on (same formats and "
-                       "--batch-size as --data); default: the batches of --data after the calibration ones")
-    split.add_argument("--calib-batches", type=positive_int, metavar="N", help="without --eval-data: calibrate on "
-                       "the first N batches of --data and measure on the rest (default: half of them, rounded up)")
-    split.add_argument("--eval-batches", type=positive_int, metavar="M", help="measure on at most M held-out batches")
+    add_held_out_arguments(p, measured="every step is")
     m = p.add_argument_group("target")
     m.add_argument("--metric", type=_metric_arg, default="auto", metavar="M",
                    help="auto (default: kl for a classifier output, else cosine), kl, cosine, sqnr (dB, higher is "
@@ -129,35 +126,9 @@ def _metric_file(spec: str) -> str | None:
     return path if sep and path.endswith(".py") else spec
 
 
-def _split(args: argparse.Namespace, inputs: list) -> tuple[list, list, int, dict[str, str]]:
-    """(calibration batches, held-out batches, padded rows of the last held-out one, what was used)."""
-    source = open_data(args, inputs)
-    if args.eval_data is not None:
-        held = argparse.Namespace(**vars(args))
-        held.data, held.offset, held.limit, held.shuffle, held.seed = args.eval_data, None, None, False, None
-        if held.last_batch is None and not str(args.eval_data).split(":")[0].endswith(".py"):
-            # every held-out sample counts: a fixed batch dim gets a padded last batch, left out of the scores
-            held.last_batch = "pad" if inputs and inputs[0].rank and inputs[0].static_dim(0) else "keep"
-        eval_source = open_data(held, inputs)
-        calib, batches = list(source), list(eval_source)
-        return calib, batches, eval_source.num_padded, {
-            "calibration_data": f"{args.data} ({len(calib)} batches)",
-            "evaluation_data": f"{args.eval_data} ({len(batches)} batches)"}
-    batches = list(source)
-    n = len(batches)
-    if n < 2:
-        raise UsageError(f"--data {args.data} holds {n} batch(es): calibration and held-out data need at least one "
-                         "each. Hint: give --eval-data, or a smaller --batch-size")
-    first = args.calib_batches if args.calib_batches is not None else math.ceil(n / 2)
-    if first >= n:
-        raise UsageError(f"--calib-batches {first} leaves no held-out batch of the {n} in --data")
-    return batches[:first], batches[first:], source.num_padded, {
-        "calibration_data": f"{args.data} batches 0..{first - 1}",
-        "evaluation_data": f"{args.data} batches {first}..{n - 1} (held out)"}
-
-
 def run_tune(args: argparse.Namespace) -> int:
     """Tune, write DIR/*, print the steps; exit 1 if --target is not met."""
+    from ..ort.data import held_batches
     from ..ort.model import load_model, model_inputs
     from ..tools.tune import STEPS, report_html, tune
 
@@ -169,9 +140,14 @@ def run_tune(args: argparse.Namespace) -> int:
               "--eval-data": data_path(args.eval_data), "--metric": _metric_file(args.metric)}
     outputs = {f"-o {name}": str(folder / name) for name in FILES.values()} if folder.is_dir() else {}
     guard_paths(inputs=inputs, outputs=outputs, folders={"-o": folder})
+    if args.eval_data is not None and same_data(args.data, args.eval_data):
+        raise UsageError(f"--eval-data {args.eval_data} is --data {args.data}: every step would be chosen and scored on "
+                         "the batches it was calibrated on, which hides what INT8 costs on new data. Hint: drop "
+                         "--eval-data to hold out the later batches of --data, or give other data")
     model = load_model(args.model)
     specs = model_inputs(model)
-    calib, held, padded, what = _split(args, specs)
+    calib, held, padded, what = split_held_out(args, open_data(args, specs), specs, purpose="tune")
+    calib = list(held_batches(calib, origin=str(args.data), purpose="tune"))
     if args.eval_batches is not None and args.eval_batches < len(held):
         held, padded = held[: args.eval_batches], 0
         what["evaluation_data"] += f", first {args.eval_batches} used"
