@@ -31,6 +31,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from ..core.signs import Quantizer
 from ..errors import CalibrationError, DataError, ModelError
 
 __all__ = [
@@ -216,27 +217,17 @@ def quantize_dequantize(x: np.ndarray, scale: float, zero_point: int, qmin: int,
 
 
 @dataclass(frozen=True)
-class ActivationQuantizer:
-    """The per-tensor QuantizeLinear a Q/DQ model applies to one activation: values outside [lo, hi] are clipped.
-    `body` says where it sits when not in the main graph ("then_branch of If 'x'")."""
+class ActivationQuantizer(Quantizer):
+    """The per-tensor QuantizeLinear a Q/DQ model applies to one activation (`core.signs.Quantizer`'s grid): values
+    outside [lo, hi] are clipped. `name` is the tensor; `body` says where it sits when not in the main graph
+    ("then_branch of If 'x'")."""
 
-    name: str
-    scale: float
-    zero_point: int
-    qmin: int
-    qmax: int
+    name: str = ""
     body: str = ""
 
     @property
-    def lo(self) -> float:
-        return (self.qmin - self.zero_point) * self.scale
-
-    @property
-    def hi(self) -> float:
-        return (self.qmax - self.zero_point) * self.scale
-
-    @property
     def symmetric(self) -> bool:
+        """int8 with zero point 0, as TensorRT's Q/DQ take it ([-128, 127]: hi is the amax)."""
         return self.zero_point == 0 and self.qmin == -128 and self.qmax == 127
 
     def clip_text(self) -> str:
@@ -319,8 +310,9 @@ def _scoped_quantizers(model: Any) -> dict[str, tuple[ActivationQuantizer, froze
                 skipped.append(x)
                 continue
             qmin, qmax = ranges[dtype]
-            q = ActivationQuantizer(x, float(scale.reshape(-1)[0]), int(zp.reshape(-1)[0]) if zp is not None else 0,
-                                    qmin, qmax, where)
+            q = ActivationQuantizer(scale=float(scale.reshape(-1)[0]),
+                                    zero_point=int(zp.reshape(-1)[0]) if zp is not None else 0,
+                                    qmin=qmin, qmax=qmax, name=x, body=where)
             found[x] = (q, made)
     if skipped:
         log.info("%d quantised activation(s) have per-channel or non-integer Q/DQ; their clipping is not measured: %s",
