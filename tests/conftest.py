@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+import onnx
 import pytest
+from onnx import TensorProto, helper, numpy_helper
 
 REPO = Path(__file__).resolve().parents[1]
 TEST_DATA = REPO / "tests" / "data"
@@ -27,3 +30,24 @@ def real_caches() -> list[Path]:
 @pytest.fixture
 def corpus_caches() -> list[Path]:
     return real_caches()
+
+
+# ---------------------------------------------------------------------------------------------- small ONNX graphs
+def onnx_model(nodes, inputs, outputs, inits=(), opset=13):
+    """A checked opset-`opset` model of `nodes`, its outputs given their inferred shapes (as exporters write them)."""
+    graph = helper.make_graph(nodes, "t", inputs, outputs, list(inits))
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 7
+    inferred = {o.name: o for o in onnx.shape_inference.infer_shapes(model).graph.output}
+    for out in model.graph.output:
+        out.CopyFrom(inferred[out.name])
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def float_value_info(name, shape):
+    return helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)
+
+
+def float_initializer(name, array):
+    return numpy_helper.from_array(np.asarray(array, dtype=np.float32), name)

@@ -12,6 +12,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from conftest import float_initializer, float_value_info, onnx_model
 from trt_calib.cli.main import main
 from trt_calib.core.rounding import (
     LayerMoments,
@@ -31,23 +32,7 @@ from trt_calib.qdq.rounding import ROUNDED_METADATA_KEY, roundable_layers, round
 
 
 # ---------------------------------------------------------------------------------------------- helpers
-def _model(nodes, inputs, outputs, inits=(), opset=13):
-    graph = helper.make_graph(nodes, "t", inputs, outputs, list(inits))
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
-    model.ir_version = 7
-    inferred = {o.name: o for o in onnx.shape_inference.infer_shapes(model).graph.output}
-    for out in model.graph.output:  # give outputs their inferred shapes, as exporters do
-        out.CopyFrom(inferred[out.name])
-    onnx.checker.check_model(model, full_check=True)
-    return model
-
-
-def _vi(name, shape):
-    return helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)
-
-
-def _init(name, array):
-    return numpy_helper.from_array(np.asarray(array, dtype=np.float32), name)
+_model, _vi, _init = onnx_model, float_value_info, float_initializer  # conftest's small-graph builders
 
 
 def _run(model, feeds, outputs=None):
