@@ -203,7 +203,7 @@ def run_suite(
     from trt_calib.ort.model import load_model
 
     from trt_calib.ort.collect import amax_from_histograms, collect_histograms, tie_scales
-    from trt_calib.ort.evaluate import evaluate, threshold_sqnr
+    from trt_calib.ort.evaluate import best_per_tensor, evaluate, threshold_sqnr
     from trt_calib.qdq import quantize_model
 
     model = load_model(model_path)
@@ -263,12 +263,7 @@ def run_suite(
     bar = tqdm(desc=f"{name}: per-tensor SQNR", unit="batch", leave=False, file=sys.stderr)
     sqnr = threshold_sqnr(model, calib(), candidates, progress=bar.update)
     bar.close()
-    best_raw = dict(raw["mse"])
-    picks: dict[str, int] = dict.fromkeys(ALGORITHMS, 0)
-    for tensor, scores in sqnr.items():
-        pick = max(ALGORITHMS, key=lambda a: (scores[a] if math.isfinite(scores[a]) else -math.inf))
-        best_raw[tensor] = raw[pick][tensor]
-        picks[pick] += 1
+    best_raw, picks = best_per_tensor(raw, sqnr, ALGORITHMS)
     best, _ = tie_scales(model, best_raw)
     qdq_best, _ = quantize_model(model, best)
     best_seconds = time.perf_counter() - t0 + collect_seconds

@@ -247,18 +247,13 @@ def work_qdq(zoo: Path, name: str, entry: dict[str, Any], quick: bool, workdir: 
     if contender in ALGORITHMS:
         scales = amax["tied"][contender]
     elif contender == "best":
-        from trt_calib.ort.evaluate import threshold_sqnr
+        from trt_calib.ort.evaluate import best_per_tensor, threshold_sqnr
 
         raw = amax["raw"]
         _, coverage = quantize_model(model, amax["tied"]["entropy2"])
         candidates = {t: {a: raw[a][t] for a in ALGORITHMS} for t in coverage.activations if t in raw["mse"]}
         sqnr = threshold_sqnr(model, sources(zoo, name, entry, "calib", quick), candidates)
-        best = dict(raw["mse"])
-        picks = dict.fromkeys(ALGORITHMS, 0)
-        for tensor, scores in sqnr.items():
-            pick = max(ALGORITHMS, key=lambda a: scores[a] if math.isfinite(scores[a]) else -math.inf)
-            best[tensor] = raw[pick][tensor]
-            picks[pick] += 1
+        best, picks = best_per_tensor(raw, sqnr, ALGORITHMS)
         scales = tie_scales(model, best)[0]
         note = "picks: " + ", ".join(f"{a} {n}" for a, n in picks.items())
     elif contender == "exclude3":

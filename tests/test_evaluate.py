@@ -897,3 +897,13 @@ def test_a_task_metric_gets_an_output_whose_batch_axis_is_not_first_joined_along
     assert report.num_parts == 5
     err = np.abs(x - fake_quantize(x, 1.0)).reshape(2, -1).max(axis=1)  # per batch of 5, averaged (equal weights)
     assert report.metric["value"] == pytest.approx(float(err.mean()), rel=1e-6)
+
+
+def test_best_per_tensor_picks_the_highest_sqnr_and_keeps_the_default_elsewhere():
+    from trt_calib.ort.evaluate import best_per_tensor
+
+    raw = {"minmax": {"a": 4.0, "b": 8.0, "c": 2.0}, "mse": {"a": 3.0, "b": 6.0, "c": 1.0}}
+    sqnr = {"a": {"minmax": 30.0, "mse": 25.0}, "b": {"minmax": float("nan"), "mse": 20.0}}
+    best, picks = best_per_tensor(raw, sqnr, ("minmax", "mse"))
+    assert best == {"a": 4.0, "b": 6.0, "c": 1.0}  # nan scores lowest; "c" was not scored: mse's amax
+    assert picks == {"minmax": 1, "mse": 1}

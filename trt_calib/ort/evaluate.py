@@ -57,6 +57,7 @@ __all__ = [
     "evaluate",
     "comparable_tensors",
     "threshold_sqnr",
+    "best_per_tensor",
     "activation_quantizers",
     "quantize_dequantize",
     "log_softmax",
@@ -1492,3 +1493,17 @@ def threshold_sqnr(
         if progress is not None:
             progress(1)
     return {n: {label: sqnr_db(signal[n], e) for label, e in noise[n].items()} for n in names}
+
+
+def best_per_tensor(raw: Mapping[str, Mapping[str, float]], sqnr: Mapping[str, Mapping[str, float]],
+                    algorithms: Sequence[str], *, default: str = "mse") -> tuple[dict[str, float], dict[str, int]]:
+    """(amax per tensor, how often each algorithm was picked): for each tensor `threshold_sqnr` scored, the
+    algorithm whose amax gave the highest SQNR (a nan scores lowest; ties go to the first in `algorithms`); every
+    other tensor keeps `default`'s amax. `raw` maps algorithm -> {tensor: amax}."""
+    best = dict(raw[default])
+    picks = dict.fromkeys(algorithms, 0)
+    for tensor, scores in sqnr.items():
+        pick = max(algorithms, key=lambda a: scores[a] if math.isfinite(scores[a]) else -math.inf)
+        best[tensor] = raw[pick][tensor]
+        picks[pick] += 1
+    return best, picks

@@ -325,7 +325,7 @@ def _threshold_candidates(model: Any, calib: list[dict[str, np.ndarray]], trt_ve
                           threads: int | None) -> list[tuple[str, dict[str, float], str]]:
     """(name, tied amax, cache algorithm) for each rule and for the per-tensor best; one histogram collection."""
     from ..ort.collect import collect_histograms, tie_scales
-    from ..ort.evaluate import threshold_sqnr
+    from ..ort.evaluate import best_per_tensor, threshold_sqnr
     from ..qdq import quantize_model
 
     histograms, _ = collect_histograms(model, calib, threads=threads)
@@ -340,12 +340,7 @@ def _threshold_candidates(model: Any, calib: list[dict[str, np.ndarray]], trt_ve
     activations = [t for t in coverage.activations if t in raw["mse"]]
     candidates = {t: {a: raw[a][t] for a in _ALGORITHMS} for t in activations}
     sqnr = threshold_sqnr(model, calib, candidates, threads=threads) if candidates else {}
-    best = dict(raw["mse"])
-    picks = dict.fromkeys(_ALGORITHMS, 0)
-    for tensor, scores in sqnr.items():
-        pick = max(_ALGORITHMS, key=lambda a: scores[a] if math.isfinite(scores[a]) else -math.inf)
-        best[tensor] = raw[pick][tensor]
-        picks[pick] += 1
+    best, picks = best_per_tensor(raw, sqnr, _ALGORITHMS)
     tied, _ = tie_scales(model, best, trt_version=trt_version)
     how = ", ".join(f"{a} {n}" for a, n in picks.items() if n)
     out.append((f"{_PER_TENSOR} ({how})", tied, "minmax" if picks["minmax"] == sum(picks.values()) else "entropy2"))
