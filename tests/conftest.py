@@ -51,3 +51,21 @@ def float_value_info(name, shape):
 
 def float_initializer(name, array):
     return numpy_helper.from_array(np.asarray(array, dtype=np.float32), name)
+
+
+# ---------------------------------------------------------------------------------------------- the CLI in process
+def run(capsys, *argv) -> tuple[int, str, str]:
+    """`trt-calib ARGV` in process: (exit status, stdout, stderr)."""
+    from trt_calib.cli.main import main
+
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def one_line(err: str) -> str:
+    """The single error line a failing command prints (and check that there is exactly one)."""
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    return lines[0]

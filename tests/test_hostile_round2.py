@@ -16,24 +16,8 @@ import numpy as np
 import onnx
 import pytest
 
-from trt_calib.cli import main
 
-from conftest import LENET, LENET_BATCHES, LENET_IMAGES, TRT_TABLE
-
-
-def run(capsys, *argv) -> tuple[int, str, str]:
-    """`trt-calib ARGV` in process: (exit status, stdout, stderr)."""
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def one_line(err: str) -> str:
-    """The single error line a failing command prints (and check that there is exactly one)."""
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1, err
-    assert "Traceback" not in err
-    return lines[0]
+from conftest import LENET, LENET_BATCHES, LENET_IMAGES, TRT_TABLE, one_line, run
 
 
 def snapshot(folder) -> dict[str, bytes]:
