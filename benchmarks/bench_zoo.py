@@ -40,7 +40,7 @@ from typing import Any, Iterator
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import announce, machine_line  # noqa: E402  benchmarks/machine.py, beside this script
+from machine import announce, start_line  # noqa: E402  benchmarks/machine.py, beside this script
 
 REPO = Path(__file__).resolve().parents[1]
 ZOO = REPO / "artifacts" / "zoo"
@@ -456,7 +456,7 @@ def main() -> int:
     announce()  # CPU model, SIMD level, cores and load, at the start and at the end
     print(f"onnxruntime {onnxruntime.__version__}, onnx {onnx.__version__}, numpy {np.__version__}"
           + ("; --quick: numbers are a smoke test, not results" if args.quick else ""))
-    report: dict[str, Any] = {"machine": machine_line("start"), "quick": args.quick, "models": {}}
+    report: dict[str, Any] = {"machine": start_line(), "quick": args.quick, "models": {}}
     for name in names:
         with tempfile.TemporaryDirectory(prefix=f"bench_zoo.{name}.") as tmp:
             workdir = Path(tmp)

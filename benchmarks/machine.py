@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 __all__ = ["cpu_model", "simd_level", "usable_cpus", "idle_load", "load_average", "busy_seconds", "own_seconds",
-           "CpuWindow", "OTHERS_IDLE", "is_idle", "machine_line", "announce"]
+           "CpuWindow", "OTHERS_IDLE", "is_idle", "machine_line", "announce", "start_line"]
 
 OTHERS_IDLE = 0.25
 """Cores other processes may use on average, through a run, for its timings to count as idle figures."""
@@ -160,5 +160,10 @@ def announce() -> None:
 
     line = machine_line("start")
     print(line, flush=True)
-    _RUN.update(window=CpuWindow(), start_idle=line.endswith(": idle"))
+    _RUN.update(window=CpuWindow(), start_idle=line.endswith(": idle"), start=line)
     atexit.register(lambda: print(machine_line("end"), flush=True))
+
+
+def start_line() -> str:
+    """The line `announce()` printed at the start (its one-second sample is not taken again)."""
+    return str(_RUN.get("start") or machine_line("start"))

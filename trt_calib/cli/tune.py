@@ -147,7 +147,8 @@ def run_tune(args: argparse.Namespace) -> int:
     model = load_model(args.model)
     specs = model_inputs(model)
     calib, held, padded, what = split_held_out(args, open_data(args, specs), specs, purpose="tune")
-    calib = list(held_batches(calib, origin=str(args.data), purpose="tune"))
+    if args.eval_data is not None:  # the calibration batches are still the source: tune keeps them too
+        calib = list(held_batches(calib, origin=str(args.data), purpose="tune"))
     if args.eval_batches is not None and args.eval_batches < len(held):
         held, padded = held[: args.eval_batches], 0
         what["evaluation_data"] += f", first {args.eval_batches} used"
