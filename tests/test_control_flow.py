@@ -14,6 +14,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from conftest import LENET
 from trt_calib.cli import main
 from trt_calib.errors import CalibrationError
 from trt_calib.ort.collect import calibrate
@@ -352,3 +353,17 @@ def test_nested_branches_calibrate_and_quantize_and_a_constant_ifs_other_branch_
     for b in batches:
         want = reference.run(["y"], b)[0]
         assert np.abs(session.run(["y"], b)[0] - want).max() < 0.03 * np.abs(want).max()
+
+
+def test_a_model_without_control_flow_skips_the_body_search(monkeypatch):
+    """No If/Loop/Scan at the top level means no bodies: calibrate does not infer shapes again to look for them."""
+    import trt_calib.ort.collect as collect
+
+    def boom(*_, **__):
+        raise AssertionError("searched bodies of a model without control flow")
+
+    monkeypatch.setattr(collect, "body_tensors", boom)
+    monkeypatch.setattr(collect, "tensor_types", boom)
+    model = onnx.load(str(LENET))
+    result = collect.calibrate(model, [{"data": np.random.default_rng(0).random((2, 1, 28, 28), np.float32)}])
+    assert result.uncovered == {} and len(result.amax) > 5

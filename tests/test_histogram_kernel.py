@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from trt_calib.core import kernel
-from trt_calib.core.histogram import AbsHistogram
+from trt_calib.core.histogram import AbsHistogram, finite_abs_max
 from trt_calib.core.signs import SignedHistogram
 
 pytest.importorskip("numba")
@@ -160,6 +160,27 @@ def test_three_million_values_with_nan_and_inf_split_over_threads(threads):
     top = F32(np.abs(a[np.isfinite(a)]).max())
     check_scan(a, F32(top / F32(2048)), top, 2048)
     check_scan(a, F32(F32(0.5) / F32(2048)), F32(0.5), 2048)
+
+
+@pytest.mark.parametrize("backend", ["numba", "numpy"])
+def test_finite_abs_max_takes_numpys_min_max_and_skips_nan_and_inf_on_both_backends(backend):
+    """Finite data takes numpy's vectorised min/max (it never waits for the kernel's load); NaN and inf go the
+    slower way, on the kernel or on numpy; both give the largest finite |x|, in float32."""
+    rng = np.random.default_rng(11)
+    a = rng.standard_normal(300_000).astype(np.float32)
+    a[123] = F32(-7.25)
+    cases = {
+        "finite": (a, 7.25),
+        "nan": (np.where(np.arange(a.size) % 1000 == 0, F32(np.nan), a), 7.25),
+        "inf": (np.concatenate([a, [np.inf, -np.inf]]).astype(np.float32), 7.25),
+        "nan and inf only": (np.array([np.nan, np.inf, -np.inf], np.float32), 0.0),
+        "zeros": (np.zeros(10, np.float32), 0.0),
+        "denormal": (np.array([0.0, -DENORM], np.float32), float(DENORM)),
+        "FLT_MAX": (np.array([FLT_MAX, np.nan], np.float32), float(FLT_MAX)),
+        "empty": (np.zeros(0, np.float32), 0.0),
+    }
+    for name, (values, expected) in cases.items():
+        assert on(backend, lambda: finite_abs_max(values)) == expected, name
 
 
 def test_two_python_threads_can_scan_at_once():

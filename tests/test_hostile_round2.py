@@ -896,13 +896,35 @@ def test_item22_protobufs_own_failure_to_measure_a_model_means_over_the_limit():
     assert not over_proto_limit(onnx.load(str(LENET)))
 
 
+def test_item22_serialized_is_the_size_test_and_the_bytes_in_one_pass(monkeypatch):
+    """`serialized` (what each session is built from) answers None where `over_proto_limit` says over, and otherwise
+    the very bytes SerializeToString gives, having serialised the model once."""
+    from google.protobuf.message import EncodeError
+
+    import trt_calib.ort.model as model_module
+
+    class Huge:
+        def SerializeToString(self):
+            raise EncodeError("Failed to serialize proto")
+
+    assert model_module.serialized(Huge()) is None
+    lenet = onnx.load(str(LENET))
+    data = model_module.serialized(lenet)
+    assert data == lenet.SerializeToString()
+    monkeypatch.setattr(model_module, "PROTO_LIMIT", len(data) - 1)
+    assert model_module.serialized(lenet) is None and model_module.over_proto_limit(lenet)
+    monkeypatch.setattr(model_module, "PROTO_LIMIT", len(data))
+    assert model_module.serialized(lenet) == data and not model_module.over_proto_limit(lenet)
+
+
 _SERIALISING = {"SerializeToString", "SerializePartialToString", "ByteSize"}
 
 
 @contextlib.contextmanager
 def _as_if_over_2gb(monkeypatch, limit: int = 100_000):
     """Every model over `limit` bytes is treated as over protobuf's 2 GiB: PROTO_LIMIT is lowered, and each call that
-    serialises or measures such a ModelProto outside `over_proto_limit` (what protobuf would fail) is recorded."""
+    serialises or measures such a ModelProto outside `over_proto_limit` or `serialized` (what protobuf would fail) is
+    recorded."""
     import sys
     import threading
 
@@ -915,7 +937,7 @@ def _as_if_over_2gb(monkeypatch, limit: int = 100_000):
         if event != "c_call" or getattr(arg, "__name__", None) not in _SERIALISING:
             return
         message = getattr(arg, "__self__", None)
-        if type(message).__name__ != "ModelProto" or frame.f_code.co_name == "over_proto_limit":
+        if type(message).__name__ != "ModelProto" or frame.f_code.co_name in ("over_proto_limit", "serialized"):
             return
         if message.ByteSize() > limit:
             failed.append(f"{arg.__name__} of a {message.ByteSize()}-byte model in {frame.f_code.co_name} "

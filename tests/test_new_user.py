@@ -105,6 +105,18 @@ def test_numba_is_a_dependency_where_it_has_wheels():
     assert isinstance(Marker(str(numba.marker)), Marker)
 
 
+def test_ml_dtypes_0_7_0_is_excluded_for_its_half_second_import():
+    from packaging.requirements import Requirement
+
+    deps = [Requirement(r) for r in _pyproject()["project"]["dependencies"]]
+    (ml_dtypes,) = [r for r in deps if r.name == "ml_dtypes"]
+    assert not ml_dtypes.specifier.contains("0.7.0")
+    assert all(ml_dtypes.specifier.contains(v) for v in ("0.5.4", "0.6.0", "0.7.1", "1.0.0"))  # an exclusion, no cap
+    from importlib.metadata import version
+
+    assert version("ml_dtypes") != "0.7.0"  # what the install resolved (onnx would pull the newest otherwise)
+
+
 def test_the_readme_says_what_the_gpu_extra_needs_and_what_works_instead():
     readme = (REPO / "README.md").read_text()
     paragraph = readme[readme.index('".[gpu]"'):][:900]

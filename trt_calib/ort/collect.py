@@ -21,7 +21,7 @@ from ..core.signs import SignedHistogram
 from ..errors import CalibrationError
 from .data import iter_batches
 from .fill import fill_histograms
-from .control_flow import body_tensors, if_conditions, shape_conditions, summary_lines, uncovered_reasons
+from .control_flow import CONTROL_FLOW_OPS, body_tensors, if_conditions, shape_conditions, summary_lines, uncovered_reasons
 from .model import describe, float_types, load_model, model_inputs, refuse_quantized, tensor_types
 from .runner import Runner, global_maxima, source_inputs
 from .shard import collect_sharded
@@ -260,6 +260,8 @@ def calibrate(
 
 def _uncovered(model: Any, histograms: Mapping[str, AbsHistogram]) -> dict[str, str]:
     """The tensors TensorRT names in If/Loop/Scan bodies that no calibration batch reached, and why."""
+    if not any(node.op_type in CONTROL_FLOW_OPS for node in model.graph.node):
+        return {}  # bodies hang off top-level nodes: none, nothing to cover (and no shape inference to pay for)
     body = body_tensors(model, tensor_types(model), float_types())
     if not body:
         return {}

@@ -24,6 +24,7 @@ from .data import InputSpec, infer_batch_axes
 __all__ = [
     "PROTO_LIMIT",
     "over_proto_limit",
+    "serialized",
     "serialize_model",
     "infer_shapes",
     "split_weights",
@@ -220,6 +221,16 @@ def over_proto_limit(model: Any) -> bool:
         return True
 
 
+def serialized(model: Any) -> bytes | None:
+    """`model` as bytes, or None when protobuf cannot hold it (over 2 GiB): `over_proto_limit` and the serialisation
+    in one pass, for the callers that need the bytes (a session per sensitivity variant measured the model twice)."""
+    try:
+        data = model.SerializeToString()
+    except Exception:  # google.protobuf.message.EncodeError: too large to serialise
+        return None
+    return None if len(data) > PROTO_LIMIT else data
+
+
 def serialize_model(model: Any, *, role: str = "the model") -> bytes:
     """`model` as bytes; a model over protobuf's 2 GiB limit is a ModelError naming `role` (save it with external data
     instead: onnx.save_model(..., save_as_external_data=True)), not an exit 70."""
@@ -401,10 +412,11 @@ def ort_session(
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if threads:
         options.intra_op_num_threads = threads
-    if over_proto_limit(copy):
+    data = serialized(copy)
+    if data is None:
         return _session_from_file(copy, options, role)
     try:
-        return ort.InferenceSession(copy.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
         raise ModelError(f"{role}: onnxruntime cannot load it ({exc})") from None
 
