@@ -14,6 +14,8 @@ Each contender runs in its own process (wall time and peak RSS of that process; 
     the kernel with 2 threads and 1 thread and on numpy;
 (e) sharded `calibrate --executor local` with 1 and 2 worker processes (two passes: the speed-up of 2 over 1, whose
     worker has both cores, and over 1 restricted to one core, as each of the 2 is);
+(g) onnxruntime alone as (b) runs it (the exact level, every calibrated tensor an output, (b)'s parts), nothing
+    binned: with the CPU seconds every contender prints, what calibrating costs beyond running the model;
 (f) ONNX Runtime's entropy calibrator with 2048 bins (`create_calibrator(..., CalibrationMethod.Entropy)`,
     `collect_data`, `compute_data`), which keeps every activation of every batch until the end.
 Caches are compared by sha256: (b'), (c) and (e) against (b). The model and crops come from
@@ -31,7 +33,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from machine import announce, is_idle, machine_line  # benchmarks/machine.py, beside this script
+from machine import announce, is_idle, machine_line, usable_cpus  # benchmarks/machine.py, beside this script
 
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO / "artifacts" / "efficientnet_lite0"
@@ -43,10 +45,13 @@ model, data, batch = sys.argv[1], sys.argv[2], int(sys.argv[3])
 x = np.load(data)["input"]
 batches = [{"input": np.ascontiguousarray(x[k:k + batch])} for k in range(0, len(x) - batch + 1, batch)]
 out = {}
+cpu0 = resource.getrusage(resource.RUSAGE_SELF)
 t0 = time.perf_counter()
 """
 EPILOGUE = """
 out["seconds"] = time.perf_counter() - t0
+cpu1 = resource.getrusage(resource.RUSAGE_SELF)
+out["cpu_seconds"] = cpu1.ru_utime + cpu1.ru_stime - cpu0.ru_utime - cpu0.ru_stime
 out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 out["worker_rss_mb"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
 print(json.dumps(out))
@@ -114,6 +119,15 @@ sess = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
 for b in batches:
     sess.run(None, b)
 """
+RUNS_ONLY = """
+from trt_calib.ort.collect import pipelined
+from trt_calib.ort.runner import Runner
+runner = Runner.open(model, None, threads=None, budget_bytes=(256 << 20) // (2 if pipelined(None) else 1))
+runner.size_parts(batches[0])
+for b in batches:
+    for values in runner.parts(b):
+        del values
+"""
 SEQUENTIAL = """
 import trt_calib.ort.collect as collect
 collect.pipelined = lambda threads: False  # every part runs, then is binned, as before issue 22
@@ -124,6 +138,7 @@ CONTENDERS = {
     "(b') the same, numpy binning": (CALIBRATE.format(optimization="basic"), {"TRT_CALIB_KERNEL": "numpy"}),
     "(b'') the same, parts not overlapped": (SEQUENTIAL.format(optimization="basic"), {}),
     "(c) calibrate --optimization all": (CALIBRATE.format(optimization="all"), {}),
+    "(g) onnxruntime alone, as (b) runs it": (RUNS_ONLY, {}),
     "(d) binning one part (4 crops)": (BINNING, {}),
     "(e) sharded, 1 local worker": (SHARDED.format(workers=1, threads=None), {}),
     "(e) sharded, 1 local worker, 1 thread": (SHARDED.format(workers=1, threads=1), {}),
@@ -151,7 +166,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=ARTIFACTS / "calib.npz", help=".npz with key 'input'")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--skip-ort", action="store_true", help="skip (f): it needs ~8 GB and a minute or two")
-    parser.add_argument("--only", default="abcdef", metavar="LETTERS",
+    parser.add_argument("--only", default="abcdefg", metavar="LETTERS",
                         help="run only these contenders, e.g. 'ad' (default: all; (a) and (b) are always run)")
     parser.add_argument("--repeat", type=int, default=1, metavar="N",
                         help="run the contenders N times, interleaved, and keep each one's fastest run (default 1)")
@@ -177,7 +192,9 @@ def main() -> None:
         spread = f"   (of {len(done)}: {min(d['seconds'] for d in done):.2f}-{max(d['seconds'] for d in done):.2f} s)" \
             if len(done) > 1 else ""
         workers = f"   largest worker {r['worker_rss_mb']:5.0f} MB" if name.startswith("(e)") else ""
-        print(f"{name:<48} {r['seconds']:8.2f} s   peak RSS {r['peak_rss_mb']:7.0f} MB{workers}{spread}", flush=True)
+        cpu = f"   CPU {r['cpu_seconds']:5.2f} s ({r['cpu_seconds'] / r['seconds']:.2f} cores)"
+        print(f"{name:<48} {r['seconds']:8.2f} s{cpu}   peak RSS {r['peak_rss_mb']:7.0f} MB{workers}{spread}",
+              flush=True)
     print(machine_line("end of the runs"))
 
     base = results["(a) onnxruntime inference"]
@@ -194,6 +211,16 @@ def main() -> None:
     ratio = ours["seconds"] / base["seconds"]
     print(f"\ngoal of issue 22: (b), the plain install, at most 4x inference on an idle 2-core machine: {ratio:.1f}x, "
           f"{'met' if ratio <= 4 else 'NOT met'}" + ("" if is_idle() else " (this machine is busy: not an idle figure)"))
+    cores = usable_cpus()
+    floor = ours["cpu_seconds"] / cores
+    print(f"(b) did {ours['cpu_seconds']:.2f} CPU-s of work: spread perfectly over the {cores} usable cores that is "
+          f"{floor:.2f} s = {floor / base['seconds']:.1f}x inference, the least any schedule of this work can take")
+    alone = results.get("(g) onnxruntime alone, as (b) runs it")
+    if alone:
+        print(f"(g) onnxruntime alone: {alone['seconds'] / base['seconds']:.1f}x inference, "
+              f"{alone['cpu_seconds'] / alone['seconds']:.2f} of {cores} cores busy; (b) adds "
+              f"{ours['cpu_seconds'] - alone['cpu_seconds']:.2f} CPU-s to it (binning, setup, the kernel's load, the "
+              f"first batch's second runs, the KL searches)")
     seq = results.get("(b'') the same, parts not overlapped")
     if seq:
         print(f"running the next part while one is binned: (b) takes {ours['seconds'] / seq['seconds']:.2f}x the "
