@@ -160,6 +160,15 @@ def run(code: str, env: dict, model: Path, data: Path, batch: int) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def import_line() -> str:
+    """What importing onnx costs a fresh process (every command pays it; ml_dtypes 0.7.0 made it 0.56 s), fastest of 3."""
+    code = ("import time, numpy; t = time.perf_counter(); import onnx, ml_dtypes; "
+            "print(time.perf_counter() - t, ml_dtypes.__version__)")
+    runs = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+            for _ in range(3)]
+    return f"importing onnx after numpy: {min(float(r[0]) for r in runs):.3f} s (ml_dtypes {runs[0][1]})"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, default=ARTIFACTS / "model.onnx")
@@ -175,6 +184,7 @@ def main() -> None:
     if not args.model.is_file() or not args.data.is_file():
         raise SystemExit(f"{args.model} or {args.data} missing: run python samples/efficientnet_lite0/export.py")
 
+    print(import_line())
     chosen = {name: spec for name, spec in CONTENDERS.items()
               if not (args.skip_ort and name[1] == "f") and (name.startswith(("(a)", "(b)")) or name[1] in args.only)}
     runs: dict[str, list[dict]] = {name: [] for name in chosen}

@@ -3,8 +3,8 @@
 Shared by sequential calibration (`collect`) and each shard of a sharded one (`shard`).
 
 With `ahead=True` the model runs one part ahead on a worker thread while this thread bins the part before
-(`run_ahead`): onnxruntime at the exact optimisation level keeps about one of two cores busy, and the binning
-kernel releases the GIL, so the two overlap. Parts are binned in the same order, so the histograms are the same
+(`run_ahead`): the binning kernel releases the GIL, so the two overlap where onnxruntime leaves cores idle (on 2
+cores at the exact level it keeps 1.8 busy, so little: docs/performance.md). Parts are binned in the same order, so the histograms are the same
 bytes; at most two parts' activations exist at once (the caller gives the runner half the activation budget).
 """
 
