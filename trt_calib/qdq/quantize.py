@@ -35,7 +35,7 @@ from ..core.cache import CalibrationCache
 from ..core.signs import ASYMMETRIC_METHODS, SignedHistogram
 from ..errors import CalibrationError, ModelError
 from ..core.result import CalibrationResult
-from ..ort.control_flow import constant_condition
+from ..ort.control_flow import CONTROL_FLOW_OPS, constant_condition
 from ..ort.model import load_model, model_inputs, refuse_quantized, tensor_types
 from ..ort.data import iter_batches
 from .bias import correct_biases
@@ -449,7 +449,7 @@ def quantize_model(
         )
 
     if bias_correction is not None:
-        if any(n.op_type in ("If", "Loop", "Scan") for n in work.graph.node):
+        if any(n.op_type in CONTROL_FLOW_OPS for n in work.graph.node):
             raise ModelError("bias correction cannot run models with If/Loop/Scan subgraphs")
         specs = model_inputs(float_model)
         batches = []

@@ -44,6 +44,7 @@ from ..core.rounding import (
     reference_target,
 )
 from ..errors import DataError, ModelError
+from ..ort.control_flow import CONTROL_FLOW_OPS
 from ..ort.data import iter_batches
 from ..ort.evaluate import fake_quantize
 from ..ort.model import load_model, model_inputs, ort_session, tensor_info
@@ -69,7 +70,6 @@ METHODS = ("gptq", "nearest")
 #: The `metadata_props` key a rounded model carries (what was done, and that its weights are exactly s * q).
 ROUNDED_METADATA_KEY = "trt_calib.rounded_weights"
 _ROUNDED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
-_SUBGRAPH_OPS = ("If", "Loop", "Scan")
 _PATCH_BYTES = 64 << 20  # one patch matrix at a time stays under this
 
 
@@ -657,7 +657,7 @@ def round_weights(
     reference.CopyFrom(source)
     layers, skipped = roundable_layers(reference)
     labels = {layer.weight: layer.label for layer in layers}  # as the input model names them
-    if any(n.op_type in _SUBGRAPH_OPS for n in reference.graph.node) and batches is not None:
+    if any(n.op_type in CONTROL_FLOW_OPS for n in reference.graph.node) and batches is not None:
         raise ModelError("weight rounding runs the model in segments and cannot cut models with If/Loop/Scan "
                          "subgraphs. Hint: --method nearest needs no data and writes TensorRT's own rounding")
     _constants_to_initializers(reference, {layer.weight for layer in layers})
