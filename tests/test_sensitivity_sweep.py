@@ -240,6 +240,32 @@ def test_results_are_the_same_on_serial_and_local_executors_with_screening(dag):
     assert docs[0] == docs[1]
 
 
+def test_cones_run_side_by_side_give_the_same_json_as_one_at_a_time(dag, monkeypatch):
+    import threading
+
+    import trt_calib.qdq.sensitivity as sens
+
+    model, scales, held = dag
+    assert sens.cone_lanes(2, 13) == (2, 1) and sens.cone_lanes(16, 13) == (2, 8) and sens.cone_lanes(2, 1) == (1, 2)
+    seen: set[str] = set()
+    run = SuffixRunner.run
+
+    def spy(self, values):
+        seen.add(threading.current_thread().name)
+        return run(self, values)
+
+    monkeypatch.setattr(SuffixRunner, "run", spy)
+    docs = []
+    for lanes in (1, 2):
+        monkeypatch.setattr(sens, "cone_lanes", lambda threads, cones, n=lanes: (min(n, cones), 1))
+        seen.clear()
+        doc = sensitivity(model, scales, held, metric="cosine", max_keep=2, candidates="all").to_json()
+        assert any(n.startswith("trt-calib-cone") for n in seen) == (lanes == 2)
+        doc.pop("run")
+        docs.append(json.dumps(doc, sort_keys=True))
+    assert docs[0] == docs[1]
+
+
 # ---------------------------------------------------------------------------------------------- nothing lost
 def test_a_partial_document_after_every_round_and_resume_gives_the_same_result(dag):
     model, scales, held = dag

@@ -380,7 +380,8 @@ def ort_session(
     optimization: str = "basic",
     arena: bool = True,
 ) -> Any:
-    """An onnxruntime CPU session over a copy of `model` that also returns every tensor in `outputs`.
+    """An onnxruntime CPU session over `model` that also returns every tensor in `outputs` (added to a copy: `model`
+    itself is not changed).
 
     `arena=False` gives the activations back after every run instead of keeping them in onnxruntime's arena: for
     the many short-lived sessions sensitivity holds at once.
@@ -392,12 +393,14 @@ def ort_session(
     import onnx
     import onnxruntime as ort
 
-    copy = onnx.ModelProto()
-    copy.CopyFrom(model)
-    existing = {o.name for o in copy.graph.output}
+    existing = {o.name for o in model.graph.output}
     missing = [n for n in outputs if n not in existing]
-    if missing and types is None:
-        types = tensor_types(copy)
+    copy = model  # copied only when outputs are added (or its weights are moved out below)
+    if missing:
+        copy = onnx.ModelProto()
+        copy.CopyFrom(model)
+        if types is None:
+            types = tensor_types(copy)
     for name in missing:
         copy.graph.output.append(onnx.helper.make_tensor_value_info(name, types.get(name, onnx.TensorProto.FLOAT), None))
     options = ort.SessionOptions()
@@ -414,6 +417,9 @@ def ort_session(
         options.intra_op_num_threads = threads
     data = serialized(copy)
     if data is None:
+        if copy is model:
+            copy = onnx.ModelProto()
+            copy.CopyFrom(model)
         return _session_from_file(copy, options, role)
     try:
         return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])

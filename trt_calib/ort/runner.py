@@ -24,7 +24,7 @@ from .data import BatchSource, InputSpec, iter_batches
 from .model import checked_tensors, describe, load_model, model_inputs, ort_session, sample_bytes
 
 __all__ = ["Runner", "Branches", "SuffixRunner", "split_batch", "batch_maxima", "global_maxima", "source_inputs",
-           "node_reads", "readers_of", "downstream", "upstream", "cut_model"]
+           "node_reads", "graph_reads", "readers_of", "downstream", "upstream", "cut_model"]
 
 log = logging.getLogger(__name__)
 
@@ -253,6 +253,12 @@ def node_reads(node: Any) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+def graph_reads(graph: Any) -> list[list[str]]:
+    """`node_reads` of every node of `graph`, by node index: computed once for the many cones and cuts of one graph
+    (reading a node's attributes through protobuf costs more than the cuts' own work)."""
+    return [node_reads(node) for node in graph.node]
+
+
 def _outer_reads(graph: Any) -> list[str]:
     """Names a (sub)graph reads that it does not define itself (inputs, initializers, its nodes' outputs)."""
     defined = {i.name for i in graph.input} | {t.name for t in graph.initializer}
@@ -264,11 +270,12 @@ def _outer_reads(graph: Any) -> list[str]:
     return names
 
 
-def readers_of(graph: Any) -> dict[str, list[int]]:
-    """Tensor name -> the indices of the nodes that read it (`node_reads`), for `downstream` to reuse."""
+def readers_of(graph: Any, reads: Sequence[Sequence[str]] | None = None) -> dict[str, list[int]]:
+    """Tensor name -> the indices of the nodes that read it (`node_reads`; `reads`: `graph_reads(graph)`, when
+    known), for `downstream` to reuse."""
     readers: dict[str, list[int]] = {}
-    for i, node in enumerate(graph.node):
-        for name in node_reads(node):
+    for i, names in enumerate(graph_reads(graph) if reads is None else reads):
+        for name in names:
             readers.setdefault(name, []).append(i)
     return readers
 
@@ -288,8 +295,9 @@ def downstream(graph: Any, seeds: Collection[int], readers: Mapping[str, Sequenc
     return sorted(seen)
 
 
-def upstream(graph: Any, tensors: Collection[str]) -> list[int]:
-    """The nodes needed to make `tensors` (node indices, graph order): their producers and those producers' own."""
+def upstream(graph: Any, tensors: Collection[str], reads: Sequence[Sequence[str]] | None = None) -> list[int]:
+    """The nodes needed to make `tensors` (node indices, graph order): their producers and those producers' own.
+    `reads`: `graph_reads(graph)`, when known."""
     producer = {out: i for i, node in enumerate(graph.node) for out in node.output if out}
     seen: set[int] = set()
     stack = [producer[t] for t in tensors if t in producer]
@@ -298,35 +306,37 @@ def upstream(graph: Any, tensors: Collection[str]) -> list[int]:
         if i in seen:
             continue
         seen.add(i)
-        stack += [producer[n] for n in node_reads(graph.node[i]) if n in producer]
+        stack += [producer[n] for n in (reads[i] if reads is not None else node_reads(graph.node[i])) if n in producer]
     return sorted(seen)
 
 
 def cut_model(model: Any, nodes: Collection[int], outputs: Sequence[str], *, types: Mapping[str, int],
-              inputs: Sequence[str] = ()) -> tuple[Any, list[int]]:
+              inputs: Sequence[str] = (), reads: Sequence[Sequence[str]] | None = None) -> tuple[Any, list[int]]:
     """The sub-model that runs only `nodes` (indices into `model`'s graph, kept in graph order) and returns `outputs`,
     and the index in `model` of each of its nodes.
 
     Its graph inputs are `inputs` (kept even when unread, so a batch of the whole model can feed it) and then every
     tensor the nodes read that none of them makes and that is not an initializer, in the order first read: those are
     fed from another run of the model. Constant nodes whose values the nodes read come along. `types` gives the
-    element types of the new graph inputs (`model.tensor_types`).
+    element types of the new graph inputs (`model.tensor_types`); `reads`: `graph_reads(model.graph)`, when known.
     """
     import onnx
     from onnx import helper
 
     graph = model.graph
+    if reads is None:
+        reads = graph_reads(graph)
     chosen = set(nodes)
     constants = {out: i for i, n in enumerate(graph.node) if n.op_type == "Constant" for out in n.output}
     for i in list(chosen):
-        chosen.update(constants[n] for n in node_reads(graph.node[i]) if n in constants)
+        chosen.update(constants[n] for n in reads[i] if n in constants)
     order = sorted(chosen)
     produced = {o for i in order for o in graph.node[i].output if o}
     initializers = {t.name: t for t in graph.initializer}
     fed = list(dict.fromkeys(inputs))
     used_inits: dict[str, Any] = {}
     for i in order:
-        for name in node_reads(graph.node[i]):
+        for name in reads[i]:
             if name in produced or name in fed:
                 continue
             if name in initializers:
@@ -346,13 +356,16 @@ def cut_model(model: Any, nodes: Collection[int], outputs: Sequence[str], *, typ
     unmade = [n for n in outputs if n not in produced and n not in fed]
     if unmade:
         raise ModelError(f"cannot cut the model: {', '.join(repr(n) for n in unmade[:5])} made by no node kept")
-    sub = helper.make_graph([graph.node[i] for i in order], f"{graph.name or 'graph'}_cut",
-                            [info(n) for n in fed], [info(n) for n in outputs], list(used_inits.values()))
     cut = onnx.ModelProto()
     cut.ir_version = model.ir_version
     cut.opset_import.extend(model.opset_import)
     cut.functions.extend(model.functions)
-    cut.graph.CopyFrom(sub)
+    sub = cut.graph  # filled in place: building a graph and copying it in copied every weight twice
+    sub.name = f"{graph.name or 'graph'}_cut"
+    sub.node.extend(graph.node[i] for i in order)
+    sub.input.extend(info(n) for n in fed)
+    sub.output.extend(info(n) for n in outputs)
+    sub.initializer.extend(used_inits.values())
     return cut, order
 
 

@@ -17,7 +17,9 @@ with the FP32 outputs on the same held-out batches, run with onnxruntime (graph 
 from the all-INT8 model (excluded, the greedy points) only in the nodes its change reaches: its *cone*. A task runs
 the reference model once per part of a batch, only as far as the tensors its variants' cones read
 (`ort.runner.Runner` on `cut_model`), then each variant's cone alone (`ort.runner.SuffixRunner`): a unit near the
-outputs costs a few nodes, not a model. Batches are cut into parts under `max_activation_mb`, as in calibration.
+outputs costs a few nodes, not a model. With two cores or more, two cones run at once on one thread each
+(`cone_lanes`): their many small kernels keep cores busier that way, and the numbers are the same. Batches are cut
+into parts under `max_activation_mb`, as in calibration.
 
 **Screening.** When there are more units than `candidates`, every unit is first screened by its *local error*: the
 noise power over the signal power at its outputs with only it in INT8 and FP32 inputs, on every held-out sample (one
@@ -47,6 +49,7 @@ import os
 import shlex
 import time
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -91,6 +94,8 @@ __all__ = [
     "exclusions",
     "measure_kept",
     "not_ranked_groups",
+    "cone_lanes",
+    "MAX_LANES",
 ]
 
 log = logging.getLogger(__name__)
@@ -535,10 +540,12 @@ def _process_state(job: _Job) -> dict[str, Any]:
     def make() -> dict[str, Any]:
         from ..ort.model import tensor_types
 
-        from ..ort.runner import readers_of
+        from ..ort.runner import graph_reads, readers_of
 
         work = job.model.load()
-        return {"work": work, "types": tensor_types(work), "readers": readers_of(work.graph), "int8": None}
+        reads = graph_reads(work.graph)
+        return {"work": work, "types": tensor_types(work), "reads": reads, "readers": readers_of(work.graph, reads),
+                "int8": None, "int8_reads": None}
 
     return per_process(("trt-calib sensitivity", job.model.sha256, job.plan_digest), make)
 
@@ -552,8 +559,9 @@ def _user(job: _Job) -> Any:
     return per_process(("trt-calib user metric", job.user_metric), lambda: load_metric(job.user_metric))
 
 
-def _suffix(job: _Job, state: Mapping[str, Any], plan: Any, changed: set[int], role: str) -> Any:
-    """A SuffixRunner over the nodes `changed` reaches, with `plan`'s Q/DQ there (None when they reach no output)."""
+def _suffix(job: _Job, state: Mapping[str, Any], plan: Any, changed: set[int], role: str, threads: int | None) -> Any:
+    """A SuffixRunner over the nodes `changed` reaches, with `plan`'s Q/DQ there (None when they reach no output),
+    on `threads` onnxruntime threads."""
     from ..ort.runner import SuffixRunner, cut_model, downstream
     from .graph import Graph
     from .rewrite import rewrite_graph
@@ -564,11 +572,11 @@ def _suffix(job: _Job, state: Mapping[str, Any], plan: Any, changed: set[int], r
     outputs = [o for o in job.outputs if o in made]
     if not outputs:
         return None
-    cut, order = cut_model(work, cone, outputs, types=state["types"])
+    cut, order = cut_model(work, cone, outputs, types=state["types"], reads=state["reads"])
     # the whole model's types: inferring the cut's again for every variant cost more than running some of them
     rewrite_graph(cut, Graph(cut.graph), _remapped(plan, {old: new for new, old in enumerate(order)}),
                   types=state["types"])
-    return SuffixRunner.open(cut, threads=job.threads, role=role, arena=job.arena)
+    return SuffixRunner.open(cut, threads=threads, role=role, arena=job.arena)
 
 
 def _run_variants(task: tuple[_Job, list[_Variant]]) -> list[tuple[str, dict[str, Any]]]:
@@ -607,8 +615,8 @@ def _local_model(job: _Job, state: Mapping[str, Any], units: Sequence[int]) -> t
     used_constants: dict[str, Any] = {}
     for unit in units:
         seeds = {i for _, (i, _) in job.plan.claims.get(unit, [])} - {unit}
-        path = set(downstream(graph, seeds, state["readers"])) & set(upstream(graph, [n for n in graph.node[unit].input
-                                                                                      if n]))
+        path = set(downstream(graph, seeds, state["readers"])) & set(
+            upstream(graph, [n for n in graph.node[unit].input if n], state["reads"]))
         rename: dict[str, str] = {}
         where: dict[int, int] = {}
         for i in sorted(path | seeds | {unit}):
@@ -649,32 +657,50 @@ def _local_model(job: _Job, state: Mapping[str, Any], units: Sequence[int]) -> t
     return model, pairs
 
 
+def cone_lanes(threads: int, cones: int) -> tuple[int, int]:
+    """(cones run at once, onnxruntime threads each) for a task's cones on `threads` cores: one thread per cone, up
+    to `MAX_LANES` cones side by side (a cone's small kernels keep two threads of one run less busy than two runs of
+    one thread each; results do not depend on the thread count)."""
+    lanes = max(1, min(threads, cones, MAX_LANES))
+    return lanes, max(1, threads // lanes)
+
+
+#: At most this many cones of one task run at once (each holds its activations: see `cone_lanes`).
+MAX_LANES = 2
+
+
 def _run_group(job: _Job, state: dict[str, Any], reference: str, variants: list[_Variant]) -> dict[str, dict]:
-    """Run the reference model once per part, as far as the variants' cones read, then every variant's cone."""
-    from ..ort.runner import SuffixRunner, cut_model, split_batch, upstream
+    """Run the reference model once per part, as far as the variants' cones read, then every variant's cone (up to
+    `cone_lanes` of them at once)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ..core.kernel import usable_cpus
+    from ..ort.runner import SuffixRunner, cut_model, graph_reads, upstream
 
     work = state["work"]
     if reference == _INT8:
         if state["int8"] is None:
             state["int8"] = _rewritten(work, job.plan, state["types"])
-        ref_model, ref_plan = state["int8"], job.plan
+            state["int8_reads"] = graph_reads(state["int8"].graph)
+        ref_model, ref_plan, ref_reads = state["int8"], job.plan, state["int8_reads"]
     else:
-        ref_model, ref_plan = work, job.plan.restricted(weights=(), activations=())
+        ref_model, ref_plan, ref_reads = work, job.plan.restricted(weights=(), activations=()), state["reads"]
     suffixes: dict[str, Any] = {}
     needed: set[str] = set()
     local = [v for v in variants if v.local]
     pairs: dict[int, list[str]] = {}
+    alone = None
     if local:
         model, pairs = _local_model(job, state, [next(iter(v.weights)) for v in local])
         alone = SuffixRunner.open(model, threads=job.threads, role="the units alone")
         needed.update(alone.inputs)
         needed.update(o for p in pairs.values() for o in p[::2])
-    for v in variants:
-        if v.local:
-            continue
+    cones = [v for v in variants if not v.local]
+    lanes, threads = cone_lanes(job.threads or usable_cpus(), len(cones))
+    for v in cones:
         plan = job.plan.restricted(weights=v.weights, activations=v.activations)
         changed = _changed(ref_plan, plan)
-        runner = _suffix(job, state, plan, changed, f"the Q/DQ variant {v.key}") if changed else None
+        runner = _suffix(job, state, plan, changed, f"the Q/DQ variant {v.key}", threads) if changed else None
         suffixes[v.key] = runner
         made = set(runner.outputs) if runner is not None else set()
         needed.update(runner.inputs if runner is not None else ())
@@ -683,12 +709,36 @@ def _run_group(job: _Job, state: dict[str, Any], reference: str, variants: list[
     fetch = sorted(n for n in needed if n not in input_names)
     runner = None
     if fetch:
-        prefix, _ = cut_model(ref_model, upstream(ref_model.graph, fetch), fetch, types=state["types"],
-                              inputs=input_names)
+        prefix, _ = cut_model(ref_model, upstream(ref_model.graph, fetch, ref_reads), fetch, types=state["types"],
+                              inputs=input_names, reads=ref_reads)
         # a session over the cut as written (no part sizing: the job's parts are fixed), so no shape inference
         runner = SuffixRunner.open(prefix, threads=job.threads, role=f"the {reference.upper()} model")
     user = _user(job)
     scores: dict[str, Any] = {v.key: _LocalScore() if v.local else _Score(job, user) for v in variants}
+    pool = ThreadPoolExecutor(lanes, thread_name_prefix="trt-calib-cone") if lanes > 1 else None
+    try:
+        _score_batches(job, runner, input_names, local, alone, pairs, cones, suffixes, scores, pool)
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)  # an interrupt waits for the cones already running
+    return {key: score.result() for key, score in scores.items()}
+
+
+def _run_cone(job: _Job, suffixes: Mapping[str, Any], scores: Mapping[str, Any], values: Mapping[str, np.ndarray],
+              ref: Sequence[np.ndarray], keep: int | None, v: _Variant) -> None:
+    """One variant's cone on one part (the reference run's `values`), scored against the FP32 outputs `ref`."""
+    suffix = suffixes[v.key]
+    got = suffix.run(values) if suffix is not None else {}
+    scores[v.key].add(ref, [got[o] if o in got else values[o] for o in job.outputs], keep)
+
+
+def _score_batches(job: _Job, runner: Any, input_names: Sequence[str], local: Sequence[_Variant], alone: Any,
+                   pairs: Mapping[int, list[str]], cones: Sequence[_Variant], suffixes: Mapping[str, Any],
+                   scores: Mapping[str, Any], pool: Any) -> None:
+    """Every part of every held-out batch: the reference run, then the screen's and the cones' runs, into `scores`
+    (each variant's parts in batch order, so its sums do not depend on `pool`)."""
+    from ..ort.runner import split_batch
+
     last = len(job.batches) - 1
     for index, batch in enumerate(job.batches):
         rows = _rows(batch, job.inputs)
@@ -708,18 +758,16 @@ def _run_group(job: _Job, state: dict[str, Any], reference: str, variants: list[
                     pair = pairs[next(iter(v.weights))]
                     scores[v.key].add([values[o] for o in pair[::2]], [got[c] for c in pair[1::2]], keep)
                 del got
-            for v in variants:
-                if v.local:
-                    continue
-                suffix = suffixes[v.key]
-                got = suffix.run(values) if suffix is not None else {}
-                scores[v.key].add(ref, [got[o] if o in got else values[o] for o in job.outputs], keep)
-                del got
-            del values
+            cone = partial(_run_cone, job, suffixes, scores, values, ref, keep)
+            if pool is None:
+                for v in cones:
+                    cone(v)
+            else:
+                list(pool.map(cone, cones))  # the first error, if any, is raised here
+            del values, cone
             offset += count or 0
-        for v in variants:
+        for v in [*local, *cones]:
             scores[v.key].end_batch(index, batch, valid)
-    return {key: score.result() for key, score in scores.items()}
 
 
 # ---------------------------------------------------------------------------------------------- the sweep
@@ -946,16 +994,17 @@ def _fp32_outputs(work: Any, plan: Any, specs: Sequence[Any], outputs: list[str]
     has none they cannot be, and batches run whole. `conditions`: the If conditions whose branches were inlined
     (`branches.flatten`, decided on whole batches), checked on every part.
     """
-    from ..ort.runner import Runner, downstream, node_reads, readers_of, split_batch
+    from ..ort.runner import Runner, downstream, graph_reads, readers_of, split_batch
 
     graph = work.graph
-    readers = readers_of(graph)
+    reads = graph_reads(graph)
+    readers = readers_of(graph, reads)
     inits = {t.name for t in graph.initializer}
     read: set[str] = set()
     for u in plan.units:
         cone = downstream(graph, {u} | {i for _, (i, _) in plan.claims.get(u, [])}, readers)
         made = {o for i in cone for o in graph.node[i].output}
-        read.update(n for i in cone for n in node_reads(graph.node[i]) if n not in made and n not in inits)
+        read.update(n for i in cone for n in reads[i] if n not in made and n not in inits)
     inputs = {s.name for s in specs}
     names = list(outputs) + sorted(n for n in read if n not in inputs and n not in outputs)
     runner = Runner.open(work, names, threads=threads, budget_bytes=max(1, int(max_activation_mb * 2**19)),
@@ -1236,10 +1285,11 @@ def sensitivity(
 def _session_weights(prepared: Any) -> Callable[[_Variant], int]:
     """A variant's session memory, estimated from its cone's weights (twice: onnxruntime's copy and the model's):
     the sessions a task holds at once are kept under the budget (a unit near the input holds the whole model)."""
-    from ..ort.runner import downstream, node_reads, readers_of
+    from ..ort.runner import downstream, graph_reads, readers_of
 
     graph = prepared.work.graph
-    readers = readers_of(graph)
+    reads = graph_reads(graph)
+    readers = readers_of(graph, reads)
     sizes = {t.name: int(np.prod(t.dims, dtype=np.int64)) * 4 for t in graph.initializer}
     empty = prepared.plan.restricted(weights=(), activations=())
 
@@ -1250,7 +1300,7 @@ def _session_weights(prepared: Any) -> Callable[[_Variant], int]:
         changed = _changed(reference, prepared.plan.restricted(weights=v.weights, activations=v.activations))
         if not changed:
             return 0
-        read = {n for i in downstream(graph, changed, readers) for n in node_reads(graph.node[i])}
+        read = {n for i in downstream(graph, changed, readers) for n in reads[i]}
         return 2 * sum(sizes.get(n, 0) for n in read)
 
     return weight
