@@ -54,6 +54,24 @@ def test_local_processes_give_the_serial_results_in_order(expected):
     assert len(ticks) == len(expected)
 
 
+def _slow_index(item: tuple[int, float]) -> int:
+    time.sleep(item[1])
+    return item[0]
+
+
+@pytest.mark.parametrize("kind", ["serial", "local"])
+def test_on_result_hands_each_result_over_as_it_finishes_with_its_index(kind):
+    # item 0 sleeps longest: on two local workers, items 1 and 2 finish (and are handed over) before it
+    items = [(0, 1.0), (1, 0.0), (2, 0.0)]
+    seen = []
+    with make_executor(kind, workers=None if kind == "serial" else 2) as ex:
+        ex.warm(["trt_calib.core.thresholds"])  # starts the workers early; never changes what a map returns
+        got = ex.map(_slow_index, items, on_result=lambda i, r: seen.append((i, r)))
+    assert got == [0, 1, 2]
+    assert sorted(seen) == [(0, 0), (1, 1), (2, 2)]
+    assert seen[-1] == ((2, 2) if kind == "serial" else (0, 0))
+
+
 def test_a_failing_task_raises_its_own_exception():
     with LocalExecutor(2) as ex, pytest.raises(ValueError, match="math domain error"):
         ex.map(math.sqrt, [4.0, -1.0, 9.0])

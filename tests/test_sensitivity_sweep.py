@@ -266,6 +266,36 @@ def test_cones_run_side_by_side_give_the_same_json_as_one_at_a_time(dag, monkeyp
     assert docs[0] == docs[1]
 
 
+def test_tasks_are_cut_to_about_equal_cone_cost_and_the_costliest_go_first(dag, monkeypatch):
+    import trt_calib.qdq.sensitivity as sens
+    from trt_calib.ort.executor import SerialExecutor
+
+    model, scales, held = dag
+    prepared = prepare_model(model, scales)
+    index = {n.name: i for i, n in enumerate(prepared.work.graph.node)}
+    _, cost = sens._variant_sizes(prepared)
+    one = lambda name: frozenset([index[name]])  # noqa: E731
+    # multiply-adds per sample by hand (N = 1): the Gemm alone is 5 outputs x 6 inputs; c3 reaches c3 (4x8x8 outputs,
+    # 4x3x3 weights each), the Concat, c4 (6x8x8, 8x3x3), Relu, pooling, Flatten, the Gemm and the Sigmoid
+    assert cost(sens._Variant("a", one("fc"), one("fc"), sens._FP32)) == 5 * 6
+    c3 = 256 * 36 + 512 + 384 * 72 + 384 + 6 + 6 + 30 + 256
+    assert cost(sens._Variant("b", one("c3"), one("c3"), sens._FP32)) == c3
+    assert cost(sens._Variant("c", one("c3"), one("c3"), sens._FP32, local=True)) == 0
+
+    tasks = []
+
+    class Recording(SerialExecutor):
+        def map(self, fn, items, **kwargs):
+            items = list(items)
+            tasks.append([sum(cost(v) for v in chunk) for _, chunk in items])
+            return super().map(fn, items, **kwargs)
+
+    sensitivity(model, scales, held, metric="cosine", max_keep=2, candidates="all", executor=Recording())
+    costs = max(tasks, key=len)  # the phase with every unit's four fields and the baseline, in 2 tasks or more
+    assert len(costs) >= 2 and costs == sorted(costs, reverse=True)
+    assert max(costs) <= 1.05 * sum(costs) / 2  # a task's share: the serial executor cuts a phase in 2
+
+
 # ---------------------------------------------------------------------------------------------- nothing lost
 def test_a_partial_document_after_every_round_and_resume_gives_the_same_result(dag):
     model, scales, held = dag

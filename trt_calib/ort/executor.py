@@ -325,9 +325,16 @@ class Executor:
         self._peaks[who] = max(peak, self._peaks.get(who, 0.0))
         return result
 
-    def map(self, fn: Callable[[T], R], items: Iterable[T], *, progress: Callable[[int], None] | None = None) -> list[R]:
-        """`[fn(item) for item in items]`, run on this engine; `progress(1)` after each item completes."""
+    def map(self, fn: Callable[[T], R], items: Iterable[T], *, progress: Callable[[int], None] | None = None,
+            on_result: Callable[[int, R], None] | None = None) -> list[R]:
+        """`[fn(item) for item in items]`, run on this engine; `progress(1)` after each item completes, and
+        `on_result(index, result)` as each item's result arrives (in the order they finish: a caller can keep what
+        is finished before the rest is, and nothing waits for the slowest item of a batch)."""
         raise NotImplementedError
+
+    def warm(self, modules: Sequence[str]) -> None:
+        """Start the workers now and have each import `modules`, without waiting: work this process does meanwhile
+        (a sweep's setup) overlaps their start. Nothing on engines whose workers are already running."""
 
     def close(self) -> None:
         """Release the workers (idempotent)."""
@@ -361,23 +368,30 @@ class SerialExecutor(Executor):
     def threads_per_worker(self) -> int:
         return _cpu_count()
 
-    def map(self, fn: Callable[[T], R], items: Iterable[T], *, progress: Callable[[int], None] | None = None) -> list[R]:
+    def map(self, fn: Callable[[T], R], items: Iterable[T], *, progress: Callable[[int], None] | None = None,
+            on_result: Callable[[int, R], None] | None = None) -> list[R]:
         out = []
-        for item in items:
+        for index, item in enumerate(items):
             out.append(fn(item))
+            if on_result is not None:
+                on_result(index, out[-1])
             if progress is not None:
                 progress(1)
         return out
 
 
 def _in_order(futures: Sequence[Any], wait_any: Callable[[set], tuple[set, set]],
-              progress: Callable[[int], None] | None) -> None:
-    """Wait for every future, calling `progress(1)` as each finishes; the first failure is raised at once."""
+              progress: Callable[[int], None] | None, on_result: Callable[[int, Any], None] | None = None) -> None:
+    """Wait for every future, calling `on_result(index, its result)` and `progress(1)` as each finishes; the first
+    failure is raised at once."""
+    index = {f: i for i, f in enumerate(futures)}
     pending = set(futures)
     while pending:
         done, pending = wait_any(pending)
-        for future in done:
-            future.result()  # raise the task's exception here, not after the rest have run
+        for future in sorted(done, key=lambda f: index[f]):
+            result = future.result()  # raise the task's exception here, not after the rest have run
+            if on_result is not None:
+                on_result(index[future], result)
             if progress is not None:
                 progress(1)
 
@@ -397,6 +411,15 @@ def _watch_parent(parent: int) -> None:
         os._exit(1)  # orphaned: nobody reads what this worker would return
 
     threading.Thread(target=watch, name="trt-calib-parent-watch", daemon=True).start()
+
+
+def _import_modules(modules: Sequence[str]) -> None:
+    """A local worker's warm-up task (`Executor.warm`); an import that fails here fails again, loudly, in a task."""
+    import importlib
+
+    for name in modules:
+        with contextlib.suppress(Exception):
+            importlib.import_module(name)
 
 
 class LocalExecutor(Executor):
@@ -419,11 +442,18 @@ class LocalExecutor(Executor):
                                              initializer=_watch_parent, initargs=(os.getpid(),))
         return self._pool
 
+    def warm(self, modules: Sequence[str]) -> None:
+        pool = self._get_pool()
+        with _workers_ignore_interrupts():  # each submit to an idle pool spawns a worker (spawn start method)
+            for _ in range(self.workers):
+                pool.submit(_import_modules, tuple(modules))
+
     def _processes(self) -> list[Any]:
         """The pool's worker processes (concurrent.futures keeps them in `_processes`; empty if that changes)."""
         return list((getattr(self._pool, "_processes", None) or {}).values())
 
-    def map(self, fn: Callable[[T], R], items: Iterable[T], *, progress: Callable[[int], None] | None = None) -> list[R]:
+    def map(self, fn: Callable[[T], R], items: Iterable[T], *, progress: Callable[[int], None] | None = None,
+            on_result: Callable[[int, R], None] | None = None) -> list[R]:
         from concurrent.futures.process import BrokenProcessPool
 
         pool = self._get_pool()
@@ -431,7 +461,8 @@ class LocalExecutor(Executor):
             futures = [pool.submit(_Measured(fn), item) for item in items]
         seen = self._processes()
         try:
-            _in_order(futures, lambda p: wait(p, return_when=FIRST_COMPLETED), progress)
+            _in_order(futures, lambda p: wait(p, return_when=FIRST_COMPLETED), progress,
+                      None if on_result is None else lambda i, r: on_result(i, self._unwrap(r)))
         except BrokenProcessPool:
             seen = list({id(p): p for p in seen + self._processes()}.values())
             self.abort()
@@ -522,12 +553,14 @@ class DaskExecutor(Executor):
     def threads_per_worker(self) -> int:
         return 1 if self._cluster is None else max(1, _cpu_count() // max(1, self.workers))
 
-    def map(self, fn: Callable[[T], R], items: Iterable[T], *, progress: Callable[[int], None] | None = None) -> list[R]:
+    def map(self, fn: Callable[[T], R], items: Iterable[T], *, progress: Callable[[int], None] | None = None,
+            on_result: Callable[[int, R], None] | None = None) -> list[R]:
         from distributed import wait as dask_wait
 
         futures = self.client.map(_Measured(fn), list(items), pure=False)  # pure=False: equal items are separate runs
         try:
-            _in_order(futures, lambda p: tuple(dask_wait(list(p), return_when="FIRST_COMPLETED")), progress)
+            _in_order(futures, lambda p: tuple(dask_wait(list(p), return_when="FIRST_COMPLETED")), progress,
+                      None if on_result is None else lambda i, r: on_result(i, self._unwrap(r)))
         except BaseException as exc:
             if type(exc).__name__ == "KilledWorker":  # distributed.scheduler.KilledWorker
                 raise WorkerLostError(

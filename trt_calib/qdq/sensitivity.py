@@ -28,7 +28,7 @@ are measured (all four fields, each a run to the outputs on every held-out sampl
 (`units`); the others are listed with their local error (`screened_out`), an estimate, not a measurement. The
 baseline and the greedy curve are always measured.
 
-**Nothing lost.** Results are kept as they are measured: `checkpoint(doc)` receives, after every round of tasks, a
+**Nothing lost.** Results are kept as they are measured: `checkpoint(doc)` receives, after every finished task, a
 partial document (``"partial": true``) with every finished run; `resume=doc` skips those runs (the rest of the run
 must be the same: a fingerprint of model, scales, held-out data and options is checked), so an interrupted sweep
 continues to the same result.
@@ -772,14 +772,15 @@ def _score_batches(job: _Job, runner: Any, input_names: Sequence[str], local: Se
 
 # ---------------------------------------------------------------------------------------------- the sweep
 class _Sweep:
-    """Runs variants on an executor in rounds of tasks, keeps every finished run (`done`, by key) and hands the
-    partial document to `checkpoint` after each round; counts runs and time, reports progress per finished run."""
+    """Runs variants on an executor in tasks, keeps every finished run (`done`, by key) and hands the partial
+    document to `checkpoint` after each task; counts runs and time, reports progress per finished task's runs."""
 
     def __init__(self, executor: Any, progress: Callable[[int], None] | None,
                  checkpoint: Callable[[dict[str, Any]], None] | None, fingerprint: dict[str, Any],
                  done: Mapping[str, Any] | None = None, *, weight: Callable[[_Variant], int] | None = None,
-                 capacity: int | None = None) -> None:
+                 cost: Callable[[_Variant], float] | None = None, capacity: int | None = None) -> None:
         self.weight = weight  # a variant's session bytes (its cone's weights); a task holds at most `capacity`
+        self.cost = cost  # a variant's cone cost (`_variant_sizes`): tasks of about equal cost
         self.capacity = capacity
         self.executor = executor
         self.progress = progress
@@ -794,8 +795,8 @@ class _Sweep:
                 tasks_per_worker: int = 4, stop: Callable[[dict[str, dict]], bool] | None = None,
                 phase: str = "runs") -> dict[str, dict[str, Any]]:
         """{key: result} of every variant, running those not done yet, in tasks of `per_task` variants (default:
-        `tasks_per_worker` tasks per worker) that never mix references; `stop(results so far)` after each round
-        ends the measurement early (the greedy curve at its target)."""
+        `tasks_per_worker` tasks per worker) that never mix references; `stop(results so far)`, checked before each
+        round of one task per worker, ends the measurement early (the greedy curve at its target)."""
         started = time.perf_counter()
         try:
             return self._measure(job, variants, per_task, tasks_per_worker, stop)
@@ -806,39 +807,50 @@ class _Sweep:
                  stop: Callable[[dict[str, dict]], bool] | None) -> dict[str, dict[str, Any]]:
         todo = list({v.key: v for v in variants if v.key not in self.done}.values())
         workers = max(1, self.executor.workers)
+        costs = {v.key: self.cost(v) for v in todo} if self.cost is not None else {}
+        share = math.inf
         if per_task is None:
-            # A task runs its reference model once for all its variants: a few tasks per worker and phase, each a
-            # round of its own on the serial executor, so an interrupt loses at most one task's runs.
-            per_task = max(1, math.ceil(len(todo) / (tasks_per_worker * workers)))
+            # A task runs its reference model once for all its variants: a few tasks per worker and phase, each
+            # kept (`checkpoint`) as soon as it finishes, so an interrupt loses at most the tasks running. Tasks
+            # are cut to about equal cost when the cones' costs are known, else to equal numbers of variants.
+            tasks = tasks_per_worker * workers
+            total = sum(costs.values())
+            if total > 0:
+                per_task, share = len(todo), total / tasks
+            else:
+                per_task = max(1, math.ceil(len(todo) / tasks))
         chunks: list[list[_Variant]] = []
         held = 0
+        spent = 0.0
         for v in todo:
             size = self.weight(v) if self.weight is not None else 0
             fits = self.capacity is None or held + size <= self.capacity
-            if chunks and len(chunks[-1]) < per_task and chunks[-1][-1].reference == v.reference and fits:
+            cost = costs.get(v.key, 0.0)
+            if (chunks and len(chunks[-1]) < per_task and chunks[-1][-1].reference == v.reference and fits
+                    and spent + cost <= share * 1.05):
                 chunks[-1].append(v)
                 held += size
+                spent += cost
             else:
                 chunks.append([v])
-                held = size
-        for first in range(0, len(chunks), workers):
-            if stop is not None and stop(self._known(variants)):
-                break
-            batch = chunks[first : first + workers]
-            size = sum(len(c) for c in batch)
-            left = [size]
-
-            def tick(_: int) -> None:
-                n = min(per_task, left[0])
-                left[0] -= n
-                if self.progress is not None and n:
-                    self.progress(n)
-
-            for chunk in self.executor.map(_run_variants, [(job, c) for c in batch], progress=tick):
-                self.done.update(chunk)
-            self.runs += size
+                held, spent = size, cost
+        if stop is None and costs:  # the longest tasks first, so the last to start are short
+            chunks.sort(key=lambda c: -sum(costs.get(v.key, 0.0) for v in c))
+        def finished(_: int, results: list[tuple[str, dict[str, Any]]]) -> None:
+            self.done.update(results)
+            self.runs += len(results)
+            if self.progress is not None:
+                self.progress(len(results))
             if self.checkpoint is not None:
                 self.checkpoint(self.partial())
+
+        # Every task of a phase goes to the executor at once (a worker takes the next as it finishes one); the greedy
+        # curve, which may stop at its target, goes in rounds of one task per worker.
+        rounds = [chunks] if stop is None else [chunks[i : i + workers] for i in range(0, len(chunks), workers)]
+        for batch in rounds:
+            if stop is not None and stop(self._known(variants)):
+                break
+            self.executor.map(_run_variants, [(job, c) for c in batch], on_result=finished)
         return self._known(variants)
 
     def _known(self, variants: Sequence[_Variant]) -> dict[str, dict[str, Any]]:
@@ -1113,7 +1125,8 @@ def measure_kept(
             raise ModelError(f"no node named {', '.join(repr(n) for n in unknown[:5])} in the model")
         rest = every - {known[n] for n in names}
         variants.append(_Variant(f"kept/{j}", rest, rest, _INT8))
-    sweep = _Sweep(executor, progress, None, setup.fingerprint, weight=_session_weights(setup.prepared),
+    weight, cost = _variant_sizes(setup.prepared)
+    sweep = _Sweep(executor, progress, None, setup.fingerprint, weight=weight, cost=cost,
                    capacity=int(max_activation_mb * 2**20))
     results = sweep.measure(setup.job, variants)
     m = setup.metric or _user_metric(setup.user.name, bool(next(iter(results.values()))["higher_is_better"]))
@@ -1150,8 +1163,8 @@ def sensitivity(
     those with the largest local error (the screen), are measured; the others are listed in `screened_out`. `executor`: an `ort.executor.Executor` (default: this process);
     `progress(n)` after n runs finish, `total(n)` once with the most runs there will be. `padded`: rows of padding at
     the end of the last batch, left out of the scores (default: a `BatchSource`'s own count). `max_activation_mb`:
-    the activation budget batches are cut to. `checkpoint(doc)`: called with the partial document after every round
-    of runs; `resume`: such a document, whose runs are not made again. `info` is copied into the JSON.
+    the activation budget batches are cut to. `checkpoint(doc)`: called with the partial document after every
+    finished task; `resume`: such a document, whose runs are not made again. `info` is copied into the JSON.
     """
     from ..ort.executor import SerialExecutor
 
@@ -1163,6 +1176,7 @@ def sensitivity(
         raise UsageError(f"candidates must be 'all' or an integer >= 1, got {candidates!r}")
     started = time.perf_counter()
     executor = executor if executor is not None else SerialExecutor()
+    executor.warm([__name__])  # worker processes start while the setup runs here
     setup = _setup(model, scales, eval_batches, metric=metric, placement=placement, per_channel=per_channel,
                    padded=padded, executor=executor, max_activation_mb=max_activation_mb)
     prepared, job = setup.prepared, setup.job
@@ -1175,7 +1189,8 @@ def sensitivity(
     fingerprint = dict(setup.fingerprint, placement=placement, per_channel=per_channel, max_keep=max_keep,
                        target=target, candidates=None if measure_all else wanted)
     done = _resumed(resume, fingerprint)
-    sweep = _Sweep(executor, progress, checkpoint, fingerprint, done, weight=_session_weights(prepared),
+    weight, cost = _variant_sizes(prepared)
+    sweep = _Sweep(executor, progress, checkpoint, fingerprint, done, weight=weight, cost=cost,
                    capacity=int(max_activation_mb * 2**20))
     # a recommendation never keeps every unit in float; nor more than were measured
     limit = min(max_keep, max(0, len(units) - 1), wanted)
@@ -1282,28 +1297,58 @@ def sensitivity(
     )
 
 
-def _session_weights(prepared: Any) -> Callable[[_Variant], int]:
-    """A variant's session memory, estimated from its cone's weights (twice: onnxruntime's copy and the model's):
-    the sessions a task holds at once are kept under the budget (a unit near the input holds the whole model)."""
+def _variant_sizes(prepared: Any) -> tuple[Callable[[_Variant], int], Callable[[_Variant], float]]:
+    """(a variant's session memory, its cone's cost), both from the nodes its change reaches.
+
+    The memory is estimated from the cone's weights (twice: onnxruntime's copy and the model's): the sessions a task
+    holds at once are kept under the budget (a unit near the input holds the whole model). The cost, multiply-adds
+    per sample from the inferred shapes (unknown dims count 1), sizes tasks so that they take about as long each,
+    and the longest are queued first: a task of whole-model cones no longer ends a phase alone."""
+    from ..ort.model import tensor_info
     from ..ort.runner import downstream, graph_reads, readers_of
 
     graph = prepared.work.graph
     reads = graph_reads(graph)
     readers = readers_of(graph, reads)
-    sizes = {t.name: int(np.prod(t.dims, dtype=np.int64)) * 4 for t in graph.initializer}
+    inits = {t.name: t for t in graph.initializer}
+    sizes = {name: int(np.prod(t.dims, dtype=np.int64)) * 4 for name, t in inits.items()}
+    info = tensor_info(prepared.work)
     empty = prepared.plan.restricted(weights=(), activations=())
+    costs = [_node_cost(node, info, inits) for node in graph.node]
+    cones: dict[str, list[int]] = {}
+
+    def cone(v: _Variant) -> list[int]:
+        if v.key not in cones:
+            reference = prepared.plan if v.reference == _INT8 else empty
+            changed = _changed(reference, prepared.plan.restricted(weights=v.weights, activations=v.activations))
+            cones[v.key] = downstream(graph, changed, readers) if changed and not v.local else []
+        return cones[v.key]
 
     def weight(v: _Variant) -> int:
-        if v.local:
-            return 0
-        reference = prepared.plan if v.reference == _INT8 else empty
-        changed = _changed(reference, prepared.plan.restricted(weights=v.weights, activations=v.activations))
-        if not changed:
-            return 0
-        read = {n for i in downstream(graph, changed, readers) for n in reads[i]}
+        read = {n for i in cone(v) for n in reads[i]}
         return 2 * sum(sizes.get(n, 0) for n in read)
 
-    return weight
+    def cost(v: _Variant) -> float:
+        return float(sum(costs[i] for i in cone(v)))
+
+    return weight, cost
+
+
+def _node_cost(node: Any, info: Mapping[str, tuple[int, Any]], inits: Mapping[str, Any]) -> float:
+    """About the multiply-adds of one node per sample: its output values, times the weight values each reads for a
+    Conv/ConvTranspose/Gemm/MatMul with a constant weight."""
+    out = 0.0
+    for name in node.output:
+        dims = info.get(name, (0, None))[1] if name else None
+        out += float(np.prod([d if isinstance(d, int) and d > 0 else 1 for d in dims])) if dims else 1.0
+    weight = inits.get(node.input[1]) if len(node.input) > 1 else None
+    if weight is None or node.op_type not in WEIGHTED_OPS or len(weight.dims) < 2:
+        return out
+    dims = list(weight.dims)
+    trans_b = any(a.name == "transB" and a.i for a in node.attribute)
+    per = {"Conv": np.prod(dims[1:]), "ConvTranspose": np.prod(dims) / max(1, dims[1]),
+           "Gemm": dims[1] if trans_b else dims[0]}.get(node.op_type, dims[-2])
+    return out * max(1.0, float(per))
 
 
 def _sortable(value: float) -> float:
