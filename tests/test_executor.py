@@ -59,9 +59,9 @@ def _slow_index(item: tuple[int, float]) -> int:
     return item[0]
 
 
-@pytest.mark.parametrize("kind", ["serial", "local"])
+@pytest.mark.parametrize("kind", ["serial", "local", "dask"])
 def test_on_result_hands_each_result_over_as_it_finishes_with_its_index(kind):
-    # item 0 sleeps longest: on two local workers, items 1 and 2 finish (and are handed over) before it
+    # item 0 sleeps longest: on two workers, items 1 and 2 finish (and are handed over) before it
     items = [(0, 1.0), (1, 0.0), (2, 0.0)]
     seen = []
     with make_executor(kind, workers=None if kind == "serial" else 2) as ex:
@@ -69,7 +69,8 @@ def test_on_result_hands_each_result_over_as_it_finishes_with_its_index(kind):
         got = ex.map(_slow_index, items, on_result=lambda i, r: seen.append((i, r)))
     assert got == [0, 1, 2]
     assert sorted(seen) == [(0, 0), (1, 1), (2, 2)]
-    assert seen[-1] == ((2, 2) if kind == "serial" else (0, 0))
+    if kind != "dask":  # Dask may queue item 2 behind item 0 on one worker
+        assert seen[-1] == ((2, 2) if kind == "serial" else (0, 0))
 
 
 def test_a_failing_task_raises_its_own_exception():
