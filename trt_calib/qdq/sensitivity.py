@@ -836,6 +836,7 @@ class _Sweep:
                 held, spent = size, cost
         if stop is None and costs:  # the longest tasks first, so the last to start are short
             chunks.sort(key=lambda c: -sum(costs.get(v.key, 0.0) for v in c))
+
         def finished(_: int, results: list[tuple[str, dict[str, Any]]]) -> None:
             self.done.update(results)
             self.runs += len(results)
