@@ -18,12 +18,11 @@ from trt_calib.cli import main
 from trt_calib.core.cache import CalibrationCache
 from trt_calib.errors import CalibrationError, DataError, MissingDependencyError, ModelError, UsageError
 from trt_calib.ort.collect import calibrate
-from trt_calib.ort.evaluate import evaluate
+from trt_calib.ort.evaluate import cosine_error, evaluate
 from trt_calib.ort.executor import make_executor
 from trt_calib.qdq import quantize_model
 from trt_calib.qdq.sensitivity import (
     METRICS,
-    _cosine_error,
     exclusions,
     layer_names_for,
     load_sensitivity,
@@ -195,8 +194,8 @@ def test_results_are_the_same_on_serial_local_and_a_real_dask_cluster(scales):
 
 
 def test_metrics_cosine_and_sqnr(scales, held):
-    assert _cosine_error(np.array([[1.0, 0.0], [0.0, 0.0], [1.0, 1.0]]),
-                         np.array([[0.0, 1.0], [0.0, 0.0], [2.0, 2.0]])) == pytest.approx([1.0, 0.0, 0.0])
+    assert cosine_error(np.array([[1.0, 0.0], [0.0, 0.0], [1.0, 1.0]]),
+                        np.array([[0.0, 1.0], [0.0, 0.0], [2.0, 2.0]])) == pytest.approx([1.0, 0.0, 0.0])
     cos = sensitivity(LENET, scales, held[:1], metric="cosine", max_keep=0, candidates="all")
     sqnr = sensitivity(LENET, scales, held[:1], metric="sqnr", max_keep=0, candidates="all")
     assert cos.baseline_error == pytest.approx(cos.baseline_outputs["prob"]["1-cosine"])

@@ -35,6 +35,7 @@ from ..core.signs import Quantizer
 from ..errors import CalibrationError, DataError, ModelError
 
 __all__ = [
+    "cosine_error",
     "ORT_NOTE",
     "SESSION_MODE",
     "DEFAULT_MARGIN",
@@ -206,6 +207,23 @@ def sum_sq_diff(a: np.ndarray, b: np.ndarray) -> float:
         d = fa[s : s + _BLOCK] - fb[s : s + _BLOCK]
         total += float(np.einsum("i,i->", d, d, dtype=np.float64))
     return total
+
+
+def cosine_error(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """1 - cos(x_i, y_i) per sample (the batch dim first): 0 when both are zero, 1 when only one is.
+
+    Computed as |x/|x| - y/|y||^2 / 2, which equals 1 - cos but keeps its precision for nearly equal outputs
+    (1 - x.y/(|x||y|) cancels to rounding noise there) and is exactly 0 for equal ones.
+    """
+    n = x.shape[0] if x.ndim else 1
+    a = np.asarray(x, np.float64).reshape(n, -1)
+    b = np.asarray(y, np.float64).reshape(n, -1)
+    na, nb = np.linalg.norm(a, axis=1, keepdims=True), np.linalg.norm(b, axis=1, keepdims=True)
+    ua = np.divide(a, na, out=np.zeros_like(a), where=na > 0)
+    ub = np.divide(b, nb, out=np.zeros_like(b), where=nb > 0)
+    half = 0.5 * np.sum((ua - ub) ** 2, axis=1)
+    one_zero = (na[:, 0] > 0) != (nb[:, 0] > 0)
+    return np.where(one_zero, 1.0, half)
 
 
 def quantize_dequantize(x: np.ndarray, scale: float, zero_point: int, qmin: int, qmax: int) -> np.ndarray:

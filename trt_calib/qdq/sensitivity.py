@@ -64,6 +64,7 @@ from ..ort.evaluate import (
     batch_first,
     batch_samples,
     class_rows,
+    cosine_error,
     output_batch_axes,
     take_samples,
     sum_sq_diff,
@@ -403,7 +404,7 @@ class _Score:
                 continue
             s = self.sums[name]
             xd, yd = np.asarray(x, np.float64), np.asarray(y, np.float64)
-            cos = _cosine_error(x, y)
+            cos = cosine_error(x, y)
             s[0] += float(np.sum(cos))
             s[1] += cos.size
             kind = self.job.kinds[name]
@@ -477,23 +478,6 @@ class _LocalScore:
     def result(self) -> dict[str, Any]:
         value = self.noise / self.signal if self.signal > 0 else (0.0 if self.noise == 0 else math.inf)
         return {"local_error": _num(value), "sqnr_db": _num(sqnr_db(self.signal, self.noise))}
-
-
-def _cosine_error(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """1 - cos(x_i, y_i) per sample (the batch dim first): 0 when both are zero, 1 when only one is.
-
-    Computed as |x/|x| - y/|y||^2 / 2, which equals 1 - cos but keeps its precision for nearly equal outputs
-    (1 - x.y/(|x||y|) cancels to rounding noise there) and is exactly 0 for equal ones.
-    """
-    n = x.shape[0] if x.ndim else 1
-    a = np.asarray(x, np.float64).reshape(n, -1)
-    b = np.asarray(y, np.float64).reshape(n, -1)
-    na, nb = np.linalg.norm(a, axis=1, keepdims=True), np.linalg.norm(b, axis=1, keepdims=True)
-    ua = np.divide(a, na, out=np.zeros_like(a), where=na > 0)
-    ub = np.divide(b, nb, out=np.zeros_like(b), where=nb > 0)
-    half = 0.5 * np.sum((ua - ub) ** 2, axis=1)
-    one_zero = (na[:, 0] > 0) != (nb[:, 0] > 0)
-    return np.where(one_zero, 1.0, half)
 
 
 # ---------------------------------------------------------------------------------------------- running variants

@@ -31,6 +31,7 @@ from ..core.result import ALGORITHM_HEADERS, amax_from_histograms
 from ..errors import DataError, ModelError, UsageError
 from ..ort.evaluate import (
     class_rows,
+    cosine_error,
     kl_divergence,
     log_probabilities,
     looks_like_probabilities,
@@ -74,16 +75,6 @@ def _trim(value: np.ndarray, rows: int) -> np.ndarray:
     return value[: value.shape[0] - rows] if rows and value.ndim and value.shape[0] > rows else value
 
 
-def _cosine_error(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """1 - cos per sample, as |x/|x| - y/|y||^2 / 2 (exact near 0); 1 when only one of the two is zero."""
-    n = x.shape[0] if x.ndim else 1
-    a, b = np.asarray(x, np.float64).reshape(n, -1), np.asarray(y, np.float64).reshape(n, -1)
-    na, nb = np.linalg.norm(a, axis=1, keepdims=True), np.linalg.norm(b, axis=1, keepdims=True)
-    ua = np.divide(a, na, out=np.zeros_like(a), where=na > 0)
-    ub = np.divide(b, nb, out=np.zeros_like(b), where=nb > 0)
-    return np.where((na[:, 0] > 0) != (nb[:, 0] > 0), 1.0, 0.5 * np.sum((ua - ub) ** 2, axis=1))
-
-
 def _score(ref: _Reference, got: list[dict[str, np.ndarray]]) -> tuple[float, bool]:
     """(error, higher_is_better) of one run's outputs against the FP32 ones."""
     last = len(got) - 1
@@ -110,7 +101,7 @@ def _score(ref: _Reference, got: list[dict[str, np.ndarray]]) -> tuple[float, bo
                 signal += sum_squares(np.asarray(x, np.float64))
                 noise += sum_sq_diff(np.asarray(x, np.float64), np.asarray(y, np.float64))
             elif ref.metric == "cosine":
-                cos.append(_cosine_error(x, y))
+                cos.append(cosine_error(x, y))
             elif ref.kinds[name] is not None:
                 kind = ref.kinds[name]
                 kl.append(kl_divergence(log_probabilities(class_rows(x), kind), log_probabilities(class_rows(y), kind)))
