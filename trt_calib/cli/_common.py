@@ -538,6 +538,31 @@ def data_path(data: str | None) -> str | None:
     return str(data_file(data))
 
 
+def metric_arg(text: str) -> str:
+    """--metric: auto, a built-in metric name, or FILE.py[:FUNCTION] naming an existing Python file (checked before
+    any data is read; the script is loaded by the command)."""
+    from ..ort.data.scripts import split_script
+    from ..qdq.sensitivity import METRICS
+
+    if text in ("auto", *METRICS):
+        return text
+    path, _ = split_script(text)
+    if path.suffix.lower() != ".py":
+        raise argparse.ArgumentTypeError(f"{text!r} is neither auto, {', '.join(METRICS)} nor a metric script "
+                                         "FILE.py[:FUNCTION]")
+    if not path.is_file():
+        raise argparse.ArgumentTypeError(f"{path}: no such metric script")
+    return text
+
+
+def metric_path(spec: str) -> str | None:
+    """The metric script a --metric value names (None for a built-in metric), for `guard_paths`."""
+    from ..ort.data.scripts import split_script
+    from ..qdq.sensitivity import METRICS
+
+    return None if spec in ("auto", *METRICS) else str(split_script(spec)[0])
+
+
 def model_paths(model: str | os.PathLike | None) -> list[Path]:
     """The files a model is read from: the .onnx and any external-data files it names (inputs for the guard)."""
     if model is None:

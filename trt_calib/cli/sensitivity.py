@@ -18,9 +18,12 @@ from ._common import (
     add_executor_arguments,
     add_json_flag,
     candidates_arg,
+    data_path,
     finite_float,
     guard_paths,
     json_text,
+    metric_arg,
+    metric_path,
     model_paths,
     non_negative_int,
     open_data,
@@ -77,7 +80,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     src.add_argument("--placement", choices=list(PLACEMENTS), default="trt", help="as `quantize --placement`")
     src.add_argument("--per-tensor-weights", action="store_true", help="as `quantize --per-tensor-weights`")
     m = p.add_argument_group("measurement")
-    m.add_argument("--metric", type=_metric_arg, default="auto", metavar="METRIC",
+    m.add_argument("--metric", type=metric_arg, default="auto", metavar="METRIC",
                    help="auto (default): mean KL(FP32 || INT8) when every output is a probability vector, else "
                    "1 - cosine; kl (softmax of logits too), cosine, sqnr (dB, higher is better), or a task metric "
                    "FILE.py[:FUNCTION] (default function `metric`): fn(fp32_outputs, int8_outputs[, batch]) -> "
@@ -106,37 +109,6 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     return p
 
 
-def _metric_arg(text: str) -> str:
-    """A built-in metric name, or FILE.py[:FUNCTION] naming an existing Python file (loaded before any data)."""
-    from ..ort.data.scripts import split_script
-    from ..qdq.sensitivity import METRICS
-
-    if text in ("auto", *METRICS):
-        return text
-    path, _ = split_script(text)
-    if path.suffix.lower() != ".py":
-        raise argparse.ArgumentTypeError(f"{text!r}: choose auto, {', '.join(METRICS)}, or a task metric "
-                                         "FILE.py[:FUNCTION]")
-    if not path.is_file():
-        raise argparse.ArgumentTypeError(f"{path}: no such metric script")
-    return text
-
-
-def _metric_path(spec: str) -> str | None:
-    from ..ort.data.scripts import split_script
-    from ..qdq.sensitivity import METRICS
-
-    return None if spec in ("auto", *METRICS) else str(split_script(spec)[0])
-
-
-def _data_path(spec: str | None) -> str | None:
-    """The file a --data value names (a data script may carry :function)."""
-    if spec is None:
-        return None
-    path, sep, _ = str(spec).rpartition(":")
-    return path if sep and path.endswith(".py") else spec
-
-
 def _bar(args: argparse.Namespace, desc: str, unit: str, total: int | None = None) -> Any:
     if args.no_progress or args.quiet or args.json:
         return None
@@ -159,9 +131,9 @@ def run_sensitivity(args: argparse.Namespace) -> int:
     if args.resume and not os.path.isfile(args.output):
         raise UsageError(f"--resume: {args.output} does not exist; nothing to resume. Hint: drop --resume")
     guard_paths(
-        inputs={"MODEL": model_paths(args.model), "--data": _data_path(args.data),
-                "--eval-data": _data_path(args.eval_data), "--from-cache": args.from_cache,
-                "--metric": _metric_path(args.metric)},
+        inputs={"MODEL": model_paths(args.model), "--data": data_path(args.data),
+                "--eval-data": data_path(args.eval_data), "--from-cache": args.from_cache,
+                "--metric": metric_path(args.metric)},
         outputs={"-o": args.output},
     )
     if args.eval_data is not None and not args.from_cache and same_data(args.data, args.eval_data):
@@ -172,7 +144,7 @@ def run_sensitivity(args: argparse.Namespace) -> int:
     if not args.from_cache:
         args.trt_version, trt_source = resolve_trt_version(args.trt_version, purpose="emulate")
     resume = read_partial(args.output) if args.resume else None
-    if _metric_path(args.metric) is not None:
+    if metric_path(args.metric) is not None:
         load_metric(args.metric)  # a broken metric script fails now, not after the calibration
     model = load_model(args.model)
     inputs = model_inputs(model)

@@ -22,6 +22,8 @@ from ._common import (
     finite_float,
     guard_paths,
     json_text,
+    metric_arg,
+    metric_path,
     model_paths,
     non_negative_int,
     open_data,
@@ -52,22 +54,6 @@ FILES = {
 }
 
 
-def _metric_arg(text: str) -> str:
-    """auto, kl, cosine, sqnr, or a metric script FILE.py[:FUNCTION] that exists."""
-    from ..tools.tune import BUILTIN_METRICS
-
-    if text == "auto" or text in BUILTIN_METRICS:
-        return text
-    path, sep, function = text.rpartition(":")
-    file = path if sep and path.endswith(".py") else text
-    if not file.endswith(".py"):
-        raise argparse.ArgumentTypeError(f"{text!r} is neither auto, kl, cosine, sqnr nor a metric script FILE.py"
-                                         "[:FUNCTION]")
-    if not Path(file).is_file():
-        raise argparse.ArgumentTypeError(f"no such metric script: {file}")
-    return text
-
-
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add `trt-calib tune MODEL --data D [--eval-data E] [--metric M] [--target ERR] -o DIR`."""
     from ..core.cache import DEFAULT_TRT_VERSION
@@ -89,7 +75,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     add_data_arguments(p)
     add_held_out_arguments(p, measured="every step is")
     m = p.add_argument_group("target")
-    m.add_argument("--metric", type=_metric_arg, default="auto", metavar="M",
+    m.add_argument("--metric", type=metric_arg, default="auto", metavar="M",
                    help="auto (default: kl for a classifier output, else cosine), kl, cosine, sqnr (dB, higher is "
                    "better), or a metric script FILE.py[:FUNCTION] (docs/accuracy.md)")
     m.add_argument("--target", type=finite_float(), default=None, metavar="ERR",
@@ -119,13 +105,6 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     return p
 
 
-def _metric_file(spec: str) -> str | None:
-    if spec == "auto" or ":" not in spec and not spec.endswith(".py"):
-        return None
-    path, sep, _ = spec.rpartition(":")
-    return path if sep and path.endswith(".py") else spec
-
-
 def run_tune(args: argparse.Namespace) -> int:
     """Tune, write DIR/*, print the steps; exit 1 if --target is not met."""
     from ..ort.data import held_batches
@@ -137,7 +116,7 @@ def run_tune(args: argparse.Namespace) -> int:
                          "--eval-data")
     folder = Path(args.output)
     inputs = {"MODEL": model_paths(args.model), "--data": data_path(args.data),
-              "--eval-data": data_path(args.eval_data), "--metric": _metric_file(args.metric)}
+              "--eval-data": data_path(args.eval_data), "--metric": metric_path(args.metric)}
     outputs = {f"-o {name}": str(folder / name) for name in FILES.values()} if folder.is_dir() else {}
     guard_paths(inputs=inputs, outputs=outputs, folders={"-o": folder})
     if args.eval_data is not None and same_data(args.data, args.eval_data):
