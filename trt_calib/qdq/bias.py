@@ -15,7 +15,7 @@ import numpy as np
 from ..errors import CalibrationError, ModelError
 from ..ort.data import InputSpec
 from ..ort.model import checked_tensors, load_model, model_inputs, ort_session, sample_bytes, tensor_types
-from ..ort.runner import Runner, split_batch
+from ..ort.runner import Runner, cut_model, graph_reads, split_batch
 from .graph import node_attr
 from .rewrite import drop_unused_constants, float_dtype, NameMaker
 
@@ -80,35 +80,17 @@ class _Segments:
                 self.last_use[name] = i
         for o in graph.output:
             self.last_use[o.name] = len(graph.node)
-        self.initializers = {t.name: t for t in graph.initializer}
+        # every tensor typed for `cut_model`: one shape inference could not type is fed as float, as it always was
+        names = {i.name for i in graph.input} | {o for n in graph.node for o in n.output if o}
+        self.cut_types = {**{name: 1 for name in names}, **self.types}
+        self.reads = graph_reads(graph)
 
     def _segment(self, start: int, end: int, out: str) -> tuple[Any, list[str], list[str]]:
-        from onnx import helper
-
-        graph = self.model.graph
-        nodes = list(graph.node[start : end + 1])
-        produced = {o for n in nodes for o in n.output if o}
-        inputs, inits = [], []
-        for n in nodes:
-            for name in n.input:
-                if not name or name in produced or name in inputs:
-                    continue
-                if name in self.initializers:
-                    if self.initializers[name] not in inits:
-                        inits.append(self.initializers[name])
-                else:
-                    inputs.append(name)
+        """(the sub-model of nodes start..end, its inputs, its outputs: `out` and what later nodes read)."""
+        nodes = self.model.graph.node[start : end + 1]
         outputs = [o for n in nodes for o in n.output if o and (self.last_use.get(o, -1) > end or o == out)]
-        sub = helper.make_graph(
-            nodes,
-            f"segment_{start}_{end}",
-            [helper.make_tensor_value_info(t, self.types.get(t, 1), None) for t in inputs],
-            [helper.make_tensor_value_info(t, self.types.get(t, 1), None) for t in outputs],
-            inits,
-        )
-        m = helper.make_model(sub, opset_imports=list(self.model.opset_import))
-        m.ir_version = self.model.ir_version
-        return m, inputs, outputs
+        m, _ = cut_model(self.model, range(start, end + 1), outputs, types=self.cut_types, reads=self.reads)
+        return m, [vi.name for vi in m.graph.input], outputs
 
     def _runner(self, sub: Any, inputs: list[str], outputs: list[str], start: int, end: int) -> Runner:
         from onnx import helper

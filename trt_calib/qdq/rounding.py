@@ -48,6 +48,7 @@ from ..ort.control_flow import CONTROL_FLOW_OPS
 from ..ort.data import iter_batches
 from ..ort.evaluate import fake_quantize
 from ..ort.model import load_model, model_inputs, ort_session, tensor_info
+from ..ort.runner import cut_model, graph_reads
 from .graph import constant_attr, node_attr, node_label
 
 __all__ = [
@@ -313,7 +314,10 @@ class _Segments:
         self.types = types
         self.threads = threads
         self.role = role
-        self.inits = {t.name: t for t in model.graph.initializer}
+        # every tensor typed for `cut_model`: one shape inference could not type is fed as float, as it always was
+        names = {i.name for i in model.graph.input} | {o for n in self.nodes for o in n.output if o}
+        self.cut_types = {**{name: 1 for name in names}, **types}
+        self.reads = graph_reads(model.graph)
         self.last_use: dict[str, int] = {}
         for i, n in enumerate(self.nodes):
             for name in n.input:
@@ -325,28 +329,9 @@ class _Segments:
 
     def segment(self, stop: int, outputs: tuple[str, ...]) -> tuple[Any, list[str]]:
         """(an onnxruntime session over the nodes start..stop-1 returning `outputs`, the inputs it must be fed)."""
-        from onnx import helper
-
-        nodes = self.nodes[self.start : stop]
-        produced = {o for n in nodes for o in n.output if o}
-        inputs: list[str] = []
-        inits: list[Any] = []
-        for n in nodes:
-            for name in n.input:
-                if not name or name in produced or name in inputs:
-                    continue
-                if name in self.inits:
-                    if self.inits[name] not in inits:
-                        inits.append(self.inits[name])
-                else:
-                    inputs.append(name)
-        graph = helper.make_graph(
-            nodes, f"segment_{self.start}_{stop}",
-            [helper.make_tensor_value_info(t, self.types.get(t, 1), None) for t in inputs],
-            [helper.make_tensor_value_info(t, self.types.get(t, 1), None) for t in outputs], inits)
-        sub = helper.make_model(graph, opset_imports=list(self.model.opset_import))
-        sub.ir_version = self.model.ir_version
-        return ort_session(sub, (), types=self.types, threads=self.threads, role=self.role), inputs
+        cut, _ = cut_model(self.model, range(self.start, stop), list(outputs), types=self.cut_types, reads=self.reads)
+        inputs = [vi.name for vi in cut.graph.input]
+        return ort_session(cut, (), types=self.types, threads=self.threads, role=self.role), inputs
 
     def run_to(self, stop: int, want: str) -> "_Pass":
         """A pass over the batches that computes tensor `want` as the nodes before `stop` give it (`_Pass.batch`)."""
